@@ -1,0 +1,47 @@
+# dyadsync: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYX := $(wildcard dsp_ext/*.pyx dsp_ext/*.pxd)
+SPEED ?= 60
+MINUTES ?= 10
+
+.PHONY: demo test test-long lint bench mosquitto chromium clean
+
+# A virtual environment with the package (editable, Cython kernels compiled) and runtime dependencies.
+$(VENV)/.installed: pyproject.toml setup.py $(PYX)
+	@bash tools/ensure-venv.sh $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# The same plus the test extra and the real recordings used for validation (installed without their deps).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps systole==0.3.1 heartpy==1.2.7
+	touch $@
+
+mosquitto:
+	@bash tools/ensure-system-package.sh mosquitto mosquitto
+
+chromium:
+	@bash tools/ensure-system-package.sh chromium chromium
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)
+
+test: $(VENV)/.installed-test mosquitto
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow"
+
+test-long: $(VENV)/.installed-test mosquitto
+	$(PY) -m pytest -m slow
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+
+bench: $(VENV)/.installed-test mosquitto
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info dsp_ext/*.c dsp_ext/*.so

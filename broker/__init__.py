@@ -1,0 +1,1 @@
+"""The room hub: wire contract, Mosquitto configuration, recorder, pull API, exports and reports."""

@@ -1,0 +1,1 @@
+"""Synchrony and physiology DSP: Cython kernels, their numpy reference twins, and the Python API."""

@@ -1,0 +1,1 @@
+"""Hardware in the loop: dyad physiology with ground truth, sensor emulators, scenarios."""
