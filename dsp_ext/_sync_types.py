@@ -65,7 +65,9 @@ class SyncParams:
         inc = _samples(self.inc_s, self.rate_hz, "inc_s")
         lag = _samples(self.lag_s, self.rate_hz, "lag_s")
         if win < 2:
-            raise DspError(f"SyncParams: window must hold >= 2 samples, got win_s={self.win_s} ({win} samples)")
+            raise DspError(
+                f"SyncParams: window must hold >= 2 samples, got win_s={self.win_s} ({win} samples)"
+            )
         if inc < 1:
             raise DspError(f"SyncParams: inc_s must be >= one sample, got inc_s={self.inc_s} ({inc} samples)")
         if lag < 0:

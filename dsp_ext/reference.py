@@ -72,6 +72,22 @@ def peak_reference(profile: np.ndarray, lag: int, half: int, sign: int) -> int |
     return None
 
 
+def window_values_reference(prof: np.ndarray, params: SyncParams) -> dict[str, float]:
+    """The per-window scalars (``WINDOW_VALUE_NAMES``) of one r(τ) profile (columns τ = −lag … +lag)."""
+    lag = params.lag
+    z = fisher_z_reference(prof)
+    out = {"r0": float(prof[lag])}
+    out["therapist_led"], out["therapist_led_max"] = _mean_max_reference(z[lag + 1 :])
+    out["client_led"], out["client_led_max"] = _mean_max_reference(z[:lag])
+    for sign, pre in ((1, "inphase"), (-1, "antiphase")):
+        c = peak_reference(prof, lag, params.peak_window // 2, sign)
+        found = c is not None
+        out[pre + "_r"] = float(prof[c]) if found else float("nan")
+        out[pre + "_z"] = float(z[c]) if found else float("nan")
+        out[pre + "_lag_s"] = (c - lag) / params.rate_hz if found else float("nan")
+    return out
+
+
 def wcc_reference(therapist: np.ndarray, client: np.ndarray, params: SyncParams | None = None) -> WccResult:
     """Windowed cross-correlation, one window and one lag at a time (the transparent twin of ``wcc``).
 
@@ -83,7 +99,6 @@ def wcc_reference(therapist: np.ndarray, client: np.ndarray, params: SyncParams 
     c_arr = np.asarray(client, dtype=np.float64)
     n = min(len(t_arr), len(c_arr))
     w, inc, lag = params.win, params.inc, params.lag
-    half = params.peak_window // 2
     nw = params.n_windows(n)
     res = WccResult.empty(params, nw)
     for k in range(nw):
@@ -92,14 +107,6 @@ def wcc_reference(therapist: np.ndarray, client: np.ndarray, params: SyncParams 
         x = t_arr[t : t + w]
         prof = np.array([corr_reference(x, c_arr[t + tau : t + tau + w]) for tau in range(-lag, lag + 1)])
         res.r[k] = prof
-        z = fisher_z_reference(prof)
-        res.r0[k] = prof[lag]
-        res.therapist_led[k], res.therapist_led_max[k] = _mean_max_reference(z[lag + 1 :])
-        res.client_led[k], res.client_led_max[k] = _mean_max_reference(z[:lag])
-        for sign, pre in ((1, "inphase"), (-1, "antiphase")):
-            c = peak_reference(prof, lag, half, sign)
-            if c is not None:
-                getattr(res, pre + "_r")[k] = prof[c]
-                getattr(res, pre + "_z")[k] = z[c]
-                getattr(res, pre + "_lag_s")[k] = (c - lag) / params.rate_hz
+        for name, value in window_values_reference(prof, params).items():
+            getattr(res, name)[k] = value
     return res

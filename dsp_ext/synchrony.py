@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from . import _wcc_np as _wcc
+from . import _wcc
 from ._sync_types import R_CLIP, WINDOW_VALUE_NAMES, SyncParams, WccResult
 from .errors import DspError
 

@@ -33,7 +33,7 @@ def adversarial(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
     elif kind == "constant":
         base[:] = 7.25
     elif kind == "steps":
-        base = np.repeat(rng.standard_normal(2 * n // 5 + 1) * 1e3, 5)[: 2 * n] + 1e-3 * base
+        base = np.repeat(rng.standard_normal(2 * n // 5 + 1) * 100.0, 5)[: 2 * n] + base
     if rng.random() < 0.5:
         return base[::2][:n]  # a strided view, not contiguous
     return np.ascontiguousarray(base[:n])
