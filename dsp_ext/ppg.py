@@ -64,39 +64,57 @@ KIND_NAMES = {
 }
 
 
-def _classify(rr: np.ndarray, med: np.ndarray, j: int) -> int:
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def _quartile_dev(values: list[float]) -> float:
+    """(Q3 − Q1) / 2 with numpy's default linear interpolation between order statistics."""
+    v = sorted(values)
+    n = len(v)
+
+    def q(p: float) -> float:
+        pos = (n - 1) * p
+        i = int(pos)
+        f = pos - i
+        return v[i] if i + 1 >= n else v[i] + f * (v[i + 1] - v[i])
+
+    return (q(0.75) - q(0.25)) / 2.0
+
+
+def _classify(rr: list[float], med: list[float], j: int) -> int:
     """Decision rules of Lipponen & Tarvainen (2019) for interval ``j`` of ``rr`` (ms); ``med[k]`` is the
     median of the 11 intervals ending at ``k`` (the paper centres it; ours must not look ahead).
 
     Thresholds: ``α = 5.2`` times the quartile deviation of |dRR| and |mRR| over the intervals
-    ``j − 88 … j + 2`` (causal version of the paper's centred 91-beat window).
+    ``j − 88 … j + 2`` (causal version of the paper's centred 91-beat window). Plain Python on short
+    lists: cheaper than numpy for 91 values, once per beat.
     """
     lo = max(0, j + _AHEAD + 1 - _QD_WIN)
     hi = j + _AHEAD + 1
-    seg = rr[lo:hi]
-    drr = np.diff(rr[max(0, lo - 1) : hi])
-    if lo == 0:
-        drr = np.concatenate(([0.0], drr))
-    mrr = seg - med[lo:hi]
-    mrr = np.where(mrr < 0, 2.0 * mrr, mrr)
-    if len(seg) < 4:
+    if hi - lo < 4:
         return NORMAL
-    q = np.percentile(np.abs(np.stack((drr, mrr))), [25, 75], axis=1)
-    th1 = _ALPHA * (q[1, 0] - q[0, 0]) / 2.0
-    th2 = _ALPHA * (q[1, 1] - q[0, 1]) / 2.0
+    drr = [rr[k] - rr[k - 1] if k >= 1 else 0.0 for k in range(lo, hi)]
+    mrr = [rr[k] - med[k] for k in range(lo, hi)]
+    mrr = [2.0 * m if m < 0 else m for m in mrr]
+    th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
+    th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
     if not (th1 > 0 and th2 > 0):
         return NORMAL
     jj = j - lo
-    drrs = drr / th1
+    d = drr[jj] / th1
     mrrs = mrr[jj] / th2
-    d = drrs[jj]
     if abs(d) <= 1 and abs(mrrs) <= 3:
         return NORMAL
-    prev = drrs[jj - 1] if jj >= 1 else 0.0
-    s12 = max(prev, drrs[jj + 1]) if d > 0 else min(prev, drrs[jj + 1])
+    prev = drr[jj - 1] / th1 if jj >= 1 else 0.0
+    nxt1 = drr[jj + 1] / th1
+    nxt2 = drr[jj + 2] / th1
+    s12 = max(prev, nxt1) if d > 0 else min(prev, nxt1)
     if (d > 1 and s12 < -_C1 * d - _C2) or (d < -1 and s12 > -_C1 * d + _C2):
         return ECTOPIC
-    s22 = min(drrs[jj + 1], drrs[jj + 2]) if d >= 0 else max(drrs[jj + 1], drrs[jj + 2])
+    s22 = min(nxt1, nxt2) if d >= 0 else max(nxt1, nxt2)
     long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr[jj] > 0)
     short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr[jj] < 0)
     medj = med[j]
@@ -114,8 +132,8 @@ def _classify(rr: np.ndarray, med: np.ndarray, j: int) -> int:
 def lipponen_classify(rr_ms: object) -> np.ndarray:
     """Classify every interval of ``rr_ms`` that has two successors (the last two get NORMAL), without
     correcting: NORMAL, ECTOPIC, LONG, SHORT, MISSED or EXTRA per interval (see :func:`_classify`)."""
-    rr = np.asarray(rr_ms, dtype=np.float64)
-    med = np.array([np.median(rr[max(0, k - _MED_WIN + 1) : k + 1]) for k in range(len(rr))])
+    rr = np.asarray(rr_ms, dtype=np.float64).tolist()
+    med = [_median(rr[max(0, k - _MED_WIN + 1) : k + 1]) for k in range(len(rr))]
     return np.array(
         [_classify(rr, med, j) if j + _AHEAD < len(rr) else NORMAL for j in range(len(rr))], dtype=np.int64
     )
@@ -148,7 +166,7 @@ class IbiCorrector:
             self._rr.append((self._raw[k + 1] - self._raw[k]) * 1000.0)
         while len(self._med) < len(self._rr):
             k = len(self._med)
-            self._med.append(float(np.median(self._rr[max(0, k - _MED_WIN + 1) : k + 1])))
+            self._med.append(_median(self._rr[max(0, k - _MED_WIN + 1) : k + 1]))
 
     def _set_beat(self, i: int, t: float) -> None:
         """Move raw beat i and update the two intervals around it (their medians are recomputed lazily)."""
@@ -157,7 +175,7 @@ class IbiCorrector:
             if 0 <= k < len(self._rr):
                 self._rr[k] = (self._raw[k + 1] - self._raw[k]) * 1000.0
         for k in range(max(0, i - 1), min(len(self._med), i + _MED_WIN)):
-            self._med[k] = float(np.median(self._rr[max(0, k - _MED_WIN + 1) : k + 1]))
+            self._med[k] = _median(self._rr[max(0, k - _MED_WIN + 1) : k + 1])
 
     def push(self, beats_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(beat_times_s, kind)`` of beats that became final (the very first beat: NORMAL)."""
@@ -171,7 +189,7 @@ class IbiCorrector:
         self._extend_intervals()
         while self._next + _AHEAD < len(self._rr):
             j = self._next
-            kind = _classify(np.asarray(self._rr), np.asarray(self._med), j)
+            kind = _classify(self._rr, self._med, j)
             raw = self._raw
             if kind == NORMAL:
                 out_t.append(raw[j + 1])
