@@ -29,10 +29,8 @@ from broker import store, wire
 from broker.auth import RoomAuth
 from broker.embedded import start_room_broker
 from broker.recorder import Recorder
-from dsp_ext.synchrony import StreamingWcc, SyncParams
 from firmware_bridge import SampleBlock
 from firmware_bridge.errors import BrokerError
-from hil.physiology import DyadSimulator, Segment, SimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +39,10 @@ UNIT = "unit1"
 FEATURE_RATE_HZ = 4.0
 
 
-def demo_schedule(duration_s: float) -> list[Segment]:
+def demo_schedule(duration_s: float) -> list:
     """Uncoupled, therapist-led, client-led, anti-phase and uncoupled again, in equal parts."""
+    from hil.physiology import Segment
+
     edges = np.linspace(0, duration_s, 6)
     modes = [("uncoupled", 0.0), ("therapist_led", 3.0), ("client_led", 2.0), ("anti_phase", 0.0), ("uncoupled", 0.0)]
     return [Segment(float(a), float(b), mode=m, lag_s=lag, gain=0.8, channel="both")
@@ -111,7 +111,7 @@ class _HeartRate:
     """4 Hz heart rate from PPG: peaks of the pulse wave (scipy find_peaks on a 4-s look-back), held between beats."""
 
     def __init__(self, rate_hz: float) -> None:
-        from scipy.signal import butter, sosfilt, sosfilt_zi
+        from scipy.signal import butter, sosfilt_zi
 
         self.rate_hz = rate_hz
         self.sos = butter(2, [0.5, 8.0], btype="bandpass", fs=rate_hz, output="sos")
@@ -143,6 +143,9 @@ class _HeartRate:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from dsp_ext.synchrony import StreamingWcc, SyncParams
+    from hil.physiology import DyadSimulator, SimConfig
+
     data_dir = Path(args.data_dir or f"demo-data/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     duration_s = int(round(args.minutes * 60))
