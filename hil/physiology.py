@@ -651,7 +651,9 @@ class DyadSimulator:
             # ---- heart: IPFM on p(t) = 60 / HR(t) + a(t) sin(phi_resp(t))
             hr = np.clip(p.hr_bpm + p.hr_sd_bpm * hr_drive[role], 40.0, 160.0)
             a_s = math.sqrt(2.0 * math.exp(p.rsa_ln_ms2)) / 1000.0 * np.exp(0.5 * p.rsa_sd_ln * rsa_drive[role])
-            period = 60.0 / hr + a_s * np.sin(phase)
+            # an IBI averages p(t) over one beat, which scales a sinusoid by sinc(f_resp * IBI): pre-compensate
+            # so that the IBI series itself carries the configured RSA amplitude
+            period = 60.0 / hr + a_s / np.sinc(resp * 60.0 / hr) * np.sin(phase)
             cum = self._rng(f"beat_phase/{role}").uniform() + np.concatenate(
                 ([0.0], np.cumsum(0.5 * (1.0 / period[1:] + 1.0 / period[:-1])) / fs))
             k = np.arange(math.ceil(cum[0]), math.floor(cum[-1]) + 1)
