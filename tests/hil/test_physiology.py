@@ -124,6 +124,20 @@ def test_value_at_agrees_with_read_and_interpolates(brief_sim):
     assert sim.value_at("client/eda", -5.0) > 0.5 and sim.value_at("client/eda", 605.0) > 0.5
 
 
+def test_scalar_and_array_value_at_agree_including_events():
+    sim = DyadSimulator(SimConfig(seed=21, duration_s=300, motion_per_min=2.0, contact_loss_per_h=30.0,
+                                  saturation_per_h=30.0))
+    assert len(sim.truth.events) > 10
+    ts = np.random.default_rng(3).uniform(-10.0, 310.0, 400)
+    ts = np.concatenate([ts, [e.start_s + 0.05 for e in sim.truth.events], [e.end_s - 0.05 for e in sim.truth.events]])
+    for s in STREAMS:
+        vec = sim.value_at(s, ts)
+        one = np.array([sim.value_at(s, float(x)) for x in ts])
+        np.testing.assert_allclose(one, vec, rtol=1e-12, atol=1e-12, err_msg=s)
+    with pytest.raises(SimulatorError):
+        sim.value_at("client/ppg", 310.5)
+
+
 def test_bad_requests_raise_clear_errors(brief_sim):
     sim = DyadSimulator(brief_config())
     with pytest.raises(SimulatorError, match="unknown stream"):
@@ -307,6 +321,7 @@ def test_rsa_tracks_the_configured_tone():
             vals = np.array(vals)
             true_vals = truth.rsa_ln_ms2[role][1:-1]
             assert abs(np.mean(vals - true_vals)) < 0.4, (role, shift, vals - true_vals)
+            assert np.corrcoef(vals, true_vals)[0, 1] > 0.7, role  # epoch-to-epoch changes are tracked too
             est[role, shift] = vals.mean()
     assert est["therapist", 0.0] - est["client", 0.0] == pytest.approx(2.0, abs=0.4)
     for role in ("therapist", "client"):
@@ -452,3 +467,30 @@ def test_random_events_are_drawn_and_flagged():
     mid = 0.5 * (ev.start_s + ev.end_s)
     assert sim.value_at(ev.stream, mid) < 0.01
     assert DyadSimulator(SimConfig(seed=3, duration_s=600)).truth.events == ()
+
+
+def therapist_rsa_epochs(truth: GroundTruth) -> np.ndarray:
+    beats = truth.beat_times_s["therapist"]
+    t4 = np.arange(beats[1], beats[-1], 0.25)
+    ibi4 = CubicSpline(beats[1:], truth.ibi_ms["therapist"])(t4)
+    band = sps.sosfiltfilt(sps.butter(3, (0.12, 0.40), "bandpass", fs=4.0, output="sos"), ibi4)
+    return np.array([np.log(np.var(band[(t4 >= s) & (t4 < s + 30.0)])) for s in truth.rsa_epoch_start_s[1:-1]])
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.6])
+def test_study_level_analysis_detects_the_hypothesis_only_when_on(effect):
+    """Across sessions (therapist regulation drawn from the seed), measured therapist RSA level/stability
+    predicts measured coupling strength only when ``regulation_effect`` is on."""
+    reg, coupling = [], []
+    for seed in range(24):
+        sim = DyadSimulator(SimConfig(seed=100 + seed, duration_s=600, regulation_effect=effect,
+                                      schedule=[Segment(0, 600, "therapist_led", lag_s=2.0, gain=0.5)]))
+        rsa = therapist_rsa_epochs(sim.truth)
+        reg.append((rsa.mean() - 6.0) / 0.7 - (rsa.std() - 0.3) / 0.12)
+        lags, r = lagged_r(*segment_feature(sim.truth, "arousal", 0, 600), 40)
+        coupling.append(np.arctanh(r[lags == 8][0]))
+    rho = np.corrcoef(reg, coupling)[0, 1]
+    if effect:
+        assert rho > 0.6, rho
+    else:
+        assert abs(rho) < 0.45, rho
