@@ -309,8 +309,11 @@ def session_streams(con: sqlite3.Connection, session: str) -> list[StreamInfo]:
     return [StreamInfo(*r) for r in rows]
 
 
-def session_summary(con: sqlite3.Connection, session: str) -> dict | None:
-    """Metadata and quality of one session: streams with gaps and losses, metrics, markers, unit status."""
+def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = True) -> dict | None:
+    """Metadata and quality of one session: streams with gaps and losses, metrics, markers, unit status.
+
+    ``include_hub`` adds the hub-wide malformed/unauthorized/duplicate counters (these are not per session
+    and change without the session changing, so exported files leave them out)."""
     meta = get_session(con, session)
     if meta is None:
         return None
@@ -340,8 +343,8 @@ def session_summary(con: sqlite3.Connection, session: str) -> dict | None:
             dropped = {}
         units[unit] = {"last_state": state, "dropped_reported": dropped}
     status_changes = con.execute("SELECT COUNT(*) FROM status WHERE session=?", (session,)).fetchone()[0]
-    hub = counters(con)
-    return {
+    hub = counters(con) if include_hub else {}
+    out = {
         **meta,
         "streams": streams,
         "metrics": metrics,
@@ -354,8 +357,10 @@ def session_summary(con: sqlite3.Connection, session: str) -> dict | None:
             "unit_reported_dropped": sum(sum(u["dropped_reported"].values()) for u in units.values()),
             "flagged_blocks": sum(s["flagged_blocks"] for s in streams),
             "status_changes": status_changes,
-            "hub_malformed": hub.get("malformed", 0),
-            "hub_unauthorized": hub.get("unauthorized", 0),
-            "hub_duplicates": hub.get("duplicate", 0),
         },
     }
+    if include_hub:
+        out["quality"].update({"hub_malformed": hub.get("malformed", 0),
+                               "hub_unauthorized": hub.get("unauthorized", 0),
+                               "hub_duplicates": hub.get("duplicate", 0)})
+    return out
