@@ -67,11 +67,12 @@ def _safe(kind: str, name: str) -> str:
 class LabPuller:
     def __init__(self, hub_url: str, token: str, dest: Path | str, *, progress: bool = True,
                  timeout_s: float = 60.0, transport: httpx.BaseTransport | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, chunk_bytes: int = 1 << 16) -> None:
         self.hub_url = hub_url.rstrip("/")
         self.dest = Path(dest)
         self.progress = progress
         self.on_bytes = on_bytes  # test hook: called with the byte count of every chunk written
+        self.chunk_bytes = chunk_bytes
         self._http = httpx.Client(base_url=self.hub_url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=timeout_s, transport=transport)
         self.state_path = self.dest / STATE_NAME
@@ -127,11 +128,16 @@ class LabPuller:
         if offset > entry["size"]:
             part.unlink()
             offset = 0
-        headers = {"Range": f"bytes={offset}-"} if 0 < offset else {}
-        if offset == entry["size"] and offset > 0:
-            headers = {}
-            part.unlink()
+        if offset == entry["size"] and offset > 0 and _sha256(part) == entry["sha256"]:
+            # Interrupted after the last byte but before the move: nothing left to fetch.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, target)
+            report.files_downloaded += 1
+            return
+        if offset == entry["size"]:
+            part.unlink(missing_ok=True)
             offset = 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             with self._http.stream("GET", f"/v1/sessions/{session}/files/{name}", headers=headers) as r:
                 if r.status_code == 200 and offset:
@@ -144,7 +150,7 @@ class LabPuller:
                 bar = tqdm(total=entry["size"], initial=offset, unit="B", unit_scale=True, desc=name[:40],
                            disable=not self.progress, leave=False)
                 with open(part, mode) as f, bar:
-                    for chunk in r.iter_bytes():
+                    for chunk in r.iter_bytes(self.chunk_bytes):
                         f.write(chunk)
                         f.flush()
                         bar.update(len(chunk))
