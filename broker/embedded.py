@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -71,8 +72,11 @@ class EmbeddedBroker:
         self._thread.start()
 
         async def _start():
-            self._broker = Broker(config, loop=self._loop)
-            await self._broker.start()
+            with warnings.catch_warnings():
+                # amqtt 0.12 names the subscribe ACL 'acl' in its config dataclass but warns that it is deprecated.
+                warnings.filterwarnings("ignore", message=".*'acl' option is deprecated", category=DeprecationWarning)
+                self._broker = Broker(config, loop=self._loop)
+                await self._broker.start()
 
         fut: Future = asyncio.run_coroutine_threadsafe(_start(), self._loop)
         try:
