@@ -28,21 +28,24 @@ class Clock:
 
 
 class ScaledClock(Clock):
-    """Simulated UTC time starting at ``start_ns`` (default: now) and running ``speed`` times real time."""
+    """Simulated UTC time running ``speed`` times real time from the anchor ``epoch_ns`` (default: now).
 
-    def __init__(self, speed: float = 1.0, start_ns: int | None = None) -> None:
+    ``now = epoch + (wall - epoch) * speed``: processes given the same epoch (``hardware.sim_epoch_ns``,
+    ``--sim-epoch-ns``) share one simulated time line, which two-unit HIL scenarios need.
+    """
+
+    def __init__(self, speed: float = 1.0, epoch_ns: int | None = None) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed!r}")
         self.speed = float(speed)
-        self._start_ns = time.time_ns() if start_ns is None else int(start_ns)
-        self._m0 = time.monotonic_ns()
+        self.epoch_ns = time.time_ns() if epoch_ns is None else int(epoch_ns)
 
     def now_ns(self) -> int:
-        return self._start_ns + int((time.monotonic_ns() - self._m0) * self.speed)
+        return self.epoch_ns + int((time.time_ns() - self.epoch_ns) * self.speed)
 
     def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
         return super().sleep(seconds / self.speed, stop)
 
 
-def make_clock(speed: float = 1.0) -> Clock:
-    return Clock() if speed == 1.0 else ScaledClock(speed)
+def make_clock(speed: float = 1.0, epoch_ns: int | None = None) -> Clock:
+    return Clock() if speed == 1.0 else ScaledClock(speed, epoch_ns)

@@ -195,6 +195,7 @@ class HardwareConfig(_Strict):
     mode: Literal["real", "emulated"] = "real"
     factory: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0  # simulated-time factor (1 = real time)
+    sim_epoch_ns: Annotated[int, Field(ge=0)] | None = None  # shared anchor of simulated time (HIL, two units)
 
     @model_validator(mode="after")
     def _factory(self) -> HardwareConfig:

@@ -48,7 +48,7 @@ class Unit:
                  led: StatusLed | None = None, notifier: Notifier | None = None,
                  clock_monitor: ClockMonitor | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock or make_clock(cfg.hardware.speed)
+        self.clock = clock or make_clock(cfg.hardware.speed, cfg.hardware.sim_epoch_ns)
         self.room, self.unit = cfg.room, cfg.unit
         self.led = led or make_led(cfg.leds)
         self.led.set("booting")

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--config", type=Path, default=DEFAULT_PATH, help=f"unit config (default {DEFAULT_PATH})")
     run.add_argument("--speed", type=float, default=None,
                      help="simulated-time factor, overrides hardware.speed (HIL scenarios)")
+    run.add_argument("--sim-epoch-ns", type=int, default=None,
+                     help="anchor of simulated time, overrides hardware.sim_epoch_ns (same value for all units)")
     run.add_argument("--data-dir", type=Path, default=None, help="override data_dir")
     run.set_defaults(func=cmd_run)
 
@@ -35,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cc.set_defaults(func=cmd_check_config)
 
 
-def _with_overrides(cfg, speed: float | None, data_dir: Path | None):
-    hw = cfg.hardware.model_copy(update={"speed": speed}) if speed is not None else cfg.hardware
+def _with_overrides(cfg, speed: float | None, data_dir: Path | None, epoch_ns: int | None = None):
+    hw_upd = {k: v for k, v in (("speed", speed), ("sim_epoch_ns", epoch_ns)) if v is not None}
+    hw = cfg.hardware.model_copy(update=hw_upd)
     upd = {"hardware": hw}
     if data_dir is not None:
         upd["data_dir"] = data_dir
@@ -46,7 +49,7 @@ def _with_overrides(cfg, speed: float | None, data_dir: Path | None):
 def cmd_run(args: argparse.Namespace) -> int:
     from .unit import Unit
 
-    cfg = _with_overrides(load_config(args.config), args.speed, args.data_dir)
+    cfg = _with_overrides(load_config(args.config), args.speed, args.data_dir, args.sim_epoch_ns)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     unit = Unit(cfg)
     return unit.run()

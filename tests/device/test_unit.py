@@ -102,6 +102,56 @@ def test_session_streams_acks_and_status(tmp_path, unit_toml, console, recorder)
     reg = list(store.read_metrics(con, "s1", "regulation", unit="unit-a"))
     assert reg[0][0] == 0 and reg[1][0] == 1
     assert reg[1][3]["therapist_n_beats"] > 20
+    for channel in ("eda", "hr"):
+        sync = list(store.read_metrics(con, "s1", f"sync_{channel}", unit="unit-a"))
+        assert len(sync) >= 10, channel
+        assert [r[0] for r in sync] == list(range(len(sync)))  # window index, no gaps
+        assert all(r[2] - r[1] == 30 * 10**9 for r in sync)
+    # the synthetic client follows the therapist 2 s later: tau > 0 (therapist leads) at about +2 s
+    lags = sorted(r[3]["inphase_lag_s"] for r in store.read_metrics(con, "s1", "sync_eda", unit="unit-a"))
+    assert abs(lags[len(lags) // 2] - 2.0) <= 0.5, lags
     acks = dict(((u, c), ok) for u, c, ok in con.execute("SELECT unit, cmd_id, ok FROM acks"))
     assert acks[("unit-a", cid)] == 1 and acks[("unit-a", other)] == 0
 
+
+
+PARTNER_A = """
+[[sensors]]
+name = "t-eda"
+kind = "synthetic"
+role = "therapist"
+signal = "eda"
+"""
+PARTNER_B = PARTNER_A.replace("t-eda", "c-eda").replace("therapist", "client")
+
+
+def test_two_unit_room_partner_feature_stream(tmp_path, unit_toml, console, recorder):
+    """unit-a measures the therapist, unit-b the client; unit-a correlates with unit-b's 4 Hz features."""
+    dsp = '[dsp]\nwin_s = 8\nlag_s = 3\nchannels = ["eda"]\n'
+    cfg_a = load_config(unit_toml("unit-a", PARTNER_A, dsp + '[dyad]\npartner = "unit-b"\n', speed=4.0))
+    cfg_b = load_config(unit_toml("unit-b", PARTNER_B, dsp + "[dyad]\ncompute = false\n", speed=4.0))
+    from device.clock import ScaledClock
+
+    clock = ScaledClock(4.0)  # one simulated time line for both units
+    a, b = Running(Unit(cfg_a, clock=clock)), Running(Unit(cfg_b, clock=clock))
+    try:
+        for u in ("unit-a", "unit-b"):
+            assert console.wait_status(u, lambda s: s.state == "idle")
+        cid = start_cmd(console, "s-pair")
+        assert console.wait_ack(cid, "unit-a")[0].ok and console.wait_ack(cid, "unit-b")[0].ok
+        con = _hub(tmp_path)
+        assert _wait(lambda: len(list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-a"))) >= 12, 60)
+        assert a.unit.pipeline.partner_blocks > 0
+        stop = console.send("stop", "s-pair")
+        assert console.wait_ack(stop, "unit-a")[0].ok
+    finally:
+        a.close()
+        b.close()
+    con = _hub(tmp_path)
+    assert list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-b")) == []  # compute = false
+    assert store.stored_counts(con, "unit-b", "s-pair")["feat"] > 0
+    rows = list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-a"))
+    finite = [r[3]["inphase_lag_s"] for r in rows if r[3]["inphase_lag_s"] == r[3]["inphase_lag_s"]]
+    assert len(finite) >= 8
+    finite.sort()
+    assert abs(finite[len(finite) // 2] - 2.0) <= 0.5, finite
