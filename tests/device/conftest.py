@@ -66,14 +66,22 @@ class Console:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-{uuid.uuid4().hex[:6]}")
         self.c.username_pw_set(user, password)
         self.c.on_message = self._on_message
-        connected = threading.Event()
-        self.c.on_connect = lambda *a: connected.set()
+        self.connected = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.connected.clear()
+        self.c.reconnect_delay_set(0.1, 1.0)
         self.c.connect(host, port)
         self.c.loop_start()
-        assert connected.wait(10)
-        self.c.subscribe("dyadsync/v1/room-a/+/ack", qos=1)
-        self.c.subscribe("dyadsync/v1/room-a/+/status", qos=1)
-        time.sleep(0.2)
+        assert self.wait_connected()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe("dyadsync/v1/room-a/+/ack", qos=1)
+        client.subscribe("dyadsync/v1/room-a/+/status", qos=1)
+        time.sleep(0.1)  # let the SUBACKs come back before commands are sent
+        self.connected.set()
+
+    def wait_connected(self, timeout_s: float = 20) -> bool:
+        return self.connected.wait(timeout_s)
 
     def _on_message(self, client, userdata, msg) -> None:
         t = wire.parse_topic(msg.topic)
