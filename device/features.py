@@ -6,7 +6,7 @@ end, so features are causal and their latency is one bin. Two channels per perso
 * ``eda`` (µS): mean of the raw samples in the bin (a boxcar low-pass and decimation); NaN when fewer
   than half of the bin's samples are valid.
 * ``hr`` (bpm): from inter-beat intervals. Beats are systolic peaks of the band-passed (0.5-5 Hz) PPG,
-  at least 0.3 s apart and confirmed 0.2 s after the peak; an IBI outside 300-2000 ms is an artefact.
+  at least 0.3 s apart; an IBI outside 300-2000 ms is an artefact.
   The bin value is 60000 / the last valid IBI if that beat is at most 3 s old, else NaN.
 
 When :mod:`dsp_ext` provides streaming EDA/PPG processors (``dsp_ext.eda.EdaStream``,
@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal as sps
 
 from firmware_bridge.block import SampleBlock
 
@@ -83,65 +82,85 @@ class EdaExtractor:
         return self._bins.push(block.times_ns(), block.values.astype(np.float64))
 
 
+def _biquad(kind: str, f0_hz: float, fs_hz: float, q: float = 1 / math.sqrt(2)) -> tuple[float, ...]:
+    """RBJ audio-EQ-cookbook biquad (Bristow-Johnson), normalised: (b0, b1, b2, a1, a2)."""
+    w0 = 2 * math.pi * f0_hz / fs_hz
+    c, alpha = math.cos(w0), math.sin(w0) / (2 * q)
+    if kind == "highpass":
+        b = ((1 + c) / 2, -(1 + c), (1 + c) / 2)
+    else:
+        b = ((1 - c) / 2, 1 - c, (1 - c) / 2)
+    a0 = 1 + alpha
+    return b[0] / a0, b[1] / a0, b[2] / a0, -2 * c / a0, (1 - alpha) / a0
+
+
+class _Biquad:
+    """Direct form II transposed, started in the steady state of its first input (no start-up transient)."""
+
+    def __init__(self, coeffs: tuple[float, ...]) -> None:
+        self.b0, self.b1, self.b2, self.a1, self.a2 = coeffs
+        self.z1: float | None = None
+        self.z2 = 0.0
+
+    def step(self, x: float) -> float:
+        if self.z1 is None:
+            yss = x * (self.b0 + self.b1 + self.b2) / (1 + self.a1 + self.a2)
+            self.z1 = (self.b1 + self.b2) * x - (self.a1 + self.a2) * yss
+            self.z2 = self.b2 * x - self.a2 * yss
+        y = self.b0 * x + self.z1
+        self.z1 = self.b1 * x - self.a1 * y + self.z2
+        self.z2 = self.b2 * x - self.a2 * y
+        return y
+
+
 class HrExtractor:
-    """Raw PPG (counts) blocks -> (grid index, bpm) pairs, and beats in :attr:`beats`."""
+    """Raw PPG (counts) blocks -> (grid index, bpm) pairs, and beats in :attr:`beats`.
+
+    Fallback detector: 0.5 Hz high-pass and 5 Hz low-pass biquads, then a local maximum above 40 % of a
+    decaying amplitude envelope (half-life 2 s), at least 0.3 s after the previous beat; confirmed one
+    sample after the peak.
+    """
 
     channel = "hr"
-    CONFIRM_S = 0.2
     MIN_DIST_S = 0.3
     HOLD_S = 3.0
 
     def __init__(self, rate_hz: float) -> None:
         self.rate_hz = rate_hz
-        self.sos = sps.butter(2, [0.5, 5.0], btype="bandpass", fs=rate_hz, output="sos")
-        self.zi: np.ndarray | None = None
-        self.buf_t = np.empty(0, np.int64)
-        self.buf_v = np.empty(0, np.float64)
-        self.keep = int(3.0 * rate_hz)
+        self.hp = _Biquad(_biquad("highpass", 0.5, rate_hz))
+        self.lp = _Biquad(_biquad("lowpass", min(5.0, 0.45 * rate_hz), rate_hz))
+        self.decay = 0.5 ** (1.0 / (2.0 * rate_hz))
+        self.env = 0.0
+        self.y1 = self.y2 = 0.0
+        self.t1 = 0
+        self.last_good = 0.0
         self.last_beat_ns: int | None = None
         self.last_valid: tuple[int, float] | None = None  # (beat t_ns, ibi ms)
         self.beats: list[Beat] = []
         self.k_next: int | None = None
 
     def push(self, block: SampleBlock) -> list[tuple[int, float]]:
-        x = block.values.astype(np.float64)
-        t = block.times_ns()
-        bad = ~np.isfinite(x)
-        if bad.any():  # hold the last good value through invalid samples (flagged by the block)
-            x = x.copy()
-            good = np.flatnonzero(~bad)
-            x[bad] = x[good[-1]] if good.size else (self.buf_v[-1] if self.buf_v.size else 0.0)
-        if self.zi is None:
-            self.zi = sps.sosfilt_zi(self.sos) * x[0]
-        y, self.zi = sps.sosfilt(self.sos, x, zi=self.zi)
-        self.buf_t = np.concatenate([self.buf_t, t])[-self.keep:]
-        self.buf_v = np.concatenate([self.buf_v, y])[-self.keep:]
-        self._detect()
-        return self._emit(int(t[-1]) + round(1e9 / self.rate_hz))
-
-    def _detect(self) -> None:
-        n = self.buf_v.size
-        if n < int(self.rate_hz):
-            return
-        spread = float(np.percentile(self.buf_v, 95) - np.percentile(self.buf_v, 5))
-        if spread <= 0:
-            return
-        peaks, _ = sps.find_peaks(self.buf_v, distance=max(1, int(self.MIN_DIST_S * self.rate_hz)),
-                                  prominence=0.3 * spread)
-        confirm_ns = self.buf_t[-1] - int(self.CONFIRM_S * 1e9)
-        for p in peaks:
-            tp = int(self.buf_t[p])
-            if tp > confirm_ns:
-                break
-            if self.last_beat_ns is not None and tp <= self.last_beat_ns + int(self.MIN_DIST_S * 1e9):
-                continue
-            if self.last_beat_ns is not None:
-                ibi = (tp - self.last_beat_ns) / 1e6
-                artifact = not 300.0 <= ibi <= 2000.0
-                self.beats.append(Beat(tp, ibi, artifact))
-                if not artifact:
-                    self.last_valid = (tp, ibi)
-            self.last_beat_ns = tp
+        t = block.times_ns().tolist()
+        min_dist_ns = int(self.MIN_DIST_S * 1e9)
+        hp, lp, decay = self.hp, self.lp, self.decay
+        for ti, x in zip(t, block.values.tolist(), strict=True):
+            if x != x:  # invalid sample: hold the last good value
+                x = self.last_good
+            self.last_good = x
+            y = lp.step(hp.step(x))
+            self.env = max(abs(y), self.env * decay)
+            if self.y1 > self.y2 and self.y1 >= y and self.y1 > 0.4 * self.env:
+                tp = self.t1
+                if self.last_beat_ns is None or tp - self.last_beat_ns >= min_dist_ns:
+                    if self.last_beat_ns is not None:
+                        ibi = (tp - self.last_beat_ns) / 1e6
+                        artifact = not 300.0 <= ibi <= 2000.0
+                        self.beats.append(Beat(tp, ibi, artifact))
+                        if not artifact:
+                            self.last_valid = (tp, ibi)
+                    self.last_beat_ns = tp
+            self.y2, self.y1, self.t1 = self.y1, y, ti
+        return self._emit(t[-1] + round(1e9 / self.rate_hz))
 
     def _emit(self, data_end_ns: int) -> list[tuple[int, float]]:
         k_end = data_end_ns // GRID_NS  # bins < k_end are complete

@@ -167,7 +167,7 @@ class Link:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.2)
+            self._wake.wait(1.0)
             self._wake.clear()
             try:
                 self._drain_acks()

@@ -80,6 +80,11 @@ class Outbox:
             self._con.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._con.execute("PRAGMA busy_timeout=10000")
             self._con.executescript(SCHEMA)
+            # Deletions need no fsync: a deletion lost in a power cut only means a resend, which the hub
+            # deduplicates. A second connection with synchronous=NORMAL keeps them cheap.
+            self._del = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._del.execute("PRAGMA synchronous=NORMAL")
+            self._del.execute("PRAGMA busy_timeout=10000")
             row = self._con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
@@ -169,17 +174,20 @@ class Outbox:
             return 0
         with self._lock:
             try:
-                self._con.execute("BEGIN IMMEDIATE")
+                self._del.execute("BEGIN IMMEDIATE")
                 removed = 0
                 for (rid,) in ids:
-                    row = self._con.execute("DELETE FROM outbox WHERE id=? RETURNING size", (rid,)).fetchone()
+                    row = self._del.execute("DELETE FROM outbox WHERE id=? RETURNING size", (rid,)).fetchone()
                     if row is not None:
                         removed += 1
                         self._bytes -= int(row[0])
                 self._count -= removed
-                self._con.execute("COMMIT")
+                self._del.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                self._rollback()
+                try:
+                    self._del.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass
                 raise OutboxError(f"outbox {self.path}: delete failed: {exc}") from exc
         return removed
 
@@ -220,3 +228,4 @@ class Outbox:
             except sqlite3.DatabaseError:
                 logger.debug("outbox checkpoint at close failed", exc_info=True)
             self._con.close()
+            self._del.close()

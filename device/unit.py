@@ -104,7 +104,7 @@ class Unit:
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
             try:
-                self._work_once(0.05)
+                self._work_once(0.25)
             except DyadsyncError as exc:
                 logger.error("worker: %s", exc)
                 self.fatal = str(exc)
