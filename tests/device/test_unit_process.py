@@ -81,7 +81,8 @@ def test_sigterm_notify_and_clean_shutdown(tmp_path, unit_toml, console, mosquit
 def test_sigkill_sends_will_and_session_resumes(tmp_path, unit_toml, console, mosquitto, room_auth):
     rec = Recorder(tmp_path / "hub.sqlite", "room-a", mosquitto.host, mosquitto.port,
                    *room_auth.service_user("recorder")).start()
-    config = unit_toml(speed=4.0)
+    # simulated time anchored at a fixed epoch, so the restarted process continues the same time line
+    config = unit_toml(speed=4.0, epoch_ns=time.time_ns())
     proc = _spawn(config)
     try:
         assert console.wait_status("unit-a", lambda s: s.state == "idle")
