@@ -186,3 +186,17 @@ def test_clock_monitor_runs_command(tmp_path):
     missing = ClockMonitor("chronyc", [str(tmp_path / "no-such-chronyc")])
     assert missing.poll() is None
     assert ClockMonitor("assume_unsynced").poll() is False
+
+
+def test_systemd_unit_file():
+    import configparser
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "device" / "systemd" / "dyadsync-unit.service"
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str
+    cp.read_string(path.read_text())
+    svc = cp["Service"]
+    assert svc["Type"] == "notify" and svc["Restart"] == "on-failure"
+    assert int(svc["WatchdogSec"]) > 0 and "unit run --config" in svc["ExecStart"]
+    assert int(svc["TimeoutStopSec"]) > 10  # room for the outbox flush on SIGTERM
