@@ -28,7 +28,7 @@ import numpy as np
 from . import _ppg
 from .errors import DspError
 from .filters import SosFilter, butter_sos
-from .grid import FEATURE_RATE_HZ
+from .grid import FEATURE_RATE_HZ, GridClock
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +226,9 @@ class IbiCorrector:
 
 @dataclass
 class PpgFeatures:
-    """Output of one push: raw beats (fractional sample index), final corrected beats (s) with IBIs, and HR
-    and IBI on the 4 Hz grid (``index`` k ↔ ``k / 4`` s after the stream's first sample)."""
+    """Output of one push: raw beats (fractional sample index), final corrected beats (s after the first
+    sample) with IBIs, and HR and IBI on the 4 Hz grid (``index`` k: ``k / 4`` s after the first sample, or
+    UTC ``k * 250 ms`` when the stream was given ``t0_ns``)."""
 
     raw_beats: np.ndarray
     beat_s: np.ndarray
@@ -247,13 +248,20 @@ class PpgFeatures:
 class PpgStream:
     """Streaming PPG pipeline; ``push(counts) -> PpgFeatures`` (see the module docstring)."""
 
-    def __init__(self, rate_hz: float, band_hz: tuple[float, float] = (0.5, 8.0), order: int = 2) -> None:
+    def __init__(
+        self,
+        rate_hz: float,
+        band_hz: tuple[float, float] = (0.5, 8.0),
+        order: int = 2,
+        t0_ns: int | None = None,
+    ) -> None:
         if not (np.isfinite(rate_hz) and rate_hz > 2 * band_hz[1]):
             raise DspError(f"PPG rate_hz={rate_hz!r} must exceed twice the band-pass top {band_hz[1]} Hz")
         self.rate_hz = float(rate_hz)
         self._bp = SosFilter(butter_sos(order, band_hz, rate_hz, "bandpass"), init="first")
         self._det = _ppg.ElgendiDetector(self.rate_hz)
         self._ibi = IbiCorrector()
+        self.clock = GridClock(t0_ns)
         self.reset()
 
     def reset(self) -> None:
@@ -261,7 +269,7 @@ class PpgStream:
         self._det.reset()
         self._ibi.reset()
         self._n = 0
-        self._k_next = 0  # next grid index to emit
+        self._k_next = self.clock.first_index  # next grid index to emit
         self._last_beat_s: float | None = None
         self._last_hr = np.nan
         self._last_ibi = np.nan
@@ -300,9 +308,9 @@ class PpgStream:
         t_b = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
         hr_b = np.concatenate(([self._last_hr], np.where(valid, 60000.0 / ibi, np.nan)))
         ibi_b = np.concatenate(([self._last_ibi], np.where(valid, ibi, np.nan)))
-        k_end = int(np.floor(beat_s[-1] * FEATURE_RATE_HZ)) + 1
+        k_end = self.clock.last_index_at_or_before(float(beat_s[-1])) + 1
         k = np.arange(self._k_next, max(k_end, self._k_next), dtype=np.int64)
-        tk = k / FEATURE_RATE_HZ
+        tk = self.clock.rel_s(k)
         seg = np.searchsorted(t_b, tk, side="left")  # t_b[seg-1] < tk <= t_b[seg]
         hr = np.full(len(k), np.nan)
         ig = np.full(len(k), np.nan)

@@ -7,6 +7,7 @@ import pytest
 
 from dsp_ext.eda import EdaStream, eda_features
 from dsp_ext.errors import DspError
+from dsp_ext.filters import butter_sos, sosfilt
 from dsp_ext.ppg import (
     ECTOPIC,
     EXTRA,
@@ -219,3 +220,26 @@ def test_ibi_corrector_repairs_beats():
     assert np.mean(d < 0.06) >= 0.99
     ibi = np.diff(t) * 1000
     assert ibi.min() > 600 and ibi.max() < 1100
+
+
+def test_utc_grid_indices():
+    x = _eda_signal(32.0, 30.0, [(10.0, 0.3)])
+    rel = eda_features(x, 32.0)
+    k0 = 6_800_000_000  # UTC grid index (k * 250 ms)
+    on = eda_features(x, 32.0, t0_ns=k0 * 250_000_000)
+    np.testing.assert_array_equal(on.index, rel.index + k0)
+    np.testing.assert_array_equal(on.eda_us, rel.eda_us)
+    off = eda_features(x, 32.0, t0_ns=k0 * 250_000_000 + 100_000_000)  # first sample 100 ms after a point
+    assert off.index[0] == k0 + 1
+    t_rel = (off.index - k0) * 0.25 - 0.1  # seconds after the first sample
+    ok = np.isfinite(off.eda_us)
+    lp = sosfilt(butter_sos(4, 3.0, 32.0), x, init="first")  # the stream's own low-pass at 32 Hz
+    np.testing.assert_allclose(off.eda_us[ok], np.interp(t_rel[ok], np.arange(len(x)) / 32.0, lp), atol=1e-12)
+    beats = _beats(np.random.default_rng(1), 60.0, 70.0)
+    p = _ppg_signal(100.0, beats, 60.0)
+    a = ppg_features(p, 100.0)
+    b = ppg_features(p, 100.0, t0_ns=k0 * 250_000_000)
+    np.testing.assert_array_equal(b.index, a.index + k0)
+    np.testing.assert_array_equal(b.hr_bpm, a.hr_bpm)
+    with pytest.raises(DspError):
+        EdaStream(32.0, t0_ns=-5)
