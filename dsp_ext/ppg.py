@@ -20,6 +20,7 @@ the peaks of the causally filtered pulse come a little later (see docs/dsp.md fo
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
 
@@ -72,7 +73,10 @@ def _median(values: list[float]) -> float:
 
 def _quartile_dev(values: list[float]) -> float:
     """(Q3 − Q1) / 2 with numpy's default linear interpolation between order statistics."""
-    v = sorted(values)
+    return _quartile_dev_sorted(sorted(values))
+
+
+def _quartile_dev_sorted(v: list[float]) -> float:
     n = len(v)
 
     def q(p: float) -> float:
@@ -84,13 +88,23 @@ def _quartile_dev(values: list[float]) -> float:
     return (q(0.75) - q(0.25)) / 2.0
 
 
-def _classify(rr: list[float], med: list[float], j: int) -> int:
+def _abs_drr_mrr(rr: list[float], med: list[float], k: int) -> tuple[float, float]:
+    """|dRR| and |mRR| of interval k (mRR doubled when negative, as in the paper)."""
+    d = rr[k] - rr[k - 1] if k >= 1 else 0.0
+    m = rr[k] - med[k]
+    return abs(d), abs(2.0 * m if m < 0 else m)
+
+
+def _classify(
+    rr: list[float], med: list[float], j: int, thresholds: tuple[float, float] | None = None
+) -> int:
     """Decision rules of Lipponen & Tarvainen (2019) for interval ``j`` of ``rr`` (ms); ``med[k]`` is the
     median of the 11 intervals ending at ``k`` (the paper centres it; ours must not look ahead).
 
     Thresholds: ``α = 5.2`` times the quartile deviation of |dRR| and |mRR| over the intervals
     ``j − 88 … j + 2`` (causal version of the paper's centred 91-beat window). Plain Python on short
-    lists: cheaper than numpy for 91 values, once per beat.
+    lists: cheaper than numpy for 91 values, once per beat. ``thresholds`` (th1, th2) may be given when the
+    caller keeps the window sorted (:class:`IbiCorrector`); they must equal what is computed here.
     """
     lo = max(0, j + _AHEAD + 1 - _QD_WIN)
     hi = j + _AHEAD + 1
@@ -99,8 +113,11 @@ def _classify(rr: list[float], med: list[float], j: int) -> int:
     drr = [rr[k] - rr[k - 1] if k >= 1 else 0.0 for k in range(lo, hi)]
     mrr = [rr[k] - med[k] for k in range(lo, hi)]
     mrr = [2.0 * m if m < 0 else m for m in mrr]
-    th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
-    th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
+    if thresholds is None:
+        th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
+        th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
+    else:
+        th1, th2 = thresholds
     if not (th1 > 0 and th2 > 0):
         return NORMAL
     jj = j - lo
@@ -159,6 +176,32 @@ class IbiCorrector:
         self._next = 0  # interval to judge next
         self._started = False
         self.n_corrected = 0
+        # the threshold window [wlo, whi) of |dRR| and |mRR| values, kept sorted (rebuilt after a correction)
+        self._sd: list[float] = []
+        self._sm: list[float] = []
+        self._wlo = self._whi = 0
+        self._dirty = True
+
+    def _thresholds(self, j: int) -> tuple[float, float]:
+        lo = max(0, j + _AHEAD + 1 - _QD_WIN)
+        hi = j + _AHEAD + 1
+        rr, med = self._rr, self._med
+        if self._dirty or lo < self._wlo or hi < self._whi or lo >= self._whi:
+            vals = [_abs_drr_mrr(rr, med, k) for k in range(lo, hi)]
+            self._sd = sorted(v[0] for v in vals)
+            self._sm = sorted(v[1] for v in vals)
+            self._wlo, self._whi, self._dirty = lo, hi, False
+        while self._whi < hi:
+            d, m = _abs_drr_mrr(rr, med, self._whi)
+            bisect.insort(self._sd, d)
+            bisect.insort(self._sm, m)
+            self._whi += 1
+        while self._wlo < lo:
+            d, m = _abs_drr_mrr(rr, med, self._wlo)
+            del self._sd[bisect.bisect_left(self._sd, d)]
+            del self._sm[bisect.bisect_left(self._sm, m)]
+            self._wlo += 1
+        return _ALPHA * _quartile_dev_sorted(self._sd), _ALPHA * _quartile_dev_sorted(self._sm)
 
     def _extend_intervals(self) -> None:
         while len(self._rr) < len(self._raw) - 1:
@@ -189,7 +232,7 @@ class IbiCorrector:
         self._extend_intervals()
         while self._next + _AHEAD < len(self._rr):
             j = self._next
-            kind = _classify(self._rr, self._med, j)
+            kind = _classify(self._rr, self._med, j, self._thresholds(j) if j + _AHEAD + 1 >= 4 else None)
             raw = self._raw
             if kind == NORMAL:
                 out_t.append(raw[j + 1])
@@ -213,12 +256,18 @@ class IbiCorrector:
                 self._next += 1
             out_k.append(kind)
             self.n_corrected += kind != NORMAL
+            if kind != NORMAL:
+                self._dirty = True
             drop = max(0, self._next - self.keep)
             if drop:
                 del self._raw[:drop]
                 del self._rr[:drop]
                 del self._med[:drop]
                 self._next -= drop
+                self._wlo -= drop
+                self._whi -= drop
+                if self._wlo < 1:  # |dRR| of the new first interval is no longer known
+                    self._dirty = True
             if self._next + _AHEAD >= len(self._rr):
                 self._extend_intervals()
         return np.asarray(out_t, dtype=np.float64), np.asarray(out_k, dtype=np.int64)

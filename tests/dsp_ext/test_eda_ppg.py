@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dsp_ext import ppg as ppg_mod
 from dsp_ext.eda import EdaStream, eda_features
 from dsp_ext.errors import DspError
 from dsp_ext.filters import butter_sos, sosfilt
@@ -243,3 +244,34 @@ def test_utc_grid_indices():
     np.testing.assert_array_equal(b.hr_bpm, a.hr_bpm)
     with pytest.raises(DspError):
         EdaStream(32.0, t0_ns=-5)
+
+
+def test_ibi_corrector_sorted_window_equals_plain_thresholds(monkeypatch):
+    """The incrementally sorted threshold window gives exactly the thresholds of the plain computation."""
+    rng = np.random.default_rng(8)
+    rr = _rr(400, seed=8)
+    beats = np.concatenate(([0.0], np.cumsum(rr) / 1000.0))
+    extra = beats[rng.choice(len(beats) - 1, 6, replace=False)] + 0.3
+    bad = np.delete(np.sort(np.concatenate((beats, extra))), [50, 170, 290])
+    bad[[120, 240]] -= 0.25  # ectopic-like early beats
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        c = IbiCorrector()
+        parts = [c.push(p) for p in np.array_split(bad, 37)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    fast_t, fast_k = run()
+    assert (fast_k != NORMAL).sum() >= 8
+
+    def plain(self, j):
+        lo, hi = max(0, j + 3 - 91), j + 3
+        vals = [ppg_mod._abs_drr_mrr(self._rr, self._med, k) for k in range(lo, hi)]
+        return (
+            ppg_mod._ALPHA * ppg_mod._quartile_dev([v[0] for v in vals]),
+            ppg_mod._ALPHA * ppg_mod._quartile_dev([v[1] for v in vals]),
+        )
+
+    monkeypatch.setattr(IbiCorrector, "_thresholds", plain)
+    slow_t, slow_k = run()
+    np.testing.assert_array_equal(fast_t, slow_t)
+    np.testing.assert_array_equal(fast_k, slow_k)
