@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
 from .grid import FEATURE_RATE_HZ, GridResampler
@@ -88,10 +89,12 @@ class EdaStream:
         self.scr_max_rise = int(round(scr_max_rise_s * FEATURE_RATE_HZ))
         self._lp = SosFilter(butter_sos(4, lowpass_hz, rate_hz), init="first")
         self._tonic = SosFilter(butter_sos(2, tonic_hz, FEATURE_RATE_HZ), init="first")
+        self._t0_ns = t0_ns
         self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns)
         self.reset()
 
     def reset(self) -> None:
+        self._timeline = BlockTimeline(self.rate_hz)
         self._lp.reset()
         self._tonic.reset()
         self._grid.reset()
@@ -109,6 +112,15 @@ class EdaStream:
     @property
     def state_nbytes(self) -> int:
         return self._lp.state_nbytes + self._tonic.state_nbytes + 64
+
+    def push_block(self, block: object) -> EdaFeatures:
+        """Push a ``SampleBlock`` of raw µS: lost samples become NaN, ``CONTACT_LOST`` marks the block
+        invalid, and — if the stream was made without ``t0_ns`` — the first block's ``t0_ns`` puts the
+        features on the UTC grid."""
+        if self._n == 0 and self._t0_ns is None:
+            self._grid = GridResampler(self.rate_hz, FEATURE_RATE_HZ, t0_ns=int(block.t0_ns))  # type: ignore[attr-defined]
+        values, contact = self._timeline.convert(block)
+        return self.push(values, contact)
 
     def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
         x = np.asarray(eda_us)

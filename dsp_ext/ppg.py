@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _ppg
+from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
 from .grid import FEATURE_RATE_HZ, GridClock
@@ -310,10 +311,12 @@ class PpgStream:
         self._bp = SosFilter(butter_sos(order, band_hz, rate_hz, "bandpass"), init="first")
         self._det = _ppg.ElgendiDetector(self.rate_hz)
         self._ibi = IbiCorrector()
+        self._t0_ns = t0_ns
         self.clock = GridClock(t0_ns)
         self.reset()
 
     def reset(self) -> None:
+        self._timeline = BlockTimeline(self.rate_hz)
         self._bp.reset()
         self._det.reset()
         self._ibi.reset()
@@ -331,6 +334,16 @@ class PpgStream:
     @property
     def state_nbytes(self) -> int:
         return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16))
+
+    def push_block(self, block: object) -> PpgFeatures:
+        """Push a ``SampleBlock`` of raw counts: lost samples become NaN (``CONTACT_LOST`` blocks too), and —
+        if the stream was made without ``t0_ns`` — the first block's ``t0_ns`` puts HR on the UTC grid."""
+        if self._n == 0 and self._t0_ns is None:
+            self.clock = GridClock(int(block.t0_ns))  # type: ignore[attr-defined]
+            self._k_next = self.clock.first_index
+        values, contact = self._timeline.convert(block)
+        values = np.where(contact, values, np.nan)
+        return self.push(values)
 
     def push(self, counts: object) -> PpgFeatures:
         x = np.asarray(counts)

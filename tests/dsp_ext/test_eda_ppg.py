@@ -275,3 +275,54 @@ def test_ibi_corrector_sorted_window_equals_plain_thresholds(monkeypatch):
     slow_t, slow_k = run()
     np.testing.assert_array_equal(fast_t, slow_t)
     np.testing.assert_array_equal(fast_k, slow_k)
+
+
+def _blocks(stream: str, x: np.ndarray, rate: float, t0_ns: int, n_per: int) -> list:
+    from firmware_bridge.block import SampleBlock
+
+    return [
+        SampleBlock(
+            stream, i, t0_ns + int(round(i * n_per * 1e9 / rate)), rate, x[i * n_per : (i + 1) * n_per]
+        )
+        for i in range(len(x) // n_per)
+    ]
+
+
+def test_push_block_fills_gaps_and_uses_utc_grid():
+    from firmware_bridge.block import BlockFlags, SampleBlock
+
+    rate, t0 = 32.0, 1_700_000_000_123_000_000
+    x = _eda_signal(rate, 60.0, [(20.0, 0.3)]).astype(np.float32).astype(np.float64)
+    blocks = _blocks("client/eda", x, rate, t0, 32)
+    lost = 17
+    s = EdaStream(rate)
+    got = [s.push_block(b) for i, b in enumerate(blocks) if i != lost]
+    exp_x = x.copy()
+    exp_x[lost * 32 : (lost + 1) * 32] = np.nan  # the lost block: NaN, not shifted time
+    exp = eda_features(exp_x, rate, t0_ns=t0)
+    np.testing.assert_array_equal(np.concatenate([g.index for g in got]), exp.index)
+    np.testing.assert_array_equal(np.concatenate([g.eda_us for g in got]), exp.eda_us)
+    assert exp.index[0] == -(-t0 // 250_000_000)
+    # a repeated block is dropped, a contact-lost block is invalid, a wrong rate is refused
+    s2 = EdaStream(rate)
+    s2.push_block(blocks[0])
+    again = s2.push_block(blocks[0])
+    assert len(again.index) == 0
+    lost_contact = SampleBlock(
+        "client/eda", 1, blocks[1].t0_ns, rate, blocks[1].values, int(BlockFlags.CONTACT_LOST)
+    )
+    f = s2.push_block(lost_contact)
+    assert f.n_invalid_raw == 32 and not f.valid[-2:].any()
+    with pytest.raises(DspError, match="rate"):
+        s2.push_block(SampleBlock("client/eda", 2, blocks[2].t0_ns, 64.0, blocks[2].values))
+
+
+def test_ppg_push_block_equals_push():
+    rate, t0 = 100.0, 1_700_000_000_000_000_000
+    beats = _beats(np.random.default_rng(2), 60.0, 75.0)
+    x = _ppg_signal(rate, beats, 60.0)
+    s = PpgStream(rate)
+    got = [s.push_block(b) for b in _blocks("therapist/ppg", x, rate, t0, 50)]
+    exp = ppg_features(x.astype(np.float32).astype(np.float64), rate, t0_ns=t0)
+    np.testing.assert_array_equal(np.concatenate([g.index for g in got]), exp.index)
+    np.testing.assert_array_equal(np.concatenate([g.hr_bpm for g in got]), exp.hr_bpm)
