@@ -172,7 +172,7 @@ class Pipeline:
         per_block = max(1, round(self.dsp.feature_block_s * FEATURE_RATE_HZ))
         self._raw.clear()
         self._last_src_seq.clear()
-        self._extractors = {st: make_extractor(st.split("/")[1], r) for st, r in self.rates.items()}
+        self._extractors = {}
         self._feat_blocks = defaultdict(lambda: _FeatureBlocks(k0, per_block))
         self._epoch_ibis.clear()
         self._sync.clear()
@@ -226,8 +226,10 @@ class Pipeline:
         if self.dsp.publish_raw:
             self._add_raw(block, flags, gap > 0)
         ex = self._extractors.get(stream)
-        if ex is None:
-            return
+        if ex is None:  # created on the first block: serial firmware announces its streams at run time
+            if block.signal not in SIGNAL_CHANNEL:
+                return
+            ex = self._extractors[stream] = make_extractor(block.signal, block.rate_hz)
         role = block.role
         channel = ex.channel
         for k, v in ex.push(block):
