@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -181,12 +182,111 @@ class HrExtractor:
         return beats
 
 
-def make_extractor(signal: str, rate_hz: float) -> EdaExtractor | HrExtractor:
-    """The feature extractor for a raw signal (``eda`` -> eda channel, ``ppg`` -> hr channel)."""
+class _Anchored:
+    """Adapter base for dsp_ext streams, whose grid index k means ``k / 4`` s after the stream's first
+    sample: the first sample's UTC time anchors it to the shared grid (to the nearest bin, an error below
+    half a raw sample). Raw gaps up to ``MAX_FILL_S`` are filled with NaN samples so the stream stays
+    contiguous; a longer gap (or a time jump backwards) restarts the stream at a new anchor."""
+
+    MAX_FILL_S = 10.0
+
+    def __init__(self, rate_hz: float, factory) -> None:
+        self.rate_hz = rate_hz
+        self._factory = factory
+        self.stream = factory()
+        self.anchor_ns: int | None = None
+        self.next_ns: int | None = None
+        self.k_next: int | None = None
+
+    def _feed(self, block: SampleBlock) -> tuple[np.ndarray, int]:
+        """Values to push (with NaN gap filling) and the anchor bin; restarts the stream if needed."""
+        x = block.values.astype(np.float64)
+        period = 1e9 / self.rate_hz
+        if self.next_ns is not None:
+            missing = round((block.t0_ns - self.next_ns) / period)
+            if missing < 0 or missing > self.MAX_FILL_S * self.rate_hz:
+                self.stream = self._factory()
+                self.anchor_ns = None
+            elif missing > 0:
+                x = np.concatenate([np.full(missing, np.nan), x])
+        if self.anchor_ns is None:
+            self.anchor_ns = block.t0_ns
+        self.next_ns = block.t0_ns + round(block.n * period)
+        return x, round(self.anchor_ns / GRID_NS)
+
+
+class DspEdaExtractor(_Anchored):
+    """``dsp_ext.eda.EdaStream`` (artefact rejection, 3 Hz low-pass, grid interpolation) on the UTC grid."""
+
+    channel = "eda"
+
+    def __init__(self, rate_hz: float) -> None:
+        from dsp_ext.eda import EdaStream
+
+        super().__init__(rate_hz, lambda: EdaStream(rate_hz))
+
+    def push(self, block: SampleBlock) -> list[tuple[int, float]]:
+        x, k0 = self._feed(block)
+        contact = None
+        if block.flags & 0x2:  # CONTACT_LOST
+            contact = np.zeros(x.size, dtype=bool)
+        f = self.stream.push(x, contact)
+        out = [(k0 + int(k), float(v)) for k, v in zip(f.index.tolist(), f.eda_us.tolist(), strict=True)]
+        if out:
+            self.k_next = out[-1][0] + 1
+        return out
+
+
+class DspPpgExtractor(_Anchored):
+    """``dsp_ext.ppg.PpgStream`` (Elgendi peaks, Lipponen-Tarvainen IBI correction) on the UTC grid.
+
+    HR points are final about two beats after the grid time (the causal correction's look-ahead)."""
+
+    channel = "hr"
+
+    def __init__(self, rate_hz: float) -> None:
+        from dsp_ext.ppg import PpgStream
+
+        super().__init__(rate_hz, lambda: PpgStream(rate_hz))
+        self.beats: list[Beat] = []
+
+    def push(self, block: SampleBlock) -> list[tuple[int, float]]:
+        x, k0 = self._feed(block)
+        f = self.stream.push(x)
+        anchor = self.anchor_ns
+        assert anchor is not None
+        for t_s, ibi, ok in zip(f.beat_s.tolist(), f.ibi_ms.tolist(), f.ibi_valid.tolist(), strict=True):
+            if ibi == ibi:  # the first beat has no interval
+                self.beats.append(Beat(anchor + round(t_s * 1e9), float(ibi), not ok))
+        out = [(k0 + int(k), float(v)) for k, v in zip(f.index.tolist(), f.hr_bpm.tolist(), strict=True)]
+        if out:
+            self.k_next = out[-1][0] + 1
+        return out
+
+    def take_beats(self) -> list[Beat]:
+        beats, self.beats = self.beats, []
+        return beats
+
+
+def _dsp_available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def make_extractor(signal: str, rate_hz: float, method: str = "auto") -> Any:
+    """The feature extractor for a raw signal (``eda`` -> eda channel, ``ppg`` -> hr channel).
+
+    ``method``: ``dsp_ext`` (the project's DSP streams), ``fast`` (the plain fallbacks above, one bin of
+    latency) or ``auto`` (dsp_ext when it is installed)."""
+    use_dsp = method == "dsp_ext" or (method == "auto" and _dsp_available(f"dsp_ext.{signal}"))
     if signal == "eda":
-        return EdaExtractor(rate_hz)
+        return DspEdaExtractor(rate_hz) if use_dsp else EdaExtractor(rate_hz)
     if signal == "ppg":
-        return HrExtractor(rate_hz)
+        return DspPpgExtractor(rate_hz) if use_dsp else HrExtractor(rate_hz)
     raise ValueError(f"no feature extractor for signal {signal!r}")
 
 

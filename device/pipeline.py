@@ -33,7 +33,7 @@ import numpy as np
 from broker import wire
 from firmware_bridge.block import BlockFlags, SampleBlock
 
-from .features import FEATURE_RATE_HZ, GRID_NS, HrExtractor, make_extractor, rmssd_ms
+from .features import FEATURE_RATE_HZ, GRID_NS, make_extractor, rmssd_ms
 from .outbox import OutMsg
 from .sources import block_gap
 
@@ -229,12 +229,12 @@ class Pipeline:
         if ex is None:  # created on the first block: serial firmware announces its streams at run time
             if block.signal not in SIGNAL_CHANNEL:
                 return
-            ex = self._extractors[stream] = make_extractor(block.signal, block.rate_hz)
+            ex = self._extractors[stream] = make_extractor(block.signal, block.rate_hz, self.feature_method(block.signal))
         role = block.role
         channel = ex.channel
         for k, v in ex.push(block):
             self._feature(role, channel, k, v, flags)
-        if isinstance(ex, HrExtractor):
+        if ex.channel == "hr":
             epoch_bins = round(self.dsp.regulation_epoch_s * FEATURE_RATE_HZ)
             for beat in ex.take_beats():
                 e = (beat.t_ns // GRID_NS - self.session.k0) // epoch_bins
@@ -320,18 +320,21 @@ class Pipeline:
             if len(self.window_done_ns) > 10_000:
                 del self.window_done_ns[:5000]
 
-    def _regulation(self, ex: HrExtractor, epoch_bins: int) -> None:
+    def feature_method(self, signal: str) -> str:
+        return self.dsp.eda_method if signal == "eda" else self.dsp.hr_method
+
+    def _regulation(self, ex: Any, epoch_bins: int) -> None:
         """Emit the regulation metric of every epoch that the local PPG streams have passed."""
         assert self.session is not None
         if ex.k_next is None:
             return
         done = (min(e.k_next for e in self._extractors.values()
-                    if isinstance(e, HrExtractor) and e.k_next is not None) - self.session.k0) // epoch_bins - 1
+                    if e.channel == "hr" and e.k_next is not None) - self.session.k0) // epoch_bins - 1
         while self._epoch_done < done:
             e = self._epoch_done + 1
             values: dict[str, float] = {}
             for st, ext in self._extractors.items():
-                if isinstance(ext, HrExtractor):
+                if ext.channel == "hr":
                     role = st.split("/")[0]
                     ibis = self._epoch_ibis[role].pop(e, [])
                     values[f"{role}_rmssd_ms"] = rmssd_ms(ibis)
