@@ -153,6 +153,7 @@ class SerialLink:
             "duplicate_frames": 0,
             "queue_dropped_blocks": 0,
             "unstamped_blocks": 0,
+            "acks": 0,
             "nacks": 0,
             "pongs": 0,
         }
@@ -333,6 +334,7 @@ class SerialLink:
         start_seq: list[int] = []
         for fr in self._deadline_loop(ser, "START ACK", lambda: start_seq.append(self._write(ser, Start()))):
             if isinstance(fr.msg, Ack) and fr.msg.acked_type == int(Start.TYPE) and fr.msg.acked_seq in start_seq:
+                self.counters["acks"] += 1
                 self.connected.set()
                 self.counters["connects"] += 1
                 self.refused = None
@@ -354,6 +356,7 @@ class SerialLink:
             self.clock.new_segment()
             for tr in self.trackers.values():
                 tr.reset()
+            self._status_bits.clear()
             self._gap_pending.update(c.stream for c in hello.channels if c.stream in self._seq)
         with self._lock:
             self.hello = hello
@@ -401,6 +404,8 @@ class SerialLink:
         elif isinstance(msg, Hello):
             if not msg.is_request and not during_handshake:
                 raise _Rehandshake(msg)
+        elif isinstance(msg, Ack):
+            self.counters["acks"] += 1
         elif isinstance(msg, Nack):
             self.counters["nacks"] += 1
             logger.warning("device NACK for type 0x%02x: %s", msg.acked_type, msg.reason)

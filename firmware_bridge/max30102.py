@@ -142,6 +142,7 @@ class MAX30102(I2CDriver):
         self.fifo_a_full = fifo_a_full
         self.reset_timeout_s = reset_timeout_s
         self.initialised = False
+        self._ever_initialised = False
         self.lost_samples = 0
         self.lost_inexact_events = 0
         self.overflows = 0
@@ -190,6 +191,7 @@ class MAX30102(I2CDriver):
         self.write_reg(mode.address, mode.compose(mode="spo2"))
         self._verify_config()
         self.initialised = True
+        self._ever_initialised = True
         logger.info("MAX30102 at 0x%02x: SpO2 mode, %d Hz, %d us", self.address, self.sample_rate_hz, self.pulse_width_us)
 
     def _clear_fifo(self) -> None:
@@ -211,18 +213,22 @@ class MAX30102(I2CDriver):
     # ------------------------------------------------------------------------------------- FIFO
     def read_fifo(self) -> FifoData:
         """Drain the FIFO. Bus errors are retried; if they persist the chip is re-initialised (the FIFO
-        content is then lost and flagged); if that fails too, :class:`SensorError` is raised."""
-        if not self.initialised:
+        content is then lost and the block flagged inexact). If re-initialisation fails too,
+        :class:`SensorError` is raised and the next call tries again, so an acquisition loop that catches
+        SensorError recovers by itself when the sensor comes back."""
+        if not self._ever_initialised:
             raise SensorError(errno.EIO, f"MAX30102 at 0x{self.address:02x}: call init() first")
-        try:
-            return self._read_fifo()
-        except SensorError as exc:
-            logger.warning("%s; re-initialising", exc)
-            self.counters.reinits += 1
-            self.init()
-            self.lost_inexact_events += 1
-            empty = np.zeros(0, dtype=np.uint32)
-            return FifoData(empty, empty, 0, lost_exact=False, reinitialised=True)
+        if self.initialised:
+            try:
+                return self._read_fifo()
+            except SensorError as exc:
+                logger.warning("%s; re-initialising", exc)
+                self.initialised = False
+        self.counters.reinits += 1
+        self.init()
+        self.lost_inexact_events += 1
+        empty = np.zeros(0, dtype=np.uint32)
+        return FifoData(empty, empty, 0, lost_exact=False, reinitialised=True)
 
     def _read_fifo(self) -> FifoData:
         wr, ovf, rd = self.read_block(REGS["FIFO_WR_PTR"].address, 3)  # one transaction: consistent snapshot

@@ -10,6 +10,7 @@ import pytest
 
 from firmware_bridge.block import BlockFlags
 from firmware_bridge.link import SerialLink
+from firmware_bridge.protocol import Config, StatusBits
 
 from .conftest import wait_sim
 
@@ -170,3 +171,24 @@ def test_missing_port_is_retried_with_backoff(tmp_path):
     assert 3 <= n <= 0.3 / 0.01 + 2  # backoff doubles, so far fewer than one try per 10 ms
     with pytest.raises(ValueError, match="backoff"):
         SerialLink("loop://", backoff_initial_s=0.0)
+
+
+def test_status_flags_and_config_ack_nack(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu)
+    wait_sim(emu, 5.0)
+    emu.send_status(((0, int(StatusBits.CONTACT_LOST), 3),))
+    wait_sim(emu, 10.0)
+    link.send(Config(0, "frame_samples", 4))
+    link.send(Config(9, "frame_samples", 4))
+    wait_sim(emu, 15.0)
+    link.stop()
+    ds = collect(link)
+    eda_t = ds["therapist/eda"]
+    lost_flags = [bool(d.block.flags & BlockFlags.CONTACT_LOST) for d in eda_t]
+    assert lost_flags[0] is False and lost_flags[-1] is True
+    assert lost_flags == sorted(lost_flags)  # off, then on from the STATUS frame onwards
+    assert not any(d.block.flags & BlockFlags.CONTACT_LOST for d in ds["client/eda"])
+    assert eda_t[-1].block.n == 4 and eda_t[0].block.n == 8
+    st = link.stats()
+    assert st["nacks"] == 1 and st["acks"] >= 2  # START + CONFIG

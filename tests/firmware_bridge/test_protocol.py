@@ -206,3 +206,15 @@ def test_index_tracker_wrap_overlap_duplicate():
     assert tr.accept(12, 5) == (0, 3)  # overlap: 12..14 already delivered
     assert tr.accept(12, 5) == (0, 5)  # duplicate
     assert (tr.received, tr.lost, tr.duplicates, tr.gaps) == (2 + 4 + 5 + 2, 7, 1, 1)
+
+
+def test_spec_worked_example():
+    """The bytes printed in docs/firmware-protocol.md are what the encoder produces."""
+    assert zlib.crc32(b"123456789") == 0xCBF43926
+    wire = encode_frame(Samples(2, 1000, (1, -1, 70000)), frame_seq=7, device_time_us=123456789)
+    assert wire.hex(" ") == (
+        "02 01 02 02 02 07 08 15 cd 5b 07 02 e8 03 01 02 03 02 01 01 01 08 ff ff ff ff 70 11 01 05 e0 16 84 fd 00"
+    )
+    assert cobs_decode(wire[:-1]).hex(" ") == (
+        "01 00 02 00 07 00 15 cd 5b 07 02 e8 03 00 00 03 00 01 00 00 00 ff ff ff ff 70 11 01 00 e0 16 84 fd"
+    )
