@@ -84,7 +84,8 @@ class SerialLink:
     handshake_timeout_s: time allowed for each handshake step.
     silence_timeout_s: no byte for this long while streaming -> reconnect.
     backoff_initial_s / backoff_max_s: reconnect delay, doubling.
-    queue_max: deliveries kept for the consumer; when full, the oldest is dropped and counted, and the next
+    queue_max: deliveries kept for the consumer; when full, new blocks are dropped and counted
+        (``queue_dropped_blocks``/``queue_dropped_samples``), their seq numbers are skipped and the next
         block of that stream carries GAP_BEFORE.
     monotonic_ns: host clock (``time.monotonic_ns``).
     serial_factory: opens a URL (``serial.serial_for_url``), called as ``factory(url, baudrate=, timeout=)``.
@@ -152,6 +153,8 @@ class SerialLink:
             "unknown_channel_frames": 0,
             "duplicate_frames": 0,
             "queue_dropped_blocks": 0,
+            "queue_dropped_samples": 0,
+            "internal_errors": 0,
             "unstamped_blocks": 0,
             "acks": 0,
             "nacks": 0,
@@ -246,6 +249,11 @@ class SerialLink:
                 self.counters["handshake_failures"] += 1
                 self.last_error = str(exc)
                 logger.warning("handshake on %s failed: %s", self.url, exc)
+            except Exception as exc:  # a bug or an unforeseen input must not kill the reader thread
+                self.counters["internal_errors"] += 1
+                self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                logger.exception("serial link %s: internal error; reconnecting", self.url)
+                backoff = self.backoff_max_s
             finally:
                 if self.connected.is_set():
                     self.counters["disconnects"] += 1
@@ -285,6 +293,7 @@ class SerialLink:
     def _session(self, ser: serial.SerialBase) -> None:
         self._streamed = False
         self.decoder.reset()
+        self.decoder.last_error = ""
         self._last_rx_ns = self.monotonic_ns()
         hello: Hello | None = None
         while True:
@@ -309,7 +318,8 @@ class SerialLink:
                 raise self.decoder.last_version_error or UnsupportedVersionError("unsupported protocol version")
             now = self.monotonic_ns()
             if now - start > timeout_ns:
-                raise HandshakeError(f"no {what} from {self.url} within {self.handshake_timeout_s} s")
+                why = f" (last decode error: {self.decoder.last_error})" if self.decoder.last_error else ""
+                raise HandshakeError(f"no {what} from {self.url} within {self.handshake_timeout_s} s{why}")
             if now - last_send > timeout_ns // 4:
                 last_send = now
                 resend()
@@ -452,10 +462,8 @@ class SerialLink:
         try:
             self._queue.put_nowait(d)
         except queue.Full:
-            try:
-                old = self._queue.get_nowait()
-                self._gap_pending.add(old.block.stream)
-            except queue.Empty:
-                pass
+            # The consumer is behind: drop this (newest) block, count it, and flag the next block of the
+            # stream, so the gap is marked where it is (its seq is skipped as well).
             self.counters["queue_dropped_blocks"] += 1
-            self._queue.put_nowait(d)
+            self.counters["queue_dropped_samples"] += block.n
+            self._gap_pending.add(stream)

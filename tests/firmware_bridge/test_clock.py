@@ -117,3 +117,16 @@ def test_bad_arguments():
         ClockMapper(half_life_s=0.1)
     m = ClockMapper()
     assert m.add_probe(10, 0, 0, 5) is False
+
+
+def test_hours_with_wraps_and_a_long_outage():
+    """Two simulated hours (the 32-bit µs counter wraps twice) and an 80-minute gap without probes
+    (longer than one wrap period): the unwrap uses the host time elapsed, no false reset."""
+    rng = np.random.default_rng(21)
+    dev = SimDevice(95.0, d0_us=1e9)
+    mapper = ClockMapper(half_life_s=120.0)
+    run_probes(mapper, dev, rng, 0.0, 1800.0, period_s=2.0)
+    run_probes(mapper, dev, rng, 1800.0 + 80 * 60, 1800.0 + 80 * 60 + 600.0, period_s=2.0)
+    assert mapper.resets_detected == 0
+    t_end = 1800.0 + 80 * 60 + 600.0
+    assert max_error_ms(mapper, dev, t_end - 10, t_end) <= 1.0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import time
+import tty
+import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 
 from firmware_bridge.block import BlockFlags
 from firmware_bridge.link import SerialLink
-from firmware_bridge.protocol import Config, StatusBits
+from firmware_bridge.protocol import HEADER, ChannelInfo, Config, Hello, StatusBits, cobs_encode
 
 from .conftest import wait_sim
 
@@ -192,3 +196,68 @@ def test_status_flags_and_config_ack_nack(emulator_factory, link_factory):
     assert eda_t[-1].block.n == 4 and eda_t[0].block.n == 8
     st = link.stats()
     assert st["nacks"] == 1 and st["acks"] >= 2  # START + CONFIG
+
+
+def test_consumer_too_slow_drops_newest_blocks_counted_and_flagged(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu, queue_max=50)
+    wait_sim(emu, 20.0)  # ~ 2 x 80 + 2 x 25 blocks produced, nobody consumes
+    got = [link.get(timeout_s=0) for _ in range(50)]
+    assert all(b is not None for b in got)
+    wait_sim(emu, 25.0)
+    link.stop()
+    st = link.stats()
+    assert st["queue_dropped_blocks"] > 0 and st["queue_dropped_samples"] > 0
+    after = collect(link)
+    for stream, ds in after.items():
+        first = ds[0]
+        before = [b for b in got if b.stream == stream]
+        # the first block after the drop carries GAP_BEFORE and its seq jumps past the dropped ones
+        if before:
+            assert first.block.seq > before[-1].seq + 1
+        assert first.block.flags & BlockFlags.GAP_BEFORE
+
+
+def test_malformed_hello_gives_a_clear_handshake_error(tmp_path):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    link = SerialLink(path, handshake_timeout_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.1).start()
+    try:
+        payload = bytearray(Hello("fw", (1, 0, 0), 1, 1, (ChannelInfo(0, "therapist", "eda", 4.0, "uS"),)).encode_payload())
+        payload[20] = 7  # role code of channel 0: neither therapist (0) nor client (1)
+        body = HEADER.pack(1, 0, 0x01, 0, 1, 0) + bytes(payload)
+        body += struct.pack("<I", zlib.crc32(body))
+        deadline = time.monotonic() + 5
+        while link.stats()["handshake_failures"] < 1 and time.monotonic() < deadline:
+            os.write(master, cobs_encode(body) + b"\x00")
+            time.sleep(0.05)
+    finally:
+        link.stop()
+        os.close(master)
+        os.close(slave)
+    assert link.stats()["connects"] == 0
+    assert "no HELLO" in link.last_error and "unknown role code 7" in link.last_error
+    assert link.stats()["decoder"]["decode_errors"] >= 1
+
+
+@pytest.mark.slow
+def test_ten_minutes_slower_speed_with_unplugs_mute_and_bit_errors(emulator_factory, link_factory):
+    """The long variant: speed 5 (two real minutes), bit errors, two unplugs and a silent spell."""
+    emu = emulator_factory(speed=5.0, drift_ppm=100.0, bit_error_rate=1e-5, seed=3)
+    link = link_factory(emu)
+    wait_sim(emu, 150.0)
+    emu.unplug(3.0)
+    wait_sim(emu, 300.0)
+    emu.mute(6.0)
+    wait_sim(emu, 450.0)
+    emu.unplug(20.0)
+    wait_sim(emu, 600.0)
+    time.sleep(0.2)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    assert stats["connects"] == 4
+    replugs = [t for t, name, _ in emu.events if name == "replug"]
+    starts = [t for t, name, _ in emu.events if name == "start"]
+    for t_re in replugs:
+        assert min(t for t in starts if t >= t_re) - t_re <= 2.0
