@@ -150,6 +150,11 @@ class ADS1115(I2CDriver):
         self.write_register(0x01, self._config("AIN0", "single", start=False))
         self._continuous_mux = None
 
+    def status(self) -> dict:
+        out = self.counters.as_dict()
+        out.update(conversions=self.conversions, timeouts=self.timeouts)
+        return out
+
 
 @dataclass
 class ScanResult:
@@ -162,7 +167,9 @@ class MultiplexedScanner:
 
     Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``). A scan that starts more than one
     period late is skipped and counted in ``missed_scans`` (never silently). Bus errors inside a scan are
-    retried by the driver; a conversion that still fails gives NaN and is counted in ``failed``.
+    retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
+    is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
+    scan's values are NaN. The scanner itself never raises on bus errors.
     """
 
     def __init__(self, adc: ADS1115, channels: list[int | str], rate_hz: float) -> None:
@@ -183,6 +190,7 @@ class MultiplexedScanner:
         self.results = {name: ScanResult() for name in names}
         self.missed_scans = 0
         self.failed = 0
+        self._needs_init = False
         self._t0: float | None = None
         self._k = 0
 
@@ -204,14 +212,24 @@ class MultiplexedScanner:
                 self.missed_scans += behind
                 self._k += behind
                 continue
+            if self._needs_init:
+                self.adc.counters.reinits += 1
+                try:
+                    self.adc.init()
+                    self._needs_init = False
+                except SensorError as exc:
+                    logger.warning("ADS1115 re-initialisation failed: %s", exc)
             for name in self.channels:
                 t = self.adc.monotonic()
-                try:
-                    v = self.adc.read_volts(name)
-                except SensorError as exc:
-                    logger.warning("%s", exc)
+                v = math.nan
+                if not self._needs_init:
+                    try:
+                        v = self.adc.read_volts(name)
+                    except SensorError as exc:
+                        logger.warning("%s", exc)
+                        self._needs_init = True
+                if math.isnan(v):
                     self.failed += 1
-                    v = math.nan
                 res = self.results[name]
                 res.times_s.append(t)
                 res.volts.append(v)

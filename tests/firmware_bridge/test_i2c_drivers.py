@@ -337,6 +337,27 @@ def test_ads1115_continuous_mode_and_nacks():
         drv.read_latest_volts()
 
 
+def test_ads1115_scanner_survives_unplug_and_nack_bursts():
+    clock, bus, emu, drv = adc_setup(data_rate_sps=475)
+    scan = MultiplexedScanner(drv, [0, 3], rate_hz=20.0)
+    scan.run_until(2.0)
+    emu.faults.nack_next(3)  # within the retry budget: no NaN
+    scan.run_until(3.0)
+    assert scan.failed == 0 and drv.counters.bus_errors == 3
+    emu.faults.unplugged = True
+    scan.run_until(4.0)
+    emu.faults.unplugged = False
+    scan.run_until(6.0)
+    v = np.array(scan.results["AIN3"].volts)
+    t = np.array(scan.results["AIN3"].times_s)
+    assert len(v) == 120 and scan.missed_scans == 0  # the schedule kept going through the outage
+    outage = (t >= 3.0) & (t < 4.0)
+    assert np.all(np.isnan(v[outage])) and np.allclose(v[t >= 4.1], 0.5, atol=1e-3)
+    assert not np.any(np.isnan(v[t < 3.0]))
+    assert scan.failed == 2 * outage.sum()
+    assert drv.status()["reinits"] >= 1
+
+
 # --------------------------------------------------------------------------------------------- GSR
 def test_gsr_front_end():
     fe = GsrFrontEnd(calibration_v=1.65, supply_v=3.3)
