@@ -339,6 +339,9 @@ class SerialLink:
                 got_pong = self._on_pong(fr.msg) or got_pong
                 if got_pong:
                     break
+            elif self.clock.synced:
+                # the device may still be streaming from before (same boot): keep those samples
+                self._handle(fr, during_handshake=True)
         if not got_pong:
             return
         start_seq: list[int] = []
