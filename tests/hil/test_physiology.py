@@ -6,6 +6,8 @@ analyses (peak picking, resampling, band-pass filtering, lagged correlation), so
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import signal as sps
@@ -136,6 +138,23 @@ def test_scalar_and_array_value_at_agree_including_events():
         np.testing.assert_allclose(one, vec, rtol=1e-12, atol=1e-12, err_msg=s)
     with pytest.raises(SimulatorError):
         sim.value_at("client/ppg", 310.5)
+
+
+def test_config_round_trips_through_json_to_the_same_signals():
+    cfg = brief_config(seed=5, events=[SensorEvent("client/eda", "contact_loss", 10.0, 20.0)], motion_per_min=1.0)
+    text = json.dumps(cfg.to_dict())
+    again = SimConfig.from_dict(json.loads(text))
+    assert again == cfg
+    a, b = DyadSimulator(cfg), DyadSimulator(again)
+    t = np.linspace(0, 600, 5001)
+    for s in STREAMS:
+        assert np.array_equal(a.value_at(s, t), b.value_at(s, t)), s
+    with pytest.raises(ConfigError, match="unknown keys"):
+        SimConfig.from_dict({"seed": 1, "sede": 2})
+    with pytest.raises(ConfigError, match=r"schedule\[0\]"):
+        SimConfig.from_dict({"schedule": [{"start_s": 0}]})
+    with pytest.raises(ConfigError, match="mode"):
+        SimConfig.from_dict({"schedule": [{"start_s": 0, "end_s": 10, "mode": "x"}]})
 
 
 def test_bad_requests_raise_clear_errors(brief_sim):
