@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
@@ -103,6 +105,25 @@ def test_same_seed_same_output_whatever_the_chunking(brief_sim):
     t1, t2 = DyadSimulator(brief_config()).truth, brief_sim.truth
     assert np.array_equal(t1.beat_times_s["client"], t2.beat_times_s["client"])
     assert np.array_equal(t1.arousal["therapist"], t2.arousal["therapist"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), duration_s=st.floats(2.0, 40.0), eda_rate_hz=st.floats(1.0, 256.0),
+       ppg_rate_hz=st.floats(20.0, 400.0), chunks=st.lists(st.floats(0.001, 9.0), min_size=1, max_size=60))
+def test_any_chunking_and_rates_give_the_one_shot_samples(seed, duration_s, eda_rate_hz, ppg_rate_hz, chunks):
+    cfg = SimConfig(seed=seed, duration_s=duration_s, eda_rate_hz=eda_rate_hz, ppg_rate_hz=ppg_rate_hz)
+    one = DyadSimulator(cfg)
+    whole = one.read(duration_s + 1.0)
+    sim = DyadSimulator(cfg)
+    while sum(chunks) <= duration_s:
+        chunks = chunks + chunks
+    parts = read_all(sim, chunks)
+    for s in STREAMS:
+        rate = one.rates_hz[s]
+        expected_n = int(np.ceil(duration_s * rate - 1e-6))
+        assert whole[s].size == parts[s].size == expected_n, (s, whole[s].size, parts[s].size, expected_n)
+        assert np.array_equal(whole[s], parts[s]), s
+        np.testing.assert_allclose(one.value_at(s, np.arange(expected_n) / rate), whole[s], rtol=1e-12, atol=1e-12)
 
 
 def test_value_at_agrees_with_read_and_interpolates(brief_sim):
@@ -318,6 +339,18 @@ def test_ppg_pulse_has_systolic_peak_and_dicrotic_notch():
             late_max = maxs[t[maxs] > p + 0.1]
             assert mins.size and late_max.size, role  # notch followed by the diastolic wave
             assert t[mins[0]] < t[late_max[0]]
+
+
+def test_ppg_polarity_can_be_inverted_like_a_raw_max30102():
+    up = DyadSimulator(SimConfig(seed=3, duration_s=30, ppg_noise_counts=0.0))
+    down = DyadSimulator(SimConfig(seed=3, duration_s=30, ppg_noise_counts=0.0, ppg_inverted=True))
+    peaks = up.truth.pulse_peak_s["client"][2:-2]
+    dc = up.truth.params["client"].ppg_dc_counts
+    ac = up.truth.params["client"].ppg_ac_counts
+    hi, lo = up.value_at("client/ppg", peaks), down.value_at("client/ppg", peaks)
+    # the pulse (its amplitude +-5 % with breathing) adds in one and subtracts in the other
+    assert np.all(hi - lo > 2 * 0.94 * ac) and np.all(hi - lo < 2 * 1.08 * ac)
+    assert np.all(np.abs(0.5 * (hi + lo) - dc) < 0.02 * dc)
 
 
 def test_rsa_tracks_the_configured_tone():
