@@ -15,7 +15,7 @@ Generative model (details and parameter table in ``docs/simulator.md``):
   so the windowed cross-correlation of Boker et al. (2002) with ARCHITECTURE §4's sign convention
   (tau > 0 = therapist leads) peaks at ``tau = +lag``. Segment boundaries are cross-faded.
 * EDA (µS): tonic level ``SCL * exp(k * arousal + drift)`` plus skin-conductance responses, each a
-  normalised bi-exponential (Bateman) impulse response with rise ~1-3 s and decay ~4-8 s, whose onsets
+  normalised bi-exponential (Bateman) impulse response with rise ~1.4-2.9 s and decay ~5-10 s, whose onsets
   are an inhomogeneous Poisson process with rate growing with arousal; plus white sensor noise.
 * Heart: integral pulse frequency modulation (IPFM; Bayly 1968, Mateo & Laguna 2000): beats occur when
   the integral of ``1 / p(t)`` crosses an integer, where the instantaneous period
@@ -784,8 +784,8 @@ class DyadSimulator:
         onsets, a_on = cand[keep], a_at[keep]
         n = onsets.size
         amp = p.scr_amp_us * np.exp(0.5 * rng.standard_normal(n)) * np.exp(0.3 * a_on)
-        tau_r = rng.uniform(0.6, 1.4, n)
-        tau_d = rng.uniform(4.0, 8.0, n)
+        tau_r = rng.uniform(0.6, 1.2, n)
+        tau_d = rng.uniform(5.0, 10.0, n)
         total = np.zeros_like(t)
         events = []
         fs = LATENT_RATE_HZ

@@ -239,8 +239,17 @@ def test_eda_range_noise_and_drift(brief_sim):
         assert 0.02 < np.std(tonic) / np.mean(tonic) < 0.5
 
 
-def test_scr_shapes_in_the_signal_match_the_truth():
-    sim = DyadSimulator(brief_config(seed=4, duration_s=1200, schedule=[]))
+def bateman(x: np.ndarray, tau_rise_s: float, tau_decay_s: float) -> np.ndarray:
+    """Bi-exponential SCR shape with unit peak, written here independently of the simulator."""
+    tp = tau_rise_s * tau_decay_s / (tau_decay_s - tau_rise_s) * np.log(tau_decay_s / tau_rise_s)
+    peak = np.exp(-tp / tau_decay_s) - np.exp(-tp / tau_rise_s)
+    xp = np.maximum(x, 0.0)
+    return np.where(x > 0, (np.exp(-xp / tau_decay_s) - np.exp(-xp / tau_rise_s)) / peak, 0.0)
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_scr_shapes_in_the_signal_match_the_truth(seed):
+    sim = DyadSimulator(brief_config(seed=seed, duration_s=1200, schedule=[]))
     data = read_all(sim, [1200.0])
     truth = sim.truth
     rate = 32.0
@@ -249,26 +258,40 @@ def test_scr_shapes_in_the_signal_match_the_truth():
         scrs = truth.scr[role]
         assert len(scrs) > 10, role
         for ev in scrs:
-            assert 1.0 <= ev.rise_s <= 3.0 and 2.0 <= ev.half_recovery_s <= 10.0, ev
-        onsets = np.array([ev.onset_s for ev in scrs])
+            assert 1.0 <= ev.rise_s <= 3.0 and 3.0 <= ev.half_recovery_s <= 10.0, ev
         t = np.arange(data[f"{role}/eda"].size) / rate
         phasic = data[f"{role}/eda"] - CubicSpline(truth.t_grid_s, truth.eda_tonic_us[role])(t)
-        for ev in scrs:
-            others = onsets[(onsets != ev.onset_s) & (onsets > ev.onset_s - 40.0) & (onsets < ev.onset_s + 25.0)]
-            if others.size or ev.amplitude_us < 0.1 or ev.onset_s < 40 or ev.onset_s > 1170:
+        shapes = [ev.amplitude_us * bateman(t - ev.onset_s, ev.tau_rise_s, ev.tau_decay_s) for ev in scrs]
+        # the signal is tonic + the listed SCRs + white sensor noise, nothing else
+        residual = phasic - np.sum(shapes, axis=0)
+        inner = (t > 60) & (t < 1195)  # responses that began before t = 0 are not listed
+        assert abs(np.mean(residual[inner])) < 0.003 and np.std(residual[inner]) < 1.2 * 0.005, role
+        for ev, shape in zip(scrs, shapes, strict=True):
+            if ev.amplitude_us < 0.1 or not 60.0 < ev.onset_s < 1170.0:
                 continue
-            sel = (t >= ev.onset_s - 2.0) & (t < ev.onset_s + 25.0)
-            x, y = t[sel] - ev.onset_s, phasic[sel] - np.mean(phasic[sel][:32])
-            y_peak = np.convolve(y, np.ones(9) / 9, mode="same")  # tame the sensor noise
+            sel = (t >= ev.onset_s) & (t < ev.onset_s + 25.0)
+            x, y = t[sel] - ev.onset_s, (residual + shape)[sel]  # this SCR alone, measured from the signal
+            y_peak = np.convolve(y, np.ones(9) / 9, mode="same")
             y_slow = np.convolve(y, np.ones(32) / 32, mode="same")
-            i_peak = int(np.argmax(np.where(x < 6.0, y_peak, -np.inf)))
-            assert abs(x[i_peak] - ev.rise_s) < 0.35, (role, ev, x[i_peak])
-            assert y_peak[i_peak] == pytest.approx(ev.amplitude_us, rel=0.15, abs=0.01)
-            after = np.nonzero((y_slow <= 0.5 * ev.amplitude_us) & (x > x[i_peak]))[0]
+            # the top of an SCR is flat, so noise moves its argmax: check the peak loosely, the steep rising
+            # edge (time to half amplitude) tightly
+            i_peak = int(np.argmax(np.where(x < 6.0, y_slow, -np.inf)))
+            near = slice(max(i_peak - 48, 0), i_peak + 49)  # parabola through +-1.5 s around the maximum
+            c2, c1, _ = np.polyfit(x[near], y[near], 2)
+            # the same estimator on the noise-free shape (the SCR peak is skewed, so the vertex is biased)
+            e2, e1, _ = np.polyfit(x[near], shape[sel][near], 2)
+            assert abs(-c1 / (2 * c2) + e1 / (2 * e2)) < 0.3, (role, ev, -c1 / (2 * c2), -e1 / (2 * e2))
+            assert abs(-e1 / (2 * e2) - ev.rise_s) < 0.6
+            assert y_peak.max() == pytest.approx(ev.amplitude_us, rel=0.1, abs=0.01)
+            fine = np.arange(0.0, 5.0, 0.001)
+            expected_half_rise = fine[np.argmax(bateman(fine, ev.tau_rise_s, ev.tau_decay_s) >= 0.5)]
+            half_rise = x[np.argmax(y_peak >= 0.5 * ev.amplitude_us)]
+            assert abs(half_rise - expected_half_rise) < 0.15, (role, ev, half_rise, expected_half_rise)
+            after = np.nonzero((y_slow <= 0.5 * ev.amplitude_us) & (x > ev.rise_s))[0]
             assert after.size, ev
-            assert abs(x[after[0]] - x[i_peak] - ev.half_recovery_s) < 0.6, (role, ev)
+            assert abs(x[after[0]] - ev.rise_s - ev.half_recovery_s) < 0.6, (role, ev)
             checked += 1
-    assert checked >= 4
+    assert checked >= 10
 
 
 def test_scr_rate_grows_with_arousal():
@@ -396,7 +419,9 @@ def test_lagged_correlation_recovers_leader_and_lag(brief_sim, feature):
     eda_like = feature in ("arousal", "eda_us")
     # therapist_led (both channels), lag 3 s: peak at +3 s
     lags, r = lagged_r(*segment_feature(truth, feature, 120, 300), max_lag)
-    tol = 0.25 if feature != "hr_bpm" else 0.5
+    # the heart-rate driver stays below the respiratory band (0.01-0.1 Hz), so in a 3-min segment its peak is
+    # less sharp (over 20 seeds: EDA features always within 0.25 s, HR features within ~1 s); see the long test
+    tol = 0.25 if eda_like else 1.0
     assert abs(lags[np.argmax(r)] / GRID_HZ - 3.0) <= tol, (feature, lags[np.argmax(r)] / GRID_HZ)
     assert r.max() > (0.4 if feature == "eda_us" else 0.6)
     # client_led on the EDA channel, lag 2 s: peak at -2 s
@@ -409,6 +434,17 @@ def test_lagged_correlation_recovers_leader_and_lag(brief_sim, feature):
         lags, r = lagged_r(*segment_feature(truth, feature, 420, 600), max_lag)
         assert r.min() < -0.6 and abs(lags[np.argmin(r)]) / GRID_HZ <= 0.5, feature
         assert r[max_lag] < -0.6
+
+
+@pytest.mark.parametrize("mode", ["therapist_led", "client_led"])
+def test_heart_rate_lag_is_precise_over_a_long_segment(mode):
+    sim = DyadSimulator(SimConfig(seed=14, duration_s=1800, schedule=[
+        Segment(0, 1800, mode, lag_s=2.5, gain=0.8, channel="hr")]))
+    expected = 2.5 if mode == "therapist_led" else -2.5
+    for feature in ("hr_drive", "hr_bpm"):
+        lags, r = lagged_r(*segment_feature(sim.truth, feature, 0, 1800), int(10 * GRID_HZ))
+        assert abs(lags[np.argmax(r)] / GRID_HZ - expected) <= 0.5, (feature, lags[np.argmax(r)] / GRID_HZ)
+        assert r.max() > 0.6
 
 
 @pytest.mark.parametrize("feature", ["arousal", "eda_us", "hr_drive", "hr_bpm"])
