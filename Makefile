@@ -32,7 +32,7 @@ chromium:
 demo: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)
 
-test: $(VENV)/.installed-test mosquitto
+test: $(VENV)/.installed-test mosquitto chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
