@@ -110,6 +110,7 @@ def test_mute_is_detected_as_silence_and_recovered(emulator_factory, link_factor
     link.stop()
     stats = check_exact_accounting(emu, link, collect(link))
     assert stats["silences"] == 1 and stats["connects"] == 2
+    assert 0 < stats["last_outage_s"] * emu.speed < 5.0  # real host seconds, scaled to simulated
     assert 4.0 * 32 <= stats["lost_samples"]["therapist/eda"] <= 9.0 * 32
 
 
