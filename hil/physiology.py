@@ -356,6 +356,15 @@ class SegmentTruth:
     def expected_tau_s(self) -> float | None:
         return self.segment.expected_tau_s
 
+    @property
+    def expected_sign(self) -> int:
+        """+1 (in-phase peak expected), -1 (anti-phase) or 0 (uncoupled)."""
+        return 0 if self.mode == "uncoupled" else (-1 if self.mode == "anti_phase" else 1)
+
+    def couples(self, channel: str) -> bool:
+        """True if this segment couples ``channel`` (``"eda"`` or ``"hr"``)."""
+        return self.segment.couples(channel)
+
 
 @dataclass(frozen=True)
 class GroundTruth:
@@ -402,6 +411,13 @@ class GroundTruth:
             if seg.start_s <= t_s < seg.end_s:
                 return seg
         raise SimulatorError(f"t_s={t_s} is outside the session [0, {self.duration_s})")
+
+    def feature(self, name: str) -> np.ndarray:
+        """The truth of a 4 Hz feature stream ``"<role>/eda"`` (µS) or ``"<role>/hr"`` (bpm), on ``t_grid_s``."""
+        role, _, sig = name.partition("/")
+        if role not in ROLES or sig not in ("eda", "hr"):
+            raise SimulatorError(f"unknown feature {name!r}; features are <role>/eda and <role>/hr, roles {ROLES}")
+        return (self.eda_us if sig == "eda" else self.hr_bpm)[role]
 
     def event_mask(self, stream: str, t_s: np.ndarray | float, kinds: Sequence[str] = EVENT_KINDS) -> np.ndarray:
         """True where ``stream`` is affected by an event of one of ``kinds`` at times ``t_s``."""

@@ -478,6 +478,12 @@ def test_truth_segments_fill_gaps_and_give_expected_tau():
     assert [s.expected_tau_s for s in segs] == [None, 3.0, None, -1.5, 0.0, None]
     assert sim.truth.segment_at(160.0).mode == "client_led"
     assert [s.gain_eff for s in segs] == [0.0, 0.8, 0.0, 0.8, 0.8, 0.0]
+    assert [s.expected_sign for s in segs] == [0, 1, 0, 1, -1, 0]
+    assert segs[1].couples("eda") and segs[1].couples("hr") and not segs[0].couples("eda")
+    assert sim.truth.feature("client/hr") is sim.truth.hr_bpm["client"]
+    assert sim.truth.feature("therapist/eda") is sim.truth.eda_us["therapist"]
+    with pytest.raises(SimulatorError, match="unknown feature"):
+        sim.truth.feature("client/ppg")
 
 
 # ---- the research hypothesis knob --------------------------------------------------------------------------
