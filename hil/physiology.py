@@ -529,6 +529,11 @@ class DyadSimulator:
             raise SimulatorError(f"read: duration_s must be finite and > 0, got {duration_s!r}")
         t_end = self._t_s + d
         out = {}
+        if not self._samples:
+            for stream in STREAMS:
+                rate = self.rates_hz[stream]
+                n = self._count(self.config.duration_s, rate)
+                self._samples[stream] = self._eval(stream, np.arange(n) / rate)
         for stream in STREAMS:
             full = self._samples[stream]
             k1 = min(self._count(t_end, self.rates_hz[stream]), full.size)
@@ -780,10 +785,7 @@ class DyadSimulator:
             sd = cfg.eda_noise_us if stream.endswith("/eda") else cfg.ppg_noise_counts
             self._noise[stream] = (np.arange(k0, k1) / rate, sd * self._rng(f"noise/{stream}").standard_normal(k1 - k0))
             self._noise_list[stream] = (k0, self._noise[stream][1])
-        self._samples = {}
-        for stream in STREAMS:
-            rate = self.rates_hz[stream]
-            self._samples[stream] = self._eval(stream, np.arange(self._count(cfg.duration_s, rate)) / rate)
+        self._samples: dict[str, np.ndarray] = {}  # filled on the first read(): truth-only users skip it
 
     def _scrs(self, role: str, p: PersonParams, arousal: np.ndarray) -> tuple[list[ScrEvent], np.ndarray]:
         """SCR onsets by thinning a Poisson process with rate ``r0 * exp(0.8 * arousal)``; Bateman shapes."""
