@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 ROLES = ("therapist", "client")
 SIGNALS = ("eda", "ppg")
 STREAMS = tuple(f"{role}/{sig}" for role in ROLES for sig in SIGNALS)
+# extra signals value_at() also serves (not returned by read()): the red LED channel of a MAX30102
+AUX_STREAMS = tuple(f"{role}/ppg_red" for role in ROLES)
 MODES = ("uncoupled", "therapist_led", "client_led", "in_phase", "anti_phase")
 CHANNELS = ("eda", "hr", "both")
 EVENT_KINDS = ("contact_loss", "saturation", "motion")
@@ -76,6 +78,8 @@ PULSE_FALL_SIGMA = 0.085
 PULSE_DIA_DELAY = 0.28
 PULSE_DIA_SIGMA = 0.075
 PULSE_NEIGHBOURS = (-2, -1, 0, 1)  # pulses (relative to the last peak <= t) that reach a time t
+# red channel: DC as a fraction of the IR DC; its AC/DC ratio is R times the IR's (R ~ 0.5 <=> SpO2 ~ 97 %)
+PPG_RED_DC_FRACTION = 0.7
 
 # Therapist regulation index R = ((L - L_ref) / L_scale - (S - S_ref) / S_scale) / 2 with L the RSA level
 # (ln ms²) and S the epoch-to-epoch SD of RSA (ln units); the references are the centre and spread of the
@@ -319,6 +323,7 @@ class PersonParams:
     ppg_dc_counts: float
     ppg_ac_counts: float
     ppg_diastolic_ratio: float
+    ppg_red_ratio: float  # R = (AC/DC)_red / (AC/DC)_ir of the red LED channel (SpO2 ~ 110 - 25 R)
 
 
 @dataclass(frozen=True)
@@ -492,6 +497,8 @@ class DyadSimulator:
             "therapist/ppg": float(config.ppg_rate_hz),
             "client/eda": float(config.eda_rate_hz),
             "client/ppg": float(config.ppg_rate_hz),
+            "therapist/ppg_red": float(config.ppg_rate_hz),
+            "client/ppg_red": float(config.ppg_rate_hz),
         }
         self._build()
         self._t_s = 0.0
@@ -545,8 +552,8 @@ class DyadSimulator:
 
     def value_at(self, stream: str, t_s: float | np.ndarray) -> float | np.ndarray:
         """The signal of ``stream`` at simulated time(s) ``t_s`` (equal to :meth:`read`'s samples at ``k / rate``)."""
-        if stream not in STREAMS:
-            raise SimulatorError(f"value_at: unknown stream {stream!r}; streams are {STREAMS}")
+        if stream not in STREAMS and stream not in AUX_STREAMS:
+            raise SimulatorError(f"value_at: unknown stream {stream!r}; streams are {STREAMS + AUX_STREAMS}")
         scalar = np.ndim(t_s) == 0
         try:
             t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
@@ -591,6 +598,7 @@ class DyadSimulator:
             "ppg_ac_frac": rng.uniform(0.008, 0.02),
             "ppg_diastolic_ratio": rng.uniform(0.35, 0.6),
         }
+        draw["ppg_red_ratio"] = self._rng(f"params_red/{role}").uniform(0.45, 0.6)
         for key in ("rsa_ln_ms2", "rsa_sd_ln", "hr_bpm", "scl_us"):
             configured = getattr(cfg, f"{role}_{key}")
             if configured is not None:
@@ -752,6 +760,10 @@ class DyadSimulator:
         self._stream_events = {s: tuple(ev for ev in self._events if ev.stream == s and ev.kind != "motion")
                                for s in STREAMS}
         self._motion = self._motion_artefacts()
+        for role in ROLES:  # the red LED shares the IR channel's sensor, hence its faults and motion
+            self._stream_events[f"{role}/ppg_red"] = self._stream_events[f"{role}/ppg"]
+            self._motion[f"{role}/ppg_red"] = [(a, b, PPG_RED_DC_FRACTION * amps, f, ph)
+                                               for a, b, amps, f, ph in self._motion[f"{role}/ppg"]]
         self._truth = GroundTruth(
             duration_s=float(cfg.duration_s),
             segments=self._truth_segments,
@@ -778,7 +790,7 @@ class DyadSimulator:
         # sensor noise on each stream's own sample grid (linearly interpolated between samples)
         self._noise = {}
         self._noise_list = {}
-        for stream in STREAMS:
+        for stream in STREAMS + AUX_STREAMS:
             rate = self.rates_hz[stream]
             k0 = -int(math.ceil(MARGIN_S * rate)) - 2
             k1 = int(math.ceil((cfg.duration_s + MARGIN_S) * rate)) + 2
@@ -860,7 +872,9 @@ class DyadSimulator:
             hi = cfg.eda_max_us
             open_value = EDA_OPEN_FRACTION * np.abs(noise)
         else:
-            v = self._ppg_clean(role, t) + noise
+            base, pulse = self._ppg_parts(role, t)
+            dc_scale, ac_scale = self._ppg_scales(role, sig)
+            v = dc_scale * base + ac_scale * pulse + noise
             for start, end, amps, freqs, phases in self._motion[stream]:
                 sel = (t > start) & (t < end)
                 if np.any(sel):
@@ -879,8 +893,14 @@ class DyadSimulator:
                 v = v + m * 2.0 * hi
         return np.clip(v, 0.0, hi)
 
-    def _ppg_clean(self, role: str, t: np.ndarray) -> np.ndarray:
-        """DC level with respiratory and slow baseline wander, plus one pulse per beat."""
+    def _ppg_scales(self, role: str, sig: str) -> tuple[float, float]:
+        """(DC, pulse) multipliers of the IR model for channel ``sig`` (pulse sign = polarity)."""
+        if sig == "ppg":
+            return 1.0, self._ppg_sign
+        return PPG_RED_DC_FRACTION, self._ppg_sign * PPG_RED_DC_FRACTION * self._params[role].ppg_red_ratio
+
+    def _ppg_parts(self, role: str, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IR DC level with respiratory and slow baseline wander, and the pulses (one per beat), apart."""
         p = self._params[role]
         peaks, width, amp = self._pulses[role]
         phase = np.interp(t, self._t_lat, self._resp_phase[role])
@@ -897,7 +917,7 @@ class DyadSimulator:
             sys_wave = np.exp(-0.5 * (x / sigma) ** 2)
             dia_wave = p.ppg_diastolic_ratio * np.exp(-0.5 * ((x - PULSE_DIA_DELAY * w) / (PULSE_DIA_SIGMA * w)) ** 2)
             pulse += np.where((j >= 0) & (j < peaks.size), amp[k] * (sys_wave + dia_wave), 0.0)
-        return base + self._ppg_sign * pulse
+        return base, pulse
 
     def _eval_scalar(self, stream: str, t: float) -> float:
         """The same model as :meth:`_eval` for one time, in plain Python (about 10x faster per call)."""
@@ -934,7 +954,8 @@ class DyadSimulator:
                     sigma = (PULSE_RISE_SIGMA if x < 0.0 else PULSE_FALL_SIGMA) * w
                     pulse += float(amp[k]) * (math.exp(-0.5 * (x / sigma) ** 2) + p.ppg_diastolic_ratio * math.exp(
                         -0.5 * ((x - PULSE_DIA_DELAY * w) / (PULSE_DIA_SIGMA * w)) ** 2))
-            v = base + self._ppg_sign * pulse + noise
+            dc_scale, ac_scale = self._ppg_scales(role, sig)
+            v = dc_scale * base + ac_scale * pulse + noise
             for start, end, amps, freqs, phases in self._motion[stream]:
                 if start < t < end:
                     x = t - start

@@ -17,6 +17,7 @@ from scipy.interpolate import CubicSpline
 
 from firmware_bridge.errors import ConfigError, DyadsyncError
 from hil.physiology import (
+    AUX_STREAMS,
     STREAMS,
     DyadSimulator,
     GroundTruth,
@@ -153,7 +154,7 @@ def test_scalar_and_array_value_at_agree_including_events():
     assert len(sim.truth.events) > 10
     ts = np.random.default_rng(3).uniform(-10.0, 310.0, 400)
     ts = np.concatenate([ts, [e.start_s + 0.05 for e in sim.truth.events], [e.end_s - 0.05 for e in sim.truth.events]])
-    for s in STREAMS:
+    for s in STREAMS + AUX_STREAMS:
         vec = sim.value_at(s, ts)
         one = np.array([sim.value_at(s, float(x)) for x in ts])
         np.testing.assert_allclose(one, vec, rtol=1e-12, atol=1e-12, err_msg=s)
@@ -374,6 +375,24 @@ def test_ppg_polarity_can_be_inverted_like_a_raw_max30102():
     # the pulse (its amplitude +-5 % with breathing) adds in one and subtracts in the other
     assert np.all(hi - lo > 2 * 0.94 * ac) and np.all(hi - lo < 2 * 1.08 * ac)
     assert np.all(np.abs(0.5 * (hi + lo) - dc) < 0.02 * dc)
+
+
+def test_red_channel_carries_the_same_pulses_with_its_ratio_of_ratios():
+    events = [SensorEvent("client/ppg", "contact_loss", 40.0, 50.0)]
+    sim = DyadSimulator(SimConfig(seed=3, duration_s=120, ppg_noise_counts=0.0, events=events))
+    assert set(sim.read(1.0)) == set(STREAMS)  # read() stays with the four streams
+    for role in ("therapist", "client"):
+        p = sim.truth.params[role]
+        peaks = sim.truth.pulse_peak_s[role]
+        peaks = peaks[(peaks > 2) & (peaks < 38)]
+        feet = peaks - 0.25 * np.sqrt(np.diff(sim.truth.beat_times_s[role]).mean() / 0.857)
+        ir_pk, ir_ft = sim.value_at(f"{role}/ppg", peaks), sim.value_at(f"{role}/ppg", feet)
+        red_pk, red_ft = sim.value_at(f"{role}/ppg_red", peaks), sim.value_at(f"{role}/ppg_red", feet)
+        assert np.all(red_pk > red_ft) and np.all(ir_pk > ir_ft)  # pulses at the same instants
+        ratio = np.median(((red_pk - red_ft) / red_ft) / ((ir_pk - ir_ft) / ir_ft))
+        assert ratio == pytest.approx(p.ppg_red_ratio, rel=0.05), role
+        assert np.median(red_ft / ir_ft) == pytest.approx(0.7, rel=0.02)
+    assert sim.value_at("client/ppg_red", 45.0) < 3000.0  # the same sensor lost contact
 
 
 def test_rsa_tracks_the_configured_tone():
