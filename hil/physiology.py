@@ -223,6 +223,8 @@ class SimConfig:
     contact_loss_per_h: float = 0.0
     saturation_per_h: float = 0.0
     motion_per_min: float = 0.0
+    rsa_coupling_t_to_c: float = 0.0
+    rsa_coupling_c_to_t: float = 0.0
     eda_max_us: float = 40.0
     ppg_adc_max: float = 262143.0
 
@@ -251,6 +253,8 @@ class SimConfig:
         _finite("SimConfig.transition_s", self.transition_s, lo=0.0, hi=30.0)
         _finite("SimConfig.eda_noise_us", self.eda_noise_us, lo=0.0, hi=5.0)
         _finite("SimConfig.ppg_noise_counts", self.ppg_noise_counts, lo=0.0, hi=1e5)
+        for name in ("rsa_coupling_t_to_c", "rsa_coupling_c_to_t"):
+            _finite(f"SimConfig.{name}", getattr(self, name), lo=-0.9, hi=0.9)
         for name in ("contact_loss_per_h", "saturation_per_h", "motion_per_min"):
             _finite(f"SimConfig.{name}", getattr(self, name), lo=0.0, hi=600.0)
         _finite("SimConfig.eda_max_us", self.eda_max_us, lo=1.0, lo_open=True)
@@ -426,8 +430,10 @@ class GroundTruth:
 
     def event_mask(self, stream: str, t_s: np.ndarray | float, kinds: Sequence[str] = EVENT_KINDS) -> np.ndarray:
         """True where ``stream`` is affected by an event of one of ``kinds`` at times ``t_s``."""
+        if stream in AUX_STREAMS:
+            stream = stream.replace("/ppg_red", "/ppg")  # the red LED shares the IR channel's sensor
         if stream not in STREAMS:
-            raise SimulatorError(f"unknown stream {stream!r}; streams are {STREAMS}")
+            raise SimulatorError(f"unknown stream {stream!r}; streams are {STREAMS + AUX_STREAMS}")
         t = np.asarray(t_s, dtype=np.float64)
         mask = np.zeros(t.shape, dtype=bool)
         for ev in self.events:
@@ -695,6 +701,12 @@ class DyadSimulator:
                             strict=True))
         rsa_drive = dict(zip(ROLES, self._couple("hr", "rsa", own["rsa"]["therapist"], own["rsa"]["client"]),
                              strict=True))
+        b_tc, b_ct = cfg.rsa_coupling_t_to_c, cfg.rsa_coupling_c_to_t
+        if b_tc or b_ct:  # epoch-lagged RSA coupling (Goren et al. 2024's interpersonal regulation model)
+            prev_t = np.interp(t - EPOCH_S, t, rsa_drive["therapist"])
+            prev_c = np.interp(t - EPOCH_S, t, rsa_drive["client"])
+            rsa_drive = {"therapist": (rsa_drive["therapist"] + b_ct * prev_c) / math.sqrt(1.0 + b_ct * b_ct),
+                         "client": (rsa_drive["client"] + b_tc * prev_t) / math.sqrt(1.0 + b_tc * b_tc)}
 
         grid = np.arange(self._count(cfg.duration_s, FEATURE_RATE_HZ)) / FEATURE_RATE_HZ
         self._eda_lat: dict[str, np.ndarray] = {}

@@ -607,3 +607,28 @@ def test_study_level_analysis_detects_the_hypothesis_only_when_on(effect):
         assert rho > 0.6, rho
     else:
         assert abs(rho) < 0.45, rho
+
+
+def lagged_rsa_coupling(truth: GroundTruth) -> tuple[float, float]:
+    """OLS RSA_C(e) ~ 1 + RSA_C(e-1) + RSA_T(e-1) on the truth epochs: (coefficient of RSA_T(e-1), its t)."""
+    t_rsa, c_rsa = truth.rsa_ln_ms2["therapist"], truth.rsa_ln_ms2["client"]
+    x = np.column_stack([np.ones(c_rsa.size - 1), c_rsa[:-1], t_rsa[:-1]])
+    y = c_rsa[1:]
+    b, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ b
+    se = np.sqrt(np.diag(resid @ resid / (y.size - 3) * np.linalg.inv(x.T @ x)))
+    return float(b[2]), float(b[2] / se[2])
+
+
+@pytest.mark.parametrize("beta", [0.0, -0.6])
+def test_epoch_lagged_rsa_coupling_knob(beta):
+    sim = DyadSimulator(SimConfig(seed=1, duration_s=3600, rsa_coupling_t_to_c=beta, therapist_rsa_sd_ln=0.4,
+                                  client_rsa_sd_ln=0.4))
+    coef, t_value = lagged_rsa_coupling(sim.truth)
+    if beta:
+        assert coef < -0.3 and t_value < -3.0, (coef, t_value)
+    else:
+        assert abs(t_value) < 2.5, (coef, t_value)
+    # the knob leaves the configured RSA level and variability in place
+    c = sim.truth.rsa_ln_ms2["client"]
+    assert abs(np.mean(c) - sim.truth.params["client"].rsa_ln_ms2) < 0.3 and 0.2 < np.std(c) < 0.6
