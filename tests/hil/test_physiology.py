@@ -393,6 +393,7 @@ def test_red_channel_carries_the_same_pulses_with_its_ratio_of_ratios():
         assert ratio == pytest.approx(p.ppg_red_ratio, rel=0.05), role
         assert np.median(red_ft / ir_ft) == pytest.approx(0.7, rel=0.02)
     assert sim.value_at("client/ppg_red", 45.0) < 3000.0  # the same sensor lost contact
+    assert sim.truth.event_mask("client/ppg_red", 45.0) and not sim.truth.event_mask("therapist/ppg_red", 45.0)
 
 
 def test_rsa_tracks_the_configured_tone():
