@@ -18,7 +18,7 @@ from firmware_bridge.errors import ConfigError
 
 from . import wire
 
-SERVICES = ("recorder", "console")
+SERVICES = ("recorder", "console", "bridge")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,60 @@ class RoomAuth:
                 Grant("read", f"{room}/+/ack"),
                 Grant("read", f"{room}/+/status"),
             ]
+        if "bridge" in self.services:
+            # The local side of a Mosquitto bridge to a lab broker: it forwards the whole room out and may
+            # bring room commands in.
+            out["svc-bridge"] = [Grant("read", f"{room}/#"), Grant("write", f"{room}/cmd")]
+        return out
+
+    def to_json(self) -> dict:
+        return {"room": self.room, "units": dict(self.units), "partners": dict(self.partners),
+                "services": dict(self.services)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> RoomAuth:
+        try:
+            return cls(room=obj["room"], units=dict(obj["units"]), partners=dict(obj.get("partners", {})),
+                       services=dict(obj["services"]))
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"room credentials file is damaged: missing or wrong {exc}") from None
+
+    def updated(self, units: list[str], partners: dict[str, str]) -> RoomAuth:
+        """The same room with ``units``/``partners``: existing passwords are kept, new units get fresh ones."""
+        fresh = RoomAuth.generate(self.room, units, partners)
+        for unit in units:
+            if unit in self.units:
+                fresh.units[unit] = self.units[unit]
+        for svc in fresh.services:
+            if svc in self.services:
+                fresh.services[svc] = self.services[svc]
+        return fresh
+
+
+@dataclass
+class LabAuth:
+    """Accounts of a lab broker that room hubs bridge into: one bridge account per room, one recorder."""
+
+    rooms: dict[str, str] = field(default_factory=dict)  # room -> password of user bridge-<room>
+    recorder_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+
+    @classmethod
+    def generate(cls, rooms: list[str]) -> LabAuth:
+        for room in rooms:
+            wire.room_prefix(room)
+        return cls(rooms={room: secrets.token_urlsafe(18) for room in rooms})
+
+    def bridge_user(self, room: str) -> tuple[str, str]:
+        return f"bridge-{room}", self.rooms[room]
+
+    def users(self) -> dict[str, str]:
+        out = {f"bridge-{r}": pw for r, pw in self.rooms.items()}
+        out["svc-recorder"] = self.recorder_password
+        return out
+
+    def grants(self) -> dict[str, list[Grant]]:
+        out = {f"bridge-{r}": [Grant("readwrite", f"{wire.room_prefix(r)}/#")] for r in self.rooms}
+        out["svc-recorder"] = [Grant("read", f"{wire.PREFIX}/{wire.VERSION}/#")]
         return out
 
 

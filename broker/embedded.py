@@ -17,7 +17,7 @@ from pathlib import Path
 from firmware_bridge.errors import BrokerError
 
 from .auth import RoomAuth
-from .mosquitto import free_port, wait_for_port
+from .mosquitto import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,6 @@ class EmbeddedBroker:
         except Exception as exc:
             self.stop()
             raise BrokerError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
-        if not wait_for_port(self.host, self.port, timeout_s):
-            self.stop()
-            raise BrokerError(f"embedded broker not reachable on {self.host}:{self.port}")
         logger.info("embedded amqtt broker running on %s:%d", self.host, self.port)
         return self
 

@@ -92,7 +92,7 @@ def render_conf(
         f"listener {port} {host}",
         # A hub holds a whole session for a recorder that is briefly away: queue generously.
         "max_queued_messages 1000000",
-        "max_inflight_messages 100",
+        "max_inflight_messages 1000",
         "persistent_client_expiration 14d",
     ]
     if persistence_dir is not None:

@@ -4,7 +4,16 @@ Durability: the MQTT session is persistent (clean_session false, fixed client id
 are manual: a QoS 1 message is PUBACKed only after the transaction holding it has committed, so a
 recorder crash never loses a message the broker thinks was delivered. Storage is idempotent, so the
 redelivery that follows a crash changes nothing. Malformed messages are logged (cut short), counted and
-kept in ``rejects``; nothing a client sends can stop the recorder.
+kept in ``rejects``; nothing a client sends can stop the recorder. Messages that look like one account
+speaking for another (a status or ack whose unit differs from its topic, a message for another room) are
+counted as ``unauthorized``.
+
+Batching: the writer drains whatever has arrived (up to ``batch_size``) into one transaction, so under
+load a commit carries many messages and when idle a single message is committed at once; the broker's
+in-flight window (``max_inflight_messages`` in the generated conf) bounds how much is ever unacknowledged.
+
+A lab recorder for many rooms passes ``room="+"``: it subscribes to ``dyadsync/v1/+/#`` on the lab broker
+(the room hubs bridge into it) and stores every room, keyed by room.
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ from firmware_bridge.errors import BrokerError, WireError
 from . import store, wire
 
 logger = logging.getLogger(__name__)
+
+
+class _Unauthorized(WireError):
+    """A message that claims to come from someone other than the topic's owner."""
 
 
 @dataclass
@@ -48,11 +61,13 @@ class Recorder:
         password: str,
         *,
         client_id: str | None = None,
-        batch_size: int = 500,
-        batch_interval_s: float = 0.05,
+        batch_size: int = 1000,
+        batch_interval_s: float = 0.02,
         tls_ca: str | None = None,
     ) -> None:
         self.db_path = Path(db_path)
+        if room != "+":
+            wire.room_prefix(room)
         self.room = room
         self.host, self.port = host, port
         self.batch_size = batch_size
@@ -65,7 +80,7 @@ class Recorder:
         self._writer: threading.Thread | None = None
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"dyadsync-recorder-{room}",
+            client_id=client_id or f"dyadsync-recorder-{'all' if room == '+' else room}",
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
@@ -77,6 +92,7 @@ class Recorder:
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     # ---------------------------------------------------------------------------------- network thread
@@ -85,9 +101,21 @@ class Recorder:
             logger.error("recorder: broker refused connection: %s", reason_code)
             self._bump("connect_refused")
             return
-        client.subscribe(f"{wire.room_prefix(self.room)}/#", qos=1)
-        self._connected.set()
+        # Ready only once the broker has confirmed the subscription (on_subscribe): a message published
+        # before the SUBACK could otherwise miss a brand-new session.
+        client.subscribe(self.topic_filter, qos=1)
         logger.info("recorder connected to %s:%d, room %s", self.host, self.port, self.room)
+
+    @property
+    def topic_filter(self) -> str:
+        return f"{wire.PREFIX}/{wire.VERSION}/+/#" if self.room == "+" else f"{wire.room_prefix(self.room)}/#"
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            logger.error("recorder: subscription to %s refused: %s", self.topic_filter, reason_codes)
+            self._bump("subscribe_refused")
+            return
+        self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
@@ -110,8 +138,14 @@ class Recorder:
         try:
             while not (self._stop.is_set() and self._queue.empty()):
                 batch = self._take_batch()
-                if batch:
+                if not batch:
+                    continue
+                try:
                     self._store_batch(con, batch)
+                except Exception:  # e.g. disk full: keep running; unacked messages are redelivered later
+                    logger.exception("recorder: could not store a batch of %d messages", len(batch))
+                    self._bump("store_errors")
+                    time.sleep(0.5)
         finally:
             con.close()
 
@@ -123,7 +157,13 @@ class Recorder:
         batch = [first]
         deadline = time.monotonic() + self.batch_interval_s
         while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            # Nothing waiting: linger only briefly for stragglers of a burst, never longer than the interval.
+            remaining = min(deadline - time.monotonic(), 0.002)
             if remaining <= 0:
                 break
             try:
@@ -134,15 +174,30 @@ class Recorder:
 
     def _store_batch(self, con, batch: list[_Item]) -> None:
         counts: Counter[str] = Counter()
+        self._touched_sessions: dict[str, tuple[str, int]] = {}
+        self._touched_units: dict[tuple[str, str], int] = {}
         with con:
             for item in batch:
                 try:
                     kind = self._store_one(con, item)
                     counts[kind] += 1
+                except _Unauthorized as exc:
+                    counts["unauthorized"] += 1
+                    logger.warning("recorder: dropped suspicious message on %s: %s", item.topic[:200], str(exc)[:300])
+                    store.insert_reject(con, item.topic, f"unauthorized: {exc}", item.payload, item.received_ns)
                 except WireError as exc:
                     counts["malformed"] += 1
                     logger.warning("recorder: dropped malformed message on %s: %s", item.topic[:200], str(exc)[:300])
                     store.insert_reject(con, item.topic, str(exc), item.payload, item.received_ns)
+                except Exception as exc:  # a bug or an odd payload must not stop the recorder
+                    counts["malformed"] += 1
+                    logger.exception("recorder: failed on message on %s", item.topic[:200])
+                    store.insert_reject(con, item.topic, f"{type(exc).__name__}: {exc}", item.payload,
+                                        item.received_ns)
+            for session, (room, t) in self._touched_sessions.items():
+                store.touch_session(con, room, session, t)
+            for (room, unit), t in self._touched_units.items():
+                store.touch_unit(con, room, unit, t)
             store.add_counters(con, counts)
         # Acknowledge only what has been committed.
         for item in batch:
@@ -154,36 +209,55 @@ class Recorder:
         with self._lock:
             self.counts.update(counts)
 
+    def _touch(self, room: str, unit: str | None, session: str | None, now: int) -> None:
+        if session:
+            self._touched_sessions[session] = (room, now)
+        if unit:
+            self._touched_units[(room, unit)] = now
+
     def _store_one(self, con, item: _Item) -> str:
         t = wire.parse_topic(item.topic)
-        if t.room != self.room:
-            raise WireError(f"message for room {t.room!r} on a recorder of room {self.room!r}")
+        room = t.room
+        if self.room != "+" and room != self.room:
+            raise _Unauthorized(f"message for room {room!r} on a recorder of room {self.room!r}")
+        now = item.received_ns
         if t.kind in ("raw", "feat"):
             block, session = wire.decode_block(item.payload)
             if block.stream != t.stream:
                 raise WireError(f"block stream {block.stream!r} does not match topic stream {t.stream!r}")
             if not session:
                 raise WireError("data block carries no session id")
-            new = store.insert_block(con, t.unit, t.kind, block, session, item.received_ns)
+            new = store.insert_block(con, t.unit, t.kind, block, session, now, room=room)
+            if new:
+                self._touch(room, t.unit, session, now)
             return f"stored_{t.kind}" if new else "duplicate"
         if t.kind == "metric":
             m = wire.Metric.decode(item.payload)
             if m.name != t.name:
                 raise WireError(f"metric name {m.name!r} does not match topic name {t.name!r}")
-            return "stored_metric" if store.insert_metric(con, t.unit, m, item.received_ns) else "duplicate"
+            new = store.insert_metric(con, t.unit, m, now, room=room)
+            if new:
+                self._touch(room, t.unit, m.session, now)
+            return "stored_metric" if new else "duplicate"
         if t.kind == "cmd":
             c = wire.Command.decode(item.payload)
-            return "stored_cmd" if store.insert_command(con, self.room, c, item.payload, item.received_ns) else "duplicate"
+            return "stored_cmd" if store.insert_command(con, room, c, item.payload, now) else "duplicate"
         if t.kind == "status":
             if not item.payload:  # a cleared retained status
                 return "status_cleared"
             s = wire.Status.decode(item.payload)
             if s.unit != t.unit:
-                raise WireError(f"status of unit {s.unit!r} published under unit {t.unit!r}")
-            return "stored_status" if store.insert_status(con, t.unit, s, item.payload, item.received_ns) else "duplicate"
+                raise _Unauthorized(f"status of unit {s.unit!r} published under unit {t.unit!r}")
+            new = store.insert_status(con, t.unit, s, item.payload, now, room=room)
+            if new:
+                store.touch_unit(con, room, t.unit, now, s)
+                self._touch(room, None, s.session, now)
+            return "stored_status" if new else "duplicate"
         if t.kind == "ack":
             a = wire.Ack.decode(item.payload)
-            return "stored_ack" if store.insert_ack(con, a) else "duplicate"
+            if a.unit != t.unit:
+                raise _Unauthorized(f"ack of unit {a.unit!r} published under unit {t.unit!r}")
+            return "stored_ack" if store.insert_ack(con, a, room=room) else "duplicate"
         raise WireError(f"unhandled topic kind {t.kind!r}")
 
     # ------------------------------------------------------------------------------------------ control

@@ -21,26 +21,36 @@ SCHEMA_SQL = """
 PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS sessions(
     session TEXT PRIMARY KEY, room TEXT NOT NULL, started_ns INTEGER, stopped_ns INTEGER,
-    therapist_code TEXT, client_code TEXT, updated_ns INTEGER NOT NULL);
+    therapist_code TEXT, client_code TEXT, updated_ns INTEGER NOT NULL, created_ns INTEGER);
+CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_ns);
+CREATE TABLE IF NOT EXISTS units(
+    room TEXT NOT NULL, unit TEXT NOT NULL, first_seen_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL,
+    last_state TEXT, version TEXT, last_session TEXT, dropped_json TEXT,
+    PRIMARY KEY(room, unit)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blocks(
     unit TEXT NOT NULL, kind TEXT NOT NULL, stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
     t0_ns INTEGER NOT NULL, rate_hz REAL NOT NULL, flags INTEGER NOT NULL, n INTEGER NOT NULL,
-    data BLOB NOT NULL, received_ns INTEGER NOT NULL,
-    PRIMARY KEY(unit, kind, stream, session, seq)) WITHOUT ROWID;
+    data BLOB NOT NULL, received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(session, room, unit, kind, stream, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metrics(
     unit TEXT NOT NULL, name TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
     window_start_ns INTEGER NOT NULL, window_end_ns INTEGER NOT NULL, values_json TEXT NOT NULL,
-    received_ns INTEGER NOT NULL,
-    PRIMARY KEY(unit, name, session, seq)) WITHOUT ROWID;
+    received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(session, room, unit, name, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS commands(
-    cmd_id TEXT PRIMARY KEY, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT, time_ns INTEGER NOT NULL,
-    payload TEXT NOT NULL, received_ns INTEGER NOT NULL);
+    cmd_id TEXT NOT NULL, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT, time_ns INTEGER NOT NULL,
+    payload TEXT NOT NULL, received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(room, cmd_id));
+CREATE VIEW IF NOT EXISTS markers AS
+    SELECT room, session, cmd_id, label, time_ns FROM commands WHERE cmd='marker';
 CREATE TABLE IF NOT EXISTS status(
     unit TEXT NOT NULL, time_ns INTEGER NOT NULL, state TEXT NOT NULL, session TEXT, payload TEXT NOT NULL,
-    received_ns INTEGER NOT NULL, PRIMARY KEY(unit, time_ns, state)) WITHOUT ROWID;
+    received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(room, unit, time_ns, state)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS acks(
     unit TEXT NOT NULL, cmd_id TEXT NOT NULL, ok INTEGER NOT NULL, error TEXT, time_ns INTEGER NOT NULL,
-    PRIMARY KEY(unit, cmd_id)) WITHOUT ROWID;
+    room TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(room, unit, cmd_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejects(
     received_ns INTEGER NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload_head BLOB);
@@ -64,58 +74,92 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def insert_block(con: sqlite3.Connection, unit: str, kind: str, block, session: str, received_ns: int) -> bool:
+def insert_block(con: sqlite3.Connection, unit: str, kind: str, block, session: str, received_ns: int,
+                 room: str = "") -> bool:
     """Insert a sample block; False if it was already stored (a redelivery)."""
     cur = con.execute(
-        "INSERT OR IGNORE INTO blocks VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO blocks(unit, kind, stream, session, seq, t0_ns, rate_hz, flags, n, data, "
+        "received_ns, room) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
         (unit, kind, block.stream, session, block.seq, block.t0_ns, block.rate_hz, block.flags, block.n,
-         block.values.astype("<f4").tobytes(), received_ns),
+         block.values.astype("<f4").tobytes(), received_ns, room),
     )
     return cur.rowcount == 1
 
 
-def insert_metric(con: sqlite3.Connection, unit: str, m: Metric, received_ns: int) -> bool:
+def insert_metric(con: sqlite3.Connection, unit: str, m: Metric, received_ns: int, room: str = "") -> bool:
     values = {k: (None if not np.isfinite(v) else v) for k, v in m.values.items()}
     cur = con.execute(
-        "INSERT OR IGNORE INTO metrics VALUES(?,?,?,?,?,?,?,?)",
-        (unit, m.name, m.session, m.seq, m.window_start_ns, m.window_end_ns, json.dumps(values), received_ns),
+        "INSERT OR IGNORE INTO metrics(unit, name, session, seq, window_start_ns, window_end_ns, values_json, "
+        "received_ns, room) VALUES(?,?,?,?,?,?,?,?,?)",
+        (unit, m.name, m.session, m.seq, m.window_start_ns, m.window_end_ns, json.dumps(values), received_ns, room),
     )
     return cur.rowcount == 1
 
 
 def insert_command(con: sqlite3.Connection, room: str, c: Command, payload: bytes, received_ns: int) -> bool:
+    """Store a command; ``start`` records the participant codes, ``stop`` the end time, ``marker`` a marker."""
     cur = con.execute(
-        "INSERT OR IGNORE INTO commands VALUES(?,?,?,?,?,?,?)",
-        (c.id, c.cmd, c.session, c.label, c.time_ns, payload.decode(), received_ns),
+        "INSERT OR IGNORE INTO commands(cmd_id, cmd, session, label, time_ns, payload, received_ns, room) "
+        "VALUES(?,?,?,?,?,?,?,?)",
+        (c.id, c.cmd, c.session, c.label, c.time_ns, payload.decode(), received_ns, room),
     )
     if cur.rowcount != 1:
         return False
     if c.cmd == "start":
         con.execute(
-            "INSERT INTO sessions(session, room, started_ns, therapist_code, client_code, updated_ns) "
-            "VALUES(?,?,?,?,?,?) ON CONFLICT(session) DO UPDATE SET started_ns=excluded.started_ns, "
+            "INSERT INTO sessions(session, room, started_ns, therapist_code, client_code, updated_ns, created_ns) "
+            "VALUES(?,?,?,?,?,?,?) ON CONFLICT(session) DO UPDATE SET started_ns=excluded.started_ns, "
             "therapist_code=excluded.therapist_code, client_code=excluded.client_code, updated_ns=excluded.updated_ns",
-            (c.session, room, c.time_ns, c.participants["therapist"], c.participants["client"], received_ns),
+            (c.session, room, c.time_ns, c.participants["therapist"], c.participants["client"], received_ns,
+             received_ns),
         )
     elif c.cmd == "stop":
         con.execute(
-            "INSERT INTO sessions(session, room, stopped_ns, updated_ns) VALUES(?,?,?,?) "
+            "INSERT INTO sessions(session, room, stopped_ns, updated_ns, created_ns) VALUES(?,?,?,?,?) "
             "ON CONFLICT(session) DO UPDATE SET stopped_ns=excluded.stopped_ns, updated_ns=excluded.updated_ns",
-            (c.session, room, c.time_ns, received_ns),
+            (c.session, room, c.time_ns, received_ns, received_ns),
         )
+    else:
+        touch_session(con, room, c.session, received_ns)
     return True
 
 
-def insert_status(con: sqlite3.Connection, unit: str, s: Status, payload: bytes, received_ns: int) -> bool:
+def touch_session(con: sqlite3.Connection, room: str, session: str, now: int) -> None:
+    """Mark ``session`` as changed at ``now`` (creating it when data arrives before its start command)."""
+    con.execute(
+        "INSERT INTO sessions(session, room, updated_ns, created_ns) VALUES(?,?,?,?) "
+        "ON CONFLICT(session) DO UPDATE SET updated_ns=MAX(updated_ns, excluded.updated_ns)",
+        (session, room, now, now),
+    )
+
+
+def touch_unit(con: sqlite3.Connection, room: str, unit: str, now: int, status: Status | None = None) -> None:
+    con.execute(
+        "INSERT INTO units(room, unit, first_seen_ns, last_seen_ns) VALUES(?,?,?,?) "
+        "ON CONFLICT(room, unit) DO UPDATE SET last_seen_ns=MAX(last_seen_ns, excluded.last_seen_ns)",
+        (room, unit, now, now),
+    )
+    if status is not None:
+        con.execute(
+            "UPDATE units SET last_state=?, version=?, last_session=COALESCE(?, last_session), dropped_json=? "
+            "WHERE room=? AND unit=?",
+            (status.state, status.version, status.session, json.dumps(status.dropped, sort_keys=True), room, unit),
+        )
+
+
+def insert_status(con: sqlite3.Connection, unit: str, s: Status, payload: bytes, received_ns: int,
+                  room: str = "") -> bool:
     cur = con.execute(
-        "INSERT OR IGNORE INTO status VALUES(?,?,?,?,?,?)",
-        (unit, s.time_ns, s.state, s.session, payload.decode(), received_ns),
+        "INSERT OR IGNORE INTO status(unit, time_ns, state, session, payload, received_ns, room) "
+        "VALUES(?,?,?,?,?,?,?)",
+        (unit, s.time_ns, s.state, s.session, payload.decode(), received_ns, room),
     )
     return cur.rowcount == 1
 
 
-def insert_ack(con: sqlite3.Connection, a: Ack) -> bool:
-    cur = con.execute("INSERT OR IGNORE INTO acks VALUES(?,?,?,?,?)", (a.unit, a.id, int(a.ok), a.error, a.time_ns))
+def insert_ack(con: sqlite3.Connection, a: Ack, room: str = "") -> bool:
+    cur = con.execute("INSERT OR IGNORE INTO acks(unit, cmd_id, ok, error, time_ns, room) VALUES(?,?,?,?,?,?)",
+                      (a.unit, a.id, int(a.ok), a.error, a.time_ns, room))
     return cur.rowcount == 1
 
 
@@ -160,27 +204,31 @@ class Gap:
     session: str
     after_seq: int
     missing: int
+    room: str = ""
 
 
 def gaps(con: sqlite3.Connection, session: str | None = None) -> list[Gap]:
     """Missing sequence numbers between stored blocks of each (unit, kind, stream, session)."""
     sql = (
         "SELECT unit, kind, stream, session, seq, "
-        "LEAD(seq) OVER (PARTITION BY unit, kind, stream, session ORDER BY seq) AS nxt FROM blocks"
+        "LEAD(seq) OVER (PARTITION BY session, room, unit, kind, stream ORDER BY seq) AS nxt, room FROM blocks"
         + (" WHERE session=?" if session else "")
     )
     rows = con.execute(f"SELECT * FROM ({sql}) WHERE nxt IS NOT NULL AND nxt > seq + 1", (session,) if session else ())
-    return [Gap(u, k, s, ss, seq, nxt - seq - 1) for u, k, s, ss, seq, nxt in rows]
+    return [Gap(u, k, s, ss, seq, nxt - seq - 1, r) for u, k, s, ss, seq, nxt, r in rows]
 
 
 def read_stream(con: sqlite3.Connection, session: str, stream: str, kind: str = "feat",
-                unit: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                unit: str | None = None, room: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Concatenate a stored stream: (t_ns int64, values float32, rate_hz). Gaps are left as gaps in t_ns."""
     sql = "SELECT t0_ns, rate_hz, data FROM blocks WHERE session=? AND stream=? AND kind=?"
     args: list[object] = [session, stream, kind]
     if unit is not None:
         sql += " AND unit=?"
         args.append(unit)
+    if room is not None:
+        sql += " AND room=?"
+        args.append(room)
     ts, vs, rate = [], [], float("nan")
     for t0, rate, data in con.execute(sql + " ORDER BY seq", args):
         v = np.frombuffer(data, dtype="<f4")
@@ -199,3 +247,120 @@ def read_metrics(con: sqlite3.Connection, session: str, name: str, unit: str | N
         args.append(unit)
     for seq, ws, we, vj in con.execute(sql + " ORDER BY seq", args):
         yield seq, ws, we, {k: (float("nan") if v is None else v) for k, v in json.loads(vj).items()}
+
+
+# ------------------------------------------------------------------------------------ session views
+SESSION_COLUMNS = ("session", "room", "started_ns", "stopped_ns", "therapist_code", "client_code", "updated_ns",
+                   "created_ns")
+
+
+def list_sessions(con: sqlite3.Connection, *, since_ns: int | None = None, limit: int = 100,
+                  offset: int = 0) -> list[dict]:
+    """Sessions ordered by (updated_ns, session); ``since_ns`` keeps those changed strictly after it."""
+    sql = f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions"
+    args: list[object] = []
+    if since_ns is not None:
+        sql += " WHERE updated_ns > ?"
+        args.append(since_ns)
+    sql += " ORDER BY updated_ns, session LIMIT ? OFFSET ?"
+    args += [limit, offset]
+    return [dict(zip(SESSION_COLUMNS, row, strict=True)) for row in con.execute(sql, args)]
+
+
+def count_sessions(con: sqlite3.Connection, since_ns: int | None = None) -> int:
+    if since_ns is None:
+        return con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    return con.execute("SELECT COUNT(*) FROM sessions WHERE updated_ns > ?", (since_ns,)).fetchone()[0]
+
+
+def get_session(con: sqlite3.Connection, session: str) -> dict | None:
+    row = con.execute(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session=?", (session,)).fetchone()
+    return dict(zip(SESSION_COLUMNS, row, strict=True)) if row else None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    room: str
+    unit: str
+    kind: str
+    stream: str
+    rate_hz: float
+    blocks: int
+    samples: int
+    first_seq: int
+    last_seq: int
+    t_start_ns: int
+    t_end_ns: int
+    flagged_blocks: int
+
+    @property
+    def missing_blocks(self) -> int:
+        """Blocks missing between the first and the last stored one (holes in seq)."""
+        return self.last_seq - self.first_seq + 1 - self.blocks
+
+
+def session_streams(con: sqlite3.Connection, session: str) -> list[StreamInfo]:
+    rows = con.execute(
+        "SELECT room, unit, kind, stream, MIN(rate_hz), COUNT(*), SUM(n), MIN(seq), MAX(seq), MIN(t0_ns), "
+        "MAX(t0_ns + CAST(ROUND((n - 1) * 1e9 / rate_hz) AS INTEGER)), SUM(flags != 0) "
+        "FROM blocks WHERE session=? GROUP BY room, unit, kind, stream ORDER BY kind, unit, stream",
+        (session,),
+    )
+    return [StreamInfo(*r) for r in rows]
+
+
+def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = True) -> dict | None:
+    """Metadata and quality of one session: streams with gaps and losses, metrics, markers, unit status.
+
+    ``include_hub`` adds the hub-wide malformed/unauthorized/duplicate counters (these are not per session
+    and change without the session changing, so exported files leave them out)."""
+    meta = get_session(con, session)
+    if meta is None:
+        return None
+    gap_list = gaps(con, session)
+    streams = []
+    for st in session_streams(con, session):
+        g = [x for x in gap_list if (x.room, x.unit, x.kind, x.stream) == (st.room, st.unit, st.kind, st.stream)]
+        streams.append({
+            "room": st.room, "unit": st.unit, "kind": st.kind, "stream": st.stream, "rate_hz": st.rate_hz,
+            "blocks": st.blocks, "samples": st.samples, "first_seq": st.first_seq, "last_seq": st.last_seq,
+            "t_start_ns": st.t_start_ns, "t_end_ns": st.t_end_ns, "flagged_blocks": st.flagged_blocks,
+            "gaps": len(g), "missing_blocks": st.missing_blocks,
+        })
+    metric_rows = con.execute(
+        "SELECT unit, name, COUNT(*), MIN(seq), MAX(seq) FROM metrics WHERE session=? GROUP BY unit, name "
+        "ORDER BY unit, name", (session,))
+    metrics = [{"unit": u, "name": n, "count": c, "missing": (hi - lo + 1 - c)} for u, n, c, lo, hi in metric_rows]
+    markers = [{"id": i, "label": lab, "time_ns": t} for i, lab, t in con.execute(
+        "SELECT cmd_id, label, time_ns FROM markers WHERE session=? ORDER BY time_ns", (session,))]
+    units = {}
+    for unit, dropped_json, state in con.execute(
+        "SELECT s.unit, s.payload, s.state FROM status s WHERE s.session=? ORDER BY s.time_ns", (session,)
+    ):
+        try:
+            dropped = json.loads(dropped_json).get("dropped", {})
+        except (ValueError, AttributeError):
+            dropped = {}
+        units[unit] = {"last_state": state, "dropped_reported": dropped}
+    status_changes = con.execute("SELECT COUNT(*) FROM status WHERE session=?", (session,)).fetchone()[0]
+    hub = counters(con) if include_hub else {}
+    out = {
+        **meta,
+        "streams": streams,
+        "metrics": metrics,
+        "markers": markers,
+        "units": units,
+        "quality": {
+            "gaps": len(gap_list),
+            "missing_blocks": sum(s["missing_blocks"] for s in streams),
+            "missing_metrics": sum(m["missing"] for m in metrics),
+            "unit_reported_dropped": sum(sum(u["dropped_reported"].values()) for u in units.values()),
+            "flagged_blocks": sum(s["flagged_blocks"] for s in streams),
+            "status_changes": status_changes,
+        },
+    }
+    if include_hub:
+        out["quality"].update({"hub_malformed": hub.get("malformed", 0),
+                               "hub_unauthorized": hub.get("unauthorized", 0),
+                               "hub_duplicates": hub.get("duplicate", 0)})
+    return out

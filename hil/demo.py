@@ -51,25 +51,37 @@ def demo_schedule(duration_s: float) -> list:
 
 @dataclass
 class _Publisher:
-    """QoS 1 publishing with counts of what the broker acknowledged (PUBACK)."""
+    """QoS 1 publishing with counts of what the broker acknowledged (PUBACK).
+
+    paho calls ``on_publish`` from its network thread while holding its own lock, so ``publish`` must not
+    hold ours across ``client.publish`` (that would deadlock); a PUBACK that overtakes the registration
+    of its message id is remembered in ``early``.
+    """
 
     client: mqtt.Client
     sent: Counter = field(default_factory=Counter)
     pending: dict = field(default_factory=dict)
+    early: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self.lock:
             kind = self.pending.pop(mid, None)
-            if kind is not None and not reason_code.is_failure:
+            if kind is None:
+                self.early[mid] = not reason_code.is_failure
+            elif not reason_code.is_failure:
                 self.sent[kind] += 1
 
     def publish(self, topic: str, payload: bytes, kind: str, retain: bool = False) -> None:
-        with self.lock:  # register before the PUBACK can arrive
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            self.pending[info.mid] = kind
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        with self.lock:
+            if info.mid in self.early:
+                if self.early.pop(info.mid):
+                    self.sent[kind] += 1
+            else:
+                self.pending[info.mid] = kind
 
     def wait_all_acked(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -230,6 +242,7 @@ def run_demo(args: argparse.Namespace) -> int:
             time.sleep(0.1)
         stored = store.stored_counts(con, UNIT, session)
         summary = _summary(con, session)
+        segments = _by_segment(con, session, t_start_ns, sim.config.schedule, params.win_s)
         n_gaps = len(store.gaps(con, session))
         malformed = recorder.counts["malformed"]
         con.close()
@@ -243,6 +256,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     ok = all_acked and stored == expected and n_gaps == 0 and malformed == 0
     _print_table(expected, stored, summary, n_gaps, malformed)
+    _print_segments(segments)
     print(f"\nData: hub database {db_path}\n      broker files {data_dir / 'broker'}")
     print("Result: " + ("OK, the hub stored every message the unit sent." if ok else "FAILED: the hub is missing messages."))
     return 0 if ok else 1
@@ -258,6 +272,29 @@ def _summary(con, session: str) -> dict[str, dict[str, float]]:
         }
         out[signal]["windows"] = float(len(rows))
     return out
+
+
+def _by_segment(con, session: str, t_start_ns: int, schedule, win_s: float) -> list[tuple]:
+    """Mean therapist-led and client-led z of the windows that lie wholly inside each simulated segment."""
+    rows = []
+    for signal in ("eda", "hr"):
+        metrics = [(ws, v) for _, ws, _, v in store.read_metrics(con, session, f"sync_{signal}")]
+        for seg in schedule:
+            a = t_start_ns + int(seg.start_s * 1e9)
+            b = t_start_ns + int((seg.end_s - win_s) * 1e9)
+            inside = [v for ws, v in metrics if a <= ws <= b]
+            tl = float(np.nanmean([v["therapist_led"] for v in inside])) if inside else math.nan
+            cl = float(np.nanmean([v["client_led"] for v in inside])) if inside else math.nan
+            rows.append((signal, seg, len(inside), tl, cl))
+    return rows
+
+
+def _print_segments(rows) -> None:
+    print("\n  by simulated segment (truth)            windows  therapist-led  client-led  stronger side")
+    for signal, seg, n, tl, cl in rows:
+        truth = f"{seg.mode}" + (f" {seg.lag_s:g} s" if seg.lag_s else "")
+        side = "-" if not n else ("therapist" if tl > cl else "client")
+        print(f"  {signal:<4}{seg.start_s:>5.0f}-{seg.end_s:<5.0f}s {truth:<22}{n:>8}{tl:>15.3f}{cl:>12.3f}  {side}")
 
 
 def _print_table(expected, stored, summary, n_gaps, malformed) -> None:

@@ -1,0 +1,63 @@
+"""Test helpers: connected paho clients and a realistic recorded session."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from broker import wire
+from firmware_bridge import SampleBlock
+
+T0_NS = 1_790_000_000_000_000_000
+
+
+def client(host: str, port: int, user: str, pw: str, protocol=mqtt.MQTTv311) -> mqtt.Client:
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=protocol)
+    c.username_pw_set(user, pw)
+    c.on_connect = lambda *a: done.set()
+    c.connect(host, port)
+    c.loop_start()
+    assert done.wait(10), "no CONNACK"
+    return c
+
+
+def close(*clients: mqtt.Client) -> None:
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def wait(pred, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def publish_all(c: mqtt.Client, msgs: list[tuple[str, bytes]]) -> None:
+    infos = [c.publish(t, p, qos=1) for t, p in msgs]
+    for i in infos:
+        i.wait_for_publish(10)
+
+
+def make_blocks(stream: str, rate_hz: float, n_blocks: int, per_block: int, seed: int = 0,
+                t0_ns: int = T0_NS) -> list[SampleBlock]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for seq in range(n_blocks):
+        values = (rng.standard_normal(per_block) * 3 + 5).astype(np.float32)
+        out.append(SampleBlock(stream, seq, t0_ns + int(round(seq * per_block * 1e9 / rate_hz)), rate_hz, values,
+                               flags=1 if seq == 2 else 0))
+    return out
+
+
+def start_cmd(session: str, therapist: str = "T01", client_code: str = "C07", t_ns: int = T0_NS) -> wire.Command:
+    return wire.Command(id=f"{session}-start", cmd="start", session=session, time_ns=t_ns,
+                        participants={"therapist": therapist, "client": client_code})
