@@ -25,15 +25,17 @@ Generative model (details and parameter table in ``docs/simulator.md``):
 * PPG (IR ADC counts): per beat a pulse arriving after a pulse transit time, made of a skewed systolic wave
   and a diastolic (reflected) wave, which leaves a dicrotic notch between them; DC level, respiratory
   baseline and amplitude modulation, slow baseline wander, white noise and optional motion artefacts.
+  ``value_at`` also serves a red LED channel (``<role>/ppg_red``) with the same pulses for the MAX30102.
 * Sensor events: contact loss (EDA open circuit ~0 µS, PPG drops to ambient light, no pulse) and
   saturation (clipped at the front-end's range), flagged in the truth.
 * Research hypothesis knob ``regulation_effect``: the coupling gain of every coupled segment is
   ``tanh(atanh(gain) + regulation_effect * R)`` where ``R`` is the therapist's regulation index
   (RSA level up, epoch-to-epoch RSA variability down). With ``regulation_effect == 0`` the gain is the
-  configured one, independent of the therapist's regulation.
+  configured one, independent of the therapist's regulation. Optional epoch-lagged RSA coupling
+  (``rsa_coupling_t_to_c`` / ``rsa_coupling_c_to_t``) for interpersonal-regulation analyses.
 
-Everything is generated at construction (10 simulated minutes take a few tens of milliseconds), so the
-output does not depend on how :meth:`DyadSimulator.read` is chunked.
+The whole session is generated at construction (10 simulated minutes: ~0.05 s CPU; the sample arrays on
+the first ``read``), so the output does not depend on how :meth:`DyadSimulator.read` is chunked.
 """
 
 from __future__ import annotations
