@@ -77,7 +77,7 @@ def segment_feature(truth: GroundTruth, feature: str, start_s: float, end_s: flo
 # ---- API, determinism, chunking ------------------------------------------------------------------------
 
 
-def test_read_returns_every_stream_at_its_rate(brief_sim):
+def test_read_returns_every_stream_at_its_rate():
     sim = DyadSimulator(brief_config())
     chunk = sim.read(1.0)
     assert set(chunk) == set(STREAMS)
@@ -127,7 +127,7 @@ def test_any_chunking_and_rates_give_the_one_shot_samples(seed, duration_s, eda_
         np.testing.assert_allclose(one.value_at(s, np.arange(expected_n) / rate), whole[s], rtol=1e-12, atol=1e-12)
 
 
-def test_value_at_agrees_with_read_and_interpolates(brief_sim):
+def test_value_at_agrees_with_read_and_interpolates():
     sim = DyadSimulator(brief_config())
     data = read_all(sim, [600.0])
     for s in STREAMS:
@@ -179,7 +179,7 @@ def test_config_round_trips_through_json_to_the_same_signals():
         SimConfig.from_dict({"schedule": [{"start_s": 0, "end_s": 10, "mode": "x"}]})
 
 
-def test_bad_requests_raise_clear_errors(brief_sim):
+def test_bad_requests_raise_clear_errors():
     sim = DyadSimulator(brief_config())
     with pytest.raises(SimulatorError, match="unknown stream"):
         sim.value_at("client/ecg", 1.0)
@@ -225,7 +225,7 @@ def test_bad_config_raises_config_error(make, match):
 # ---- EDA ----------------------------------------------------------------------------------------------
 
 
-def test_eda_range_noise_and_drift(brief_sim):
+def test_eda_range_noise_and_drift():
     sim = DyadSimulator(brief_config())
     data = read_all(sim, [600.0])
     for role in ("therapist", "client"):
@@ -323,7 +323,7 @@ def test_ibis_match_the_beats(brief_sim):
         np.testing.assert_allclose(hr_at[ok], 60000.0 / ibi[ok], rtol=0.03)
 
 
-def test_hr_from_ppg_peak_picking_matches_truth(brief_sim):
+def test_hr_from_ppg_peak_picking_matches_truth():
     sim = DyadSimulator(brief_config(seed=5))
     data = read_all(sim, [600.0])
     truth = sim.truth
