@@ -111,30 +111,35 @@ def _classify(
     hi = j + _AHEAD + 1
     if hi - lo < 4:
         return NORMAL
-    drr = [rr[k] - rr[k - 1] if k >= 1 else 0.0 for k in range(lo, hi)]
-    mrr = [rr[k] - med[k] for k in range(lo, hi)]
-    mrr = [2.0 * m if m < 0 else m for m in mrr]
+
+    def drr(k: int) -> float:
+        return rr[k] - rr[k - 1] if k >= 1 else 0.0
+
+    def mrr(k: int) -> float:
+        m = rr[k] - med[k]
+        return 2.0 * m if m < 0 else m
+
     if thresholds is None:
-        th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
-        th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
+        th1 = _ALPHA * _quartile_dev([abs(drr(k)) for k in range(lo, hi)])
+        th2 = _ALPHA * _quartile_dev([abs(mrr(k)) for k in range(lo, hi)])
     else:
         th1, th2 = thresholds
     if not (th1 > 0 and th2 > 0):
         return NORMAL
-    jj = j - lo
-    d = drr[jj] / th1
-    mrrs = mrr[jj] / th2
+    mrr_j = mrr(j)
+    d = drr(j) / th1
+    mrrs = mrr_j / th2
     if abs(d) <= 1 and abs(mrrs) <= 3:
         return NORMAL
-    prev = drr[jj - 1] / th1 if jj >= 1 else 0.0
-    nxt1 = drr[jj + 1] / th1
-    nxt2 = drr[jj + 2] / th1
+    prev = drr(j - 1) / th1 if j > lo else 0.0
+    nxt1 = drr(j + 1) / th1
+    nxt2 = drr(j + 2) / th1
     s12 = max(prev, nxt1) if d > 0 else min(prev, nxt1)
     if (d > 1 and s12 < -_C1 * d - _C2) or (d < -1 and s12 > -_C1 * d + _C2):
         return ECTOPIC
     s22 = min(nxt1, nxt2) if d >= 0 else max(nxt1, nxt2)
-    long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr[jj] > 0)
-    short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr[jj] < 0)
+    long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr_j > 0)
+    short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr_j < 0)
     medj = med[j]
     if short_ and abs(rr[j] + rr[j + 1] - medj) < th2:
         return EXTRA
