@@ -258,3 +258,14 @@ def test_every_small_window_size_matches_reference():
         starts, prof, _ = engine.push(np.ascontiguousarray(t, float), np.ascontiguousarray(c, float))
         np.testing.assert_array_equal(starts, wcc(t, c, p).window_start, err_msg=ctx)
         np.testing.assert_allclose(prof, wcc_reference(t, c, p).r, atol=1e-9, equal_nan=True, err_msg=ctx)
+
+
+def test_streaming_state_stays_bounded():
+    rng = np.random.default_rng(6)
+    s = StreamingWcc()
+    sizes = []
+    for _ in range(300):  # 50 minutes in 10-s chunks
+        s.push(rng.standard_normal(40), rng.standard_normal(40))
+        sizes.append(s.state_nbytes)
+    assert max(sizes) < 300_000
+    assert max(sizes[150:]) <= max(sizes[:150])  # no growth with session length
