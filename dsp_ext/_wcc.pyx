@@ -28,7 +28,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport NAN, isfinite, log, sqrt
-from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
@@ -347,8 +347,7 @@ cdef class WccEngine:
                 # 1. prefix of block j (j >= 1) in the frame of block j - 1
                 if j >= 1:
                     if pos == 0:
-                        for l in range(6 * nl):
-                            pre[l] = 0.0
+                        memset(pre, 0, 6 * nl * sizeof(double))
                     u = tb[i - buf0]
                     if isfinite(u):
                         u = u - self.shift_t
@@ -367,8 +366,7 @@ cdef class WccEngine:
                     st = self.shift_t
                     sc = self.shift_c
                     self.suf_q0 = (inc - (j * win) % inc) % inc
-                    for l in range(6 * nl):
-                        run[l] = 0.0
+                    memset(run, 0, 6 * nl * sizeof(double))
                     for q in range(win - 1, -1, -1):
                         u = tb[b + q]
                         if isfinite(u):
@@ -381,9 +379,7 @@ cdef class WccEngine:
                                         _welford_add(run, nl, l, u - st, v - sc)
                         if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
                             slot = (q - self.suf_q0) // inc
-                            rowp = &self.suf[slot, 0, 0]
-                            for l in range(6 * nl):
-                                rowp[l] = run[l]
+                            memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
                 # 3. the window ending at pair i
                 t0 = i - win + 1
                 if t0 >= lag and (t0 - lag) % inc == 0:
