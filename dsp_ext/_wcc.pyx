@@ -96,7 +96,30 @@ cdef extern from *:
             out[l] = ok ? r : NAN;
         }
     }
+
+    /* The same when every lag holds the same count n (no pair skipped since the reset): inv = 1/(n+1) is
+       shared, so the loop has no division. */
+    static inline void dyadsync_welford_add_all_uniform(double *restrict an, double *restrict amx,
+            double *restrict amy, double *restrict axx, double *restrict ayy, double *restrict axy,
+            Py_ssize_t nl, double u, const double *restrict cv, double sc, double n, double inv) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double v = cv[l] - sc;
+            double dx = u - amx[l];
+            double dy = v - amy[l];
+            double mx = amx[l] + dx * inv;
+            double my = amy[l] + dy * inv;
+            an[l] = n;
+            amx[l] = mx;
+            amy[l] = my;
+            axx[l] += dx * (u - mx);
+            ayy[l] += dy * (v - my);
+            axy[l] += dx * (v - my);
+        }
+    }
     """
+    void dyadsync_welford_add_all_uniform(double* an, double* amx, double* amy, double* axx, double* ayy,
+                                          double* axy, Py_ssize_t nl, double u, const double* cv, double sc,
+                                          double n, double inv) noexcept nogil
     void dyadsync_corr_all(const double* a, const double* b, Py_ssize_t nl, Py_ssize_t win,
                            double* out) noexcept nogil
     void dyadsync_welford_add_all(double* an, double* amx, double* amy, double* axx, double* ayy,
@@ -108,6 +131,27 @@ cdef inline void _welford_add_all(double* a, Py_ssize_t stride, Py_ssize_t nl, d
     """Add the pairs (u, cv[l] - sc) of every lag l; all cv[l] finite (vectorisable C above)."""
     dyadsync_welford_add_all(a, a + stride, a + 2 * stride, a + 3 * stride, a + 4 * stride, a + 5 * stride,
                              nl, u, cv, sc)
+
+
+cdef inline bint _add_pair_all_lags(double* a, Py_ssize_t nl, double u, const double* cv, double sc,
+                                    bint fast, bint uniform) noexcept nogil:
+    """Add the pairs (u, cv[l] - sc) of every lag; ``fast``: all cv finite. Returns whether every lag still
+    holds the same count (so the next update may share one reciprocal)."""
+    cdef Py_ssize_t l
+    cdef double n, v
+    if fast:
+        if uniform:
+            n = a[0] + 1.0
+            dyadsync_welford_add_all_uniform(a, a + nl, a + 2 * nl, a + 3 * nl, a + 4 * nl, a + 5 * nl,
+                                             nl, u, cv, sc, n, 1.0 / n)
+        else:
+            _welford_add_all(a, nl, nl, u, cv, sc)
+        return uniform
+    for l in range(nl):
+        v = cv[l]
+        if isfinite(v):
+            _welford_add(a, nl, l, u, v - sc)
+    return False
 
 
 cdef inline double _fisher_z(double r) noexcept nogil:
@@ -258,6 +302,7 @@ cdef class WccEngine:
     cdef double shift_t, shift_c    # median shift of the last completed block (frame of suf and pre)
     cdef double[::1] scratch
     cdef double[:, ::1] zero       # an empty aggregate (6 x nl zeros)
+    cdef bint pre_uniform           # every lag of the prefix holds the same count
 
     def __init__(self, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz):
         if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
@@ -283,6 +328,7 @@ cdef class WccEngine:
         self.run[:, :] = 0.0
         self.suf[:, :, :] = 0.0
         self.suf_q0 = 0
+        self.pre_uniform = True
         self.shift_t = 0.0
         self.shift_c = 0.0
 
@@ -335,6 +381,7 @@ cdef class WccEngine:
         cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, nl = self.nl, half = self.half
         cdef Py_ssize_t i, j, pos, l, q, slot, b, t0, w_out = 0, buf0 = self.buf0
         cdef double u, v, st, sc
+        cdef bint run_uniform
         cdef double* pre = &self.pre[0, 0]
         cdef double* run = &self.run[0, 0]
         cdef double* rowp
@@ -348,16 +395,12 @@ cdef class WccEngine:
                 if j >= 1:
                     if pos == 0:
                         memset(pre, 0, 6 * nl * sizeof(double))
+                        self.pre_uniform = True
                     u = tb[i - buf0]
                     if isfinite(u):
-                        u = u - self.shift_t
-                        if cbad[i - buf0 + nl] == cbad[i - buf0]:
-                            _welford_add_all(pre, nl, nl, u, &cb[i - buf0], self.shift_c)
-                        else:
-                            for l in range(nl):
-                                v = cb[i - buf0 + l]
-                                if isfinite(v):
-                                    _welford_add(pre, nl, l, u, v - self.shift_c)
+                        self.pre_uniform = _add_pair_all_lags(
+                            pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
+                            cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
                 # 2. block j complete: new shift, suffix aggregates at window starts, backwards
                 if pos == win - 1:
                     b = i - win + 1 - buf0
@@ -367,16 +410,12 @@ cdef class WccEngine:
                     sc = self.shift_c
                     self.suf_q0 = (inc - (j * win) % inc) % inc
                     memset(run, 0, 6 * nl * sizeof(double))
+                    run_uniform = True
                     for q in range(win - 1, -1, -1):
                         u = tb[b + q]
                         if isfinite(u):
-                            if cbad[b + q + nl] == cbad[b + q]:
-                                _welford_add_all(run, nl, nl, u - st, &cb[b + q], sc)
-                            else:
-                                for l in range(nl):
-                                    v = cb[b + q + l]
-                                    if isfinite(v):
-                                        _welford_add(run, nl, l, u - st, v - sc)
+                            run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
+                                                             cbad[b + q + nl] == cbad[b + q], run_uniform)
                         if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
                             slot = (q - self.suf_q0) // inc
                             memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
