@@ -269,3 +269,19 @@ def test_streaming_state_stays_bounded():
         sizes.append(s.state_nbytes)
     assert max(sizes) < 300_000
     assert max(sizes[150:]) <= max(sizes[:150])  # no growth with session length
+
+
+@pytest.mark.parametrize("lag_s", [10.0, 40.0])
+def test_side_means_with_many_lags_and_r_near_one(lag_s):
+    """therapist_led/client_led use log-products over runs of 64 lags: exact for long lag ranges and r ≈ ±1."""
+    rng = np.random.default_rng(int(lag_s))
+    t = np.cumsum(rng.standard_normal(3000))
+    c = -t + rng.standard_normal(3000) * 0.001  # r ≈ −1 (clipped to −0.999) over many lags
+    p = SyncParams(win_s=60.0, lag_s=lag_s)
+    res = wcc(t, c, p)
+    z = np.arctanh(np.clip(res.r, -0.999, 0.999))
+    lag = p.lag
+    np.testing.assert_allclose(res.therapist_led, np.nanmean(z[:, lag + 1 :], axis=1), atol=1e-12)
+    np.testing.assert_allclose(res.client_led, np.nanmean(z[:, :lag], axis=1), atol=1e-12)
+    np.testing.assert_allclose(res.client_led_max, np.nanmax(z[:, :lag], axis=1), atol=1e-12)
+    assert np.min(res.r) <= -0.999
