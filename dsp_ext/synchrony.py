@@ -63,12 +63,14 @@ def wcc(therapist: object, client: object, params: SyncParams | None = None) -> 
         raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
     eng = _wcc.WccEngine(params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz)
     starts, prof, vals = eng.push(t, c)
-    res = WccResult.empty(params, len(starts))
-    res.window_start[:] = starts
-    res.r[:] = prof
-    for j, name in enumerate(WINDOW_VALUE_NAMES):
-        getattr(res, name)[:] = vals[:, j]
-    return res
+    cols = np.ascontiguousarray(vals.T)  # one copy; each named field is a row view of it
+    return WccResult(
+        params=params,
+        window_start=starts,
+        lags_s=params.lags / params.rate_hz,
+        r=prof,
+        **{name: cols[j] for j, name in enumerate(WINDOW_VALUE_NAMES)},
+    )
 
 
 class StreamingWcc:
