@@ -104,7 +104,7 @@ class SessionAnalysis:
 
         def add(channel: str, name: str, value: float, p: float = math.nan, eff: float = math.nan,
                 note: str = "") -> None:
-            rows.append({"channel": channel, "index": name, "value": float(value), "p_value": float(p),
+            rows.append({"channel": channel, "index": name, "value": value if isinstance(value, int) else float(value), "p_value": float(p),
                          "effect_size": float(eff), "note": note})
 
         for sig, ch in self.channels.items():
@@ -243,7 +243,9 @@ def person_hrv(data: SessionData, role: str, notes: list[str]) -> PersonHrv | No
     try:
         import dsp_ext.hrv  # noqa: F401
     except ImportError as exc:
-        notes.append(f"RSA not available: dsp_ext.hrv is not installed ({exc})")
+        msg = f"RSA not available: dsp_ext.hrv is not installed ({exc})"
+        if msg not in notes:
+            notes.append(msg)
         return None
     h = _hrv_from_raw(data, role) or _hrv_from_hr(data, role)
     if h is None:

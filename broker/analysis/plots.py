@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 
 import matplotlib
 
@@ -155,7 +154,8 @@ def surrogate_figure(an: SessionAnalysis, signal: str) -> Figure:
         ax.axvline(s.observed, color="#c0392b", lw=2)
         ax.set_title(f"{stat}\np={s.p_value:.3g}, d={s.effect_size:.2f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{signal.upper()}: observed (red) against {an.n_surrogates} circular-shift surrogates", fontsize=10)
+    fig.suptitle(f"{signal.upper()}: observed (red) against {an.n_surrogates} circular-shift surrogates", fontsize=10,
+                 y=1.12)
     return fig
 
 
@@ -202,10 +202,3 @@ def quality_figure(data: SessionData) -> Figure:
     ax.set_ylim(-1, max(len(items), 1))
     return fig
 
-
-def fmt(x: float, digits: int = 3) -> str:
-    if isinstance(x, float) and not math.isfinite(x):
-        return "–"
-    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 10):
-        return f"{int(x)}"
-    return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
