@@ -35,7 +35,7 @@ from dsp_ext.stats import (
 )
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, WccResult, wcc
 
-from .source import GRID_NS, IncompleteSession, SessionData, aligned_features
+from .source import GRID_NS, IncompleteSession, SessionData, aligned_features, aligned_lost
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,12 @@ def _pe(s: SurrogateResult | None) -> tuple[float, float]:
     return (s.p_value, s.effect_size) if s is not None else (math.nan, math.nan)
 
 
-def live_check(data: SessionData, signal: str, t0_ns: int, res: WccResult, same_params: bool) -> LiveCheck | None:
-    """Compare recomputed windows with the unit's live ``sync_<signal>`` metrics (matched on window start)."""
+def live_check(data: SessionData, signal: str, t0_ns: int, res: WccResult, same_params: bool,
+               lost: np.ndarray | None = None) -> LiveCheck | None:
+    """Compare recomputed windows with the unit's live ``sync_<signal>`` metrics (matched on window start).
+
+    Windows that touch a sample lost between the unit and the hub (``lost``) are not compared: the unit saw
+    data the store does not hold. They are counted in the note."""
     name = f"sync_{signal}"
     rows = data.metrics.get(name, [])
     if not rows:
@@ -158,12 +162,16 @@ def live_check(data: SessionData, signal: str, t0_ns: int, res: WccResult, same_
     ns_per = 1e9 / p.rate_hz
     index = {int(s): i for i, s in enumerate(res.window_start)}
     worst, n = 0.0, 0
-    unmatched = 0
+    unmatched = touched = 0
     for m in rows:
         pos = (m.window_start_ns - t0_ns) / ns_per
         i = index.get(int(round(pos))) if abs(pos - round(pos)) < 1e-6 else None
         if i is None:
             unmatched += 1
+            continue
+        s0 = int(res.window_start[i])
+        if lost is not None and lost[max(s0 - p.lag, 0) : s0 + p.win + p.lag].any():
+            touched += 1
             continue
         n += 1
         for key in WINDOW_VALUE_NAMES:
@@ -171,7 +179,9 @@ def live_check(data: SessionData, signal: str, t0_ns: int, res: WccResult, same_
             if math.isnan(a) and math.isnan(b):
                 continue
             worst = max(worst, abs(a - b) if not (math.isnan(a) or math.isnan(b)) else math.inf)
-    note = f"{n} of {len(rows)} live windows matched"
+    note = f"{n} of {len(rows)} live windows compared"
+    if touched:
+        note += f"; {touched} windows touch samples lost in transit and cannot be reproduced"
     if unmatched:
         note += f"; {unmatched} live windows have no recomputed window (lost feature samples at the ends?)"
     return LiveCheck(name, len(rows), n, worst if n else math.nan, True, note)
@@ -307,7 +317,7 @@ def analyse_session(
             notes.append(f"{sig}: single session index not computed: {exc}")
             ssi = math.nan
         channels[sig] = ChannelSync(sig, t0, t, c, res, session_summary(res), leadership_asymmetry(res), ssi, surr,
-                                    live_check(data, sig, t0, res, same))
+                                    live_check(data, sig, t0, res, same, aligned_lost(data, sig)))
     if not channels:
         raise IncompleteSession(f"session {data.session}: nothing to analyse; " + "; ".join(notes))
     hrv: dict[str, PersonHrv] = {}

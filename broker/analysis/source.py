@@ -257,7 +257,10 @@ def _read_physio(tsv: Path, sidecar: dict) -> tuple[np.ndarray, np.ndarray, np.n
                     lost.append(False)
     except (OSError, EOFError, ValueError) as exc:
         raise SourceError(f"{tsv} is damaged or not a physio TSV ({exc})") from exc
-    return np.asarray(vals, dtype=np.float64), np.asarray(flags, dtype=np.int64), np.asarray(lost, dtype=bool)
+    # the hub stores float32 and writes 9 significant digits, which round-trip float32 exactly: going back
+    # through float32 gives the very values the database holds
+    values = np.asarray(vals, dtype=np.float32).astype(np.float64)
+    return values, np.asarray(flags, dtype=np.int64), np.asarray(lost, dtype=bool)
 
 
 def load_from_folder(folder: Path | str, session: str | None = None, *, with_raw: bool = True) -> SessionData:
@@ -387,3 +390,19 @@ def aligned_features(data: SessionData, signal: str) -> tuple[int, np.ndarray, n
     a[oft : oft + len(t.values)] = t.values
     b[ofc : ofc + len(c.values)] = c.values
     return t0, a, b
+
+
+def aligned_lost(data: SessionData, signal: str) -> np.ndarray:
+    """On the grid of :func:`aligned_features`: True where either person's sample was lost in transit."""
+    t, c = data.feature(f"therapist/{signal}"), data.feature(f"client/{signal}")
+    if t is None or c is None:
+        raise IncompleteSession(f"session {data.session}: no {signal} feature stream for both people")
+    ns_per = 1e9 / t.rate_hz
+    t0 = min(t.t0_ns, c.t0_ns)
+    oft = int(round((t.t0_ns - t0) / ns_per))
+    ofc = int(round((c.t0_ns - t0) / ns_per))
+    n = max(oft + len(t.values), ofc + len(c.values))
+    lost = np.zeros(n, dtype=bool)
+    lost[oft : oft + len(t.lost)] |= t.lost
+    lost[ofc : ofc + len(c.lost)] |= c.lost
+    return lost
