@@ -543,6 +543,14 @@ def _f(x: float, d: int = 3) -> str:
         else f"{x:.{d}g}"
 
 
+def _cell(v: object) -> str:
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        return _f(float(v))
+    return _e(v)
+
+
 def _figures(tables: StudyTables, models: StudyModels) -> list[tuple[str, str]]:
     from matplotlib.figure import Figure
 
@@ -650,7 +658,7 @@ def render_study(tables: StudyTables, models: StudyModels, skipped: list[str]) -
     parts.append("<h2>Sessions</h2><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>")
     for _, r in s[cols].iterrows():
         parts.append("<tr>" + "".join(
-            f"<td>{_f(float(r[c])) if isinstance(r[c], int | float | np.number) else _e(r[c])}</td>" for c in cols)
+            f"<td>{_cell(r[c])}</td>" for c in cols)
             + "</tr>")
     parts.append(f"</table><p class='note'>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; tables in "
                  "sessions.csv, windows.csv, epochs.csv, models.csv.</p></body></html>")
