@@ -26,7 +26,7 @@ import numpy as np
 
 from dsp_ext.synchrony import SyncParams
 
-from .analysis.compute import SessionAnalysis, analyse_session
+from .analysis.compute import SessionAnalysis, _held, analyse_session
 from .analysis.source import (
     AnalysisError,
     IncompleteSession,
@@ -91,9 +91,11 @@ def features_from_raw(data: SessionData) -> SessionData:
             raw = data.raw(f"{role}/{raw_name}")
             if raw is None:
                 raise IncompleteSession(f"session {data.session}: --recompute needs the raw {role}/{raw_name} stream")
-            vals = _fill(raw.values)
+            vals = _held(raw.values)
             if signal == "eda":
-                v = _eda_grid(vals, raw.rate_hz)
+                from firmware_bridge.block import BlockFlags
+
+                v = _eda_grid(vals, raw.rate_hz, ((raw.flags & BlockFlags.CONTACT_LOST) == 0) & ~raw.lost)
             else:
                 from dsp_ext import ppg
 
@@ -111,22 +113,11 @@ def features_from_raw(data: SessionData) -> SessionData:
     return SessionData(**{**data.__dict__, "streams": new})
 
 
-def _fill(x: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return x
-    idx = np.where(~bad, np.arange(len(x)), 0)
-    np.maximum.accumulate(idx, out=idx)
-    y = x[idx]
-    y[~np.isfinite(y)] = np.nanmean(x) if np.isfinite(x).any() else 0.0
-    return y
-
-
-def _eda_grid(vals: np.ndarray, rate_hz: float) -> np.ndarray:
+def _eda_grid(vals: np.ndarray, rate_hz: float, contact_ok: np.ndarray) -> np.ndarray:
     try:
         from dsp_ext import eda
 
-        feats = eda.eda_features(vals, rate_hz) if hasattr(eda, "eda_features") else None
+        feats = eda.eda_features(vals, rate_hz, contact=contact_ok) if hasattr(eda, "eda_features") else None
     except ImportError:
         feats = None
     if feats is not None and hasattr(feats, "index") and hasattr(feats, "eda_us"):
@@ -173,6 +164,21 @@ def _quality_table(data: SessionData) -> str:
     out.append(f'<p>Missing blocks in all streams: {q["missing_blocks"]}; metrics missing (seq holes): {_e(mm)}; '
                f'samples the unit reported dropped: {q["unit_reported_dropped"]}; status changes: '
                f'{q["status_changes"]}.</p>')
+    return "\n".join(out)
+
+
+def _artefact_table(an: SessionAnalysis) -> str:
+    if not an.artefacts:
+        return "<p>No raw signals stored: artefacts in the raw EDA and PPG cannot be counted.</p>"
+    keys = sorted({k for a in an.artefacts.values() for k in a})
+    out = ["<h3>Artefacts found in the raw signals</h3><table id='artefacts'><tr><th class='l'>person</th>"
+           + "".join(f"<th>{_e(k.replace('_', ' '))}</th>" for k in keys) + "</tr>"]
+    for role, a in an.artefacts.items():
+        out.append(f"<tr><td class='l'>{_e(role)}</td>" + "".join(f"<td>{a.get(k, '–')}</td>" for k in keys)
+                   + "</tr>")
+    out.append("</table><p class='note'>PPG: beats and the corrections of the Lipponen–Tarvainen IBI "
+               "classifier (dsp_ext.ppg); EDA: raw samples out of range, too steep, without contact or lost, and "
+               "the 4 Hz bins they invalidate (dsp_ext.eda).</p>")
     return "\n".join(out)
 
 
@@ -246,6 +252,7 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
     parts.append("<h2>Data quality</h2>")
     parts.append(_img(plots.to_data_uri(plots.quality_figure(d)), "data quality timeline"))
     parts.append(_quality_table(d))
+    parts.append(_artefact_table(an))
     step("figure: quality")
     if d.status:
         states = ", ".join(sorted({s for _, _, s in d.status}))

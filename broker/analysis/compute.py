@@ -97,6 +97,7 @@ class SessionAnalysis:
     coupling: CouplingResult | None
     notes: list[str] = field(default_factory=list)
     n_surrogates: int = 0
+    artefacts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def index_rows(self) -> list[dict]:
         """The session-index table: one row per (channel, index) with value, p-value and effect size."""
@@ -203,24 +204,65 @@ def _infer_live_params(data: SessionData, signal: str, default: SyncParams) -> S
         return default
 
 
+def _held(vals: np.ndarray) -> np.ndarray:
+    """Lost samples replaced by the last value before them (the session mean at the very start)."""
+    bad = ~np.isfinite(vals)
+    if not bad.any():
+        return vals
+    idx = np.where(~bad, np.arange(len(vals)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    filled = vals[idx]
+    filled[~np.isfinite(filled)] = np.nanmean(vals) if (~bad).any() else 0.0
+    return filled
+
+
+def artefacts(data: SessionData) -> dict[str, dict[str, int]]:
+    """Per person: artefacts the DSP finds in the raw signals.
+
+    PPG (:mod:`dsp_ext.ppg`, Lipponen & Tarvainen 2019 correction): beats, intervals outside 300–2000 ms,
+    and corrected beats by kind (ectopic, long, short, missed, extra). EDA (:mod:`dsp_ext.eda`): raw samples
+    judged invalid (out of range, too steep, contact lost per the block flags, lost) and invalid 4 Hz bins."""
+    from firmware_bridge.block import BlockFlags
+
+    out: dict[str, dict[str, int]] = {}
+    for role in ROLES:
+        a: dict[str, int] = {}
+        ppg_raw = data.raw(f"{role}/ppg")
+        if ppg_raw is not None and np.isfinite(ppg_raw.values).any():
+            from dsp_ext import ppg
+
+            f = ppg.ppg_features(_held(ppg_raw.values), ppg_raw.rate_hz)
+            a["beats"] = int(len(f.beat_s))
+            a["ibi_out_of_range"] = int(np.sum(~f.ibi_valid))
+            for code, name in ppg.KIND_NAMES.items():
+                if code != ppg.NORMAL:
+                    a[f"beats_{name}"] = int(np.sum(f.ibi_kind == code))
+        eda_raw = data.raw(f"{role}/eda")
+        if eda_raw is not None:
+            try:
+                from dsp_ext import eda
+            except ImportError:
+                eda = None  # type: ignore[assignment]
+            if eda is not None:
+                contact_ok = ((eda_raw.flags & BlockFlags.CONTACT_LOST) == 0) & ~eda_raw.lost
+                f = eda.eda_features(eda_raw.values, eda_raw.rate_hz, contact=contact_ok)
+                a["eda_invalid_raw"] = int(f.n_invalid_raw)
+                a["eda_invalid_bins"] = int(np.sum(~np.asarray(f.valid, dtype=bool)))
+        if a:
+            out[role] = a
+    return out
+
+
 def _hrv_from_raw(data: SessionData, role: str) -> PersonHrv | None:
     raw = data.raw(f"{role}/ppg")
     if raw is None:
         return None
     from dsp_ext import hrv, ppg
 
-    vals = raw.values
-    if not np.isfinite(vals).any():
+    if not np.isfinite(raw.values).any():
         return None
     # lost samples: hold the last value so the filter does not see NaN (beats there are rejected as artefacts)
-    filled = vals.copy()
-    bad = ~np.isfinite(filled)
-    if bad.any():
-        idx = np.where(~bad, np.arange(len(filled)), 0)
-        np.maximum.accumulate(idx, out=idx)
-        filled = filled[idx]
-        filled[~np.isfinite(filled)] = np.nanmean(vals)
-    feats = ppg.ppg_features(filled, raw.rate_hz)
+    feats = ppg.ppg_features(_held(raw.values), raw.rate_hz)
     epochs = hrv.hrv_epochs(feats, epoch_s=EPOCH_S)
     t = raw.t0_ns + np.array([int(e.start_s * 1e9) for e in epochs], dtype=np.int64)
     return PersonHrv(role, t, np.array([e.rsa_ln_ms2 for e in epochs]), np.array([e.rmssd_ms for e in epochs]),
@@ -336,10 +378,16 @@ def analyse_session(
                 notes.append(f"lagged RSA coupling not estimated: {exc}")
         else:
             notes.append(f"lagged RSA coupling needs at least 5 epochs of 30 s; the session has {n}")
-    return SessionAnalysis(data, params or SyncParams(), channels, hrv, coupling, notes, n_surrogates)
+    try:
+        arte = artefacts(data)
+    except ValueError as exc:
+        notes.append(f"artefact detection failed: {exc}")
+        arte = {}
+    step("artefacts")
+    return SessionAnalysis(data, params or SyncParams(), channels, hrv, coupling, notes, n_surrogates, arte)
 
 
 def n_steps(n_surrogates: int) -> int:
     """Number of progress steps :func:`analyse_session` reports."""
     per_channel = 1 + (len(SURROGATE_STATS) if n_surrogates > 0 else 0)
-    return len(SIGNALS) * per_channel + len(ROLES)
+    return len(SIGNALS) * per_channel + len(ROLES) + 1

@@ -23,6 +23,7 @@ from broker.analysis.source import (
 )
 from broker.report import write_report
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, wcc
+from firmware_bridge.block import BlockFlags
 
 from .conftest import REPO
 
@@ -103,9 +104,22 @@ def test_losses_and_markers_are_shown_and_lost_windows_not_compared(demo_copy, t
     payload = json.dumps({"id": "m1", "cmd": "marker", "session": session, "label": "rupture", "time_ns": t_start})
     con.execute("INSERT INTO commands VALUES(?,?,?,?,?,?,?,?)",
                 ("m1", "marker", session, "rupture", t_start + 100_000_000_000, payload, t_start, "demo-room"))
+    # the client's EDA electrode came off for one raw block: open circuit (~0 µS) flagged CONTACT_LOST
+    n, = con.execute("SELECT n FROM blocks WHERE session=? AND kind='raw' AND stream='client/eda' AND seq=60",
+                     (session,)).fetchone()
+    con.execute("UPDATE blocks SET data=?, flags=? WHERE session=? AND kind='raw' AND stream='client/eda' AND seq=60",
+                (np.full(n, 0.01, dtype="<f4").tobytes(), int(BlockFlags.CONTACT_LOST), session))
     con.commit()
     con.close()
     out, an = write_report(session, db=db, out=tmp_path / "r.html", n_surrogates=0)
+    assert an.data.raw("client/eda").flags.astype(bool).sum() == n
+    q = {(x["kind"], x["stream"]): x for x in an.data.quality["streams"]}
+    assert q[("raw", "client/eda")]["contact_lost_samples"] == n
+    assert q[("raw", "therapist/eda")]["contact_lost_samples"] == 0
+    assert an.artefacts["client"]["eda_invalid_raw"] >= n and an.artefacts["client"]["eda_invalid_bins"] >= 4
+    assert an.artefacts["therapist"]["eda_invalid_raw"] == 0
+    assert an.artefacts["client"]["beats"] > 100
+    assert "id='artefacts'" in out.read_text()
     eda = an.data.feature("therapist/eda")
     assert eda.missing_blocks == 1 and eda.lost.sum() == 4 and np.all(np.isnan(eda.values[eda.lost]))
     lc = an.channels["eda"].live
