@@ -29,7 +29,8 @@ def _epoch_rmssd(truth, role: str) -> np.ndarray:
     return np.asarray(out)
 
 
-def simulate_records(seed: int, regulation_effect: float, n_dyads: int, n_sessions: int, duration_s: float):
+def simulate_records(seed: int, regulation_effect: float, n_dyads: int, n_sessions: int, duration_s: float,
+                     rsa_coupling_t_to_c: float = 0.0):
     rng = np.random.default_rng([seed, int(round(regulation_effect * 1000))])
     records = []
     for d in range(n_dyads):
@@ -41,7 +42,7 @@ def simulate_records(seed: int, regulation_effect: float, n_dyads: int, n_sessio
             cfg = SimConfig(
                 seed=int(rng.integers(2**31 - 1)), duration_s=duration_s, eda_rate_hz=4.0, ppg_rate_hz=20.0,
                 schedule=[Segment(0.0, duration_s, "therapist_led", lag_s=2.0, gain=gain, channel="both")],
-                regulation_effect=regulation_effect,
+                regulation_effect=regulation_effect, rsa_coupling_t_to_c=rsa_coupling_t_to_c,
                 therapist_rsa_ln_ms2=float(np.clip(level + rng.normal(0.0, 0.6), 3.0, 9.0)),
                 therapist_rsa_sd_ln=float(np.clip(instab + rng.normal(0.0, 0.1), 0.05, 0.6)),
                 client_rsa_ln_ms2=float(client_rsa))

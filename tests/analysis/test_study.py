@@ -113,3 +113,16 @@ def test_study_cli_on_a_hub_database_and_a_pulled_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "device.cli", "study", str(empty), "--quiet"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no sessions found" in proc.stderr
+
+
+@pytest.mark.parametrize("beta", [-0.6, 0.0])
+def test_lagged_rsa_coupling_model_recovers_the_simulated_coupling(beta):
+    """Model (b): the simulator's epoch-lagged T→C RSA coupling (Goren-style, negative) is found with its sign;
+    without it the T→C coefficient is not significant."""
+    recs = simulate_records(1, 0.0, 6, 3, 600.0, rsa_coupling_t_to_c=beta)
+    t = fit_models(tables_from_records(recs), "eda").table()
+    row = t[t["model"].str.startswith("b: RSA_C") & (t["term"] == "t_lag")].iloc[0]
+    if beta:
+        assert row["coef"] < -0.2 and row["p_value"] < 0.001 and row["ci_high"] < 0, row
+    else:
+        assert row["p_value"] > 0.05 and row["ci_low"] < 0 < row["ci_high"], row
