@@ -70,11 +70,7 @@ class Series:
     def t_ns(self) -> np.ndarray:
         return self.t0_ns + np.round(np.arange(len(self.values)) * (1e9 / self.rate_hz)).astype(np.int64)
 
-    @property
-    def missing_blocks(self) -> int:
-        return int(self._missing_blocks)
-
-    _missing_blocks: int = 0
+    missing_blocks: int = 0  # holes in seq between the first and last stored block
     blocks: int = 0
     flagged_blocks: int = 0
 
@@ -158,7 +154,7 @@ def _series_from_blocks(stream: str, kind: str, unit: str, rows: list[tuple]) ->
         lost[idx : idx + len(v)] = False
     seqs = [r[0] for r in rows]
     s = Series(stream, kind, t0, rate, values, fl, lost, unit)
-    s._missing_blocks = seqs[-1] - seqs[0] + 1 - len(seqs)
+    s.missing_blocks = seqs[-1] - seqs[0] + 1 - len(seqs)
     s.blocks = len(rows)
     s.flagged_blocks = sum(1 for r in rows if r[3])
     return s
@@ -289,7 +285,7 @@ def load_from_folder(folder: Path | str, session: str | None = None, *, with_raw
         values, flags, lost = _read_physio(tsv, sc)
         s = Series(stream, kind, int(sc["StartTimeUTCns"]), float(sc["SamplingFrequency"]), values, flags, lost,
                    sc.get("Unit", ""))
-        s._missing_blocks = int(sc.get("MissingBlocks", 0))
+        s.missing_blocks = int(sc.get("MissingBlocks", 0))
         streams[(kind, stream)] = s
     for st in meta.get("streams", []):
         s = streams.get((st["kind"], st["stream"]))
