@@ -16,10 +16,12 @@ $(VENV)/.installed: pyproject.toml setup.py $(PYX)
 	touch $@
 
 # The same plus the test extra and the real recordings used for validation (installed without their deps).
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml setup.py $(PYX)
+	@bash tools/ensure-venv.sh $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps systole==0.3.1 heartpy==1.2.7
-	touch $@
+	touch $@ $(VENV)/.installed
 
 mosquitto:
 	@bash tools/ensure-system-package.sh mosquitto mosquitto
@@ -30,7 +32,7 @@ chromium:
 demo: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)
 
-test: $(VENV)/.installed-test mosquitto
+test: $(VENV)/.installed-test mosquitto chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 

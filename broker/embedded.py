@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
 from firmware_bridge.errors import BrokerError
 
 from .auth import RoomAuth
-from .mosquitto import free_port, wait_for_port
+from .mosquitto import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ class EmbeddedBroker:
         self._thread.start()
 
         async def _start():
-            self._broker = Broker(config, loop=self._loop)
-            await self._broker.start()
+            with warnings.catch_warnings():
+                # amqtt 0.12 names the subscribe ACL 'acl' in its config dataclass but warns that it is deprecated.
+                warnings.filterwarnings("ignore", message=".*'acl' option is deprecated", category=DeprecationWarning)
+                self._broker = Broker(config, loop=self._loop)
+                await self._broker.start()
 
         fut: Future = asyncio.run_coroutine_threadsafe(_start(), self._loop)
         try:
@@ -80,9 +84,6 @@ class EmbeddedBroker:
         except Exception as exc:
             self.stop()
             raise BrokerError(f"embedded broker failed to start on {self.host}:{self.port}: {exc}") from exc
-        if not wait_for_port(self.host, self.port, timeout_s):
-            self.stop()
-            raise BrokerError(f"embedded broker not reachable on {self.host}:{self.port}")
         logger.info("embedded amqtt broker running on %s:%d", self.host, self.port)
         return self
 

@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 def find_mosquitto() -> str | None:
-    """Path of the ``mosquitto`` binary (PATH, then Debian's /usr/sbin), or None."""
+    """Path of the ``mosquitto`` binary (PATH, then Debian's /usr/sbin), or None.
+
+    ``DYADSYNC_MOSQUITTO`` overrides the search: a path to use, or ``none`` to act as if it were absent.
+    """
+    override = os.environ.get("DYADSYNC_MOSQUITTO")
+    if override:
+        return None if override.lower() == "none" else override
     found = shutil.which("mosquitto")
     if found:
         return found

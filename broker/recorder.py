@@ -102,6 +102,7 @@ class Recorder:
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     # ---------------------------------------------------------------------------------- network thread
@@ -110,13 +111,21 @@ class Recorder:
             logger.error("recorder: broker refused connection: %s", reason_code)
             self._bump("connect_refused")
             return
+        # Ready only once the broker has confirmed the subscription (on_subscribe): a message published
+        # before the SUBACK could otherwise miss a brand-new session.
         client.subscribe(self.topic_filter, qos=1)
-        self._connected.set()
         logger.info("recorder connected to %s:%d, room %s", self.host, self.port, self.room)
 
     @property
     def topic_filter(self) -> str:
         return f"{wire.PREFIX}/{wire.VERSION}/+/#" if self.room == "+" else f"{wire.room_prefix(self.room)}/#"
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            logger.error("recorder: subscription to %s refused: %s", self.topic_filter, reason_codes)
+            self._bump("subscribe_refused")
+            return
+        self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -1,0 +1,168 @@
+"""Benchmark: the unit daemon at real time with two participants (2 x EDA 32 Hz, 2 x PPG 100 Hz).
+
+Starts a Mosquitto with the project's generated config, runs ``dyadsync unit run`` as a separate process
+on synthetic sensors (or an emulated-hardware factory given with ``--factory``), starts a session and
+measures, over ``--minutes`` (default 5):
+
+* CPU time / wall time of the unit process (user + system from /proc, one core = 100 %),
+* peak RSS of the unit process (VmHWM),
+* latency from the completion of a synchrony window (the end of its last 4 Hz bin, ``window_end + lag``)
+  to the arrival of its metric at a subscriber on the broker (p50 / p99 / max),
+* messages delivered and queued at the end.
+
+Targets (issue 5): CPU/wall <= 5 %, peak RSS <= 120 MB, latency p99 <= 200 ms. Exit status 1 if one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker import wire  # noqa: E402
+from broker.auth import RoomAuth  # noqa: E402
+from broker.mosquitto import MosquittoProcess, write_broker_files  # noqa: E402
+
+ROOM, UNIT = "room-bench", "unit-bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def write_config(d: Path, host: str, port: int, password: str, factory: str | None, hr_method: str) -> Path:
+    sensors = ""
+    for role in ("therapist", "client"):
+        for sig in ("eda", "ppg"):
+            sensors += (f'[[sensors]]\nname = "{role[0]}-{sig}"\nkind = "synthetic"\nrole = "{role}"\n'
+                        f'signal = "{sig}"\nblock_s = 0.1\n')
+    hw = f'[hardware]\nmode = "emulated"\nfactory = "{factory}"\n' if factory else ""
+    cfg = d / "unit.toml"
+    cfg.write_text(
+        f'room = "{ROOM}"\nunit = "{UNIT}"\ndata_dir = "{d / "data"}"\n'
+        f'[broker]\nurl = "mqtt://{host}:{port}"\nusername = "{UNIT}"\npassword = "{password}"\n'
+        f'[clock]\ncheck = "chronyc"\n[dsp]\nhr_method = "{hr_method}"\n{hw}\n{sensors}'
+    )
+    return cfg
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="session length at real time (default 5)")
+    ap.add_argument("--factory", default=None, help="hardware.factory 'module:function' for emulated sensors")
+    ap.add_argument("--hr-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.hr_method")
+    args = ap.parse_args()
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="bench-unit-") as tmp:
+        d = Path(tmp)
+        auth = RoomAuth.generate(ROOM, [UNIT])
+        broker = MosquittoProcess(write_broker_files(d / "broker", auth, persistence=False)).start()
+        lat_ms: dict[str, list[float]] = {"sync_eda": [], "sync_hr": []}
+        counts = {"metrics": 0, "feat": 0, "raw": 0}
+        lock = threading.Lock()
+        lag_ns = 10 * 10**9
+
+        def on_message(client, userdata, msg):
+            now = time.time_ns()
+            t = wire.parse_topic(msg.topic)
+            with lock:
+                if t.kind == "metric":
+                    m = wire.Metric.decode(msg.payload)
+                    counts["metrics"] += 1
+                    if m.name in lat_ms:
+                        lat_ms[m.name].append((now - (m.window_end_ns + lag_ns)) / 1e6)
+                elif t.kind in ("feat", "raw"):
+                    counts[t.kind] += 1
+
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        sub.username_pw_set(*auth.service_user("recorder"))
+        sub.on_message = on_message
+        sub.connect(broker.host, broker.port)
+        sub.loop_start()
+        sub.subscribe(f"{wire.unit_prefix(ROOM, UNIT)}/#", qos=1)
+        con = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-{uuid.uuid4().hex[:6]}")
+        con.username_pw_set(*auth.service_user("console"))
+        con.connect(broker.host, broker.port)
+        con.loop_start()
+        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory, args.hr_method)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        log = open(d / "unit.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "unit", "run", "--config", str(cfg)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(3.0)  # start-up (imports, connect) is not part of the steady state
+            start = wire.Command(id="bench-start", cmd="start", session="bench", time_ns=time.time_ns(),
+                                 participants={"therapist": "T01", "client": "C01"})
+            con.publish(wire.cmd_topic(ROOM), start.encode(), qos=1)
+            time.sleep(1.0)
+            c0, w0 = cpu_s(proc.pid), time.monotonic()
+            time.sleep(args.minutes * 60)
+            c1, w1 = cpu_s(proc.pid), time.monotonic()
+            rss = vm_hwm_mb(proc.pid)
+            stop = wire.Command(id="bench-stop", cmd="stop", session="bench", time_ns=time.time_ns())
+            con.publish(wire.cmd_topic(ROOM), stop.encode(), qos=1)
+            time.sleep(1.0)
+            proc.terminate()
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            sub.disconnect()
+            sub.loop_stop()
+            con.disconnect()
+            con.loop_stop()
+            broker.stop()
+        cpu_pct = 100.0 * (c1 - c0) / (w1 - w0)
+        rows = [
+            ("CPU time / wall time (one core)", f"{cpu_pct:.2f} %", "<= 5 %", cpu_pct <= 5.0),
+            ("peak RSS (VmHWM)", f"{rss:.1f} MB", "<= 120 MB", rss <= 120.0),
+        ]
+        for name, values in lat_ms.items():
+            lat = np.array(values)
+            p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if lat.size else (np.nan,) * 3
+            # the HR series itself is final only ~2 beats after its grid time with the dsp_ext IBI correction
+            # (hr_method); its latency is reported, the 200 ms target is checked on the EDA windows
+            target = name == "sync_eda" or args.hr_method == "fast"
+            rows += [
+                (f"{name}: window -> metric at broker, p50", f"{p50:.1f} ms", "", True),
+                (f"{name}: window -> metric at broker, p99", f"{p99:.1f} ms", "<= 200 ms" if target else "",
+                 bool(p99 <= 200.0) if target else True),
+                (f"{name}: window -> metric at broker, max", f"{mx:.1f} ms", "", True),
+                (f"{name}: windows measured", f"{lat.size}", "> 0", lat.size > 0),
+            ]
+        rows += [
+            ("metrics / feature blocks / raw blocks", f"{counts['metrics']} / {counts['feat']} / {counts['raw']}", "", True),
+        ]
+        print(f"\nbench_unit: {args.minutes:g} min at real time, 2 x EDA 32 Hz + 2 x PPG 100 Hz, "
+              f"{'factory ' + args.factory if args.factory else 'synthetic sensors'}, hr_method {args.hr_method}, "
+              f"unit exit {proc.returncode}")
+        print(f"{'measure':<48} {'value':>22} {'target':>10}  ok")
+        for name, value, target, ok in rows:
+            print(f"{name:<48} {value:>22} {target:>10}  {'yes' if ok else 'NO'}")
+        return 0 if all(r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

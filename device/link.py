@@ -1,0 +1,248 @@
+"""The unit's MQTT link: publishes the outbox in order with QoS 1 and deletes a row only on its PUBACK.
+
+paho-mqtt 2.x (``CallbackAPIVersion.VERSION2``), persistent session (fixed client id,
+``clean_session=False``), a retained last will ``Status(state="offline")``, reconnect with exponential
+backoff (``reconnect_delay_set``). At most ``max_inflight`` messages wait for a PUBACK at once; paho
+retransmits those itself after a reconnect (in order, with DUP), and a restarted process starts again
+from the oldest queued row, so the hub may see a message twice but never misses one; its store is
+idempotent on (unit, stream, session, seq).
+
+User callbacks (incoming messages, connect) are wrapped: an exception is logged and counted, never
+raised inside paho's network thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from .outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+
+class Link:
+    """Publisher thread + paho client. ``start()`` returns at once (connects in the background)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        will: tuple[str, bytes] | None = None,
+        subscriptions: list[str] | None = None,
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        keepalive_s: int = 30,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        max_inflight: int = 50,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.host, self.port = host, port
+        self.keepalive_s = keepalive_s
+        self.max_inflight = max_inflight
+        self.subscriptions = list(subscriptions or [])
+        self._user_on_message = on_message
+        self._user_on_connect = on_connect
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, int] = {}  # mid -> outbox row id (publisher thread only)
+        self._early: set[int] = set()  # mids acknowledged before publish() returned
+        self._cursor = 0  # highest row id handed to paho
+        self._thread: threading.Thread | None = None
+        self.last_publish_ns = 0
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                        protocol=mqtt.MQTTv311)
+        if username is not None:
+            c.username_pw_set(username, password)
+        if tls_ca:
+            c.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self.client = c
+        outbox.listeners.append(self._wake.set)
+
+    # ----------------------------------------------------------------------------- network thread
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.counts["connect_refused"] += 1
+            logger.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        self.counts["connects"] += 1
+        logger.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
+        if self._user_on_connect is not None:
+            try:
+                self._user_on_connect()
+            except Exception:
+                self.counts["callback_errors"] += 1
+                logger.exception("on_connect hook failed")
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            self.counts["disconnects"] += 1
+            logger.warning("disconnected from %s:%d (%s); reconnecting with backoff", self.host, self.port, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acked.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if self._user_on_message is None:
+            return
+        try:
+            self._user_on_message(msg.topic, bytes(msg.payload))
+        except Exception:
+            self.counts["callback_errors"] += 1
+            logger.exception("handler for %s failed", str(msg.topic)[:200])
+
+    # ---------------------------------------------------------------------------- publisher thread
+    def _drain_acks(self) -> None:
+        done: list[int] = []
+        while True:
+            try:
+                mid = self._acked.get_nowait()
+            except queue.Empty:
+                break
+            rid = self._inflight.pop(mid, None)
+            if rid is None:
+                self._early.add(mid)
+            else:
+                done.append(rid)
+        for mid in list(self._early):
+            rid = self._inflight.pop(mid, None)
+            if rid is not None:
+                self._early.discard(mid)
+                done.append(rid)
+        if done:
+            self.outbox.delete(done)
+            self.counts["acked"] += len(done)
+
+    def _fill(self) -> None:
+        room = self.max_inflight - len(self._inflight)
+        if room <= 0 or not self._connected.is_set():
+            return
+        for q in self.outbox.pending(self._cursor, room):
+            info = self.client.publish(q.topic, q.payload, qos=q.qos, retain=q.retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+                logger.warning("publish of row %d failed: %s", q.id, mqtt.error_string(info.rc))
+                break
+            self._cursor = q.id
+            if q.qos == 0:
+                self.outbox.delete([q.id])
+            else:
+                self._inflight[info.mid] = q.id
+            self.counts["published"] += 1
+            self.last_publish_ns = time.time_ns()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                self._fill()
+                self._drain_acks()
+            except Exception:  # an outbox error must not kill the publisher: retry on the next wake
+                self.counts["publisher_errors"] += 1
+                logger.exception("publisher loop error")
+                time.sleep(0.5)
+
+    # -------------------------------------------------------------------------------------- control
+    def start(self) -> Link:
+        self._stop.clear()
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="unit-publisher", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty (every message acknowledged) or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.outbox.depth == 0:
+                return True
+            self._wake.set()
+            time.sleep(0.02)
+        return self.outbox.depth == 0
+
+    def publish_now(self, topic: str, payload: bytes, *, retain: bool = True, timeout_s: float = 2.0) -> bool:
+        """Publish outside the outbox (the final ``offline`` status) and wait for its PUBACK."""
+        if not self.connected:
+            return False
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop publishing and disconnect cleanly (the will is not sent on a clean disconnect)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+        if self._wake.set in self.outbox.listeners:
+            self.outbox.listeners.remove(self._wake.set)
+
+    def abandon(self) -> None:
+        """Stop without a DISCONNECT (the broker will send the will), as a crash would."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.client.socket().close() if self.client.socket() else None
+        except OSError:
+            pass
+        self.client.loop_stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {"connected": self.connected, "inflight": self.inflight, **self.counts}

@@ -1,0 +1,231 @@
+"""The durable outbox: every outgoing MQTT message is committed to SQLite (WAL) before it is published
+and deleted only when the broker has acknowledged it (QoS 1 PUBACK).
+
+The same file keeps the unit's small persistent state (``state`` table: the open session, per-stream
+sequence counters), written in the *same transaction* as the messages that advance it. So after SIGKILL
+or a power cut the counters and the queued messages agree: nothing committed is lost, no sequence number
+is reused, and the restarted unit resends every unacknowledged message in its original order.
+
+Disk quota policy (``quota_bytes`` counts queued payload bytes): when a new message does not fit, the
+oldest queued **raw** blocks are dropped first, then the oldest **feature** blocks; metrics, commands'
+acknowledgements and status are never dropped (they are small). If a new raw or feature block still
+does not fit it is not queued. Every dropped message is counted per kind (``dropped`` counters, shown in
+the retained status) and the unit reports ``buffering`` while anything is queued but unsent. Dropped
+blocks leave a visible sequence gap at the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firmware_bridge.errors import DyadsyncError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+EVICTABLE = ("raw", "feat")  # in eviction order
+
+
+class OutboxError(DyadsyncError, OSError):
+    """The outbox database cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class OutMsg:
+    """A message to queue. ``kind``: raw, feat, metric, status, ack (drives the quota policy)."""
+
+    topic: str
+    payload: bytes
+    kind: str
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Queued:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+
+
+class Outbox:
+    """Thread-safe SQLite outbox and state store (one connection guarded by a lock)."""
+
+    def __init__(self, path: Path | str, *, quota_bytes: int = 512 * 2**20, synchronous: str = "full") -> None:
+        self.path = Path(path)
+        self.quota_bytes = int(quota_bytes)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._con.execute("PRAGMA busy_timeout=10000")
+            self._con.executescript(SCHEMA)
+            # Deletions need no fsync: a deletion lost in a power cut only means a resend, which the hub
+            # deduplicates. A second connection with synchronous=NORMAL keeps them cheap.
+            self._del = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._del.execute("PRAGMA synchronous=NORMAL")
+            self._del.execute("PRAGMA busy_timeout=10000")
+            row = self._con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
+        self._count, self._bytes = int(row[0]), int(row[1])
+        self.listeners: list[Any] = []  # callables invoked (without the lock) after each commit
+
+    # ------------------------------------------------------------------------------------- writing
+    def put(self, msgs: Iterable[OutMsg], state: dict[str, Any] | None = None) -> list[int]:
+        """Queue ``msgs`` and update ``state`` keys (JSON values) in one transaction; returns the row ids
+        (0 for a message refused by the quota)."""
+        msgs = list(msgs)
+        now = time.time_ns()
+        ids: list[int] = []
+        dropped: dict[str, int] = {}
+        with self._lock:
+            try:
+                self._con.execute("BEGIN IMMEDIATE")
+                for m in msgs:
+                    size = len(m.payload) + len(m.topic)
+                    if self._bytes + size > self.quota_bytes:
+                        self._evict(self._bytes + size - self.quota_bytes, dropped)
+                    if self._bytes + size > self.quota_bytes and m.kind in EVICTABLE:
+                        dropped[m.kind] = dropped.get(m.kind, 0) + 1
+                        ids.append(0)
+                        continue
+                    cur = self._con.execute(
+                        "INSERT INTO outbox(topic, payload, qos, retain, kind, size, created_ns) VALUES(?,?,?,?,?,?,?)",
+                        (m.topic, bytes(m.payload), m.qos, int(m.retain), m.kind, size, now),
+                    )
+                    ids.append(int(cur.lastrowid))
+                    self._count += 1
+                    self._bytes += size
+                for key, value in (state or {}).items():
+                    self._con.execute(
+                        "INSERT INTO state VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, json.dumps(value)),
+                    )
+                for kind, n in dropped.items():
+                    self._add_counter(f"dropped_{kind}", n)
+                self._con.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._rollback()
+                raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
+        if dropped:
+            logger.warning("outbox quota of %d bytes reached: dropped %s", self.quota_bytes, dropped)
+        for listener in self.listeners:
+            listener()
+        return ids
+
+    def _evict(self, need_bytes: int, dropped: dict[str, int]) -> None:
+        for kind in EVICTABLE:
+            while need_bytes > 0:
+                rows = self._con.execute(
+                    "SELECT id, size FROM outbox WHERE kind=? ORDER BY id LIMIT 64", (kind,)
+                ).fetchall()
+                if not rows:
+                    break
+                take = []
+                for rid, size in rows:
+                    take.append(rid)
+                    need_bytes -= size
+                    self._bytes -= size
+                    self._count -= 1
+                    if need_bytes <= 0:
+                        break
+                self._con.executemany("DELETE FROM outbox WHERE id=?", [(r,) for r in take])
+                dropped[kind] = dropped.get(kind, 0) + len(take)
+
+    def _add_counter(self, name: str, n: int) -> None:
+        self._con.execute(
+            "INSERT INTO counters VALUES(?,?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, n)
+        )
+
+    def _rollback(self) -> None:
+        try:
+            self._con.execute("ROLLBACK")
+        except sqlite3.DatabaseError:
+            pass
+
+    def set_state(self, **values: Any) -> None:
+        self.put([], state=values)
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Remove acknowledged messages; returns how many were still queued."""
+        ids = [(int(i),) for i in ids]
+        if not ids:
+            return 0
+        with self._lock:
+            try:
+                self._del.execute("BEGIN IMMEDIATE")
+                removed = 0
+                for (rid,) in ids:
+                    row = self._del.execute("DELETE FROM outbox WHERE id=? RETURNING size", (rid,)).fetchone()
+                    if row is not None:
+                        removed += 1
+                        self._bytes -= int(row[0])
+                self._count -= removed
+                self._del.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                try:
+                    self._del.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass
+                raise OutboxError(f"outbox {self.path}: delete failed: {exc}") from exc
+        return removed
+
+    # ------------------------------------------------------------------------------------- reading
+    def pending(self, after_id: int = 0, limit: int = 100) -> list[Queued]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE id>? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [Queued(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._con.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._con.execute("SELECT name, value FROM counters"))
+
+    @property
+    def depth(self) -> int:
+        return self._count
+
+    @property
+    def bytes_queued(self) -> int:
+        return self._bytes
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._con.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError:
+                logger.debug("outbox checkpoint at close failed", exc_info=True)
+            self._con.close()
+            self._del.close()

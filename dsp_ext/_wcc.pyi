@@ -1,0 +1,22 @@
+"""Type stub of the Cython windowed cross-correlation kernel (``_wcc.pyx``)."""
+
+import numpy as np
+import numpy.typing as npt
+
+class WccEngine:
+    win: int
+    inc: int
+    lag: int
+    half: int
+    nl: int
+    n_slots: int
+    rate_hz: float
+    def __init__(self, win: int, inc: int, lag: int, half: int, rate_hz: float) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def n_samples(self) -> tuple[int, int]: ...
+    @property
+    def state_nbytes(self) -> int: ...
+    def push(
+        self, t: npt.NDArray[np.float64], c: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...

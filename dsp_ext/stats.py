@@ -1,0 +1,405 @@
+"""Session statistics of synchrony and regulation (ARCHITECTURE §4).
+
+* :func:`session_summary`: mean and SD of the in-phase / anti-phase peak z and peak lag over a session's
+  windows (Moulder et al. 2018), plus mean leading-side z.
+* :func:`leadership_asymmetry`: per epoch of ``epoch_windows`` windows (default 10), mean therapist-led z
+  minus mean client-led z (> 0: the therapist leads).
+* :func:`single_session_index`: Marci et al. (2007): slopes of each series over ``slope_s`` (5 s), Pearson r of
+  the slopes in running ``corr_s`` windows (15 s), ``SSI = ln(Σ r⁺ / |Σ r⁻|)``.
+* :func:`surrogate_test`: significance of a session statistic against surrogates — circular shifts of the
+  client series by at least 2·lag, segment shuffling of the client, or pseudo-dyads (the therapist with
+  clients from other sessions) — with a one-sided permutation p-value and an effect size.
+* :func:`ar1_inertia` and :func:`lagged_coupling`: intrapersonal inertia of RSA epochs and the interpersonal
+  lagged coupling ``RSA_C(t) ~ RSA_C(t−1) + RSA_T(t−1)`` and its mirror (Goren et al. 2024), ordinary least
+  squares with classical standard errors (plain numpy).
+
+Signs are kept everywhere: nothing here takes an absolute value of a correlation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._sync_types import SyncParams, WccResult
+from .errors import DspError
+from .synchrony import _as_series, wcc
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CouplingResult",
+    "LeadershipEpochs",
+    "OlsResult",
+    "SessionSummary",
+    "SurrogateResult",
+    "ar1_inertia",
+    "lagged_coupling",
+    "leadership_asymmetry",
+    "ols",
+    "session_statistic",
+    "session_summary",
+    "single_session_index",
+    "surrogate_test",
+]
+
+
+def _nan_mean_sd(x: np.ndarray) -> tuple[float, float, int]:
+    f = x[np.isfinite(x)]
+    if len(f) == 0:
+        return float("nan"), float("nan"), 0
+    sd = float(f.std(ddof=1)) if len(f) > 1 else float("nan")
+    return float(f.mean()), sd, int(len(f))
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """Session-level synchrony (Moulder et al. 2018): mean/SD over windows with a peak, NaN windows skipped."""
+
+    n_windows: int
+    n_inphase: int
+    n_antiphase: int
+    inphase_z_mean: float
+    inphase_z_sd: float
+    inphase_lag_s_mean: float
+    inphase_lag_s_sd: float
+    antiphase_z_mean: float
+    antiphase_z_sd: float
+    antiphase_lag_s_mean: float
+    antiphase_lag_s_sd: float
+    r0_z_mean: float
+    therapist_led_mean: float
+    client_led_mean: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def session_summary(res: WccResult) -> SessionSummary:
+    """Mean and SD of the peak z and peak lag (in-phase and anti-phase kept apart) over a session."""
+    izm, izs, ni = _nan_mean_sd(res.inphase_z)
+    ilm, ils, _ = _nan_mean_sd(res.inphase_lag_s)
+    azm, azs, na = _nan_mean_sd(res.antiphase_z)
+    alm, als, _ = _nan_mean_sd(res.antiphase_lag_s)
+    r0z = np.arctanh(np.clip(res.r0, -0.999, 0.999))
+    return SessionSummary(
+        n_windows=len(res),
+        n_inphase=ni,
+        n_antiphase=na,
+        inphase_z_mean=izm,
+        inphase_z_sd=izs,
+        inphase_lag_s_mean=ilm,
+        inphase_lag_s_sd=ils,
+        antiphase_z_mean=azm,
+        antiphase_z_sd=azs,
+        antiphase_lag_s_mean=alm,
+        antiphase_lag_s_sd=als,
+        r0_z_mean=_nan_mean_sd(r0z)[0],
+        therapist_led_mean=_nan_mean_sd(res.therapist_led)[0],
+        client_led_mean=_nan_mean_sd(res.client_led)[0],
+    )
+
+
+@dataclass(frozen=True)
+class LeadershipEpochs:
+    """Leadership per epoch: ``asymmetry = therapist_led − client_led`` (mean z; > 0 therapist leads)."""
+
+    epoch_start: np.ndarray  # sample index of the first window of each epoch
+    therapist_led: np.ndarray
+    client_led: np.ndarray
+    asymmetry: np.ndarray
+
+    @property
+    def session_asymmetry(self) -> float:
+        """Mean asymmetry over epochs with a value (NaN if none)."""
+        return _nan_mean_sd(self.asymmetry)[0]
+
+
+def leadership_asymmetry(res: WccResult, epoch_windows: int = 10) -> LeadershipEpochs:
+    """Leadership asymmetry over consecutive epochs of ``epoch_windows`` windows (the last partial epoch is
+    dropped). An epoch with more than half of its windows NaN is NaN."""
+    if not isinstance(epoch_windows, int) or epoch_windows < 1:
+        raise DspError(f"epoch_windows must be a positive integer, got {epoch_windows!r}")
+    n_ep = len(res) // epoch_windows
+    m = n_ep * epoch_windows
+
+    def ep_mean(x: np.ndarray) -> np.ndarray:
+        e = x[:m].reshape(n_ep, epoch_windows)
+        fin = np.isfinite(e)
+        cnt = fin.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(fin, e, 0.0).sum(axis=1) / cnt
+        return np.where(2 * cnt < epoch_windows, np.nan, mean)
+
+    tl, cl = ep_mean(res.therapist_led), ep_mean(res.client_led)
+    return LeadershipEpochs(
+        epoch_start=res.window_start[:m:epoch_windows].copy(),
+        therapist_led=tl,
+        client_led=cl,
+        asymmetry=tl - cl,
+    )
+
+
+def _slopes(x: np.ndarray, n: int, rate_hz: float) -> np.ndarray:
+    """Average slope per second over each run of ``n`` samples: (x[i+n−1] − x[i]) / ((n−1)/rate)."""
+    if len(x) < n:
+        return np.empty(0)
+    return (x[n - 1 :] - x[: len(x) - n + 1]) * (rate_hz / (n - 1))
+
+
+def single_session_index(
+    therapist: object,
+    client: object,
+    rate_hz: float = 4.0,
+    slope_s: float = 5.0,
+    corr_s: float = 15.0,
+    inc_s: float = 1.0,
+) -> float:
+    """Single session index of Marci et al. (2007): ``ln(Σ r⁺ / |Σ r⁻|)`` of the Pearson r between the two
+    partners' ``slope_s`` slopes in running ``corr_s`` windows stepped by ``inc_s``.
+
+    > 0: more concordant than discordant time. NaN if there are no positive or no negative correlations.
+    """
+    t = _as_series(therapist, "therapist")
+    c = _as_series(client, "client")
+    if len(t) != len(c):
+        raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
+    n_slope = int(round(slope_s * rate_hz))
+    if n_slope < 2:
+        raise DspError(f"slope_s={slope_s} must span at least 2 samples at {rate_hz} Hz")
+    p = SyncParams(rate_hz=rate_hz, win_s=corr_s, inc_s=inc_s, lag_s=0.0, peak_window=3)
+    res = wcc(_slopes(t, n_slope, rate_hz), _slopes(c, n_slope, rate_hz), p)
+    r = res.r0[np.isfinite(res.r0)]
+    pos, neg = r[r > 0].sum(), r[r < 0].sum()
+    if pos <= 0 or neg >= 0:
+        return float("nan")
+    return float(np.log(pos / abs(neg)))
+
+
+_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z")
+
+
+def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
+    """A session's scalar for surrogate testing: the mean over windows of a per-window value.
+
+    ``"inphase_z"``: mean in-phase peak z (Moulder et al. 2018); ``"r0"``: mean Fisher z of r at lag 0;
+    ``"therapist_led"``/``"client_led"``: mean leading-side z; ``"antiphase_z"``: mean anti-phase peak z
+    (negative: test with ``alternative="less"``).
+    """
+    if statistic not in _STATISTICS:
+        raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
+    x = res.r0 if statistic == "r0" else getattr(res, statistic)
+    if statistic == "r0":
+        x = np.arctanh(np.clip(x, -0.999, 0.999))
+    return _nan_mean_sd(x)[0]
+
+
+@dataclass(frozen=True)
+class SurrogateResult:
+    """Outcome of a surrogate test.
+
+    ``p_value`` = (1 + #{null ≥ observed}) / (1 + n_valid) (``alternative="greater"``; ≤ for "less");
+    ``effect_size`` = (observed − null_mean) / null_sd, the observed value in SDs of the null.
+    """
+
+    p_value: float
+    effect_size: float
+    observed: float
+    null_mean: float
+    null_sd: float
+    n: int
+    method: str
+    statistic: str
+    null: np.ndarray
+
+
+def _circular(c: np.ndarray, rng: np.random.Generator, min_shift: int) -> np.ndarray:
+    n = len(c)
+    s = int(rng.integers(min_shift, n - min_shift + 1))
+    return np.roll(c, s)
+
+
+def _segments(c: np.ndarray, rng: np.random.Generator, seg: int) -> np.ndarray:
+    n_seg = -(-len(c) // seg)
+    order = rng.permutation(n_seg)
+    while n_seg > 1 and np.all(order == np.arange(n_seg)):
+        order = rng.permutation(n_seg)
+    return np.concatenate([c[k * seg : (k + 1) * seg] for k in order])
+
+
+def surrogate_test(
+    therapist: object,
+    client: object,
+    params: SyncParams | None = None,
+    n: int = 1000,
+    method: str = "circular",
+    seed: int | np.random.Generator | None = None,
+    statistic: str = "inphase_z",
+    alternative: str = "greater",
+    partners: Sequence[object] | None = None,
+    segment_s: float | None = None,
+) -> SurrogateResult:
+    """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics.
+
+    ``method``: ``"circular"`` — the client series circularly shifted by a random amount of at least
+    2·lag samples (and at most length − 2·lag); ``"segment"`` — the client cut into segments of
+    ``segment_s`` (default: the window length) and shuffled; ``"pseudo"`` — the therapist paired with client
+    series of other sessions (``partners``, drawn with replacement, cut or used from a random offset when
+    longer). ``seed`` makes the draw reproducible.
+    """
+    params = params or SyncParams()
+    t = _as_series(therapist, "therapist")
+    c = _as_series(client, "client")
+    if len(t) != len(c):
+        raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
+    if not isinstance(n, int) or n < 1:
+        raise DspError(f"n must be a positive integer, got {n!r}")
+    if alternative not in ("greater", "less"):
+        raise DspError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    if params.n_windows(len(t)) == 0:
+        raise DspError(f"series of {len(t)} samples hold no complete window for {params}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    observed = session_statistic(wcc(t, c, params), statistic)
+    min_shift = max(2 * params.lag, 1)
+    seg = params.win if segment_s is None else int(round(segment_s * params.rate_hz))
+    pool: list[np.ndarray] = []
+    if method == "circular":
+        if len(c) < 2 * min_shift + 1:
+            raise DspError(
+                f"series of {len(c)} samples too short for circular shifts of >= {min_shift} samples"
+            )
+    elif method == "segment":
+        if seg < 1 or len(c) < 2 * seg:
+            raise DspError(f"segment of {seg} samples needs a series of at least {2 * seg} samples")
+    elif method == "pseudo":
+        if not partners:
+            raise DspError("method='pseudo' needs partners: client series from other sessions")
+        pool = [_as_series(p, f"partners[{i}]") for i, p in enumerate(partners)]
+        for i, p in enumerate(pool):
+            if params.n_windows(min(len(p), len(t))) == 0:
+                raise DspError(f"partners[{i}] ({len(p)} samples) holds no complete window")
+    else:
+        raise DspError(f"unknown surrogate method {method!r}; choose circular, segment or pseudo")
+    null = np.empty(n)
+    for k in range(n):
+        tt = t
+        if method == "circular":
+            cs = _circular(c, rng, min_shift)
+        elif method == "segment":
+            cs = _segments(c, rng, seg)
+        else:
+            p = pool[int(rng.integers(len(pool)))]
+            if len(p) >= len(t):
+                off = int(rng.integers(0, len(p) - len(t) + 1))
+                cs = p[off : off + len(t)]
+            else:
+                cs, tt = p, t[: len(p)]
+        null[k] = session_statistic(wcc(tt, cs, params), statistic)
+    valid = null[np.isfinite(null)]
+    if len(valid) == 0 or not np.isfinite(observed):
+        logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
+        return SurrogateResult(
+            float("nan"), float("nan"), observed, float("nan"), float("nan"), n, method, statistic, null
+        )
+    hits = np.sum(valid >= observed) if alternative == "greater" else np.sum(valid <= observed)
+    mu = float(valid.mean())
+    sd = float(valid.std(ddof=1)) if len(valid) > 1 else float("nan")
+    eff = (observed - mu) / sd if sd > 0 else float("nan")
+    return SurrogateResult(
+        p_value=float((1 + hits) / (1 + len(valid))),
+        effect_size=float(eff),
+        observed=float(observed),
+        null_mean=mu,
+        null_sd=sd,
+        n=n,
+        method=method,
+        statistic=statistic,
+        null=null,
+    )
+
+
+@dataclass(frozen=True)
+class OlsResult:
+    """Ordinary least squares fit: coefficients with classical standard errors, t values and n."""
+
+    names: tuple[str, ...]
+    coef: np.ndarray
+    se: np.ndarray
+    n: int
+    resid_sd: float
+
+    @property
+    def t(self) -> np.ndarray:
+        return self.coef / self.se
+
+    def __getitem__(self, name: str) -> tuple[float, float]:
+        """``(coefficient, standard error)`` of a named term."""
+        i = self.names.index(name)
+        return float(self.coef[i]), float(self.se[i])
+
+
+def ols(y: np.ndarray, x: np.ndarray, names: Sequence[str]) -> OlsResult:
+    """OLS of ``y`` on the columns of ``x`` (include a column of ones for an intercept); rows with a NaN are
+    dropped. Standard errors from σ̂²(XᵀX)⁻¹ with σ̂² = RSS / (n − p)."""
+    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 1 or len(y) != x.shape[0] or x.shape[1] != len(names):
+        raise DspError(f"ols: shapes y {y.shape}, x {x.shape} and {len(names)} names do not match")
+    ok = np.isfinite(y) & np.all(np.isfinite(x), axis=1)
+    y, x = y[ok], x[ok]
+    n, p = x.shape
+    if n <= p:
+        raise DspError(f"ols: {n} complete rows are too few for {p} coefficients")
+    q, r = np.linalg.qr(x)
+    if np.min(np.abs(np.diag(r))) <= 1e-12 * np.max(np.abs(np.diag(r))):
+        raise DspError("ols: the regressors are collinear (e.g. a constant series)")
+    beta = np.linalg.solve(r, q.T @ y)
+    resid = y - x @ beta
+    s2 = float(resid @ resid) / (n - p)
+    rinv = np.linalg.inv(r)
+    se = np.sqrt(s2 * np.sum(rinv * rinv, axis=1))
+    return OlsResult(tuple(names), beta, se, n, float(np.sqrt(s2)))
+
+
+def ar1_inertia(epochs: object) -> OlsResult:
+    """Intrapersonal regulation: AR(1) inertia of one person's RSA epochs, ``y(t) = a + b·y(t−1)``.
+
+    Terms ``"intercept"`` and ``"inertia"`` (= b). NaN epochs drop the pairs that touch them.
+    """
+    y = _as_series(epochs, "epochs")
+    if len(y) < 4:
+        raise DspError(f"ar1_inertia needs at least 4 epochs, got {len(y)}")
+    x = np.column_stack([np.ones(len(y) - 1), y[:-1]])
+    return ols(y[1:], x, ("intercept", "inertia"))
+
+
+@dataclass(frozen=True)
+class CouplingResult:
+    """Lagged coupling of two people's epoch series.
+
+    ``client``: RSA_C(t) ~ 1 + RSA_C(t−1) + RSA_T(t−1), terms ``intercept``, ``self`` (C→C inertia),
+    ``partner`` (T→C). ``therapist``: the mirror, RSA_T(t) ~ 1 + RSA_T(t−1) + RSA_C(t−1).
+    """
+
+    client: OlsResult
+    therapist: OlsResult
+
+
+def lagged_coupling(client_epochs: object, therapist_epochs: object) -> CouplingResult:
+    """Interpersonal regulation (Goren et al. 2024): each person's epoch value on their own and the partner's
+    previous epoch, with standard errors."""
+    c = _as_series(client_epochs, "client_epochs")
+    t = _as_series(therapist_epochs, "therapist_epochs")
+    if len(c) != len(t):
+        raise DspError(f"client and therapist epoch counts differ: {len(c)} vs {len(t)}")
+    if len(c) < 5:
+        raise DspError(f"lagged_coupling needs at least 5 epochs, got {len(c)}")
+    one = np.ones(len(c) - 1)
+    names = ("intercept", "self", "partner")
+    return CouplingResult(
+        client=ols(c[1:], np.column_stack([one, c[:-1], t[:-1]]), names),
+        therapist=ols(t[1:], np.column_stack([one, t[:-1], c[:-1]]), names),
+    )

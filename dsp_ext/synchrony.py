@@ -1,0 +1,115 @@
+"""Windowed cross-correlation synchrony (Boker et al. 2002) between therapist and client, batch and streaming.
+
+Definitions (ARCHITECTURE §4): ``r(τ) = corr(T[t .. t+w), C[t+τ .. t+τ+w))``; **τ > 0 means the therapist
+leads** (the client follows τ later). This is rMEA's ``s1_lead`` side with s1 = therapist. Boker's CRAN
+``wcc`` correlates ``x[t]`` with ``y[t-τ]``, so its τ is our −τ.
+
+Per window: ``r0``; the profile ``r`` over τ = −lag … +lag (one sample apart); Fisher z of r clipped to
+±0.999; ``therapist_led`` / ``client_led`` = mean z over τ ∈ (0, lag] / [−lag, 0) and their maxima
+(``*_max``; NaN if more than half of those lags are NaN); Boker peak picking outward from τ = 0 for the
+nearest in-phase peak (local maximum with r > 0) and anti-phase peak (local minimum with r < 0) that dominates
+a neighbourhood of ``peak_window`` lags, with r, z and lag in seconds. Pairs with a non-finite value are
+dropped; a lag with more than half of its ``win`` pairs invalid, or a constant side, gives NaN (never 0).
+
+Window k starts at therapist sample ``lag + k * inc`` and is complete once both series reach sample
+``lag + k * inc + win + lag - 1``; :class:`StreamingWcc` emits it exactly then.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from . import _wcc
+from ._sync_types import R_CLIP, WINDOW_VALUE_NAMES, SyncParams, WccResult
+from .errors import DspError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["R_CLIP", "WINDOW_VALUE_NAMES", "StreamingWcc", "SyncParams", "WccResult", "fisher_z", "wcc"]
+
+
+def fisher_z(r: np.ndarray) -> np.ndarray:
+    """Fisher z = atanh(r) with r clipped to ±0.999; NaN stays NaN."""
+    return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -R_CLIP, R_CLIP))
+
+
+def _as_series(x: object, name: str) -> np.ndarray:
+    """Validate one input series and return it as a C-contiguous float64 array (never the caller's buffer)."""
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - numpy raises many kinds
+        raise DspError(f"{name}: cannot be read as an array ({exc})") from exc
+    if a.ndim != 1:
+        raise DspError(f"{name}: expected a 1-D series, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise DspError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def wcc(therapist: object, client: object, params: SyncParams | None = None) -> WccResult:
+    """Offline windowed cross-correlation of two equally long series on the same grid (``params.rate_hz``).
+
+    Returns one row per complete window (see the module docstring). Raises :class:`DspError` if the
+    inputs are not 1-D real series of equal length. The inputs are never modified.
+    """
+    params = params or SyncParams()
+    if not isinstance(params, SyncParams):
+        raise DspError(f"params must be a SyncParams, got {type(params).__name__}")
+    t = _as_series(therapist, "therapist")
+    c = _as_series(client, "client")
+    if len(t) != len(c):
+        raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
+    eng = _wcc.WccEngine(params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz)
+    starts, prof, vals = eng.push(t, c)
+    res = WccResult.empty(params, len(starts))
+    res.window_start[:] = starts
+    res.r[:] = prof
+    for j, name in enumerate(WINDOW_VALUE_NAMES):
+        getattr(res, name)[:] = vals[:, j]
+    return res
+
+
+class StreamingWcc:
+    """Causal windowed cross-correlation: push samples of both series as they arrive, get finished windows.
+
+    ``push(therapist_chunk, client_chunk)`` accepts chunks of any lengths (the two sides may arrive
+    unevenly, e.g. from a partner unit) and returns ``[(window_start, values), ...]`` for every window
+    completed by them, in order; ``values`` has the keys of :data:`WINDOW_VALUE_NAMES`. The numbers equal
+    :func:`wcc` on the concatenated series. Work per new sample is O(lags); state is bounded
+    (:attr:`state_nbytes`). ``last_profiles`` holds the r(τ) profiles of the windows returned by the last push.
+    """
+
+    def __init__(self, params: SyncParams | None = None) -> None:
+        self.params = params or SyncParams()
+        if not isinstance(self.params, SyncParams):
+            raise DspError(f"params must be a SyncParams, got {type(self.params).__name__}")
+        p = self.params
+        self._eng = _wcc.WccEngine(p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz)
+        self.last_profiles = np.empty((0, p.n_lags))
+
+    def push(self, therapist_chunk: object, client_chunk: object) -> list[tuple[int, dict[str, float]]]:
+        t = _as_series(therapist_chunk, "therapist_chunk")
+        c = _as_series(client_chunk, "client_chunk")
+        starts, prof, vals = self._eng.push(t, c)
+        self.last_profiles = prof
+        return [
+            (int(s), {name: float(v) for name, v in zip(WINDOW_VALUE_NAMES, row, strict=True)})
+            for s, row in zip(starts, vals, strict=True)
+        ]
+
+    def reset(self) -> None:
+        """Forget every sample; the next push starts a new session at sample index 0."""
+        self._eng.reset()
+        self.last_profiles = np.empty((0, self.params.n_lags))
+
+    @property
+    def n_samples(self) -> tuple[int, int]:
+        """Samples received so far (therapist, client)."""
+        return self._eng.n_samples
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of state held (ring buffers and per-lag co-moments); constant after construction."""
+        return int(self._eng.state_nbytes)

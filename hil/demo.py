@@ -1,0 +1,334 @@
+"""``dyadsync demo``: a simulated therapy room, end to end, on one machine.
+
+It starts a room broker (Mosquitto as a child process when installed, else an embedded broker), the hub
+recorder writing to SQLite, and one simulated unit that reads a simulated dyad (therapist and client EDA
+and PPG), computes 4 Hz features and windowed synchrony, and publishes raw blocks, features and metrics
+at QoS 1. A 10-minute session runs faster than real time; a summary then compares what the unit sent
+(acknowledged by the broker) with what the hub stored. Exit status 0 only if every message was stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from tqdm import tqdm
+
+from broker import store, wire
+from broker.auth import RoomAuth
+from broker.embedded import start_room_broker
+from broker.recorder import Recorder
+from firmware_bridge import SampleBlock
+from firmware_bridge.errors import BrokerError
+
+logger = logging.getLogger(__name__)
+
+ROOM = "demo-room"
+UNIT = "unit1"
+FEATURE_RATE_HZ = 4.0
+
+
+def demo_schedule(duration_s: float) -> list:
+    """Uncoupled, therapist-led, client-led, anti-phase and uncoupled again, in equal parts."""
+    from hil.physiology import Segment
+
+    edges = np.linspace(0, duration_s, 6)
+    modes = [("uncoupled", 0.0), ("therapist_led", 3.0), ("client_led", 2.0), ("anti_phase", 0.0), ("uncoupled", 0.0)]
+    return [Segment(float(a), float(b), mode=m, lag_s=lag, gain=0.8, channel="both")
+            for (a, b), (m, lag) in zip(zip(edges[:-1], edges[1:], strict=True), modes, strict=True)]
+
+
+@dataclass
+class _Publisher:
+    """QoS 1 publishing with counts of what the broker acknowledged (PUBACK).
+
+    paho calls ``on_publish`` from its network thread while holding its own lock, so ``publish`` must not
+    hold ours across ``client.publish`` (that would deadlock); a PUBACK that overtakes the registration
+    of its message id is remembered in ``early``.
+    """
+
+    client: mqtt.Client
+    sent: Counter = field(default_factory=Counter)
+    pending: dict = field(default_factory=dict)
+    early: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self.lock:
+            kind = self.pending.pop(mid, None)
+            if kind is None:
+                self.early[mid] = not reason_code.is_failure
+            elif not reason_code.is_failure:
+                self.sent[kind] += 1
+
+    def publish(self, topic: str, payload: bytes, kind: str, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        with self.lock:
+            if info.mid in self.early:
+                if self.early.pop(info.mid):
+                    self.sent[kind] += 1
+            else:
+                self.pending[info.mid] = kind
+
+    def wait_all_acked(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+def _connect(host: str, port: int, user: str, password: str, client_id: str, will: bytes | None = None,
+             will_topic: str | None = None) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    c.username_pw_set(user, password)
+    c.max_inflight_messages_set(100)
+    c.max_queued_messages_set(0)
+    if will is not None:
+        c.will_set(will_topic, will, qos=1, retain=True)
+    connected = threading.Event()
+    failed: list = []
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        (failed.append(reason_code) if reason_code.is_failure else connected.set())
+
+    c.on_connect = on_connect
+    c.connect(host, port)
+    c.loop_start()
+    deadline = time.monotonic() + 10
+    while not connected.is_set() and not failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not connected.is_set():
+        c.loop_stop()
+        raise BrokerError(f"{user} could not connect to {host}:{port}: {failed[0] if failed else 'timeout'}")
+    return c
+
+
+class _HeartRate:
+    """4 Hz heart rate from PPG: peaks of the pulse wave (scipy find_peaks on a 4-s look-back), held between beats."""
+
+    def __init__(self, rate_hz: float) -> None:
+        from scipy.signal import butter, sosfilt_zi
+
+        self.rate_hz = rate_hz
+        self.sos = butter(2, [0.5, 8.0], btype="bandpass", fs=rate_hz, output="sos")
+        self.zi = sosfilt_zi(self.sos)[:, :] * 0.0
+        self.buf = np.empty(0)
+        self.t0 = 0  # sample index of buf[0]
+        self.beats: list[float] = []  # beat times in samples
+        self.hr_bpm = math.nan
+
+    def push(self, ppg: np.ndarray, n_out: int) -> np.ndarray:
+        from scipy.signal import find_peaks, sosfilt
+
+        y, self.zi = sosfilt(self.sos, ppg, zi=self.zi)
+        self.buf = np.concatenate([self.buf, y])
+        keep = int(4 * self.rate_hz)
+        if self.buf.size > keep:
+            self.t0 += self.buf.size - keep
+            self.buf = self.buf[-keep:]
+        peaks, _ = find_peaks(self.buf, distance=int(0.33 * self.rate_hz), prominence=np.std(self.buf) * 0.5)
+        for p in peaks + self.t0:
+            if (not self.beats or p - self.beats[-1] > 0.3 * self.rate_hz) and p < self.t0 + self.buf.size - 2:
+                if self.beats:
+                    ibi_s = (p - self.beats[-1]) / self.rate_hz
+                    if 0.3 <= ibi_s <= 2.0:
+                        self.hr_bpm = 60.0 / ibi_s
+                self.beats.append(p)
+        self.beats = self.beats[-10:]
+        return np.full(n_out, self.hr_bpm)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from dsp_ext.synchrony import StreamingWcc, SyncParams
+    from hil.physiology import DyadSimulator, SimConfig
+
+    data_dir = Path(args.data_dir or f"demo-data/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    duration_s = int(round(args.minutes * 60))
+    session = f"demo-{uuid.uuid4().hex[:8]}"
+    auth = RoomAuth.generate(ROOM, [UNIT])
+    print(f"dyadsync demo: room {ROOM}, session {session}, {args.minutes:g} simulated minutes at {args.speed:g}x")
+
+    broker = start_room_broker(data_dir / "broker", auth, prefer=args.broker)
+    print(f"  broker: {broker.kind} on {broker.host}:{broker.port} (anonymous clients refused)")
+    db_path = data_dir / "hub.sqlite"
+    recorder = Recorder(db_path, ROOM, broker.host, broker.port, *auth.service_user("recorder")).start()
+    unit_client = None
+    console = None
+    try:
+        offline = wire.Status(unit=UNIT, state="offline", time_ns=time.time_ns()).encode()
+        unit_client = _connect(broker.host, broker.port, UNIT, auth.units[UNIT], f"dyadsync-{UNIT}",
+                               will=offline, will_topic=wire.status_topic(ROOM, UNIT))
+        pub = _Publisher(unit_client)
+        unit_client.on_publish = pub.on_publish
+        console = _connect(broker.host, broker.port, *auth.service_user("console"), "dyadsync-console")
+        t_start_ns = time.time_ns()
+        start = wire.Command(id=f"start-{session}", cmd="start", session=session, time_ns=t_start_ns,
+                             participants={"therapist": "T01", "client": "C01"})
+        console.publish(wire.cmd_topic(ROOM), start.encode(), qos=1).wait_for_publish(10)
+
+        def status(state: str) -> None:
+            s = wire.Status(unit=UNIT, state=state, time_ns=time.time_ns(), version="demo", session=session,
+                            sensors={"therapist/eda": "ok", "therapist/ppg": "ok", "client/eda": "ok", "client/ppg": "ok"},
+                            buffer_depth=len(pub.pending), clock_synced=None)
+            pub.publish(wire.status_topic(ROOM, UNIT), s.encode(), "status", retain=True)
+
+        status("recording")
+        sim = DyadSimulator(SimConfig(seed=args.seed, duration_s=duration_s, schedule=demo_schedule(duration_s)))
+        params = SyncParams()
+        wcc = {"eda": StreamingWcc(params), "hr": StreamingWcc(params)}
+        hr = {role: _HeartRate(sim.config.ppg_rate_hz) for role in ("therapist", "client")}
+        seqs: Counter = Counter()
+        metric_seq: Counter = Counter()
+        t_wall0 = time.monotonic()
+        for sec in tqdm(range(duration_s), desc="simulated session", unit="s", disable=args.quiet):
+            chunk = sim.read(1.0)
+            t0_ns = t_start_ns + sec * 1_000_000_000
+            feats: dict[str, np.ndarray] = {}
+            for stream, values in chunk.items():
+                role, signal = stream.split("/")
+                rate = sim.config.eda_rate_hz if signal == "eda" else sim.config.ppg_rate_hz
+                block = SampleBlock(stream, seqs[("raw", stream)], t0_ns, rate, values)
+                seqs[("raw", stream)] += 1
+                pub.publish(wire.raw_topic(ROOM, UNIT, stream), wire.encode_block(block, session), "raw")
+                if signal == "eda":
+                    feats[f"{role}/eda"] = values.reshape(int(FEATURE_RATE_HZ), -1).mean(axis=1)
+                else:
+                    feats[f"{role}/hr"] = hr[role].push(values, int(FEATURE_RATE_HZ))
+            for stream, values in feats.items():
+                block = SampleBlock(stream, seqs[("feat", stream)], t0_ns, FEATURE_RATE_HZ, values)
+                seqs[("feat", stream)] += 1
+                pub.publish(wire.feat_topic(ROOM, UNIT, stream), wire.encode_block(block, session), "feat")
+            for signal, w in wcc.items():
+                for start_idx, values in w.push(feats[f"therapist/{signal}"], feats[f"client/{signal}"]):
+                    ws = t_start_ns + int(start_idx * 1e9 / FEATURE_RATE_HZ)
+                    name = f"sync_{signal}"
+                    m = wire.Metric(session=session, seq=metric_seq[name], name=name, window_start_ns=ws,
+                                    window_end_ns=ws + int(params.win_s * 1e9), values=values)
+                    metric_seq[name] += 1
+                    pub.publish(wire.metric_topic(ROOM, UNIT, name), m.encode(), "metric")
+            if sec % 10 == 0:
+                status("recording")
+            lag = t_wall0 + (sec + 1) / args.speed - time.monotonic()
+            if lag > 0:
+                time.sleep(lag)
+        status("idle")
+        stop = wire.Command(id=f"stop-{session}", cmd="stop", session=session, time_ns=time.time_ns())
+        console.publish(wire.cmd_topic(ROOM), stop.encode(), qos=1).wait_for_publish(10)
+        all_acked = pub.wait_all_acked(30)
+        expected = {k: pub.sent[k] for k in ("raw", "feat", "metric")}
+        deadline = time.monotonic() + 60
+        con = store.connect(db_path, readonly=True)
+        while time.monotonic() < deadline:
+            stored = store.stored_counts(con, UNIT, session)
+            if stored == expected and recorder.pending() == 0:
+                break
+            time.sleep(0.1)
+        stored = store.stored_counts(con, UNIT, session)
+        summary = _summary(con, session)
+        segments = _by_segment(con, session, t_start_ns, sim.config.schedule, params.win_s)
+        n_gaps = len(store.gaps(con, session))
+        malformed = recorder.counts["malformed"]
+        con.close()
+    finally:
+        for c in (unit_client, console):
+            if c is not None:
+                c.disconnect()
+                c.loop_stop()
+        recorder.stop()
+        broker.stop()
+
+    ok = all_acked and stored == expected and n_gaps == 0 and malformed == 0
+    _print_table(expected, stored, summary, n_gaps, malformed)
+    _print_segments(segments)
+    print(f"\nData: hub database {db_path}\n      broker files {data_dir / 'broker'}")
+    print("Result: " + ("OK, the hub stored every message the unit sent." if ok else "FAILED: the hub is missing messages."))
+    return 0 if ok else 1
+
+
+def _summary(con, session: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for signal in ("eda", "hr"):
+        rows = [v for *_, v in store.read_metrics(con, session, f"sync_{signal}")]
+        out[signal] = {
+            key: float(np.nanmean([r.get(key, math.nan) for r in rows])) if rows else math.nan
+            for key in ("therapist_led", "client_led", "inphase_z", "antiphase_z")
+        }
+        out[signal]["windows"] = float(len(rows))
+    return out
+
+
+def _by_segment(con, session: str, t_start_ns: int, schedule, win_s: float) -> list[tuple]:
+    """Mean therapist-led and client-led z of the windows that lie wholly inside each simulated segment."""
+    rows = []
+    for signal in ("eda", "hr"):
+        metrics = [(ws, v) for _, ws, _, v in store.read_metrics(con, session, f"sync_{signal}")]
+        for seg in schedule:
+            a = t_start_ns + int(seg.start_s * 1e9)
+            b = t_start_ns + int((seg.end_s - win_s) * 1e9)
+            inside = [v for ws, v in metrics if a <= ws <= b]
+            tl = float(np.nanmean([v["therapist_led"] for v in inside])) if inside else math.nan
+            cl = float(np.nanmean([v["client_led"] for v in inside])) if inside else math.nan
+            rows.append((signal, seg, len(inside), tl, cl))
+    return rows
+
+
+def _print_segments(rows) -> None:
+    print("\n  by simulated segment (truth)            windows  therapist-led  client-led  stronger side")
+    for signal, seg, n, tl, cl in rows:
+        truth = f"{seg.mode}" + (f" {seg.lag_s:g} s" if seg.lag_s else "")
+        side = "-" if not n else ("therapist" if tl > cl else "client")
+        print(f"  {signal:<4}{seg.start_s:>5.0f}-{seg.end_s:<5.0f}s {truth:<22}{n:>8}{tl:>15.3f}{cl:>12.3f}  {side}")
+
+
+def _print_table(expected, stored, summary, n_gaps, malformed) -> None:
+    print("\n  messages      sent (acked)   stored at hub")
+    for kind in ("raw", "feat", "metric"):
+        mark = "" if expected[kind] == stored[kind] else "   <-- MISMATCH"
+        print(f"  {kind:<12}{expected[kind]:>14}{stored[kind]:>16}{mark}")
+    print(f"  {'total':<12}{sum(expected.values()):>14}{sum(stored.values()):>16}")
+    print(f"  gaps in sequence numbers: {n_gaps}; malformed messages: {malformed}")
+    print("\n  synchrony (mean Fisher z)  windows  therapist-led  client-led  in-phase peak  anti-phase peak")
+    for signal, s in summary.items():
+        print(f"  {signal:<26}{int(s['windows']):>8}{s['therapist_led']:>15.3f}{s['client_led']:>12.3f}"
+              f"{s['inphase_z']:>15.3f}{s['antiphase_z']:>17.3f}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run a simulated therapy room end to end (no hardware, no root, no installed broker needed)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="simulated session length in minutes (default 10)")
+    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall-clock second (default 60)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated dyad (default 1)")
+    p.add_argument("--data-dir", help="where the hub database and broker files go (default demo-data/<time>)")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                   help="auto: Mosquitto if installed, else the embedded broker (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    if args.minutes <= 0 or args.speed <= 0:
+        print("dyadsync demo: --minutes and --speed must be positive", file=sys.stderr)
+        return 2
+    return run_demo(args)

@@ -1,0 +1,133 @@
+"""Device test helpers: unit config files on the test broker, a console client that sends commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from broker import wire
+
+SENSORS_BOTH = """
+[[sensors]]
+name = "t-eda"
+kind = "synthetic"
+role = "therapist"
+signal = "eda"
+[[sensors]]
+name = "t-ppg"
+kind = "synthetic"
+role = "therapist"
+signal = "ppg"
+[[sensors]]
+name = "c-eda"
+kind = "synthetic"
+role = "client"
+signal = "eda"
+[[sensors]]
+name = "c-ppg"
+kind = "synthetic"
+role = "client"
+signal = "ppg"
+"""
+
+
+@pytest.fixture
+def unit_toml(tmp_path, mosquitto, room_auth):
+    """Factory: write a unit config for ``unit`` on the test broker; returns its path."""
+
+    def make(unit: str = "unit-a", sensors: str = SENSORS_BOTH, extra: str = "", speed: float = 1.0,
+             data_dir=None, epoch_ns: int | None = None, hardware: str = "") -> str:
+        path = tmp_path / f"{unit}.toml"
+        data = data_dir or (tmp_path / f"data-{unit}")
+        path.write_text(
+            f'room = "room-a"\nunit = "{unit}"\ndata_dir = "{data}"\n'
+            f'[broker]\nurl = "mqtt://{mosquitto.host}:{mosquitto.port}"\nusername = "{unit}"\n'
+            f'password = "{room_auth.units[unit]}"\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
+            f'[clock]\ncheck = "assume_synced"\n[hardware]\nspeed = {speed}\n'
+            + (f"sim_epoch_ns = {epoch_ns}\n" if epoch_ns is not None else "") + hardware +
+            f"[watchdog]\nstatus_interval_s = 2\n{extra}\n{sensors}"
+        )
+        return str(path)
+
+    return make
+
+
+class Console:
+    """The room console (svc-console): sends commands and collects acks and statuses."""
+
+    def __init__(self, host: str, port: int, user: str, password: str) -> None:
+        self.acks: list[wire.Ack] = []
+        self.status: dict[str, wire.Status] = {}
+        self.cond = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-{uuid.uuid4().hex[:6]}")
+        self.c.username_pw_set(user, password)
+        self.c.on_message = self._on_message
+        self.connected = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.connected.clear()
+        self.c.reconnect_delay_set(0.1, 1.0)
+        self.c.connect(host, port)
+        self.c.loop_start()
+        assert self.wait_connected()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        client.subscribe("dyadsync/v1/room-a/+/ack", qos=1)
+        client.subscribe("dyadsync/v1/room-a/+/status", qos=1)
+        time.sleep(0.1)  # let the SUBACKs come back before commands are sent
+        self.connected.set()
+
+    def wait_connected(self, timeout_s: float = 20) -> bool:
+        return self.connected.wait(timeout_s)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        t = wire.parse_topic(msg.topic)
+        with self.cond:
+            if t.kind == "ack":
+                self.acks.append(wire.Ack.decode(msg.payload))
+            elif t.kind == "status" and msg.payload:
+                self.status[t.unit] = wire.Status.decode(msg.payload)
+            self.cond.notify_all()
+
+    def send(self, cmd: str, session: str, *, cid: str | None = None, **kw) -> str:
+        cid = cid or f"c-{uuid.uuid4().hex[:8]}"
+        c = wire.Command(id=cid, cmd=cmd, session=session, time_ns=time.time_ns(), **kw)
+        self.c.publish(wire.cmd_topic("room-a"), c.encode(), qos=1)
+        return cid
+
+    def send_raw(self, payload: bytes) -> None:
+        self.c.publish(wire.cmd_topic("room-a"), payload, qos=1)
+
+    def wait_ack(self, cid: str, unit: str = "unit-a", n: int = 1, timeout_s: float = 20) -> list[wire.Ack]:
+        with self.cond:
+            self.cond.wait_for(lambda: len([a for a in self.acks if a.id == cid and a.unit == unit]) >= n, timeout_s)
+            return [a for a in self.acks if a.id == cid and a.unit == unit]
+
+    def wait_status(self, unit: str, pred, timeout_s: float = 20) -> wire.Status | None:
+        with self.cond:
+            self.cond.wait_for(lambda: unit in self.status and pred(self.status[unit]), timeout_s)
+            s = self.status.get(unit)
+            return s if s is not None and pred(s) else None
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def console(mosquitto, room_auth):
+    c = Console(mosquitto.host, mosquitto.port, *room_auth.service_user("console"))
+    yield c
+    c.close()
+
+
+def start_cmd(console: Console, session: str, **kw) -> str:
+    return console.send("start", session, participants={"therapist": "T01", "client": "C01"}, **kw)
+
+
+def decode(payload: bytes) -> dict:
+    return json.loads(payload)

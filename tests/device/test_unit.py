@@ -1,0 +1,157 @@
+"""The unit daemon end to end on a real Mosquitto: sessions from commands, acks and NACKs, raw and feature
+streams and metrics at the hub, retained status, resume after a crash, clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from broker import store
+from broker.recorder import Recorder
+from device.config import load_config
+from device.unit import Unit
+
+from .conftest import start_cmd
+
+
+@pytest.fixture
+def recorder(tmp_path, mosquitto, room_auth):
+    rec = Recorder(tmp_path / "hub.sqlite", "room-a", mosquitto.host, mosquitto.port,
+                   *room_auth.service_user("recorder")).start()
+    yield rec
+    rec.stop()
+
+
+def _hub(tmp_path):
+    return store.connect(tmp_path / "hub.sqlite", readonly=True)
+
+
+def _wait(pred, timeout_s=30.0, step=0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+class Running:
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=unit.run, args=(self.stop, False), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def test_session_streams_acks_and_status(tmp_path, unit_toml, console, recorder):
+    cfg = load_config(unit_toml(speed=8.0))
+    run = Running(Unit(cfg))
+    try:
+        assert console.wait_status("unit-a", lambda s: s.state == "idle"), console.status
+        cid = start_cmd(console, "s1")
+        [ack] = console.wait_ack(cid)
+        assert ack.ok and ack.error is None
+        assert console.wait_status("unit-a", lambda s: s.state == "recording" and s.session == "s1")
+        # 8x simulated time: ~70 s of session (two regulation epochs) in ~9 s
+        con = _hub(tmp_path)
+        assert _wait(lambda: len(list(store.read_metrics(con, "s1", "regulation"))) >= 2, 60)
+        mid = console.send("marker", "s1", label="imagery segment begins")
+        assert console.wait_ack(mid)[0].ok
+        # NACKs: another session while one runs; stop of an unknown session; garbage
+        other = start_cmd(console, "s2")
+        [nack] = console.wait_ack(other)
+        assert not nack.ok and "s1" in nack.error
+        bad_stop = console.send("stop", "nope")
+        assert not console.wait_ack(bad_stop)[0].ok
+        console.send_raw(b'{"schema":1,"id":"junk-1","cmd":"explode","session":"s1","time_ns":1}')
+        [junk] = console.wait_ack("junk-1")
+        assert not junk.ok and "explode" in junk.error
+        console.send_raw(b"\xff\x00 not json")
+        assert console.wait_ack("invalid")[0].ok is False
+        stop = console.send("stop", "s1")
+        assert console.wait_ack(stop)[0].ok
+        assert console.wait_status("unit-a", lambda s: s.state == "idle" and s.session is None)
+    finally:
+        run.close()
+    assert console.wait_status("unit-a", lambda s: s.state == "offline")
+    con = _hub(tmp_path)
+    assert _wait(lambda: recorder.pending() == 0)
+    time.sleep(0.5)
+    counts = store.stored_counts(con, "unit-a", "s1")
+    assert counts["raw"] > 4 * 30 and counts["feat"] > 4 * 30, counts
+    assert store.gaps(con, "s1") == []
+    for stream, rate in (("therapist/eda", 32.0), ("client/ppg", 100.0)):
+        t, v, r = store.read_stream(con, "s1", stream, kind="raw", unit="unit-a")
+        assert r == rate and v.size > 30 * rate
+        assert (abs(t[1:] - t[:-1] - 1e9 / rate) < 1e6).all()  # raw blocks are contiguous
+    for stream in ("therapist/eda", "client/eda", "therapist/hr", "client/hr"):
+        t, v, r = store.read_stream(con, "s1", stream, kind="feat", unit="unit-a")
+        assert r == 4.0 and (t % 250_000_000 == 0).all()
+        finite = v[~(v != v)]
+        assert finite.size > 0.8 * v.size, stream
+    _, _, hr = store.read_stream(con, "s1", "therapist/hr", unit="unit-a")
+    hr_v = store.read_stream(con, "s1", "therapist/hr", unit="unit-a")[1]
+    assert 50 < float(hr_v[hr_v == hr_v].mean()) < 90  # synthetic pulse runs at 70 +- 9 bpm
+    reg = list(store.read_metrics(con, "s1", "regulation", unit="unit-a"))
+    assert reg[0][0] == 0 and reg[1][0] == 1
+    assert reg[1][3]["therapist_n_beats"] > 20
+    for channel in ("eda", "hr"):
+        sync = list(store.read_metrics(con, "s1", f"sync_{channel}", unit="unit-a"))
+        assert len(sync) >= 10, channel
+        assert [r[0] for r in sync] == list(range(len(sync)))  # window index, no gaps
+        assert all(r[2] - r[1] == 30 * 10**9 for r in sync)
+    # the synthetic client follows the therapist 2 s later: tau > 0 (therapist leads) at about +2 s
+    lags = sorted(r[3]["inphase_lag_s"] for r in store.read_metrics(con, "s1", "sync_eda", unit="unit-a"))
+    assert abs(lags[len(lags) // 2] - 2.0) <= 0.5, lags
+    acks = dict(((u, c), ok) for u, c, ok in con.execute("SELECT unit, cmd_id, ok FROM acks"))
+    assert acks[("unit-a", cid)] == 1 and acks[("unit-a", other)] == 0
+
+
+
+PARTNER_A = """
+[[sensors]]
+name = "t-eda"
+kind = "synthetic"
+role = "therapist"
+signal = "eda"
+"""
+PARTNER_B = PARTNER_A.replace("t-eda", "c-eda").replace("therapist", "client")
+
+
+def test_two_unit_room_partner_feature_stream(tmp_path, unit_toml, console, recorder):
+    """unit-a measures the therapist, unit-b the client; unit-a correlates with unit-b's 4 Hz features."""
+    dsp = '[dsp]\nwin_s = 8\nlag_s = 3\nchannels = ["eda"]\n'
+    cfg_a = load_config(unit_toml("unit-a", PARTNER_A, dsp + '[dyad]\npartner = "unit-b"\n', speed=4.0))
+    cfg_b = load_config(unit_toml("unit-b", PARTNER_B, dsp + "[dyad]\ncompute = false\n", speed=4.0))
+    from device.clock import ScaledClock
+
+    clock = ScaledClock(4.0)  # one simulated time line for both units
+    a, b = Running(Unit(cfg_a, clock=clock)), Running(Unit(cfg_b, clock=clock))
+    try:
+        for u in ("unit-a", "unit-b"):
+            assert console.wait_status(u, lambda s: s.state == "idle")
+        cid = start_cmd(console, "s-pair")
+        assert console.wait_ack(cid, "unit-a")[0].ok and console.wait_ack(cid, "unit-b")[0].ok
+        con = _hub(tmp_path)
+        assert _wait(lambda: len(list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-a"))) >= 12, 60)
+        assert a.unit.pipeline.partner_blocks > 0
+        stop = console.send("stop", "s-pair")
+        assert console.wait_ack(stop, "unit-a")[0].ok
+    finally:
+        a.close()
+        b.close()
+    con = _hub(tmp_path)
+    assert list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-b")) == []  # compute = false
+    assert store.stored_counts(con, "unit-b", "s-pair")["feat"] > 0
+    rows = list(store.read_metrics(con, "s-pair", "sync_eda", unit="unit-a"))
+    finite = [r[3]["inphase_lag_s"] for r in rows if r[3]["inphase_lag_s"] == r[3]["inphase_lag_s"]]
+    assert len(finite) >= 8
+    finite.sort()
+    assert abs(finite[len(finite) // 2] - 2.0) <= 0.5, finite

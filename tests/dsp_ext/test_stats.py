@@ -1,0 +1,166 @@
+"""Session statistics: summaries, leadership, SSI, surrogate tests, regulation regressions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsp_ext.errors import DspError
+from dsp_ext.stats import (
+    ar1_inertia,
+    lagged_coupling,
+    leadership_asymmetry,
+    ols,
+    session_summary,
+    single_session_index,
+    surrogate_test,
+)
+from dsp_ext.synchrony import SyncParams, wcc
+
+from .conftest import coupled_pair
+
+SHORT = SyncParams(rate_hz=4.0, win_s=15.0, inc_s=1.0, lag_s=5.0)
+
+
+def test_session_summary_matches_numpy(rng):
+    t, c = coupled_pair(rng, 1600, 3, coupling=0.7, phi=0.8)
+    t[500:700] = np.nan
+    res = wcc(t, c)
+    s = session_summary(res)
+    z = res.inphase_z[np.isfinite(res.inphase_z)]
+    assert s.n_windows == len(res) and s.n_inphase == len(z) < len(res)
+    assert s.inphase_z_mean == pytest.approx(z.mean(), abs=1e-12)
+    assert s.inphase_z_sd == pytest.approx(z.std(ddof=1), abs=1e-12)
+    lag = res.inphase_lag_s[np.isfinite(res.inphase_lag_s)]
+    assert s.inphase_lag_s_mean == pytest.approx(lag.mean(), abs=1e-12)
+    assert s.inphase_lag_s_mean == pytest.approx(0.75, abs=0.25)
+    assert s.antiphase_z_mean < 0 < s.inphase_z_mean  # signs kept apart
+    assert set(s.as_dict()) >= {"inphase_z_mean", "antiphase_lag_s_sd"}
+
+
+@pytest.mark.parametrize("lag_samples,sign", [(3, 1), (-3, -1)])
+def test_leadership_asymmetry_follows_the_leader(lag_samples, sign):
+    rng = np.random.default_rng(5)
+    t, c = coupled_pair(rng, 2000, lag_samples, coupling=0.8, phi=0.8)
+    res = wcc(t, c)
+    ep = leadership_asymmetry(res, epoch_windows=10)
+    assert len(ep.asymmetry) == len(res) // 10
+    np.testing.assert_array_equal(ep.epoch_start, res.window_start[: len(ep.asymmetry) * 10 : 10])
+    np.testing.assert_allclose(ep.therapist_led[0], res.therapist_led[:10].mean(), atol=1e-12)
+    assert np.mean(np.sign(ep.asymmetry) == sign) >= 0.95
+    assert np.sign(ep.session_asymmetry) == sign
+    with pytest.raises(DspError):
+        leadership_asymmetry(res, epoch_windows=0)
+
+
+def test_leadership_epoch_with_mostly_nan_is_nan(rng):
+    t, c = coupled_pair(rng, 1000, 2)
+    res = wcc(t, c)
+    res.therapist_led[:6] = np.nan
+    ep = leadership_asymmetry(res)
+    assert np.isnan(ep.asymmetry[0]) and np.isfinite(ep.asymmetry[1])
+
+
+def test_single_session_index_reference_and_sign():
+    rng = np.random.default_rng(8)
+    t, c = coupled_pair(rng, 1200, 0, coupling=0.3, phi=0.9)
+    ssi = single_session_index(t, c)
+    # plain re-computation: 5-s slopes, Pearson r of running 15-s windows stepped 1 s
+    n5, n15 = 20, 60
+    st = (t[n5 - 1 :] - t[: len(t) - n5 + 1]) * (4.0 / (n5 - 1))
+    sc = (c[n5 - 1 :] - c[: len(c) - n5 + 1]) * (4.0 / (n5 - 1))
+    rs = np.array(
+        [np.corrcoef(st[k : k + n15], sc[k : k + n15])[0, 1] for k in range(0, len(st) - n15 + 1, 4)]
+    )
+    exp = np.log(rs[rs > 0].sum() / abs(rs[rs < 0].sum()))
+    assert ssi == pytest.approx(exp, abs=1e-9)
+    assert ssi > 0.3
+    assert single_session_index(t, -c) == pytest.approx(-ssi, abs=1e-9)
+    with pytest.raises(DspError):
+        single_session_index(t, c[:-1])
+
+
+@pytest.mark.parametrize("method", ["circular", "segment", "pseudo"])
+def test_surrogates_detect_coupling(method):
+    rng = np.random.default_rng(21)
+    t, c = coupled_pair(rng, 1200, 2, coupling=0.6, phi=0.8)
+    partners = [coupled_pair(np.random.default_rng(s), 1300, 0, phi=0.8)[1] for s in range(5)]
+    res = surrogate_test(t, c, SHORT, n=199, method=method, seed=3, partners=partners)
+    assert res.p_value <= 0.01
+    assert res.effect_size > 3
+    assert res.observed > res.null_mean
+    assert len(res.null) == 199 and res.method == method
+    again = surrogate_test(t, c, SHORT, n=199, method=method, seed=3, partners=partners)
+    assert again.p_value == res.p_value and np.array_equal(again.null, res.null)
+
+
+def test_uncoupled_pairs_not_significant_in_90_percent_of_seeds():
+    significant = 0
+    seeds = range(30)
+    for s in seeds:
+        rng = np.random.default_rng(1000 + s)
+        t = coupled_pair(rng, 800, 0, phi=0.8)[0]
+        c = coupled_pair(rng, 800, 0, phi=0.8)[1]
+        res = surrogate_test(t, c, SHORT, n=99, method="circular", seed=s)
+        significant += res.p_value <= 0.05
+    assert significant <= 0.1 * len(seeds), f"{significant} of {len(seeds)} uncoupled pairs significant"
+
+
+def test_surrogate_bad_input(rng):
+    t, c = rng.standard_normal(400), rng.standard_normal(400)
+    with pytest.raises(DspError, match="method"):
+        surrogate_test(t, c, SHORT, n=10, method="bogus")
+    with pytest.raises(DspError, match="partners"):
+        surrogate_test(t, c, SHORT, n=10, method="pseudo")
+    with pytest.raises(DspError, match="no complete window"):
+        surrogate_test(t[:50], c[:50], SHORT, n=10)
+    with pytest.raises(DspError, match="positive"):
+        surrogate_test(t, c, SHORT, n=0)
+    with pytest.raises(DspError, match="statistic"):
+        surrogate_test(t, c, SHORT, n=5, statistic="abs_r")
+
+
+def test_ols_matches_statsmodels(rng):
+    sm = pytest.importorskip("statsmodels.api")
+    x = np.column_stack([np.ones(80), rng.standard_normal(80), rng.standard_normal(80)])
+    y = x @ [1.0, -0.5, 2.0] + rng.standard_normal(80)
+    y[7] = np.nan
+    got = ols(y, x, ("a", "b", "c"))
+    ok = np.isfinite(y)
+    fit = sm.OLS(y[ok], x[ok]).fit()
+    np.testing.assert_allclose(got.coef, fit.params, atol=1e-10)
+    np.testing.assert_allclose(got.se, fit.bse, atol=1e-10)
+    assert got.n == 79
+    assert got["b"] == (pytest.approx(fit.params[1]), pytest.approx(fit.bse[1]))
+    with pytest.raises(DspError, match="collinear"):
+        ols(y, np.column_stack([x, x[:, 1]]), ("a", "b", "c", "d"))
+
+
+def test_ar1_inertia_recovers_phi():
+    rng = np.random.default_rng(4)
+    y = np.zeros(400)
+    for i in range(1, 400):
+        y[i] = 0.6 * y[i - 1] + rng.standard_normal()
+    fit = ar1_inertia(y + 5.0)
+    b, se = fit["inertia"]
+    assert abs(b - 0.6) < 3 * se and 0 < se < 0.1
+    with pytest.raises(DspError):
+        ar1_inertia([1.0, 2.0])
+
+
+def test_lagged_coupling_keeps_signs():
+    rng = np.random.default_rng(9)
+    n = 600
+    c, t = np.zeros(n), np.zeros(n)
+    for i in range(1, n):
+        t[i] = 0.4 * t[i - 1] + rng.standard_normal()
+        c[i] = 0.5 * c[i - 1] - 0.3 * t[i - 1] + rng.standard_normal()
+    res = lagged_coupling(c, t)
+    b_self, se_self = res.client["self"]
+    b_tc, se_tc = res.client["partner"]
+    assert abs(b_self - 0.5) < 3 * se_self and abs(b_tc + 0.3) < 3 * se_tc
+    assert b_tc < 0  # T→C negative stays negative
+    b_ct, se_ct = res.therapist["partner"]
+    assert abs(b_ct) < 3 * se_ct  # C does not drive T here
+    with pytest.raises(DspError):
+        lagged_coupling(c, t[:-1])
