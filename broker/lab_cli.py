@@ -46,4 +46,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"sessions: {r.sessions_seen} changed, {r.sessions_pulled} pulled, {r.sessions_skipped} already current; "
           f"files: {r.files_downloaded} downloaded ({r.resumed_files} resumed), {r.files_unchanged} unchanged; "
           f"{r.bytes_downloaded} bytes")
+    if r.changing:
+        print(f"still changing (live), pulled again next run: {', '.join(r.changing)}")
     return 0
