@@ -183,7 +183,7 @@ class Runner:
     """Runs one scenario end to end; :meth:`run` returns the :class:`RunRecord` for the scorer."""
 
     def __init__(self, scenario: Scenario, *, speed: float | None = None, seed: int | None = None,
-                 workdir: Path | str | None = None, lead_real_s: float = 12.0, verbose: bool = False) -> None:
+                 workdir: Path | str | None = None, lead_real_s: float = 15.0, verbose: bool = False) -> None:
         self.s = scenario
         self.speed = float(speed or scenario.speed)
         if not self.speed > 0:
@@ -206,6 +206,7 @@ class Runner:
         self._stop_led = threading.Event()
         self._led_thread: threading.Thread | None = None
         self._logs: list = []
+        self._down: set[str] = set()  # units killed on purpose (power cut)
 
     # ---------------------------------------------------------------------------------- set-up
     def _spec(self, t0_ns: int) -> HilSpec:
@@ -361,7 +362,7 @@ class Runner:
 
     def _check_alive(self) -> None:
         for name, p in self.units.items():
-            if p.poll() is not None:
+            if name not in self._down and p.poll() is not None:
                 raise ScenarioError(f"unit {name} exited with {p.returncode}; see {self.workdir}/unit-{name}.log")
 
     def _timeline(self, clock: ScaledClock, rec: RunRecord) -> None:
@@ -386,11 +387,13 @@ class Runner:
                 self.broker.start()
             elif action == "unit_kill":
                 p = self.units[target]
+                self._down.add(target)
                 p.kill()
                 p.wait(10)
                 rec.exit_codes.setdefault(target, []).append(p.returncode)
             elif action == "unit_start":
                 self._start_unit(target)
+                self._down.discard(target)
             rec.events.append((action, target, ns))
         # faults that do not need the runner still appear in the event log (for the scorer)
         for f in self.s.faults:
