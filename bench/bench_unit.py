@@ -50,7 +50,7 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_config(d: Path, host: str, port: int, password: str, factory: str | None) -> Path:
+def write_config(d: Path, host: str, port: int, password: str, factory: str | None, hr_method: str) -> Path:
     sensors = ""
     for role in ("therapist", "client"):
         for sig in ("eda", "ppg"):
@@ -61,7 +61,7 @@ def write_config(d: Path, host: str, port: int, password: str, factory: str | No
     cfg.write_text(
         f'room = "{ROOM}"\nunit = "{UNIT}"\ndata_dir = "{d / "data"}"\n'
         f'[broker]\nurl = "mqtt://{host}:{port}"\nusername = "{UNIT}"\npassword = "{password}"\n'
-        f'[clock]\ncheck = "chronyc"\n{hw}\n{sensors}'
+        f'[clock]\ncheck = "chronyc"\n[dsp]\nhr_method = "{hr_method}"\n{hw}\n{sensors}'
     )
     return cfg
 
@@ -70,6 +70,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="session length at real time (default 5)")
     ap.add_argument("--factory", default=None, help="hardware.factory 'module:function' for emulated sensors")
+    ap.add_argument("--hr-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.hr_method")
     args = ap.parse_args()
     import subprocess
 
@@ -77,7 +78,7 @@ def main() -> int:
         d = Path(tmp)
         auth = RoomAuth.generate(ROOM, [UNIT])
         broker = MosquittoProcess(write_broker_files(d / "broker", auth, persistence=False)).start()
-        lat_ms: list[float] = []
+        lat_ms: dict[str, list[float]] = {"sync_eda": [], "sync_hr": []}
         counts = {"metrics": 0, "feat": 0, "raw": 0}
         lock = threading.Lock()
         lag_ns = 10 * 10**9
@@ -89,8 +90,8 @@ def main() -> int:
                 if t.kind == "metric":
                     m = wire.Metric.decode(msg.payload)
                     counts["metrics"] += 1
-                    if m.name.startswith("sync_"):
-                        lat_ms.append((now - (m.window_end_ns + lag_ns)) / 1e6)
+                    if m.name in lat_ms:
+                        lat_ms[m.name].append((now - (m.window_end_ns + lag_ns)) / 1e6)
                 elif t.kind in ("feat", "raw"):
                     counts[t.kind] += 1
 
@@ -104,7 +105,7 @@ def main() -> int:
         con.username_pw_set(*auth.service_user("console"))
         con.connect(broker.host, broker.port)
         con.loop_start()
-        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory)
+        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory, args.hr_method)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         log = open(d / "unit.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "unit", "run", "--config", str(cfg)],
@@ -134,22 +135,32 @@ def main() -> int:
             con.loop_stop()
             broker.stop()
         cpu_pct = 100.0 * (c1 - c0) / (w1 - w0)
-        lat = np.array(lat_ms)
-        p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if lat.size else (np.nan,) * 3
         rows = [
             ("CPU time / wall time (one core)", f"{cpu_pct:.2f} %", "<= 5 %", cpu_pct <= 5.0),
             ("peak RSS (VmHWM)", f"{rss:.1f} MB", "<= 120 MB", rss <= 120.0),
-            ("window -> metric at broker, p50", f"{p50:.1f} ms", "", True),
-            ("window -> metric at broker, p99", f"{p99:.1f} ms", "<= 200 ms", bool(p99 <= 200.0)),
-            ("window -> metric at broker, max", f"{mx:.1f} ms", "", True),
-            ("sync windows measured", f"{lat.size}", "> 0", lat.size > 0),
+        ]
+        for name, values in lat_ms.items():
+            lat = np.array(values)
+            p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if lat.size else (np.nan,) * 3
+            # the HR series itself is final only ~2 beats after its grid time with the dsp_ext IBI correction
+            # (hr_method); its latency is reported, the 200 ms target is checked on the EDA windows
+            target = name == "sync_eda" or args.hr_method == "fast"
+            rows += [
+                (f"{name}: window -> metric at broker, p50", f"{p50:.1f} ms", "", True),
+                (f"{name}: window -> metric at broker, p99", f"{p99:.1f} ms", "<= 200 ms" if target else "",
+                 bool(p99 <= 200.0) if target else True),
+                (f"{name}: window -> metric at broker, max", f"{mx:.1f} ms", "", True),
+                (f"{name}: windows measured", f"{lat.size}", "> 0", lat.size > 0),
+            ]
+        rows += [
             ("metrics / feature blocks / raw blocks", f"{counts['metrics']} / {counts['feat']} / {counts['raw']}", "", True),
         ]
         print(f"\nbench_unit: {args.minutes:g} min at real time, 2 x EDA 32 Hz + 2 x PPG 100 Hz, "
-              f"{'factory ' + args.factory if args.factory else 'synthetic sensors'}, unit exit {proc.returncode}")
-        print(f"{'measure':<40} {'value':>22} {'target':>10}  ok")
+              f"{'factory ' + args.factory if args.factory else 'synthetic sensors'}, hr_method {args.hr_method}, "
+              f"unit exit {proc.returncode}")
+        print(f"{'measure':<48} {'value':>22} {'target':>10}  ok")
         for name, value, target, ok in rows:
-            print(f"{name:<40} {value:>22} {target:>10}  {'yes' if ok else 'NO'}")
+            print(f"{name:<48} {value:>22} {target:>10}  {'yes' if ok else 'NO'}")
         return 0 if all(r[3] for r in rows) else 1
 
 

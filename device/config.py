@@ -86,11 +86,18 @@ class BrokerConfig(_Strict):
 
 
 class GsrCalibration(_Strict):
-    """Grove-GSR style front end: ``eda_us = 1e6 / r_skin_ohm`` with the skin resistance from the divider."""
+    """Grove-GSR style front end (``firmware_bridge.gsr.GsrFrontEnd``): ``calibration_v`` is the ADC
+    reading in volts with the electrodes open; ``r_ref_ohm`` the divider's reference resistance."""
 
+    calibration_v: Annotated[float, Field(gt=0, le=10)]
     supply_v: Annotated[float, Field(gt=0, le=10)] = 3.3
-    series_ohm: Annotated[float, Field(gt=0)] = 100_000.0
-    offset_v: float = 0.0
+    r_ref_ohm: Annotated[float, Field(gt=0)] = 10_000.0
+
+    @model_validator(mode="after")
+    def _range(self) -> GsrCalibration:
+        if self.calibration_v > self.supply_v:
+            raise ValueError("calibration_v must not exceed supply_v")
+        return self
 
 
 class SensorConfig(_Strict):
@@ -107,7 +114,8 @@ class SensorConfig(_Strict):
     mux_address: Annotated[int, Field(ge=0x70, le=0x77)] | None = None
     mux_channel: Annotated[int, Field(ge=0, le=7)] | None = None
     ads_channel: Annotated[int, Field(ge=0, le=3)] = 0
-    gsr: GsrCalibration = GsrCalibration()
+    gsr: GsrCalibration | None = None  # required for ads1115
+    fsr_v: Literal[6.144, 4.096, 2.048, 1.024, 0.512, 0.256] = 4.096  # ADS1115 PGA full-scale range
     led_current_ma: Annotated[float, Field(ge=0, le=51)] = 7.0
     # serial firmware
     url: str | None = None
@@ -131,6 +139,8 @@ class SensorConfig(_Strict):
             if expected and self.signal and self.signal != expected:
                 raise ValueError(f"a '{self.kind}' sensor measures '{expected}', not '{self.signal}'")
             object.__setattr__(self, "signal", sig)
+        if self.kind == "ads1115" and self.gsr is None:
+            raise ValueError("an 'ads1115' sensor needs its GSR calibration: gsr = { calibration_v = ... }")
         if (self.mux_address is None) != (self.mux_channel is None):
             raise ValueError("'mux_address' and 'mux_channel' go together")
         if self.rate_hz is None:
@@ -152,6 +162,10 @@ class DspConfig(_Strict):
     peak_window: Annotated[int, Field(ge=3, le=41)] = 5
     channels: list[Literal["eda", "hr"]] = ["eda", "hr"]
     regulation_epoch_s: Annotated[float, Field(ge=5, le=600)] = 30.0
+    # feature extraction: dsp_ext streams (artefact handling; HR final ~2 beats late), the plain 'fast'
+    # fallbacks (one 250 ms bin of latency), or 'auto' (dsp_ext when installed)
+    eda_method: Literal["auto", "dsp_ext", "fast"] = "auto"
+    hr_method: Literal["auto", "dsp_ext", "fast"] = "auto"
     publish_raw: bool = True
     raw_block_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     feature_block_s: Annotated[float, Field(gt=0, le=10)] = 1.0

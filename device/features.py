@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +114,34 @@ class _Biquad:
         return y
 
 
+class IbiEpochs:
+    """Per-epoch RMSSD from beats when ``dsp_ext.hrv`` is not used: epoch e covers grid bins
+    ``origin + e * epoch_bins ...``; an epoch closes when the HR grid has passed its end."""
+
+    def __init__(self, origin_bin: int, epoch_bins: int) -> None:
+        self.origin = origin_bin
+        self.epoch_bins = epoch_bins
+        self.ibis: dict[int, list[float]] = {}
+        self.next_epoch = 0
+
+    def add(self, beat: Beat) -> None:
+        e = (beat.t_ns // GRID_NS - self.origin) // self.epoch_bins
+        if e >= self.next_epoch and not beat.artifact:
+            self.ibis.setdefault(e, []).append(beat.ibi_ms)
+
+    def close_until(self, k_next: int | None) -> list[tuple[int, dict[str, float]]]:
+        if k_next is None:
+            return []
+        out = []
+        while self.origin + (self.next_epoch + 1) * self.epoch_bins <= k_next:
+            ibis = self.ibis.pop(self.next_epoch, [])
+            out.append((self.next_epoch, {"rmssd_ms": rmssd_ms(ibis),
+                                          "mean_ibi_ms": float(np.mean(ibis)) if ibis else math.nan,
+                                          "n_beats": float(len(ibis))}))
+            self.next_epoch += 1
+        return out
+
+
 class HrExtractor:
     """Raw PPG (counts) blocks -> (grid index, bpm) pairs, and beats in :attr:`beats`.
 
@@ -125,7 +154,8 @@ class HrExtractor:
     MIN_DIST_S = 0.3
     HOLD_S = 3.0
 
-    def __init__(self, rate_hz: float) -> None:
+    def __init__(self, rate_hz: float, origin_bin: int = 0, epoch_bins: int = 120) -> None:
+        self.epochs = IbiEpochs(origin_bin, epoch_bins)
         self.rate_hz = rate_hz
         self.hp = _Biquad(_biquad("highpass", 0.5, rate_hz))
         self.lp = _Biquad(_biquad("lowpass", min(5.0, 0.45 * rate_hz), rate_hz))
@@ -155,6 +185,7 @@ class HrExtractor:
                     if self.last_beat_ns is not None:
                         ibi = (tp - self.last_beat_ns) / 1e6
                         artifact = not 300.0 <= ibi <= 2000.0
+                        self.epochs.add(Beat(tp, ibi, artifact))
                         self.beats.append(Beat(tp, ibi, artifact))
                         if not artifact:
                             self.last_valid = (tp, ibi)
@@ -180,13 +211,164 @@ class HrExtractor:
         beats, self.beats = self.beats, []
         return beats
 
+    def take_epochs(self) -> list[tuple[int, dict[str, float]]]:
+        """Regulation epochs completed so far: (epoch index since the origin, values)."""
+        return self.epochs.close_until(self.k_next)
 
-def make_extractor(signal: str, rate_hz: float) -> EdaExtractor | HrExtractor:
-    """The feature extractor for a raw signal (``eda`` -> eda channel, ``ppg`` -> hr channel)."""
+
+class _Anchored:
+    """Adapter base for dsp_ext streams, whose grid index k means ``k / 4`` s after the stream's first
+    sample: the first sample's UTC time anchors it to the shared grid (to the nearest bin, an error below
+    half a raw sample). Raw gaps up to ``MAX_FILL_S`` are filled with NaN samples so the stream stays
+    contiguous; a longer gap (or a time jump backwards) restarts the stream at a new anchor."""
+
+    MAX_FILL_S = 3600.0
+
+    def __init__(self, rate_hz: float, factory, origin_bin: int | None = None, align_bins: int = 1) -> None:
+        self.rate_hz = rate_hz
+        self._factory = factory
+        self.stream = factory()
+        self.origin_bin = origin_bin
+        self.align_bins = align_bins
+        self.anchor_ns: int | None = None
+        self.next_ns: int | None = None
+        self.k_next: int | None = None
+
+    def _feed(self, block: SampleBlock) -> tuple[np.ndarray, int]:
+        """Values to push (with NaN gap filling) and the anchor bin; restarts the stream if needed."""
+        x = block.values.astype(np.float64)
+        period = 1e9 / self.rate_hz
+        if self.next_ns is not None:
+            missing = round((block.t0_ns - self.next_ns) / period)
+            if missing < 0 or missing > self.MAX_FILL_S * self.rate_hz:
+                self.stream = self._factory()
+                self.anchor_ns = None
+                self._restarted()
+            elif missing > 0:
+                x = np.concatenate([np.full(missing, np.nan), x])
+        if self.anchor_ns is None:
+            if self.origin_bin is None:
+                self.anchor_ns = block.t0_ns
+            else:  # start exactly on a grid (epoch) boundary at or before the first sample: pad with NaN
+                b = block.t0_ns // GRID_NS
+                anchor_bin = self.origin_bin + ((b - self.origin_bin) // self.align_bins) * self.align_bins
+                pad = round((block.t0_ns - anchor_bin * GRID_NS) / period)
+                x = np.concatenate([np.full(pad, np.nan), x])
+                self.anchor_ns = anchor_bin * GRID_NS
+        self.next_ns = block.t0_ns + round(block.n * period)
+        return x, round(self.anchor_ns / GRID_NS)
+
+    def _restarted(self) -> None:
+        """Hook: the stream was restarted after a time jump."""
+
+
+class DspEdaExtractor(_Anchored):
+    """``dsp_ext.eda.EdaStream`` (artefact rejection, 3 Hz low-pass, grid interpolation) on the UTC grid."""
+
+    channel = "eda"
+
+    def __init__(self, rate_hz: float, origin_bin: int | None = None) -> None:
+        from dsp_ext.eda import EdaStream
+
+        super().__init__(rate_hz, lambda: EdaStream(rate_hz), origin_bin, 1)
+
+    def push(self, block: SampleBlock) -> list[tuple[int, float]]:
+        x, k0 = self._feed(block)
+        contact = None
+        if block.flags & 0x2:  # CONTACT_LOST
+            contact = np.zeros(x.size, dtype=bool)
+        f = self.stream.push(x, contact)
+        out = [(k0 + int(k), float(v)) for k, v in zip(f.index.tolist(), f.eda_us.tolist(), strict=True)]
+        if out:
+            self.k_next = out[-1][0] + 1
+        return out
+
+
+class DspPpgExtractor(_Anchored):
+    """``dsp_ext.ppg.PpgStream`` (Elgendi peaks, Lipponen-Tarvainen IBI correction) on the UTC grid.
+
+    HR points are final about two beats after the grid time (the causal correction's look-ahead).
+    Regulation epochs come from ``dsp_ext.hrv.HrvStream`` (RMSSD, RSA after Porges-Bohrer, HF-HRV) when it
+    is installed, else from the beats (RMSSD only). The stream is anchored on an epoch boundary, so its
+    epochs are the session's."""
+
+    channel = "hr"
+
+    def __init__(self, rate_hz: float, origin_bin: int = 0, epoch_bins: int = 120) -> None:
+        from dsp_ext.ppg import PpgStream
+
+        super().__init__(rate_hz, lambda: PpgStream(rate_hz), origin_bin, epoch_bins)
+        self.epoch_bins = epoch_bins
+        self.beats: list[Beat] = []
+        self._hrv_cls = None
+        if _dsp_available("dsp_ext.hrv"):
+            from dsp_ext.hrv import HrvStream
+
+            self._hrv_cls = HrvStream
+        self._restarted()
+
+    def _restarted(self) -> None:
+        self._hrv = self._hrv_cls(epoch_s=self.epoch_bins / FEATURE_RATE_HZ) if self._hrv_cls else None
+        self._ibi_epochs: IbiEpochs | None = None
+        self._ready: list[tuple[int, dict[str, float]]] = []
+
+    def push(self, block: SampleBlock) -> list[tuple[int, float]]:
+        x, k0 = self._feed(block)
+        f = self.stream.push(x)
+        anchor = self.anchor_ns
+        assert anchor is not None
+        for t_s, ibi, ok in zip(f.beat_s.tolist(), f.ibi_ms.tolist(), f.ibi_valid.tolist(), strict=True):
+            if ibi == ibi:  # the first beat has no interval
+                self.beats.append(Beat(anchor + round(t_s * 1e9), float(ibi), not ok))
+        out = [(k0 + int(k), float(v)) for k, v in zip(f.index.tolist(), f.hr_bpm.tolist(), strict=True)]
+        if out:
+            self.k_next = out[-1][0] + 1
+        origin = self.origin_bin or 0
+        if self._hrv is not None:
+            for ep in self._hrv.push_features(f):
+                e = (k0 + ep.start_index - origin) // self.epoch_bins
+                self._ready.append((e, {"rmssd_ms": ep.rmssd_ms, "rsa_ln_ms2": ep.rsa_ln_ms2,
+                                        "hf_ln_ms2": ep.hf_ln_ms2, "n_beats": float(ep.n_beats)}))
+        else:
+            if self._ibi_epochs is None:
+                self._ibi_epochs = IbiEpochs(k0, self.epoch_bins)
+                self._ibi_epochs.origin = k0
+            for b in self.beats:
+                self._ibi_epochs.add(b)
+            for e, vals in self._ibi_epochs.close_until(self.k_next):
+                self._ready.append(((k0 - origin) // self.epoch_bins + e, vals))
+        return out
+
+    def take_beats(self) -> list[Beat]:
+        beats, self.beats = self.beats, []
+        return beats
+
+    def take_epochs(self) -> list[tuple[int, dict[str, float]]]:
+        ready, self._ready = self._ready, []
+        return ready
+
+
+def _dsp_available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def make_extractor(signal: str, rate_hz: float, method: str = "auto", origin_bin: int = 0,
+                   epoch_bins: int = 120) -> Any:
+    """The feature extractor for a raw signal (``eda`` -> eda channel, ``ppg`` -> hr channel).
+
+    ``method``: ``dsp_ext`` (the project's DSP streams), ``fast`` (the plain fallbacks above, one bin of
+    latency) or ``auto`` (dsp_ext when it is installed)."""
+    use_dsp = method == "dsp_ext" or (method == "auto" and _dsp_available(f"dsp_ext.{signal}"))
     if signal == "eda":
-        return EdaExtractor(rate_hz)
+        return DspEdaExtractor(rate_hz, origin_bin) if use_dsp else EdaExtractor(rate_hz)
     if signal == "ppg":
-        return HrExtractor(rate_hz)
+        return DspPpgExtractor(rate_hz, origin_bin, epoch_bins) if use_dsp else \
+            HrExtractor(rate_hz, origin_bin, epoch_bins)
     raise ValueError(f"no feature extractor for signal {signal!r}")
 
 

@@ -23,7 +23,6 @@ therapist window ``[start, start + win)``; the window is complete ``lag_s`` afte
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 from broker import wire
 from firmware_bridge.block import BlockFlags, SampleBlock
 
-from .features import FEATURE_RATE_HZ, GRID_NS, HrExtractor, make_extractor, rmssd_ms
+from .features import FEATURE_RATE_HZ, GRID_NS, make_extractor
 from .outbox import OutMsg
 from .sources import block_gap
 
@@ -149,7 +148,8 @@ class Pipeline:
         self._extractors: dict[str, Any] = {}
         self._feat_blocks: dict[str, _FeatureBlocks] = {}
         self._sync: dict[str, _SyncChannel] = {}
-        self._epoch_ibis: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self._epoch_vals: dict[int, dict[str, float]] = defaultdict(dict)  # epoch -> role-prefixed values
+        self._role_epoch: dict[str, int] = {}  # role -> last epoch its HR extractor completed
         self._epoch_done = -1
         self.metrics_emitted = 0
         self.window_done_ns: list[tuple[str, int, int]] = []  # (metric, seq, completion ns) for latency stats
@@ -172,9 +172,10 @@ class Pipeline:
         per_block = max(1, round(self.dsp.feature_block_s * FEATURE_RATE_HZ))
         self._raw.clear()
         self._last_src_seq.clear()
-        self._extractors = {st: make_extractor(st.split("/")[1], r) for st, r in self.rates.items()}
+        self._extractors = {}
         self._feat_blocks = defaultdict(lambda: _FeatureBlocks(k0, per_block))
-        self._epoch_ibis.clear()
+        self._epoch_vals.clear()
+        self._role_epoch.clear()
         self._sync.clear()
         if self._sync_impl and self.cfg.dyad.compute:
             streaming_wcc, sync_params = self._sync_impl
@@ -226,19 +227,22 @@ class Pipeline:
         if self.dsp.publish_raw:
             self._add_raw(block, flags, gap > 0)
         ex = self._extractors.get(stream)
-        if ex is None:
-            return
+        if ex is None:  # created on the first block: serial firmware announces its streams at run time
+            if block.signal not in SIGNAL_CHANNEL:
+                return
+            ex = self._extractors[stream] = make_extractor(
+                block.signal, block.rate_hz, self.feature_method(block.signal), self.session.k0, self._epoch_bins)
         role = block.role
         channel = ex.channel
         for k, v in ex.push(block):
             self._feature(role, channel, k, v, flags)
-        if isinstance(ex, HrExtractor):
-            epoch_bins = round(self.dsp.regulation_epoch_s * FEATURE_RATE_HZ)
-            for beat in ex.take_beats():
-                e = (beat.t_ns // GRID_NS - self.session.k0) // epoch_bins
-                if e >= 0 and not beat.artifact:
-                    self._epoch_ibis[role][e].append(beat.ibi_ms)
-            self._regulation(ex, epoch_bins)
+        if ex.channel == "hr":
+            ex.take_beats()
+            for e, vals in ex.take_epochs():
+                if e > self._epoch_done:
+                    self._epoch_vals[e].update({f"{role}_{k}": v for k, v in vals.items()})
+                self._role_epoch[role] = max(e, self._role_epoch.get(role, -1))
+            self._regulation()
 
     def on_partner_block(self, block: SampleBlock, session: str) -> None:
         """A 4 Hz feature block of the partner unit (over MQTT)."""
@@ -318,24 +322,25 @@ class Pipeline:
             if len(self.window_done_ns) > 10_000:
                 del self.window_done_ns[:5000]
 
-    def _regulation(self, ex: HrExtractor, epoch_bins: int) -> None:
-        """Emit the regulation metric of every epoch that the local PPG streams have passed."""
+    def feature_method(self, signal: str) -> str:
+        return self.dsp.eda_method if signal == "eda" else self.dsp.hr_method
+
+    @property
+    def _epoch_bins(self) -> int:
+        return round(self.dsp.regulation_epoch_s * FEATURE_RATE_HZ)
+
+    def _regulation(self) -> None:
+        """Emit every regulation epoch that all locally measured people have completed."""
         assert self.session is not None
-        if ex.k_next is None:
+        roles = {st.split("/")[0] for st, e in self._extractors.items() if e.channel == "hr"}
+        if not roles or any(r not in self._role_epoch for r in roles):
             return
-        done = (min(e.k_next for e in self._extractors.values()
-                    if isinstance(e, HrExtractor) and e.k_next is not None) - self.session.k0) // epoch_bins - 1
+        done = min(self._role_epoch[r] for r in roles)
+        eb = self._epoch_bins
         while self._epoch_done < done:
             e = self._epoch_done + 1
-            values: dict[str, float] = {}
-            for st, ext in self._extractors.items():
-                if isinstance(ext, HrExtractor):
-                    role = st.split("/")[0]
-                    ibis = self._epoch_ibis[role].pop(e, [])
-                    values[f"{role}_rmssd_ms"] = rmssd_ms(ibis)
-                    values[f"{role}_mean_ibi_ms"] = float(np.mean(ibis)) if ibis else math.nan
-                    values[f"{role}_n_beats"] = float(len(ibis))
-            ws = (self.session.k0 + e * epoch_bins) * GRID_NS
-            m = wire.Metric(self.session.id, e, "regulation", ws, ws + epoch_bins * GRID_NS, values)
+            values = self._epoch_vals.pop(e, {})
+            ws = (self.session.k0 + e * eb) * GRID_NS
+            m = wire.Metric(self.session.id, e, "regulation", ws, ws + eb * GRID_NS, values)
             self._out.append(OutMsg(wire.metric_topic(self.room, self.unit, m.name), m.encode(), "metric"))
             self._epoch_done = e

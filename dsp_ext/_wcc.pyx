@@ -27,7 +27,7 @@ The kernel trusts its inputs: ``synchrony`` validates and converts them once.
 import numpy as np
 
 cimport numpy as cnp
-from libc.math cimport NAN, atanh, isfinite, sqrt
+from libc.math cimport NAN, isfinite, log, sqrt
 from libc.stdlib cimport free, malloc
 
 cnp.import_array()
@@ -50,6 +50,33 @@ cdef inline void _welford_add(double* a, Py_ssize_t stride, Py_ssize_t l, double
     a[3 * stride + l] += dx * (u - mx)
     a[4 * stride + l] += dy * (v - my)
     a[5 * stride + l] += dx * (v - my)
+
+
+cdef inline void _welford_add_all(double* a, Py_ssize_t stride, Py_ssize_t nl, double u,
+                                  const double* cv, double sc) noexcept nogil:
+    """Add the pairs (u, cv[l] - sc) of every lag l; all cv[l] finite. Branch-free, so it vectorises."""
+    cdef double* an = a
+    cdef double* amx = a + stride
+    cdef double* amy = a + 2 * stride
+    cdef double* axx = a + 3 * stride
+    cdef double* ayy = a + 4 * stride
+    cdef double* axy = a + 5 * stride
+    cdef Py_ssize_t l
+    cdef double n, dx, dy, mx, my, v, inv
+    for l in range(nl):
+        v = cv[l] - sc
+        n = an[l] + 1.0
+        inv = 1.0 / n
+        dx = u - amx[l]
+        dy = v - amy[l]
+        mx = amx[l] + dx * inv
+        my = amy[l] + dy * inv
+        an[l] = n
+        amx[l] = mx
+        amy[l] = my
+        axx[l] += dx * (u - mx)
+        ayy[l] += dy * (v - my)
+        axy[l] += dx * (v - my)
 
 
 cdef inline double _corr_merged(const double* a, const double* b, Py_ssize_t stride, Py_ssize_t l,
@@ -91,7 +118,7 @@ cdef inline double _fisher_z(double r) noexcept nogil:
         r = R_CLIP
     elif r < -R_CLIP:
         r = -R_CLIP
-    return atanh(r)
+    return 0.5 * log((1.0 + r) / (1.0 - r))
 
 
 cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize_t half,
@@ -290,7 +317,10 @@ cdef class WccEngine:
         prof = np.empty((n_out, self.nl))
         vals = np.empty((n_out, N_VALUES))
         if end_pair > self.next_pair:
-            self._process(end_pair, starts, prof, vals)
+            # cbad[k] = number of non-finite client samples in cbuf[:k]: O(1) test of a lag range
+            cbad = np.zeros(self.cbuf.shape[0] + 1, dtype=np.int64)
+            np.cumsum(~np.isfinite(self.cbuf), out=cbad[1:])
+            self._process(end_pair, starts, prof, vals, cbad)
         # trim: keep from the start of the block of next_pair (needed for its suffix pass)
         cdef Py_ssize_t keep = lag + ((self.next_pair - lag) // win) * win
         if keep > self.buf0:
@@ -300,7 +330,7 @@ cdef class WccEngine:
         return starts, prof, vals
 
     cdef void _process(self, Py_ssize_t end_pair, cnp.int64_t[::1] starts, double[:, ::1] prof,
-                       double[:, ::1] vals):
+                       double[:, ::1] vals, const cnp.int64_t[::1] cbad):
         cdef const double[::1] tb = self.tbuf
         cdef const double[::1] cb = self.cbuf
         cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, nl = self.nl, half = self.half
@@ -322,10 +352,13 @@ cdef class WccEngine:
                     u = tb[i - buf0]
                     if isfinite(u):
                         u = u - self.shift_t
-                        for l in range(nl):
-                            v = cb[i - buf0 + l]
-                            if isfinite(v):
-                                _welford_add(pre, nl, l, u, v - self.shift_c)
+                        if cbad[i - buf0 + nl] == cbad[i - buf0]:
+                            _welford_add_all(pre, nl, nl, u, &cb[i - buf0], self.shift_c)
+                        else:
+                            for l in range(nl):
+                                v = cb[i - buf0 + l]
+                                if isfinite(v):
+                                    _welford_add(pre, nl, l, u, v - self.shift_c)
                 # 2. block j complete: new shift, suffix aggregates at window starts, backwards
                 if pos == win - 1:
                     b = i - win + 1 - buf0
@@ -339,10 +372,13 @@ cdef class WccEngine:
                     for q in range(win - 1, -1, -1):
                         u = tb[b + q]
                         if isfinite(u):
-                            for l in range(nl):
-                                v = cb[b + q + l]
-                                if isfinite(v):
-                                    _welford_add(run, nl, l, u - st, v - sc)
+                            if cbad[b + q + nl] == cbad[b + q]:
+                                _welford_add_all(run, nl, nl, u - st, &cb[b + q], sc)
+                            else:
+                                for l in range(nl):
+                                    v = cb[b + q + l]
+                                    if isfinite(v):
+                                        _welford_add(run, nl, l, u - st, v - sc)
                         if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
                             slot = (q - self.suf_q0) // inc
                             rowp = &self.suf[slot, 0, 0]

@@ -15,7 +15,7 @@ Generative model (details and parameter table in ``docs/simulator.md``):
   so the windowed cross-correlation of Boker et al. (2002) with ARCHITECTURE §4's sign convention
   (tau > 0 = therapist leads) peaks at ``tau = +lag``. Segment boundaries are cross-faded.
 * EDA (µS): tonic level ``SCL * exp(k * arousal + drift)`` plus skin-conductance responses, each a
-  normalised bi-exponential (Bateman) impulse response with rise ~1-3 s and decay ~4-8 s, whose onsets
+  normalised bi-exponential (Bateman) impulse response with rise ~1.4-2.9 s and decay ~5-10 s, whose onsets
   are an inhomogeneous Poisson process with rate growing with arousal; plus white sensor noise.
 * Heart: integral pulse frequency modulation (IPFM; Bayly 1968, Mateo & Laguna 2000): beats occur when
   the integral of ``1 / p(t)`` crosses an integer, where the instantaneous period
@@ -42,7 +42,7 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import signal as sps
@@ -267,6 +267,38 @@ class SimConfig:
             if not isinstance(ev, SensorEvent):
                 raise ConfigError(f"SimConfig.events[{i}]: expected a SensorEvent, got {type(ev).__name__}")
         object.__setattr__(self, "events", events)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (to hand the same session to another process: same dict, same signals)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["seed"] = int(self.seed)
+        out["schedule"] = [asdict(seg) for seg in self.schedule]
+        out["events"] = [asdict(ev) for ev in self.events]
+        out["arousal_band_hz"] = list(self.arousal_band_hz)
+        out["hr_band_hz"] = list(self.hr_band_hz)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SimConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and malformed segments/events raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"SimConfig.from_dict: expected a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"SimConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        args = dict(data)
+        for key, item_cls in (("schedule", Segment), ("events", SensorEvent)):
+            items = []
+            for i, item in enumerate(args.get(key, ())):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"SimConfig.from_dict: {key}[{i}] must be a dict, got {item!r}")
+                try:
+                    items.append(item_cls(**item))
+                except TypeError as exc:
+                    raise ConfigError(f"SimConfig.from_dict: {key}[{i}]: {exc}") from None
+            args[key] = tuple(items)
+        return cls(**args)
 
 
 @dataclass(frozen=True)
@@ -752,8 +784,8 @@ class DyadSimulator:
         onsets, a_on = cand[keep], a_at[keep]
         n = onsets.size
         amp = p.scr_amp_us * np.exp(0.5 * rng.standard_normal(n)) * np.exp(0.3 * a_on)
-        tau_r = rng.uniform(0.6, 1.4, n)
-        tau_d = rng.uniform(4.0, 8.0, n)
+        tau_r = rng.uniform(0.6, 1.2, n)
+        tau_d = rng.uniform(5.0, 10.0, n)
         total = np.zeros_like(t)
         events = []
         fs = LATENT_RATE_HZ

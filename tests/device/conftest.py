@@ -41,7 +41,7 @@ def unit_toml(tmp_path, mosquitto, room_auth):
     """Factory: write a unit config for ``unit`` on the test broker; returns its path."""
 
     def make(unit: str = "unit-a", sensors: str = SENSORS_BOTH, extra: str = "", speed: float = 1.0,
-             data_dir=None, epoch_ns: int | None = None) -> str:
+             data_dir=None, epoch_ns: int | None = None, hardware: str = "") -> str:
         path = tmp_path / f"{unit}.toml"
         data = data_dir or (tmp_path / f"data-{unit}")
         path.write_text(
@@ -49,7 +49,7 @@ def unit_toml(tmp_path, mosquitto, room_auth):
             f'[broker]\nurl = "mqtt://{mosquitto.host}:{mosquitto.port}"\nusername = "{unit}"\n'
             f'password = "{room_auth.units[unit]}"\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
             f'[clock]\ncheck = "assume_synced"\n[hardware]\nspeed = {speed}\n'
-            + (f"sim_epoch_ns = {epoch_ns}\n" if epoch_ns is not None else "") +
+            + (f"sim_epoch_ns = {epoch_ns}\n" if epoch_ns is not None else "") + hardware +
             f"[watchdog]\nstatus_interval_s = 2\n{extra}\n{sensors}"
         )
         return str(path)

@@ -136,3 +136,30 @@ def test_unsynced_clock_flags_blocks_and_quota_drops_are_reported(tmp_path, unit
     assert flags and all(f & BlockFlags.CLOCK_UNSYNCED for f in flags)
     assert any(g.kind == "raw" for g in store.gaps(con, "s-u"))  # dropped raw blocks stay visible as gaps
     assert wire  # noqa: B018
+
+
+def test_emulated_hardware_factory_is_used(tmp_path, unit_toml, console):
+    from device.sources import load_hardware
+    from firmware_bridge.errors import ConfigError
+
+    from . import fake_hw
+
+    fake_hw.CALLS.clear()
+    sensors = '[[sensors]]\nname = "t-ppg"\nkind = "max30102"\nrole = "therapist"\naddress = 0x57\n'
+    cfg = load_config(unit_toml(sensors=sensors, speed=2.0,
+                                hardware='mode = "emulated"\nfactory = "tests.device.fake_hw:make"\n'))
+    assert cfg.hardware.mode == "emulated"
+    run = Running(Unit(cfg))
+    try:
+        st = console.wait_status("unit-a", lambda s: s.sensors.get("t-ppg") == "ok")
+        assert st is not None
+    finally:
+        run.close()
+    assert fake_hw.CALLS[0] == ("make", "unit-a", 2.0) and ("source", "t-ppg") in fake_hw.CALLS
+    bad = cfg.model_copy(update={"hardware": cfg.hardware.model_copy(update={"factory": "tests.device.nope:make"})})
+    try:
+        load_hardware(bad, None)
+    except ConfigError as exc:
+        assert "tests.device.nope:make" in str(exc)
+    else:
+        raise AssertionError("a factory that cannot be imported must be a ConfigError")

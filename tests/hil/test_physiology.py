@@ -6,8 +6,12 @@ analyses (peak picking, resampling, band-pass filtering, lagged correlation), so
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
@@ -103,6 +107,25 @@ def test_same_seed_same_output_whatever_the_chunking(brief_sim):
     assert np.array_equal(t1.arousal["therapist"], t2.arousal["therapist"])
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), duration_s=st.floats(2.0, 40.0), eda_rate_hz=st.floats(1.0, 256.0),
+       ppg_rate_hz=st.floats(20.0, 400.0), chunks=st.lists(st.floats(0.001, 9.0), min_size=1, max_size=60))
+def test_any_chunking_and_rates_give_the_one_shot_samples(seed, duration_s, eda_rate_hz, ppg_rate_hz, chunks):
+    cfg = SimConfig(seed=seed, duration_s=duration_s, eda_rate_hz=eda_rate_hz, ppg_rate_hz=ppg_rate_hz)
+    one = DyadSimulator(cfg)
+    whole = one.read(duration_s + 1.0)
+    sim = DyadSimulator(cfg)
+    while sum(chunks) <= duration_s:
+        chunks = chunks + chunks
+    parts = read_all(sim, chunks)
+    for s in STREAMS:
+        rate = one.rates_hz[s]
+        expected_n = int(np.ceil(duration_s * rate - 1e-6))
+        assert whole[s].size == parts[s].size == expected_n, (s, whole[s].size, parts[s].size, expected_n)
+        assert np.array_equal(whole[s], parts[s]), s
+        np.testing.assert_allclose(one.value_at(s, np.arange(expected_n) / rate), whole[s], rtol=1e-12, atol=1e-12)
+
+
 def test_value_at_agrees_with_read_and_interpolates(brief_sim):
     sim = DyadSimulator(brief_config())
     data = read_all(sim, [600.0])
@@ -136,6 +159,23 @@ def test_scalar_and_array_value_at_agree_including_events():
         np.testing.assert_allclose(one, vec, rtol=1e-12, atol=1e-12, err_msg=s)
     with pytest.raises(SimulatorError):
         sim.value_at("client/ppg", 310.5)
+
+
+def test_config_round_trips_through_json_to_the_same_signals():
+    cfg = brief_config(seed=5, events=[SensorEvent("client/eda", "contact_loss", 10.0, 20.0)], motion_per_min=1.0)
+    text = json.dumps(cfg.to_dict())
+    again = SimConfig.from_dict(json.loads(text))
+    assert again == cfg
+    a, b = DyadSimulator(cfg), DyadSimulator(again)
+    t = np.linspace(0, 600, 5001)
+    for s in STREAMS:
+        assert np.array_equal(a.value_at(s, t), b.value_at(s, t)), s
+    with pytest.raises(ConfigError, match="unknown keys"):
+        SimConfig.from_dict({"seed": 1, "sede": 2})
+    with pytest.raises(ConfigError, match=r"schedule\[0\]"):
+        SimConfig.from_dict({"schedule": [{"start_s": 0}]})
+    with pytest.raises(ConfigError, match="mode"):
+        SimConfig.from_dict({"schedule": [{"start_s": 0, "end_s": 10, "mode": "x"}]})
 
 
 def test_bad_requests_raise_clear_errors(brief_sim):
@@ -199,8 +239,17 @@ def test_eda_range_noise_and_drift(brief_sim):
         assert 0.02 < np.std(tonic) / np.mean(tonic) < 0.5
 
 
-def test_scr_shapes_in_the_signal_match_the_truth():
-    sim = DyadSimulator(brief_config(seed=4, duration_s=1200, schedule=[]))
+def bateman(x: np.ndarray, tau_rise_s: float, tau_decay_s: float) -> np.ndarray:
+    """Bi-exponential SCR shape with unit peak, written here independently of the simulator."""
+    tp = tau_rise_s * tau_decay_s / (tau_decay_s - tau_rise_s) * np.log(tau_decay_s / tau_rise_s)
+    peak = np.exp(-tp / tau_decay_s) - np.exp(-tp / tau_rise_s)
+    xp = np.maximum(x, 0.0)
+    return np.where(x > 0, (np.exp(-xp / tau_decay_s) - np.exp(-xp / tau_rise_s)) / peak, 0.0)
+
+
+@pytest.mark.parametrize("seed", [4, 7])
+def test_scr_shapes_in_the_signal_match_the_truth(seed):
+    sim = DyadSimulator(brief_config(seed=seed, duration_s=1200, schedule=[]))
     data = read_all(sim, [1200.0])
     truth = sim.truth
     rate = 32.0
@@ -209,26 +258,40 @@ def test_scr_shapes_in_the_signal_match_the_truth():
         scrs = truth.scr[role]
         assert len(scrs) > 10, role
         for ev in scrs:
-            assert 1.0 <= ev.rise_s <= 3.0 and 2.0 <= ev.half_recovery_s <= 10.0, ev
-        onsets = np.array([ev.onset_s for ev in scrs])
+            assert 1.0 <= ev.rise_s <= 3.0 and 3.0 <= ev.half_recovery_s <= 10.0, ev
         t = np.arange(data[f"{role}/eda"].size) / rate
         phasic = data[f"{role}/eda"] - CubicSpline(truth.t_grid_s, truth.eda_tonic_us[role])(t)
-        for ev in scrs:
-            others = onsets[(onsets != ev.onset_s) & (onsets > ev.onset_s - 40.0) & (onsets < ev.onset_s + 25.0)]
-            if others.size or ev.amplitude_us < 0.1 or ev.onset_s < 40 or ev.onset_s > 1170:
+        shapes = [ev.amplitude_us * bateman(t - ev.onset_s, ev.tau_rise_s, ev.tau_decay_s) for ev in scrs]
+        # the signal is tonic + the listed SCRs + white sensor noise, nothing else
+        residual = phasic - np.sum(shapes, axis=0)
+        inner = (t > 60) & (t < 1195)  # responses that began before t = 0 are not listed
+        assert abs(np.mean(residual[inner])) < 0.003 and np.std(residual[inner]) < 1.2 * 0.005, role
+        for ev, shape in zip(scrs, shapes, strict=True):
+            if ev.amplitude_us < 0.1 or not 60.0 < ev.onset_s < 1170.0:
                 continue
-            sel = (t >= ev.onset_s - 2.0) & (t < ev.onset_s + 25.0)
-            x, y = t[sel] - ev.onset_s, phasic[sel] - np.mean(phasic[sel][:32])
-            y_peak = np.convolve(y, np.ones(9) / 9, mode="same")  # tame the sensor noise
+            sel = (t >= ev.onset_s) & (t < ev.onset_s + 25.0)
+            x, y = t[sel] - ev.onset_s, (residual + shape)[sel]  # this SCR alone, measured from the signal
+            y_peak = np.convolve(y, np.ones(9) / 9, mode="same")
             y_slow = np.convolve(y, np.ones(32) / 32, mode="same")
-            i_peak = int(np.argmax(np.where(x < 6.0, y_peak, -np.inf)))
-            assert abs(x[i_peak] - ev.rise_s) < 0.35, (role, ev, x[i_peak])
-            assert y_peak[i_peak] == pytest.approx(ev.amplitude_us, rel=0.15, abs=0.01)
-            after = np.nonzero((y_slow <= 0.5 * ev.amplitude_us) & (x > x[i_peak]))[0]
+            # the top of an SCR is flat, so noise moves its argmax: check the peak loosely, the steep rising
+            # edge (time to half amplitude) tightly
+            i_peak = int(np.argmax(np.where(x < 6.0, y_slow, -np.inf)))
+            near = slice(max(i_peak - 48, 0), i_peak + 49)  # parabola through +-1.5 s around the maximum
+            c2, c1, _ = np.polyfit(x[near], y[near], 2)
+            # the same estimator on the noise-free shape (the SCR peak is skewed, so the vertex is biased)
+            e2, e1, _ = np.polyfit(x[near], shape[sel][near], 2)
+            assert abs(-c1 / (2 * c2) + e1 / (2 * e2)) < 0.3, (role, ev, -c1 / (2 * c2), -e1 / (2 * e2))
+            assert abs(-e1 / (2 * e2) - ev.rise_s) < 0.6
+            assert y_peak.max() == pytest.approx(ev.amplitude_us, rel=0.1, abs=0.01)
+            fine = np.arange(0.0, 5.0, 0.001)
+            expected_half_rise = fine[np.argmax(bateman(fine, ev.tau_rise_s, ev.tau_decay_s) >= 0.5)]
+            half_rise = x[np.argmax(y_peak >= 0.5 * ev.amplitude_us)]
+            assert abs(half_rise - expected_half_rise) < 0.15, (role, ev, half_rise, expected_half_rise)
+            after = np.nonzero((y_slow <= 0.5 * ev.amplitude_us) & (x > ev.rise_s))[0]
             assert after.size, ev
-            assert abs(x[after[0]] - x[i_peak] - ev.half_recovery_s) < 0.6, (role, ev)
+            assert abs(x[after[0]] - ev.rise_s - ev.half_recovery_s) < 0.6, (role, ev)
             checked += 1
-    assert checked >= 4
+    assert checked >= 10
 
 
 def test_scr_rate_grows_with_arousal():
@@ -301,6 +364,18 @@ def test_ppg_pulse_has_systolic_peak_and_dicrotic_notch():
             assert t[mins[0]] < t[late_max[0]]
 
 
+def test_ppg_polarity_can_be_inverted_like_a_raw_max30102():
+    up = DyadSimulator(SimConfig(seed=3, duration_s=30, ppg_noise_counts=0.0))
+    down = DyadSimulator(SimConfig(seed=3, duration_s=30, ppg_noise_counts=0.0, ppg_inverted=True))
+    peaks = up.truth.pulse_peak_s["client"][2:-2]
+    dc = up.truth.params["client"].ppg_dc_counts
+    ac = up.truth.params["client"].ppg_ac_counts
+    hi, lo = up.value_at("client/ppg", peaks), down.value_at("client/ppg", peaks)
+    # the pulse (its amplitude +-5 % with breathing) adds in one and subtracts in the other
+    assert np.all(hi - lo > 2 * 0.94 * ac) and np.all(hi - lo < 2 * 1.08 * ac)
+    assert np.all(np.abs(0.5 * (hi + lo) - dc) < 0.02 * dc)
+
+
 def test_rsa_tracks_the_configured_tone():
     est = {}
     for shift in (0.0, 1.0):
@@ -344,7 +419,9 @@ def test_lagged_correlation_recovers_leader_and_lag(brief_sim, feature):
     eda_like = feature in ("arousal", "eda_us")
     # therapist_led (both channels), lag 3 s: peak at +3 s
     lags, r = lagged_r(*segment_feature(truth, feature, 120, 300), max_lag)
-    tol = 0.25 if feature != "hr_bpm" else 0.5
+    # the heart-rate driver stays below the respiratory band (0.01-0.1 Hz), so in a 3-min segment its peak is
+    # less sharp (over 20 seeds: EDA features always within 0.25 s, HR features within ~1 s); see the long test
+    tol = 0.25 if eda_like else 1.0
     assert abs(lags[np.argmax(r)] / GRID_HZ - 3.0) <= tol, (feature, lags[np.argmax(r)] / GRID_HZ)
     assert r.max() > (0.4 if feature == "eda_us" else 0.6)
     # client_led on the EDA channel, lag 2 s: peak at -2 s
@@ -357,6 +434,17 @@ def test_lagged_correlation_recovers_leader_and_lag(brief_sim, feature):
         lags, r = lagged_r(*segment_feature(truth, feature, 420, 600), max_lag)
         assert r.min() < -0.6 and abs(lags[np.argmin(r)]) / GRID_HZ <= 0.5, feature
         assert r[max_lag] < -0.6
+
+
+@pytest.mark.parametrize("mode", ["therapist_led", "client_led"])
+def test_heart_rate_lag_is_precise_over_a_long_segment(mode):
+    sim = DyadSimulator(SimConfig(seed=14, duration_s=1800, schedule=[
+        Segment(0, 1800, mode, lag_s=2.5, gain=0.8, channel="hr")]))
+    expected = 2.5 if mode == "therapist_led" else -2.5
+    for feature in ("hr_drive", "hr_bpm"):
+        lags, r = lagged_r(*segment_feature(sim.truth, feature, 0, 1800), int(10 * GRID_HZ))
+        assert abs(lags[np.argmax(r)] / GRID_HZ - expected) <= 0.5, (feature, lags[np.argmax(r)] / GRID_HZ)
+        assert r.max() > 0.6
 
 
 @pytest.mark.parametrize("feature", ["arousal", "eda_us", "hr_drive", "hr_bpm"])

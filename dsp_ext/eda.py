@@ -1,0 +1,172 @@
+"""Electrodermal activity: raw skin conductance (µS) in, 4 Hz features with validity out, causally.
+
+Stages (ARCHITECTURE §3, issue #8):
+
+1. artefact flags on the raw samples — outside ``min_us``–``max_us`` (0.05–60 µS), slope above
+   ``max_slope_us_s`` (10 µS/s), contact lost (caller's flag) or non-finite — make samples invalid (NaN),
+   never zero; grid points within ``guard_s`` after an invalid sample are invalid too (filter settling);
+2. a causal 4th-order Butterworth low-pass at 3 Hz (started in its steady state, so no start-up transient);
+3. linear interpolation onto the shared 4 Hz grid (:mod:`dsp_ext.grid`) → ``eda_us``;
+4. tonic = causal 2nd-order Butterworth low-pass at 0.05 Hz of ``eda_us``; phasic = ``eda_us − tonic``;
+5. skin-conductance responses: an onset where the phasic slope first exceeds ``scr_onset_slope_us_s``
+   (0.05 µS/s, so slow tonic drift and the phasic part's recovery never start one), a peak where the phasic slope turns ≤ 0, and the
+   trough-to-peak amplitude measured on ``eda_us``; responses of at least ``scr_min_amp_us`` (0.05 µS)
+   rising for at most ``scr_max_rise_s`` (5 s) are reported when the peak is passed.
+
+NeuroKit2's ``eda_clean`` filters with the same low-pass but forwards and backwards (zero phase); ours is
+causal, so it lags by the filter's group delay (about 0.15 s at the slow frequencies of skin conductance).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DspError
+from .filters import SosFilter, butter_sos
+from .grid import FEATURE_RATE_HZ, GridResampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EdaFeatures", "EdaStream", "Scr", "eda_features"]
+
+
+@dataclass(frozen=True)
+class Scr:
+    """One skin-conductance response: grid indices of onset and peak, and its amplitude in µS."""
+
+    onset_index: int
+    peak_index: int
+    amplitude_us: float
+
+
+@dataclass
+class EdaFeatures:
+    """Features on the 4 Hz grid (``index`` k ↔ ``k / 4`` s after the stream's first raw sample)."""
+
+    index: np.ndarray
+    eda_us: np.ndarray
+    tonic_us: np.ndarray
+    phasic_us: np.ndarray
+    valid: np.ndarray
+    scr: list[Scr] = field(default_factory=list)
+    n_invalid_raw: int = 0
+
+    @property
+    def time_s(self) -> np.ndarray:
+        return self.index / FEATURE_RATE_HZ
+
+
+class EdaStream:
+    """Streaming EDA feature extraction; ``push(eda_us, contact=None) -> EdaFeatures`` (see module doc)."""
+
+    def __init__(
+        self,
+        rate_hz: float,
+        lowpass_hz: float = 3.0,
+        tonic_hz: float = 0.05,
+        min_us: float = 0.05,
+        max_us: float = 60.0,
+        max_slope_us_s: float = 10.0,
+        guard_s: float = 0.5,
+        scr_min_amp_us: float = 0.05,
+        scr_onset_slope_us_s: float = 0.05,
+        scr_max_rise_s: float = 5.0,
+    ) -> None:
+        if not (np.isfinite(rate_hz) and rate_hz > 2 * lowpass_hz):
+            raise DspError(f"EDA rate_hz={rate_hz!r} must exceed twice the low-pass cut-off {lowpass_hz} Hz")
+        self.rate_hz = float(rate_hz)
+        self.min_us, self.max_us, self.max_slope_us_s = min_us, max_us, max_slope_us_s
+        self.guard_n = int(round(guard_s * rate_hz))
+        self.scr_min_amp_us = scr_min_amp_us
+        self.scr_onset_step_us = scr_onset_slope_us_s / FEATURE_RATE_HZ
+        self.scr_max_rise = int(round(scr_max_rise_s * FEATURE_RATE_HZ))
+        self._lp = SosFilter(butter_sos(4, lowpass_hz, rate_hz), init="first")
+        self._tonic = SosFilter(butter_sos(2, tonic_hz, FEATURE_RATE_HZ), init="first")
+        self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ)
+        self.reset()
+
+    def reset(self) -> None:
+        self._lp.reset()
+        self._tonic.reset()
+        self._grid.reset()
+        self._n = 0
+        self._prev = np.nan  # last raw sample (for the slope test)
+        self._last_bad = -(10**12)  # raw index of the last invalid sample
+        # SCR state machine on the grid
+        self._g_prev = np.nan  # previous grid eda_us
+        self._p_prev = np.nan  # previous grid phasic
+        self._g_prev_k = -1
+        self._rising = False
+        self._onset_k = -1
+        self._onset_v = np.nan
+
+    @property
+    def state_nbytes(self) -> int:
+        return self._lp.state_nbytes + self._tonic.state_nbytes + 64
+
+    def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
+        x = np.asarray(eda_us)
+        if x.ndim != 1 or x.dtype.kind not in "biuf":
+            raise DspError(f"eda_us must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
+        x = np.array(x, dtype=np.float64)  # a copy: the caller's buffer is never changed
+        n = len(x)
+        idx = np.arange(self._n, self._n + n)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(x) | (x < self.min_us) | (x > self.max_us)
+            prev = np.concatenate(([self._prev], x[:-1]))
+            bad |= np.abs(x - prev) * self.rate_hz > self.max_slope_us_s
+        if contact is not None:
+            cont = np.asarray(contact, dtype=bool)
+            if cont.shape != x.shape:
+                raise DspError(f"contact flags shape {cont.shape} differs from samples {x.shape}")
+            bad |= ~cont
+        n_bad = int(bad.sum())
+        if n:
+            self._prev = float(x[-1])
+        x[bad] = np.nan
+        last_bad = np.maximum.accumulate(np.where(bad, idx, self._last_bad)) if n else np.empty(0)
+        if n:
+            self._last_bad = int(last_bad[-1])
+        self._n += n
+        y = self._lp.process(x)
+        y[idx - last_bad <= self.guard_n] = np.nan
+        k, g = self._grid.push(y)
+        tonic = self._tonic.process(g)
+        phasic = g - tonic
+        return EdaFeatures(
+            index=k,
+            eda_us=g,
+            tonic_us=tonic,
+            phasic_us=phasic,
+            valid=np.isfinite(g),
+            scr=self._scr(k, g, phasic),
+            n_invalid_raw=n_bad,
+        )
+
+    def _scr(self, k: np.ndarray, g: np.ndarray, ph: np.ndarray) -> list[Scr]:
+        """Onset/peak state machine at 4 Hz (a handful of samples per push: a plain loop is fine)."""
+        out: list[Scr] = []
+        for kk, v, p in zip(k.tolist(), g.tolist(), ph.tolist(), strict=True):
+            gp, pp, pk = self._g_prev, self._p_prev, self._g_prev_k
+            if not (np.isfinite(v) and np.isfinite(p) and np.isfinite(gp) and np.isfinite(pp)):
+                self._rising = False
+            elif not self._rising:
+                if p - pp > self.scr_onset_step_us:
+                    self._rising, self._onset_k, self._onset_v = True, pk, gp
+            elif p - pp <= 0.0:  # the phasic part turned down: the previous sample was the peak
+                self._rising = False
+                amp = gp - self._onset_v
+                if amp >= self.scr_min_amp_us and pk - self._onset_k <= self.scr_max_rise:
+                    out.append(Scr(self._onset_k, pk, float(amp)))
+            self._g_prev, self._p_prev, self._g_prev_k = v, p, kk
+        return out
+
+
+def eda_features(
+    eda_us: object, rate_hz: float, contact: object | None = None, **kwargs: float
+) -> EdaFeatures:
+    """Batch form of :class:`EdaStream` (identical numbers)."""
+    return EdaStream(rate_hz, **kwargs).push(eda_us, contact)

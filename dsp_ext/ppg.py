@@ -1,0 +1,330 @@
+"""Photoplethysmography: raw counts in; beats, inter-beat intervals and heart rate on the 4 Hz grid out.
+
+Stages (issue #8):
+
+1. causal band-pass 0.5–8 Hz (2nd-order Butterworth, started in its steady state);
+2. systolic peaks after Elgendi et al. (2013) with a rolling ≈10 s threshold and sub-sample refinement
+   (Cython kernel ``_ppg.ElgendiDetector``);
+3. inter-beat intervals (ms) with hard limits 300–2000 ms, then artefact detection and correction after
+   Lipponen & Tarvainen (2019) (:class:`IbiCorrector`): extra beats removed, missed beats inserted, ectopic
+   and long/short beats moved to the midpoint of their neighbours; the quartile-deviation thresholds use
+   the 91 intervals ending two beats after the one judged, so the correction is causal with a two-beat
+   latency (the paper centres that window);
+4. heart rate (bpm) and IBI (ms) on the shared 4 Hz grid, linearly interpolated between corrected beats;
+   grid points in an interval that is still outside the limits are NaN.
+
+Beat times are fractional sample indices of the raw stream (``/ rate_hz`` for seconds since its first
+sample). NeuroKit2's ``ppg_clean`` filters forwards and backwards (zero phase); our filter is causal, and
+the peaks of the causally filtered pulse come a little later (see docs/dsp.md for the measured offset).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _ppg
+from .errors import DspError
+from .filters import SosFilter, butter_sos
+from .grid import FEATURE_RATE_HZ
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IBI_MAX_MS",
+    "IBI_MIN_MS",
+    "IbiCorrector",
+    "PpgFeatures",
+    "PpgStream",
+    "lipponen_classify",
+    "ppg_features",
+]
+
+IBI_MIN_MS = 300.0
+IBI_MAX_MS = 2000.0
+
+# Lipponen & Tarvainen (2019) constants
+_ALPHA = 5.2
+_C1 = 0.13
+_C2 = 0.17
+_QD_WIN = 91
+_MED_WIN = 11
+_AHEAD = 2
+
+NORMAL, ECTOPIC, LONG, SHORT, MISSED, EXTRA = 0, 1, 2, 3, 4, 5
+KIND_NAMES = {
+    NORMAL: "normal",
+    ECTOPIC: "ectopic",
+    LONG: "long",
+    SHORT: "short",
+    MISSED: "missed",
+    EXTRA: "extra",
+}
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def _quartile_dev(values: list[float]) -> float:
+    """(Q3 − Q1) / 2 with numpy's default linear interpolation between order statistics."""
+    v = sorted(values)
+    n = len(v)
+
+    def q(p: float) -> float:
+        pos = (n - 1) * p
+        i = int(pos)
+        f = pos - i
+        return v[i] if i + 1 >= n else v[i] + f * (v[i + 1] - v[i])
+
+    return (q(0.75) - q(0.25)) / 2.0
+
+
+def _classify(rr: list[float], med: list[float], j: int) -> int:
+    """Decision rules of Lipponen & Tarvainen (2019) for interval ``j`` of ``rr`` (ms); ``med[k]`` is the
+    median of the 11 intervals ending at ``k`` (the paper centres it; ours must not look ahead).
+
+    Thresholds: ``α = 5.2`` times the quartile deviation of |dRR| and |mRR| over the intervals
+    ``j − 88 … j + 2`` (causal version of the paper's centred 91-beat window). Plain Python on short
+    lists: cheaper than numpy for 91 values, once per beat.
+    """
+    lo = max(0, j + _AHEAD + 1 - _QD_WIN)
+    hi = j + _AHEAD + 1
+    if hi - lo < 4:
+        return NORMAL
+    drr = [rr[k] - rr[k - 1] if k >= 1 else 0.0 for k in range(lo, hi)]
+    mrr = [rr[k] - med[k] for k in range(lo, hi)]
+    mrr = [2.0 * m if m < 0 else m for m in mrr]
+    th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
+    th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
+    if not (th1 > 0 and th2 > 0):
+        return NORMAL
+    jj = j - lo
+    d = drr[jj] / th1
+    mrrs = mrr[jj] / th2
+    if abs(d) <= 1 and abs(mrrs) <= 3:
+        return NORMAL
+    prev = drr[jj - 1] / th1 if jj >= 1 else 0.0
+    nxt1 = drr[jj + 1] / th1
+    nxt2 = drr[jj + 2] / th1
+    s12 = max(prev, nxt1) if d > 0 else min(prev, nxt1)
+    if (d > 1 and s12 < -_C1 * d - _C2) or (d < -1 and s12 > -_C1 * d + _C2):
+        return ECTOPIC
+    s22 = min(nxt1, nxt2) if d >= 0 else max(nxt1, nxt2)
+    long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr[jj] > 0)
+    short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr[jj] < 0)
+    medj = med[j]
+    if short_ and abs(rr[j] + rr[j + 1] - medj) < th2:
+        return EXTRA
+    if long_ and abs(rr[j] / 2.0 - medj) < th2:
+        return MISSED
+    if long_:
+        return LONG
+    if short_:
+        return SHORT
+    return NORMAL
+
+
+def lipponen_classify(rr_ms: object) -> np.ndarray:
+    """Classify every interval of ``rr_ms`` that has two successors (the last two get NORMAL), without
+    correcting: NORMAL, ECTOPIC, LONG, SHORT, MISSED or EXTRA per interval (see :func:`_classify`)."""
+    rr = np.asarray(rr_ms, dtype=np.float64).tolist()
+    med = [_median(rr[max(0, k - _MED_WIN + 1) : k + 1]) for k in range(len(rr))]
+    return np.array(
+        [_classify(rr, med, j) if j + _AHEAD < len(rr) else NORMAL for j in range(len(rr))], dtype=np.int64
+    )
+
+
+class IbiCorrector:
+    """Causal IBI artefact handling: push raw beat times (s), get corrected final beats with a flag each.
+
+    Interval j (beat j to j+1) is judged once interval j+2 exists. Corrections: EXTRA — beat j+1 is dropped;
+    MISSED — a beat is inserted in the middle of interval j; ECTOPIC, LONG, SHORT — beat j+1 is moved to the
+    middle of beats j and j+2. The kind of each output beat names the correction of the interval ending
+    there (``KIND_NAMES``).
+    """
+
+    def __init__(self, keep: int = _QD_WIN + 8) -> None:
+        self.keep = keep
+        self.reset()
+
+    def reset(self) -> None:
+        self._raw: list[float] = []  # raw beat times (s) still needed
+        self._rr: list[float] = []  # rr[k] = raw[k+1] - raw[k] in ms
+        self._med: list[float] = []  # med[k] once rr[k+2] exists
+        self._next = 0  # interval to judge next
+        self._started = False
+        self.n_corrected = 0
+
+    def _extend_intervals(self) -> None:
+        while len(self._rr) < len(self._raw) - 1:
+            k = len(self._rr)
+            self._rr.append((self._raw[k + 1] - self._raw[k]) * 1000.0)
+        while len(self._med) < len(self._rr):
+            k = len(self._med)
+            self._med.append(_median(self._rr[max(0, k - _MED_WIN + 1) : k + 1]))
+
+    def _set_beat(self, i: int, t: float) -> None:
+        """Move raw beat i and update the two intervals around it (their medians are recomputed lazily)."""
+        self._raw[i] = t
+        for k in (i - 1, i):
+            if 0 <= k < len(self._rr):
+                self._rr[k] = (self._raw[k + 1] - self._raw[k]) * 1000.0
+        for k in range(max(0, i - 1), min(len(self._med), i + _MED_WIN)):
+            self._med[k] = _median(self._rr[max(0, k - _MED_WIN + 1) : k + 1])
+
+    def push(self, beats_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(beat_times_s, kind)`` of beats that became final (the very first beat: NORMAL)."""
+        self._raw.extend(float(b) for b in beats_s)
+        out_t: list[float] = []
+        out_k: list[int] = []
+        if not self._started and self._raw:
+            self._started = True
+            out_t.append(self._raw[0])
+            out_k.append(NORMAL)
+        self._extend_intervals()
+        while self._next + _AHEAD < len(self._rr):
+            j = self._next
+            kind = _classify(self._rr, self._med, j)
+            raw = self._raw
+            if kind == NORMAL:
+                out_t.append(raw[j + 1])
+                self._next += 1
+            elif kind == EXTRA:  # beat j+1 is spurious: merge intervals j and j+1
+                del raw[j + 1]
+                self._rr[j] = (raw[j + 1] - raw[j]) * 1000.0
+                del self._rr[j + 1]
+                del self._med[j:]
+                self._extend_intervals()
+                out_t.append(raw[j + 1])
+                self._next += 1
+            elif kind == MISSED:  # a beat was missed inside interval j
+                out_t.append(0.5 * (raw[j] + raw[j + 1]))
+                out_k.append(MISSED)
+                out_t.append(raw[j + 1])
+                self._next += 1
+            else:  # ectopic, long, short: move beat j+1 to the middle of its neighbours
+                self._set_beat(j + 1, 0.5 * (raw[j] + raw[j + 2]))
+                out_t.append(raw[j + 1])
+                self._next += 1
+            out_k.append(kind)
+            self.n_corrected += kind != NORMAL
+            drop = max(0, self._next - self.keep)
+            if drop:
+                del self._raw[:drop]
+                del self._rr[:drop]
+                del self._med[:drop]
+                self._next -= drop
+            if self._next + _AHEAD >= len(self._rr):
+                self._extend_intervals()
+        return np.asarray(out_t, dtype=np.float64), np.asarray(out_k, dtype=np.int64)
+
+
+@dataclass
+class PpgFeatures:
+    """Output of one push: raw beats (fractional sample index), final corrected beats (s) with IBIs, and HR
+    and IBI on the 4 Hz grid (``index`` k ↔ ``k / 4`` s after the stream's first sample)."""
+
+    raw_beats: np.ndarray
+    beat_s: np.ndarray
+    ibi_ms: np.ndarray
+    ibi_kind: np.ndarray
+    ibi_valid: np.ndarray
+    index: np.ndarray
+    hr_bpm: np.ndarray
+    ibi_grid_ms: np.ndarray
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def time_s(self) -> np.ndarray:
+        return self.index / FEATURE_RATE_HZ
+
+
+class PpgStream:
+    """Streaming PPG pipeline; ``push(counts) -> PpgFeatures`` (see the module docstring)."""
+
+    def __init__(self, rate_hz: float, band_hz: tuple[float, float] = (0.5, 8.0), order: int = 2) -> None:
+        if not (np.isfinite(rate_hz) and rate_hz > 2 * band_hz[1]):
+            raise DspError(f"PPG rate_hz={rate_hz!r} must exceed twice the band-pass top {band_hz[1]} Hz")
+        self.rate_hz = float(rate_hz)
+        self._bp = SosFilter(butter_sos(order, band_hz, rate_hz, "bandpass"), init="first")
+        self._det = _ppg.ElgendiDetector(self.rate_hz)
+        self._ibi = IbiCorrector()
+        self.reset()
+
+    def reset(self) -> None:
+        self._bp.reset()
+        self._det.reset()
+        self._ibi.reset()
+        self._n = 0
+        self._k_next = 0  # next grid index to emit
+        self._last_beat_s: float | None = None
+        self._last_hr = np.nan
+        self._last_ibi = np.nan
+
+    @property
+    def latency_s(self) -> float:
+        """Detector latency (beats are also final only two beats later)."""
+        return self._det.latency_samples / self.rate_hz
+
+    @property
+    def state_nbytes(self) -> int:
+        return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16))
+
+    def push(self, counts: object) -> PpgFeatures:
+        x = np.asarray(counts)
+        if x.ndim != 1 or x.dtype.kind not in "biuf":
+            raise DspError(f"ppg counts must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
+        y = self._bp.process(x)
+        self._n += len(y)
+        raw = self._det.push(y)
+        beat_s, kind = self._ibi.push(raw / self.rate_hz)
+        # intervals ending at each final beat
+        prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
+        ibi = np.diff(prev) * 1000.0
+        valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
+        k, hr, ibi_g = self._grid(beat_s, ibi, valid)
+        if len(beat_s):
+            self._last_beat_s = float(beat_s[-1])
+        return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g)
+
+    def _grid(self, beat_s: np.ndarray, ibi: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
+        """HR and IBI on grid points up to the newest final beat, linear between beats; NaN before the first
+        interval and inside invalid intervals."""
+        if not len(beat_s):
+            return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+        t_b = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
+        hr_b = np.concatenate(([self._last_hr], np.where(valid, 60000.0 / ibi, np.nan)))
+        ibi_b = np.concatenate(([self._last_ibi], np.where(valid, ibi, np.nan)))
+        k_end = int(np.floor(beat_s[-1] * FEATURE_RATE_HZ)) + 1
+        k = np.arange(self._k_next, max(k_end, self._k_next), dtype=np.int64)
+        tk = k / FEATURE_RATE_HZ
+        seg = np.searchsorted(t_b, tk, side="left")  # t_b[seg-1] < tk <= t_b[seg]
+        hr = np.full(len(k), np.nan)
+        ig = np.full(len(k), np.nan)
+        ok = (seg >= 1) & (seg < len(t_b))
+        s = seg[ok]
+        if len(s):
+            t0, t1 = t_b[s - 1], t_b[s]
+            w = (tk[ok] - t0) / (t1 - t0)
+            # the interval (t0, t1] must itself be valid: its value is hr_b[s]
+            bad = ~np.isfinite(hr_b[s]) | ~np.isfinite(t0)
+            h = hr_b[s - 1] + w * (hr_b[s] - hr_b[s - 1])
+            h = np.where(np.isfinite(hr_b[s - 1]), h, hr_b[s])
+            i2 = ibi_b[s - 1] + w * (ibi_b[s] - ibi_b[s - 1])
+            i2 = np.where(np.isfinite(ibi_b[s - 1]), i2, ibi_b[s])
+            hr[ok] = np.where(bad, np.nan, h)
+            ig[ok] = np.where(bad, np.nan, i2)
+        self._k_next = max(k_end, self._k_next)
+        self._last_hr = float(hr_b[-1])
+        self._last_ibi = float(ibi_b[-1])
+        return k, hr, ig
+
+
+def ppg_features(counts: object, rate_hz: float, **kwargs: object) -> PpgFeatures:
+    """Batch form of :class:`PpgStream` (identical numbers)."""
+    return PpgStream(rate_hz, **kwargs).push(counts)  # type: ignore[arg-type]

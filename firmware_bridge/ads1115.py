@@ -1,0 +1,245 @@
+"""ADS1115 16-bit ADC driver (TI datasheet SBAS444) and the GSR front-end conversion to microsiemens.
+
+Registers are 16-bit, sent MSB first; they are accessed with ``read_i2c_block_data(addr, reg, 2)`` and
+``write_i2c_block_data(addr, reg, [msb, lsb])`` (the SMBus word calls would swap the bytes).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, SensorError, SensorTimeout
+from .i2c import BitField, I2CDriver, Register, register_map
+
+logger = logging.getLogger(__name__)
+
+DATA_RATES_SPS = {8: 0, 16: 1, 32: 2, 64: 3, 128: 4, 250: 5, 475: 6, 860: 7}
+PGA_FSR_V = {6.144: 0, 4.096: 1, 2.048: 2, 1.024: 3, 0.512: 4, 0.256: 5}
+MUX = {
+    "AIN0-AIN1": 0,
+    "AIN0-AIN3": 1,
+    "AIN1-AIN3": 2,
+    "AIN2-AIN3": 3,
+    "AIN0": 4,
+    "AIN1": 5,
+    "AIN2": 6,
+    "AIN3": 7,
+}
+CONVERSION_MARGIN = 0.15  # the internal oscillator may run up to 10 % slow
+
+REGS = register_map(
+    Register("CONVERSION", 0x00, width_bits=16),
+    Register(
+        "CONFIG",
+        0x01,
+        (
+            BitField("os", 0x8000),
+            BitField("mux", 0x7000, MUX),
+            BitField("pga", 0x0E00, PGA_FSR_V),
+            BitField("mode", 0x0100, {"continuous": 0, "single": 1}),
+            BitField("dr", 0x00E0, DATA_RATES_SPS),
+            BitField("comp_mode", 0x0010),
+            BitField("comp_pol", 0x0008),
+            BitField("comp_lat", 0x0004),
+            BitField("comp_que", 0x0003),
+        ),
+        width_bits=16,
+    ),
+    Register("LO_THRESH", 0x02, width_bits=16),
+    Register("HI_THRESH", 0x03, width_bits=16),
+)
+
+
+def _mux_name(channel: int | str) -> str:
+    if isinstance(channel, int) and not isinstance(channel, bool) and 0 <= channel <= 3:
+        return f"AIN{channel}"
+    if channel in MUX:
+        return str(channel)
+    raise ConfigError(f"ADS1115 input must be 0..3 (single-ended) or one of {list(MUX)}, got {channel!r}")
+
+
+class ADS1115(I2CDriver):
+    """``ADS1115(bus, address=0x48, *, fsr_v=4.096, data_rate_sps=128, retries=3, backoff_s=0.001,
+    sleep=time.sleep, monotonic=time.monotonic)``. ``fsr_v`` is the PGA full-scale range in volts."""
+
+    CHIP = "ADS1115"
+    ADDRESSES = (0x48, 0x49, 0x4A, 0x4B)
+
+    def __init__(self, bus: Any, address: int = 0x48, *, fsr_v: float = 4.096, data_rate_sps: int = 128, **io: Any) -> None:
+        super().__init__(bus, address, **io)
+        if fsr_v not in PGA_FSR_V:
+            raise ConfigError(f"ADS1115 fsr_v must be one of {sorted(PGA_FSR_V)}, got {fsr_v!r}")
+        if data_rate_sps not in DATA_RATES_SPS:
+            raise ConfigError(f"ADS1115 data_rate_sps must be one of {sorted(DATA_RATES_SPS)}, got {data_rate_sps!r}")
+        self.fsr_v = fsr_v
+        self.data_rate_sps = data_rate_sps
+        self.conversions = 0
+        self.timeouts = 0
+        self._continuous_mux: str | None = None
+
+    # ---------------------------------------------------------------------------------- registers
+    def read_register(self, reg: int) -> int:
+        msb, lsb = self.read_block(reg, 2)
+        return (msb << 8) | lsb
+
+    def write_register(self, reg: int, value: int) -> None:
+        self._io("write_i2c_block_data", reg, [(value >> 8) & 0xFF, value & 0xFF])
+
+    def _config(self, mux: str, mode: str, start: bool) -> int:
+        return REGS["CONFIG"].compose(
+            os=int(start), mux=mux, pga=self.fsr_v, mode=mode, dr=self.data_rate_sps, comp_que=0b11
+        )
+
+    def init(self) -> None:
+        """Put the ADC in power-down single-shot mode with comparator off and check it reads back."""
+        cfg = self._config("AIN0", "single", start=False)
+        self.write_register(0x01, cfg)
+        got = self.read_register(0x01) & 0x7FFF
+        if got != cfg & 0x7FFF:
+            raise SensorError(errno.ENODEV, f"ADS1115 at 0x{self.address:02x}: config reads 0x{got:04x} after writing 0x{cfg:04x}")
+        self._continuous_mux = None
+
+    def code_to_volts(self, code: int | np.ndarray) -> float | np.ndarray:
+        return np.asarray(code) * (self.fsr_v / 32768.0) if isinstance(code, np.ndarray) else code * self.fsr_v / 32768.0
+
+    @staticmethod
+    def _signed(raw: int) -> int:
+        return raw - 0x10000 if raw & 0x8000 else raw
+
+    # -------------------------------------------------------------------------------- conversions
+    @property
+    def conversion_s(self) -> float:
+        return 1.0 / self.data_rate_sps
+
+    def read_raw(self, channel: int | str) -> int:
+        """One single-shot conversion of ``channel``: start, poll OS until ready, read the code."""
+        mux = _mux_name(channel)
+        self.write_register(0x01, self._config(mux, "single", start=True))
+        self._continuous_mux = None
+        deadline = self.monotonic() + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
+        self.sleep(self.conversion_s * (1 + 0.02))
+        while not self.read_register(0x01) & 0x8000:
+            if self.monotonic() > deadline:
+                self.timeouts += 1
+                raise SensorTimeout(errno.ETIMEDOUT, f"ADS1115 at 0x{self.address:02x}: conversion of {mux} not ready")
+            self.sleep(self.conversion_s * 0.05)
+        self.conversions += 1
+        return self._signed(self.read_register(0x00))
+
+    def read_volts(self, channel: int | str) -> float:
+        return float(self.code_to_volts(self.read_raw(channel)))
+
+    def start_continuous(self, channel: int | str) -> None:
+        """Convert ``channel`` back to back at ``data_rate_sps``; read with :meth:`read_latest_volts`."""
+        mux = _mux_name(channel)
+        self.write_register(0x01, self._config(mux, "continuous", start=False))
+        self._continuous_mux = mux
+
+    def read_latest_volts(self) -> float:
+        if self._continuous_mux is None:
+            raise SensorError(errno.EIO, f"ADS1115 at 0x{self.address:02x}: not in continuous mode")
+        return float(self.code_to_volts(self._signed(self.read_register(0x00))))
+
+    def stop(self) -> None:
+        self.write_register(0x01, self._config("AIN0", "single", start=False))
+        self._continuous_mux = None
+
+    def status(self) -> dict:
+        out = self.counters.as_dict()
+        out.update(conversions=self.conversions, timeouts=self.timeouts)
+        return out
+
+
+@dataclass
+class ScanResult:
+    times_s: list[float] = field(default_factory=list)
+    volts: list[float] = field(default_factory=list)
+
+
+class MultiplexedScanner:
+    """Sample several ADS1115 inputs, each at ``rate_hz``, by single-shot conversions on a fixed schedule.
+
+    Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``). A scan that starts more than one
+    period late is skipped and counted in ``missed_scans`` (never silently). Bus errors inside a scan are
+    retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
+    is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
+    scan's values are NaN. The scanner itself never raises on bus errors.
+    """
+
+    def __init__(self, adc: ADS1115, channels: list[int | str], rate_hz: float) -> None:
+        if not channels:
+            raise ConfigError("MultiplexedScanner needs at least one channel")
+        names = [_mux_name(c) for c in channels]
+        if not rate_hz > 0:
+            raise ConfigError(f"rate_hz must be > 0, got {rate_hz!r}")
+        need_s = len(names) * adc.conversion_s * (1 + CONVERSION_MARGIN)
+        if need_s >= 1.0 / rate_hz:
+            raise ConfigError(
+                f"{len(names)} channels at {rate_hz} Hz need {need_s * 1e3:.1f} ms per scan at "
+                f"{adc.data_rate_sps} SPS, more than the {1e3 / rate_hz:.1f} ms period: raise data_rate_sps"
+            )
+        self.adc = adc
+        self.channels = names
+        self.rate_hz = float(rate_hz)
+        self.results = {name: ScanResult() for name in names}
+        self.missed_scans = 0
+        self.failed = 0
+        self._needs_init = False
+        self._t0: float | None = None
+        self._k = 0
+
+    def next_due_s(self) -> float:
+        if self._t0 is None:
+            return self.adc.monotonic()
+        return self._t0 + self._k / self.rate_hz
+
+    def poll(self) -> int:
+        """Run the scans that are due now; returns how many were run."""
+        now = self.adc.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        ran = 0
+        while self._t0 + self._k / self.rate_hz <= now:
+            due = self._t0 + self._k / self.rate_hz
+            if now - due >= 1.0 / self.rate_hz:
+                behind = int(math.floor((now - due) * self.rate_hz))
+                self.missed_scans += behind
+                self._k += behind
+                continue
+            if self._needs_init:
+                self.adc.counters.reinits += 1
+                try:
+                    self.adc.init()
+                    self._needs_init = False
+                except SensorError as exc:
+                    logger.warning("ADS1115 re-initialisation failed: %s", exc)
+            for name in self.channels:
+                t = self.adc.monotonic()
+                v = math.nan
+                if not self._needs_init:
+                    try:
+                        v = self.adc.read_volts(name)
+                    except SensorError as exc:
+                        logger.warning("%s", exc)
+                        self._needs_init = True
+                if math.isnan(v):
+                    self.failed += 1
+                res = self.results[name]
+                res.times_s.append(t)
+                res.volts.append(v)
+            self._k += 1
+            ran += 1
+            now = self.adc.monotonic()
+        return ran
+
+    def run_until(self, t_end_s: float) -> None:
+        """Poll and sleep (``adc.sleep``) until the host clock reaches ``t_end_s``."""
+        while self.adc.monotonic() < t_end_s:
+            self.poll()
+            self.adc.sleep(max(0.0, min(self.next_due_s(), t_end_s) - self.adc.monotonic()))

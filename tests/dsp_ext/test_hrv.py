@@ -1,0 +1,93 @@
+"""HRV epochs: RMSSD, RSA (Porges–Bohrer) and HF power on synthetic series with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.signal import savgol_coeffs
+
+from dsp_ext.errors import DspError
+from dsp_ext.hrv import HrvStream, hf_power_ln_ms2, hrv_epochs, rmssd_ms, savgol_detrend_coeffs
+from dsp_ext.ppg import ppg_features
+
+from .test_eda_ppg import _ppg_signal
+
+
+def _push_grid(ibi_grid: np.ndarray, chunks: int = 1) -> list:
+    s = HrvStream()
+    out = []
+    idx = np.arange(len(ibi_grid))
+    for gi, gv in zip(np.array_split(idx, chunks), np.array_split(ibi_grid, chunks), strict=True):
+        out += s.push(np.empty(0), np.empty(0), np.empty(0, dtype=bool), gi, gv)
+    return out
+
+
+def test_rmssd_matches_definition():
+    ibi = np.array([800.0, 810, 790, 805, 830, 820])
+    assert rmssd_ms(ibi) == pytest.approx(np.sqrt(np.mean(np.diff(ibi) ** 2)))
+    valid = np.array([1, 1, 0, 1, 1, 1], dtype=bool)  # drops the two differences touching index 2
+    d = np.array([10.0, 25.0, -10.0])
+    assert rmssd_ms(ibi, valid) == pytest.approx(np.sqrt(np.mean(d**2)))
+    assert np.isnan(rmssd_ms([800.0, 810.0]))
+
+
+def test_savgol_weights_equal_scipy():
+    np.testing.assert_allclose(savgol_detrend_coeffs(), savgol_coeffs(21, 3), atol=1e-12)
+
+
+def test_rsa_follows_respiratory_modulation_and_ignores_slow_drift():
+    t = np.arange(4 * 300) / 4.0
+    fast = _push_grid(900 + 40 * np.sin(2 * np.pi * 0.25 * t))
+    slow = _push_grid(900 + 40 * np.sin(2 * np.pi * 0.05 * t))
+    small = _push_grid(900 + 10 * np.sin(2 * np.pi * 0.25 * t))
+    assert len(fast) == 9  # 300 s minus the 5 s detrend latency: 9 complete 30-s epochs
+    rsa = np.array([e.rsa_ln_ms2 for e in fast[1:]])
+    assert np.all(np.abs(rsa - np.log(40**2 / 2)) < 0.4)
+    assert np.all(np.array([e.rsa_ln_ms2 for e in slow[1:]]) < rsa.min() - 8)
+    # four times the amplitude = 16 times the variance: ln difference ln 16
+    np.testing.assert_allclose(rsa - np.array([e.rsa_ln_ms2 for e in small[1:]]), np.log(16), atol=1e-6)
+    assert [e.start_index for e in fast[:3]] == [0, 120, 240]
+
+
+def test_hf_power_of_a_sine():
+    t = np.arange(60) / 2.0
+    x = 30 * np.sin(2 * np.pi * 0.25 * t)
+    assert hf_power_ln_ms2(x) == pytest.approx(np.log(30**2 / 2), abs=0.1)
+    y = x.copy()
+    y[:40] = np.nan
+    assert np.isnan(hf_power_ln_ms2(y))
+
+
+def test_hrv_streaming_equals_batch_and_nan_epochs():
+    t = np.arange(4 * 200) / 4.0
+    g = 850 + 30 * np.sin(2 * np.pi * 0.3 * t) + np.random.default_rng(1).normal(0, 5, len(t))
+    g[4 * 65 : 4 * 85] = np.nan  # 20 of the 30 s of epoch 2 invalid
+    one = _push_grid(g)
+    many = _push_grid(g, chunks=37)
+    fields = ("epoch", "start_index", "rmssd_ms", "rsa_ln_ms2", "hf_ln_ms2", "n_beats")
+    np.testing.assert_array_equal(
+        [[getattr(e, f) for f in fields] for e in one], [[getattr(e, f) for f in fields] for e in many]
+    )
+    assert np.isnan(one[2].rsa_ln_ms2) and np.isfinite(one[1].rsa_ln_ms2)
+    with pytest.raises(DspError, match="jumps"):
+        HrvStream().push(np.empty(0), np.empty(0), np.empty(0, dtype=bool), np.array([5, 6]), np.ones(2))
+    with pytest.raises(DspError):
+        HrvStream(epoch_s=2.0)
+
+
+def test_hrv_from_ppg_pipeline():
+    """RSA-modulated beats → PPG → beats → IBI grid → RSA: the modulation is recovered end to end."""
+    rate = 100.0
+    beats = [1.0]
+    while beats[-1] < 178.0:
+        beats.append(beats[-1] + 0.85 + 0.05 * np.sin(2 * np.pi * 0.25 * beats[-1]))
+    beats_arr = np.array(beats)
+    x = _ppg_signal(rate, beats_arr, 180.0, seed=3)
+    feats = ppg_features(x, rate)
+    ep = hrv_epochs(feats)
+    assert len(ep) >= 4
+    true_rmssd = np.sqrt(np.mean(np.diff(np.diff(beats_arr) * 1000) ** 2))
+    for e in ep[1:]:
+        assert e.n_beats > 25
+        assert e.rmssd_ms == pytest.approx(true_rmssd, rel=0.25)
+        assert 6.0 < e.rsa_ln_ms2 < 8.5  # ~50 ms modulation: ln(50²/2) ≈ 7.1

@@ -1,0 +1,374 @@
+"""I2C drivers against the register-level emulators in simulated time."""
+
+from __future__ import annotations
+
+import errno
+import math
+
+import numpy as np
+import pytest
+from smbus2 import i2c_msg
+
+from firmware_bridge import ConfigError, SensorError, SensorTimeout
+from firmware_bridge.ads1115 import ADS1115, MultiplexedScanner
+from firmware_bridge.gsr import GsrFrontEnd
+from firmware_bridge.max30102 import MAX30102
+from firmware_bridge.tca9548a import TCA9548A
+from hil.emulators.ads1115 import ADS1115Emulator
+from hil.emulators.i2c import FakeSMBus, SimClock
+from hil.emulators.max30102 import MAX30102Emulator
+from hil.emulators.tca9548a import TCA9548AEmulator
+
+RATE = 100.0
+
+
+def ramp(offset: int):
+    """An 18-bit signal that encodes the sample number: value(t) = offset + round(t * 100)."""
+    return lambda t: offset + round(t * RATE)
+
+
+@pytest.fixture
+def sim():
+    clock = SimClock()
+    bus = FakeSMBus()
+    return clock, bus
+
+
+def make_ppg(sim, **kw):
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, **kw))
+    drv = MAX30102(bus, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    return clock, bus, emu, drv
+
+
+def sample_numbers(data):
+    return data.red.astype(np.int64) - 1000
+
+
+def test_init_configures_spo2_100hz_411us_and_led_currents(sim):
+    clock, bus, emu, drv = make_ppg(sim)
+    assert emu.resets == 1
+    assert emu.mode == 0b011 and emu.leds == 2
+    assert emu.output_rate_hz == 100 and emu.resolution_bits == 18
+    assert (emu.regs[0x0A] >> 5) & 0x03 == 3  # 16384 nA range
+    assert emu.led_current_ma(0) == pytest.approx(7.0) and emu.led_current_ma(1) == pytest.approx(7.0)
+    assert emu.regs[0x08] & 0x10  # rollover enabled
+    with pytest.raises(ConfigError, match="400"):
+        MAX30102(bus, sample_rate_hz=800, pulse_width_us=411)
+    with pytest.raises(ConfigError, match="sample_rate_hz"):
+        MAX30102(bus, sample_rate_hz=99)
+    with pytest.raises(ConfigError, match="led_red_ma"):
+        MAX30102(bus, led_red_ma=60)
+    with pytest.raises(ConfigError, match="address"):
+        MAX30102(bus, address=0x58)
+
+
+def test_fifo_stream_is_continuous_across_pointer_wraps(sim):
+    clock, bus, emu, drv = make_ppg(sim)
+    got = []
+    for step in [0.07, 0.13, 0.05, 0.29, 0.11] * 20:  # ~13 s, pointers wrap ~40 times
+        clock.advance(step)
+        data = drv.read_fifo()
+        assert data.lost_before == 0
+        assert np.all(data.red < 2**18) and np.all(data.ir < 2**18)  # 18-bit masking despite junk bits
+        np.testing.assert_array_equal(data.ir.astype(np.int64) - 200_000, sample_numbers(data))
+        got.append(sample_numbers(data))
+    seq = np.concatenate(got)
+    np.testing.assert_array_equal(seq, np.arange(1, len(seq) + 1))
+    assert len(seq) == emu.samples_generated - emu.count
+    # every FIFO burst stayed within the 32-byte SMBus block limit and whole samples
+    reads = [d for _, op, r, d in emu.log if op == "read" and r == 0x07]
+    assert reads and all(len(d) <= 32 and len(d) % 6 == 0 for d in reads)
+
+
+@pytest.mark.parametrize("stall_s", [0.35, 0.50, 0.62])
+def test_fifo_overflow_gives_exact_lost_count(sim, stall_s):
+    clock, bus, emu, drv = make_ppg(sim)
+    clock.advance(0.1)
+    first = drv.read_fifo()
+    gen0 = emu.samples_generated
+    clock.advance(stall_s)  # the driver is away: more than 32 samples arrive
+    data = drv.read_fifo()
+    expected_lost = emu.samples_generated - gen0 - 32  # the FIFO was empty after the first read
+    assert abs(expected_lost - (stall_s * RATE - 32)) <= 1
+    assert data.lost_before == expected_lost and data.lost_exact
+    assert data.n == 32
+    # the samples read are the newest 32; the lost ones are exactly those between
+    last_before = sample_numbers(first)[-1]
+    assert sample_numbers(data)[0] - last_before - 1 == expected_lost
+    assert drv.lost_samples == expected_lost == emu.samples_lost
+    clock.advance(0.1)
+    nxt = drv.read_fifo()
+    assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
+
+
+def test_saturated_overflow_counter_is_flagged_as_lower_bound(sim):
+    clock, bus, emu, drv = make_ppg(sim)
+    clock.advance(1.0)  # 100 samples, 68 lost, counter saturates at 31
+    data = drv.read_fifo()
+    assert emu.ovf_counter == 0  # popped
+    assert data.lost_before == 31 and not data.lost_exact
+    assert emu.samples_lost == 68
+    assert drv.status()["lost_inexact_events"] == 1
+
+
+def test_nack_bursts_are_survived_and_counted(sim):
+    clock, bus, emu, drv = make_ppg(sim)
+    got = []
+    for i in range(40):
+        clock.advance(0.1)
+        if i % 5 == 2:
+            emu.faults.nack_next(3)  # shorter than the retry budget (3 retries)
+        if i % 5 == 4:
+            bus.faults.stall_next(1, 0.002)
+        got.append(sample_numbers(drv.read_fifo()))
+    seq = np.concatenate(got)
+    np.testing.assert_array_equal(seq, np.arange(1, len(seq) + 1))  # nothing lost
+    st = drv.status()
+    assert st["bus_errors"] == 8 * 3 + 8 and st["reinits"] == 0 and st["failures"] == 0
+    assert st["errnos"] == {"EREMOTEIO": 24, "ETIMEDOUT": 8}
+    # a burst longer than the budget: the chip is re-initialised and the loss is flagged inexact
+    emu.faults.nack_next(4)
+    clock.advance(0.1)
+    data = drv.read_fifo()
+    assert data.reinitialised and not data.lost_exact
+    assert drv.status()["reinits"] == 1 and emu.resets == 2
+    clock.advance(0.1)
+    assert drv.read_fifo().n == 10
+    # unplugged for good: a clear SensorError naming the address
+    emu.faults.unplugged = True
+    clock.advance(0.1)
+    with pytest.raises(SensorError, match="0x57") as ei:
+        drv.read_fifo()
+    assert ei.value.errno == errno.EREMOTEIO and isinstance(ei.value, OSError)
+
+
+def test_acquisition_loop_survives_chaos_and_unplug(sim):
+    """Random NACK bursts, stalls, corrupted bytes and a 2-s unplug: only SensorError ever reaches the
+    loop, every injected fault is counted, and data flows again after the sensor returns."""
+    clock, bus, emu, drv = make_ppg(sim)
+    rng = np.random.default_rng(9)
+    emu.faults.bit_error_rate = 1e-4
+    emu.faults.drop_byte_rate = 1e-4
+    sensor_errors = 0
+    per_step = []
+    for i in range(600):  # 60 simulated seconds
+        clock.advance(0.1)
+        r = rng.random()
+        if r < 0.05:
+            emu.faults.nack_next(int(rng.integers(1, 7)))
+        elif r < 0.08:
+            bus.faults.stall_next(int(rng.integers(1, 3)), 0.003)
+        if i == 300:
+            emu.faults.unplugged = True
+        if i == 320:
+            emu.faults.unplugged = False
+        try:
+            data = drv.read_fifo()
+        except SensorError:
+            sensor_errors += 1
+            per_step.append(-1)
+            continue
+        assert np.all(data.red < 2**18) and np.all(data.ir < 2**18)
+        per_step.append(data.n)
+    st = drv.status()
+    injected = emu.faults.nacks_injected + emu.faults.stalls_injected + bus.faults.stalls_injected
+    assert st["bus_errors"] >= injected > 0
+    assert sensor_errors >= 19  # unplugged for 20 polls; NACK bursts longer than the budget add a few
+    assert st["reinits"] >= 1 and drv.initialised
+    assert all(n >= 9 for n in per_step[-50:])  # streaming at 100 Hz again
+
+
+def test_wrong_part_id_is_a_clear_error(sim):
+    clock, bus = sim
+    bus.attach(MAX30102Emulator(ramp(0), ramp(0), clock=clock, part_id=0x11))
+    drv = MAX30102(bus, sleep=clock.sleep, monotonic=clock.now)
+    with pytest.raises(SensorError, match=r"0x57.*PART_ID \(0xFF\) read 0x11, expected 0x15"):
+        drv.init()
+    empty = FakeSMBus()
+    with pytest.raises(SensorError, match="0x57"):
+        MAX30102(empty, sleep=clock.sleep, monotonic=clock.now).init()
+
+
+def test_temperature(sim):
+    clock, bus, emu, drv = make_ppg(sim)
+    emu.temperature_c = -3.4375
+    assert drv.read_temperature_c() == pytest.approx(-3.4375)
+
+
+def test_two_max30102_behind_tca9548a(sim):
+    clock, bus = sim
+    mux = bus.attach(TCA9548AEmulator(address=0x71, clock=clock))
+    therapist = mux.attach(0, MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, seed=1))
+    client = mux.attach(5, MAX30102Emulator(ramp(50_000), ramp(100_000), clock=clock, seed=2))
+    tca = TCA9548A(bus, 0x71, sleep=clock.sleep, monotonic=clock.now)
+    with pytest.raises(OSError):
+        bus.read_byte_data(0x57, 0xFF)  # no channel enabled: nobody answers at 0x57
+    drivers = {
+        "therapist": MAX30102(tca.channel_bus(0), sleep=clock.sleep, monotonic=clock.now),
+        "client": MAX30102(tca.channel_bus(5), sleep=clock.sleep, monotonic=clock.now),
+    }
+    for d in drivers.values():
+        d.init()
+    assert therapist.resets == 1 and client.resets == 1
+    out = {"therapist": [], "client": []}
+    for _ in range(10):
+        clock.advance(0.1)
+        for role, d in drivers.items():
+            out[role].append(d.read_fifo().red.astype(np.int64))
+    t = np.concatenate(out["therapist"]) - 1000
+    c = np.concatenate(out["client"]) - 50_000
+    np.testing.assert_array_equal(t, np.arange(1, len(t) + 1))
+    np.testing.assert_array_equal(c, np.arange(1, len(c) + 1))
+    assert tca.read_control() == 1 << 5
+    # the mux missed a select (NACK): the channel bus re-selects and the data still comes from the right chip
+    mux.faults.nack_next(1)
+    clock.advance(0.1)
+    assert drivers["therapist"].read_fifo().red[0] - 1000 == t[-1] + 1
+    assert mux.writes_to(None)[-1] == (1,)
+
+
+def test_fake_bus_semantics():
+    clock = SimClock()
+    bus = FakeSMBus()
+    emu = bus.attach(MAX30102Emulator(ramp(0), ramp(0), clock=clock))
+    with pytest.raises(ValueError, match="32"):
+        bus.read_i2c_block_data(0x57, 0x07, 33)
+    with pytest.raises(OSError) as ei:
+        bus.read_byte(0x20)
+    assert ei.value.errno == errno.EREMOTEIO
+    # register auto-increment stops at FIFO_DATA; i2c_rdwr reads past 32 bytes
+    bus.write_i2c_block_data(0x57, 0x04, [3, 0, 3])
+    assert bus.read_i2c_block_data(0x57, 0x04, 3) == [3, 0, 3]
+    w, r = i2c_msg.write(0x57, [0xFE]), i2c_msg.read(0x57, 2)
+    bus.i2c_rdwr(w, r)
+    assert list(r) == [0x03, 0x15]
+    assert emu.log[-1][1:3] == ("read", 0xFE)
+
+
+def test_emulator_overflow_without_rollover_keeps_old_samples():
+    clock = SimClock()
+    bus = FakeSMBus()
+    emu = bus.attach(MAX30102Emulator(ramp(0), ramp(0), clock=clock, junk_upper_bits=False))
+    bus.write_byte_data(0x57, 0x0A, (1 << 2) | 3)  # 100 Hz, 411 us
+    bus.write_byte_data(0x57, 0x0C, 0x20)
+    bus.write_byte_data(0x57, 0x0D, 0x20)
+    bus.write_byte_data(0x57, 0x09, 0x03)
+    clock.advance(0.9)
+    assert bus.read_byte_data(0x57, 0x05) == 0x1F  # saturates
+    assert emu.samples_lost == emu.samples_generated - 32 > 31
+    data = bus.read_i2c_block_data(0x57, 0x07, 6)
+    assert (data[0] << 16 | data[1] << 8 | data[2]) == 1  # the oldest sample survived
+    assert bus.read_byte_data(0x57, 0x05) == 0  # cleared by the pop
+
+
+# ------------------------------------------------------------------------------------------ ADS1115
+def adc_setup(rate_error=0.0, **kw):
+    clock = SimClock()
+    bus = FakeSMBus()
+    inputs = {0: lambda t: 1.0 + 0.5 * math.sin(2 * math.pi * 0.3 * t), 1: lambda t: -0.25, 2: lambda t: 3.0, 3: lambda t: 0.5}
+    emu = bus.attach(ADS1115Emulator(inputs, address=0x49, clock=clock, rate_error=rate_error))
+    drv = ADS1115(bus, 0x49, sleep=clock.sleep, monotonic=clock.now, **kw)
+    drv.init()
+    return clock, bus, emu, drv
+
+
+def test_ads1115_single_shot_differential_and_clipping():
+    clock, bus, emu, drv = adc_setup(fsr_v=2.048, data_rate_sps=860)
+    assert drv.read_volts(1) == pytest.approx(-0.25, abs=1e-4)  # single-ended below ground reads negative
+    assert drv.read_raw("AIN2-AIN3") == 32767  # 2.5 V over a ±2.048 V range clips
+    assert drv.read_raw(2) == 32767
+    assert drv.read_volts("AIN1-AIN3") == pytest.approx(-0.75, abs=1e-4)
+    assert drv.read_volts("AIN0-AIN3") == pytest.approx(emu.volts(1, clock.now() - 0.5 / 860), abs=1e-3)
+    assert drv.read_volts(3) == pytest.approx(0.5, abs=1e-4)
+    cfg = emu.regs[0x01]
+    assert (cfg >> 9) & 7 == 2 and (cfg >> 5) & 7 == 7 and cfg & 0x3 == 0x3
+    with pytest.raises(ConfigError, match="data_rate_sps"):
+        ADS1115(bus, 0x49, data_rate_sps=100)
+    with pytest.raises(ConfigError, match="AIN"):
+        drv.read_raw(4)
+
+
+def test_ads1115_conversion_timeout_is_clear():
+    clock, bus, emu, drv = adc_setup()
+    emu.rate_error = -0.5  # twice as slow as the data rate says: still within the driver's budget
+    assert drv.read_volts(3) == pytest.approx(0.5, abs=1e-3)
+    emu.hang_conversions = True  # the chip never finishes
+    t = clock.now()
+    with pytest.raises(SensorTimeout, match=r"0x49.*AIN0 not ready"):
+        drv.read_raw(0)
+    assert clock.now() - t < 0.05 and drv.timeouts == 1
+
+
+@pytest.mark.parametrize("rate_error", [0.0, -0.09, 0.08])
+def test_ads1115_delivers_configured_per_channel_rate(rate_error):
+    clock, bus, emu, drv = adc_setup(rate_error=rate_error, fsr_v=4.096, data_rate_sps=250)
+    scan = MultiplexedScanner(drv, [0, 3], rate_hz=32.0)
+    scan.run_until(10.0)
+    for name in ("AIN0", "AIN3"):
+        res = scan.results[name]
+        assert len(res.times_s) in (320, 321), (name, len(res.times_s))
+        periods = np.diff(res.times_s[::1])
+        assert np.all(np.abs(periods - 1 / 32.0) < 0.002)  # a fixed schedule, no drift, no bunching
+    assert scan.missed_scans == 0 and scan.failed == 0
+    v0 = np.array(scan.results["AIN0"].volts)
+    t0 = np.array(scan.results["AIN0"].times_s)
+    assert np.max(np.abs(v0 - (1.0 + 0.5 * np.sin(2 * np.pi * 0.3 * t0)))) < 0.01
+    assert np.allclose(scan.results["AIN3"].volts, 0.5, atol=2e-4)
+    # the emulator converted only the selected inputs, alternating
+    muxes = [m for _, m, _ in emu.conversions]
+    assert muxes[:6] == [4, 7, 4, 7, 4, 7]
+    with pytest.raises(ConfigError, match="raise data_rate_sps"):
+        MultiplexedScanner(ADS1115(bus, 0x49, data_rate_sps=8), [0, 1], rate_hz=32.0)
+
+
+def test_ads1115_continuous_mode_and_nacks():
+    clock, bus, emu, drv = adc_setup(data_rate_sps=64)
+    drv.start_continuous(2)
+    clock.advance(0.1)
+    assert drv.read_latest_volts() == pytest.approx(3.0, abs=1e-3)
+    assert len(emu.conversions) == 6  # 0.1 s at 64 SPS
+    emu.faults.nack_next(2)
+    assert drv.read_latest_volts() == pytest.approx(3.0, abs=1e-3)
+    assert drv.counters.bus_errors == 2
+    drv.stop()
+    with pytest.raises(SensorError, match="continuous"):
+        drv.read_latest_volts()
+
+
+def test_ads1115_scanner_survives_unplug_and_nack_bursts():
+    clock, bus, emu, drv = adc_setup(data_rate_sps=475)
+    scan = MultiplexedScanner(drv, [0, 3], rate_hz=20.0)
+    scan.run_until(2.0)
+    emu.faults.nack_next(3)  # within the retry budget: no NaN
+    scan.run_until(3.0)
+    assert scan.failed == 0 and drv.counters.bus_errors == 3
+    emu.faults.unplugged = True
+    scan.run_until(4.0)
+    emu.faults.unplugged = False
+    scan.run_until(6.0)
+    v = np.array(scan.results["AIN3"].volts)
+    t = np.array(scan.results["AIN3"].times_s)
+    assert len(v) == 120 and scan.missed_scans == 0  # the schedule kept going through the outage
+    outage = (t >= 3.0) & (t < 4.0)
+    assert np.all(np.isnan(v[outage])) and np.allclose(v[t >= 4.1], 0.5, atol=1e-3)
+    assert not np.any(np.isnan(v[t < 3.0]))
+    assert scan.failed == 2 * outage.sum()
+    assert drv.status()["reinits"] >= 1
+
+
+# --------------------------------------------------------------------------------------------- GSR
+def test_gsr_front_end():
+    fe = GsrFrontEnd(calibration_v=1.65, supply_v=3.3)
+    for g in (0.5, 2.0, 10.0, 40.0):
+        eda, bad = fe.to_microsiemens(fe.volts_for(g))
+        assert not bad[0] and eda[0] == pytest.approx(g, rel=1e-9)
+    eda, bad = fe.to_microsiemens([1.65, 1.7, 3.3, -0.1, float("nan"), 1.0])
+    assert list(bad) == [True, True, True, True, True, False]
+    assert np.all(np.isnan(eda[:5])) and eda[5] > 0
+    assert not np.any(eda[np.isfinite(eda)] < 0)
+    with pytest.raises(ConfigError, match="calibration_v"):
+        GsrFrontEnd(calibration_v=0.0)
+    with pytest.raises(ConfigError, match="calibration_v"):
+        GsrFrontEnd(calibration_v=4.0, supply_v=3.3)

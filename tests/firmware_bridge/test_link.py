@@ -1,0 +1,263 @@
+"""SerialLink over a real pty against the emulated firmware: handshake, unplugs, exact loss accounting."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import tty
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from firmware_bridge.block import BlockFlags
+from firmware_bridge.link import SerialLink
+from firmware_bridge.protocol import HEADER, ChannelInfo, Config, Hello, StatusBits, cobs_encode
+
+from .conftest import wait_sim
+
+
+def collect(link):
+    per_stream = defaultdict(list)
+    for d in link.drain():
+        per_stream[d.block.stream].append(d)
+    return per_stream
+
+
+def check_exact_accounting(emu, link, deliveries):
+    """Every delivered sample has the emulator's value for its index; received + lost spans the range."""
+    stats = link.stats()
+    for ch_id, ch in emu.channels.items():
+        stream = f"{ch.role}/{ch.signal_name}"
+        ds = deliveries[stream]
+        assert ds, f"no data for {stream}"
+        assert [d.block.seq for d in ds] == list(range(len(ds))), f"{stream}: seq not consecutive"
+        received = sum(d.block.n for d in ds)
+        lost = sum(d.lost_before for d in ds)
+        span = ds[-1].first_index + ds[-1].block.n - ds[0].first_index
+        assert received + lost == span, f"{stream}: received {received} + lost {lost} != sent {span}"
+        assert stats["lost_samples"][stream] == lost
+        assert stats["received_samples"][stream] == received
+        # indices are contiguous except at flagged gaps, and values are exactly the emulator's
+        expect_next = ds[0].first_index
+        for d in ds:
+            gap = d.first_index - expect_next
+            assert gap == d.lost_before
+            assert bool(d.block.flags & BlockFlags.GAP_BEFORE) == (gap > 0)
+            want = np.array([emu.value_at(ch_id, d.first_index + i) for i in range(d.block.n)], dtype=np.float32)
+            np.testing.assert_array_equal(d.block.values, want, err_msg=f"{stream} index {d.first_index}")
+            expect_next = d.first_index + d.block.n
+        assert ch.sent >= received
+    return stats
+
+
+def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
+    speed = 20.0
+    emu = emulator_factory(speed=speed, drift_ppm=-90.0, start_device_us=2**32 - 200_000_000)  # wraps at ~200 s
+    link = link_factory(emu)
+    unplugs = [(180.0, 4.0), (420.0, 9.0)]
+    for at, dur in unplugs:
+        wait_sim(emu, at)
+        emu.unplug(dur)
+    wait_sim(emu, 600.0)
+    time.sleep(0.2)
+    link.stop()
+    deliveries = collect(link)
+    stats = check_exact_accounting(emu, link, deliveries)
+    assert stats["connects"] == 3 and stats["disconnects"] >= 2
+    assert stats["decoder"]["crc_errors"] == 0
+    # recovery: START arrives within 2 simulated seconds of every replug
+    ev = emu.events
+    replugs = [t for t, name, _ in ev if name == "replug"]
+    starts = [t for t, name, _ in ev if name == "start"]
+    assert len(replugs) == 2
+    for (at, dur), t_re in zip(unplugs, replugs, strict=True):
+        assert t_re >= at + dur
+        t_start = min(t for t in starts if t >= t_re)
+        assert t_start - t_re <= 2.0, f"recovery took {t_start - t_re:.2f} simulated s"
+    # exactly two gaps per stream, each no longer than the unplug + 2 s recovery + one frame
+    for stream, ds in deliveries.items():
+        gaps = [d.lost_before for d in ds if d.lost_before]
+        rate = ds[0].block.rate_hz
+        frame = 8 if "eda" in stream else 25
+        assert len(gaps) == 2, (stream, gaps)
+        for (_at, dur), lost in zip(unplugs, gaps, strict=True):
+            assert dur * rate - frame <= lost <= (dur + 2.0) * rate + 2 * frame, (stream, dur, lost)
+    # ten minutes of data per stream minus the gaps
+    eda = deliveries["therapist/eda"]
+    assert sum(d.block.n for d in eda) > (600 - 13 - 2 - 4) * 32
+    # time stamps: the clock fit follows the emulator's drifting clock (errors in simulated time)
+    off = link.clock.utc_offset_ns()
+    errs = []
+    for d in deliveries["client/ppg"][200:]:
+        sim_t = emu.sample_time_s(emu.channels[3], d.first_index)
+        real_t = emu._real_t0 + (sim_t - emu._sim_base) / speed
+        errs.append((d.block.t0_ns - off) / 1e9 - real_t)
+    err_sim_s = np.abs(np.array(errs)) * speed
+    assert np.median(err_sim_s) < 0.1, f"median stamp error {np.median(err_sim_s):.3f} simulated s"
+    assert link.clock.resets_detected == 0
+
+
+def test_mute_is_detected_as_silence_and_recovered(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu)
+    wait_sim(emu, 20.0)
+    emu.mute(5.0)
+    wait_sim(emu, 45.0)
+    time.sleep(0.1)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    assert stats["silences"] == 1 and stats["connects"] == 2
+    assert 4.0 * 32 <= stats["lost_samples"]["therapist/eda"] <= 9.0 * 32
+
+
+def test_bit_errors_and_dropped_bytes_are_counted_exactly(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0, bit_error_rate=2e-4, drop_byte_rate=2e-4, seed=5)
+    link = link_factory(emu)
+    wait_sim(emu, 60.0)
+    time.sleep(0.1)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    dec = stats["decoder"]
+    assert dec["crc_errors"] + dec["decode_errors"] > 0
+    assert sum(stats["lost_samples"].values()) > 0
+
+
+def test_device_reset_starts_a_new_segment(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu)
+    wait_sim(emu, 20.0)
+    seg0 = link.clock.segment
+    emu.reset_device()
+    wait_sim(emu, 40.0)
+    time.sleep(0.1)
+    link.stop()
+    stats = link.stats()
+    assert stats["device_resets"] == 1
+    assert link.clock.segment == seg0 + 1
+    ds = collect(link)["therapist/eda"]
+    after = [d for d in ds if d.segment == seg0 + 1]
+    assert after and after[0].block.flags & BlockFlags.GAP_BEFORE
+    assert after[0].first_index < 32 * 2  # indices restarted after the reboot
+    assert [d.block.seq for d in ds] == list(range(len(ds)))
+
+
+def test_unknown_major_version_is_refused(emulator_factory, link_factory):
+    emu = emulator_factory(speed=5.0, major=2, minor=1)
+    link = link_factory(emu)
+    deadline = time.monotonic() + 5.0
+    while link.refused is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    link.stop()
+    assert link.refused is not None and "2.1" in link.refused and "1.x" in link.refused
+    assert link.get(timeout_s=0) is None
+    assert link.stats()["connects"] == 0 and link.channels == {}
+
+
+def test_loop_url_opens_and_fails_handshake_cleanly():
+    link = SerialLink("loop://", handshake_timeout_s=0.1, backoff_initial_s=0.01, backoff_max_s=0.02).start()
+    deadline = time.monotonic() + 5.0
+    while link.stats()["handshake_failures"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    link.stop()
+    st = link.stats()
+    assert st["handshake_failures"] >= 2 and st["connects"] == 0
+    assert "HELLO" in link.last_error
+
+
+def test_missing_port_is_retried_with_backoff(tmp_path):
+    link = SerialLink(str(tmp_path / "nothing"), backoff_initial_s=0.01, backoff_max_s=0.04).start()
+    time.sleep(0.3)
+    link.stop()
+    n = link.stats()["open_failures"]
+    assert 3 <= n <= 0.3 / 0.01 + 2  # backoff doubles, so far fewer than one try per 10 ms
+    with pytest.raises(ValueError, match="backoff"):
+        SerialLink("loop://", backoff_initial_s=0.0)
+
+
+def test_status_flags_and_config_ack_nack(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu)
+    wait_sim(emu, 5.0)
+    emu.send_status(((0, int(StatusBits.CONTACT_LOST), 3),))
+    wait_sim(emu, 10.0)
+    link.send(Config(0, "frame_samples", 4))
+    link.send(Config(9, "frame_samples", 4))
+    wait_sim(emu, 15.0)
+    link.stop()
+    ds = collect(link)
+    eda_t = ds["therapist/eda"]
+    lost_flags = [bool(d.block.flags & BlockFlags.CONTACT_LOST) for d in eda_t]
+    assert lost_flags[0] is False and lost_flags[-1] is True
+    assert lost_flags == sorted(lost_flags)  # off, then on from the STATUS frame onwards
+    assert not any(d.block.flags & BlockFlags.CONTACT_LOST for d in ds["client/eda"])
+    assert eda_t[-1].block.n == 4 and eda_t[0].block.n == 8
+    st = link.stats()
+    assert st["nacks"] == 1 and st["acks"] >= 2  # START + CONFIG
+
+
+def test_consumer_too_slow_drops_newest_blocks_counted_and_flagged(emulator_factory, link_factory):
+    emu = emulator_factory(speed=20.0)
+    link = link_factory(emu, queue_max=50)
+    wait_sim(emu, 20.0)  # ~ 2 x 80 + 2 x 25 blocks produced, nobody consumes
+    got = [link.get(timeout_s=0) for _ in range(50)]
+    assert all(b is not None for b in got)
+    wait_sim(emu, 25.0)
+    link.stop()
+    st = link.stats()
+    assert st["queue_dropped_blocks"] > 0 and st["queue_dropped_samples"] > 0
+    after = collect(link)
+    for stream, ds in after.items():
+        first = ds[0]
+        before = [b for b in got if b.stream == stream]
+        # the first block after the drop carries GAP_BEFORE and its seq jumps past the dropped ones
+        if before:
+            assert first.block.seq > before[-1].seq + 1
+        assert first.block.flags & BlockFlags.GAP_BEFORE
+
+
+def test_malformed_hello_gives_a_clear_handshake_error(tmp_path):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    link = SerialLink(path, handshake_timeout_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.1).start()
+    try:
+        payload = bytearray(Hello("fw", (1, 0, 0), 1, 1, (ChannelInfo(0, "therapist", "eda", 4.0, "uS"),)).encode_payload())
+        payload[20] = 7  # role code of channel 0: neither therapist (0) nor client (1)
+        body = HEADER.pack(1, 0, 0x01, 0, 1, 0) + bytes(payload)
+        body += struct.pack("<I", zlib.crc32(body))
+        deadline = time.monotonic() + 5
+        while link.stats()["handshake_failures"] < 1 and time.monotonic() < deadline:
+            os.write(master, cobs_encode(body) + b"\x00")
+            time.sleep(0.05)
+    finally:
+        link.stop()
+        os.close(master)
+        os.close(slave)
+    assert link.stats()["connects"] == 0
+    assert "no HELLO" in link.last_error and "unknown role code 7" in link.last_error
+    assert link.stats()["decoder"]["decode_errors"] >= 1
+
+
+@pytest.mark.slow
+def test_ten_minutes_slower_speed_with_unplugs_mute_and_bit_errors(emulator_factory, link_factory):
+    """The long variant: speed 5 (two real minutes), bit errors, two unplugs and a silent spell."""
+    emu = emulator_factory(speed=5.0, drift_ppm=100.0, bit_error_rate=1e-5, seed=3)
+    link = link_factory(emu)
+    wait_sim(emu, 150.0)
+    emu.unplug(3.0)
+    wait_sim(emu, 300.0)
+    emu.mute(6.0)
+    wait_sim(emu, 450.0)
+    emu.unplug(20.0)
+    wait_sim(emu, 600.0)
+    time.sleep(0.2)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    assert stats["connects"] == 4
+    replugs = [t for t, name, _ in emu.events if name == "replug"]
+    starts = [t for t, name, _ in emu.events if name == "start"]
+    for t_re in replugs:
+        assert min(t for t in starts if t >= t_re) - t_re <= 2.0
