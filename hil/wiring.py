@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +57,11 @@ class HilSpec:
     Segment dicts and ``events`` as a list of SensorEvent dicts. ``t0_ns``: UTC of simulator time 0.
     ``drops``: stream -> list of ``[t_s, n_blocks]``: at simulated time ``t_s`` the next ``n_blocks``
     blocks of that stream are lost. ``block_s``: block length of simulated sensors.
-    ``i2c``: fault knobs of the I2C emulators, ``serial``: of the firmware emulators (see docs/hil.md).
+    ``serial``: ``bit_error_rate`` and ``drift_ppm`` (unit -> ppm) of the firmware emulators.
+    ``faults``: timed faults executed inside the unit process, each ``{kind, at_s, duration_s, target,
+    count}`` in simulator seconds: ``unplug`` (target unit: its firmware ports), ``nack_burst`` (target
+    stream: its I2C chip NACKs ``count`` transactions), ``fifo_stall`` (target stream: the bus stalls the
+    MAX30102 FIFO read for ``duration_s``, so the FIFO overflows).
     """
 
     sim: dict[str, Any]
@@ -65,6 +70,7 @@ class HilSpec:
     block_s: float = 0.1
     i2c: dict[str, Any] = field(default_factory=dict)
     serial: dict[str, Any] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -182,7 +188,7 @@ class SimulatedSensor:
             t_s = k / self.rate_hz
             if t_s[-1] > self.end_s:
                 raise SensorError(f"{self.name}: the simulated session ended at {self.end_s - 9.0:.0f} s")
-            values = np.asarray(self.sim.value_at(self.stream, t_s), dtype=np.float32)
+            values = np.asarray(self.sim.value_at(self.stream, np.maximum(t_s, -9.9)), dtype=np.float32)
             flags = 0
             if self.sim.truth.event_mask(self.stream, t_s, ("contact_loss",)).any():
                 flags |= BlockFlags.CONTACT_LOST
@@ -205,6 +211,9 @@ class SimulatedRoom:
         self.t0_ns = spec.t0_ns
         self._buses: dict[int, Any] = {}
         self._firmware: dict[str, Any] = {}
+        self._chips: dict[str, Any] = {}
+        self._chip_bus: dict[str, Any] = {}
+        self._fault_thread: threading.Thread | None = None
 
     def sim_time_s(self) -> float:
         """Simulator time now (seconds since ``t0_ns`` on the unit's clock)."""
@@ -220,17 +229,142 @@ class SimulatedRoom:
 
     def i2c_bus(self, number: int) -> Any:
         if number not in self._buses:
-            from . import emulated
-
-            self._buses[number] = emulated.build_i2c_bus(self, number)
+            self._buses[number] = self._build_i2c_bus(number)
+            self._start_faults()
         return self._buses[number]
 
     def serial_url(self, sensor: Any) -> str:
         if sensor.name not in self._firmware:
-            from . import emulated
-
-            self._firmware[sensor.name] = emulated.start_firmware(self, sensor)
+            self._firmware[sensor.name] = self._start_firmware(sensor)
+            self._start_faults()
         return self._firmware[sensor.name].path
+
+    # ------------------------------------------------------------------------------- emulators
+    def _signal(self, stream: str, offset_s: float = 0.0) -> Any:
+        sim = self.sim
+        lo, hi = -9.9, float(sim.config.duration_s) + 9.9
+
+        def f(t_s: float) -> float:
+            return float(sim.value_at(stream, min(max(t_s + offset_s, lo), hi)))
+
+        return f
+
+    def _build_i2c_bus(self, number: int) -> Any:
+        """A FakeSMBus with a TCA9548A (if any sensor is behind one) and the ADS1115/MAX30102 emulators of
+        every I2C sensor of the config on bus ``number``, their signals taken from the simulator."""
+        from firmware_bridge.gsr import GsrFrontEnd
+        from hil.emulators import ADS1115Emulator, FakeSMBus, MAX30102Emulator, TCA9548AEmulator
+
+        bus = _StallableBus(FakeSMBus(number), self.clock)
+        muxes: dict[int, Any] = {}
+        now = self.sim_time_s
+        for s in self.cfg.sensors:
+            if s.kind not in ("ads1115", "max30102") or s.i2c_bus != number:
+                continue
+            if s.kind == "ads1115":
+                g = s.gsr
+                front = GsrFrontEnd(calibration_v=g.calibration_v, supply_v=g.supply_v, r_ref_ohm=g.r_ref_ohm)
+                eda = self._signal(s.stream)
+
+                def volts(t_s: float, eda=eda, front=front) -> float:
+                    us = eda(t_s)
+                    return front.volts_for(us) if us > 1e-3 else front.calibration_v  # open circuit
+
+                chip = ADS1115Emulator({s.ads_channel: volts}, address=s.address or 0x48, clock=now)
+            else:
+                ir = self._signal(s.stream)
+                chip = MAX30102Emulator(red=lambda t, ir=ir: 0.8 * ir(t), ir=ir, address=s.address or 0x57,
+                                        clock=now)
+            self._chips[s.stream] = chip
+            if s.mux_address is None:
+                bus.bus.attach(chip)
+            else:
+                if s.mux_address not in muxes:
+                    muxes[s.mux_address] = bus.bus.attach(TCA9548AEmulator(address=s.mux_address, clock=now))
+                muxes[s.mux_address].attach(s.mux_channel, chip)
+            self._chip_bus[s.stream] = bus
+        return bus
+
+    def _start_firmware(self, sensor: Any) -> Any:
+        """An emulated firmware on a pty for a ``serial`` sensor with url ``hil://<unit>/<role>[+<role>]``."""
+        from hil.emulators import EmulatedChannel, FirmwareEmulator
+
+        roles = [r for r in sensor.url.rsplit("/", 1)[-1].split("+") if r]
+        if not sensor.url.startswith("hil://") or not roles or any(r not in ("therapist", "client") for r in roles):
+            raise ConfigError(f"sensor {sensor.name}: emulated serial url must be 'hil://<unit>/<role>', "
+                              f"got {sensor.url!r}")
+        holder = {"base": self.sim_time_s()}
+        channels = []
+        for i, role in enumerate(roles):
+            for j, (sig, rate, units, scale) in enumerate((("eda", 32.0, "uS", 1e-4), ("ppg", 100.0, "counts", 1.0))):
+                fn = self._signal(f"{role}/{sig}")
+                channels.append(EmulatedChannel(2 * i + j, role, sig, rate, units,
+                                                lambda t, fn=fn: fn(t + holder["base"]), scale=scale))
+        port_dir = Path(self.cfg.data_dir) / f"pty-{sensor.name}"
+        port_dir.mkdir(parents=True, exist_ok=True)
+        drift = float(self.spec.serial.get("drift_ppm", {}).get(self.cfg.unit, 0.0))
+        emu = FirmwareEmulator(channels, port_dir, speed=self.clock.speed, drift_ppm=drift,
+                               bit_error_rate=float(self.spec.serial.get("bit_error_rate", 0.0)),
+                               seed=int(self.spec.sim.get("seed", 0)), link_name=f"tty-{sensor.name}")
+        emu.start()
+        holder["base"] = self.sim_time_s() - emu.sim_time()  # emulator time 0 on the simulator's time line
+        logger.info("hil: firmware emulator for %s on %s (drift %+g ppm)", sensor.name, emu.path, drift)
+        return emu
+
+    def _start_faults(self) -> None:
+        if self._fault_thread is not None or not self.spec.faults:
+            return
+        self._fault_thread = threading.Thread(target=self._run_faults, name="hil-faults", daemon=True)
+        self._fault_thread.start()
+
+    def _run_faults(self) -> None:
+        for f in sorted(self.spec.faults, key=lambda f: f["at_s"]):
+            while self.sim_time_s() < f["at_s"]:
+                time.sleep(min(0.01, max(0.001, (f["at_s"] - self.sim_time_s()) / self.clock.speed)))
+            kind, target = f["kind"], f.get("target", "")
+            if kind == "unplug" and target == self.cfg.unit:
+                for emu in self._firmware.values():
+                    emu.unplug(float(f["duration_s"]))
+            elif kind == "nack_burst" and target in self._chips:
+                self._chips[target].faults.nack_next(int(f.get("count", 1)))
+            elif kind == "fifo_stall" and target in self._chip_bus:
+                self._chip_bus[target].stall(float(f["duration_s"]), self._chips[target].address)
+            else:
+                continue
+            logger.info("hil: fault %s on %s at %.1f s", kind, target, self.sim_time_s())
+
+
+class _StallableBus:
+    """A bus wrapper whose next transaction blocks for a while (clock stretching by a stuck device): the
+    driver's FIFO read completes late, and meanwhile the sensor's FIFO overflows."""
+
+    def __init__(self, bus: Any, clock: Any) -> None:
+        self.bus = bus
+        self.clock = clock
+        self._stall_s = 0.0
+        self._stall_addr: int | None = None
+        self._lock = threading.Lock()
+
+    def stall(self, duration_s: float, address: int | None = None) -> None:
+        with self._lock:
+            self._stall_s = duration_s
+            self._stall_addr = address
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.bus, name)
+        if not callable(attr) or name in ("attach",):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            with self._lock:
+                stall = 0.0
+                if self._stall_s and (self._stall_addr is None or (args and args[0] == self._stall_addr)):
+                    stall, self._stall_s = self._stall_s, 0.0
+            if stall:
+                self.clock.sleep(stall)
+            return attr(*args, **kw)
+
+        return call
 
 
 def make_hardware(cfg: Any, clock: Any) -> SimulatedRoom:

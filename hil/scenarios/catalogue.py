@@ -72,7 +72,7 @@ class Scenario:
     win_s: float = 30.0
     lag_s: float = 10.0
     speed: float = 20.0
-    seed: int = 4
+    seed: int = 5
     requires: tuple[str, ...] = ()  # importable modules the scenario needs (emulators, drivers)
     science_channels: tuple[str, ...] = ("eda",)
     notes: str = ""

@@ -8,7 +8,8 @@ Sequence (all times simulated unless said otherwise; ``speed`` simulated seconds
 3. Per unit a config (emulated hardware ``hil.wiring:make_hardware``, LED on a temporary sysfs tree,
    ``--speed``, one ``--sim-epoch-ns`` for all) and the :class:`hil.wiring.HilSpec` in its data dir;
    ``python -m device.cli unit run --config ...``.
-4. At simulator time ``lead_s`` the console (``svc-console``) sends ``start``; the fault timeline runs
+4. ``lead_s`` after the epoch (real start-up time x speed; the simulator's time 0 is ``PRE_S`` before
+   that, so the simulated dyad is the same at every speed) the console (``svc-console``) sends ``start``; the fault timeline runs
    (broker killed/restarted, units SIGKILLed/restarted, ...); at ``lead_s + session_s`` it sends ``stop``.
 5. Units get SIGTERM (they flush their outbox and publish ``offline``), the recorder is stopped after it
    stored everything, then Mosquitto.
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 ROOM = "hil-room"
 LED_NAME = "dyadsync:status"
 TAIL_S = 40.0  # simulator margin after the session
+PRE_S = 30.0  # simulator time before the session start (the simulated dyad does not depend on the speed)
 PATTERN_STATE = {v: k for k, v in PATTERNS.items()}
 
 
@@ -65,7 +67,7 @@ class RunRecord:
     db_path: Path
     session: str
     t0_ns: int
-    lead_s: float
+    lead_s: float  # simulator seconds before the session start
     start_ns: int = 0
     stop_ns: int = 0
     events: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, target, ns)
@@ -92,7 +94,8 @@ def _sensors_toml(plan: UnitPlan) -> str:
         elif plan.wiring == "i2c":
             ch = 0 if role == "therapist" else 1
             out.append(f'[[sensors]]\nname = "{r}-eda"\nkind = "ads1115"\nrole = "{role}"\ni2c_bus = 1\n'
-                       f'address = 0x48\nmux_address = 0x70\nmux_channel = {ch}\n')
+                       f'address = 0x48\nmux_address = 0x70\nmux_channel = {ch}\n'
+                       f'gsr = {{ calibration_v = 2.9, supply_v = 3.3, r_ref_ohm = 10000.0 }}\n')
             out.append(f'[[sensors]]\nname = "{r}-ppg"\nkind = "max30102"\nrole = "{role}"\ni2c_bus = 1\n'
                        f'address = 0x57\nmux_address = 0x70\nmux_channel = {ch}\n')
         elif plan.wiring == "serial":
@@ -211,7 +214,7 @@ class Runner:
     # ---------------------------------------------------------------------------------- set-up
     def _spec(self, t0_ns: int) -> HilSpec:
         s = self.s
-        lead = self.lead_s
+        lead = PRE_S
         sched = [{"start_s": lead + g.start_s, "end_s": lead + g.end_s, "mode": g.mode, "lag_s": g.lag_s,
                   "gain": g.gain, "channel": g.channel} for g in s.segments]
         events = [{"stream": f.target, "kind": "contact_loss", "start_s": lead + f.at_s, "end_s": lead + f.end_s}
@@ -223,7 +226,9 @@ class Runner:
         sim = {"seed": self.seed, "duration_s": lead + s.session_s + TAIL_S, "schedule": sched, "events": events}
         serial = {"bit_error_rate": s.extra.get("bit_error_rate", 0.0),
                   "drift_ppm": {u.name: u.drift_ppm for u in s.units}}
-        return HilSpec(sim=sim, t0_ns=t0_ns, drops=drops, serial=serial)
+        inproc = [{"kind": f.kind, "at_s": lead + f.at_s, "duration_s": f.duration_s, "target": f.target,
+                   "count": f.count} for f in s.faults if f.kind in ("unplug", "nack_burst", "fifo_stall")]
+        return HilSpec(sim=sim, t0_ns=t0_ns, drops=drops, serial=serial, faults=inproc)
 
     def _unit_toml(self, plan: UnitPlan, data_dir: Path, led_root: Path, epoch_ns: int) -> str:
         assert self.auth is not None and self.broker is not None
@@ -294,13 +299,13 @@ class Runner:
         wall0 = time.monotonic()
         epoch_ns = time.time_ns()
         clock = ScaledClock(self.speed, epoch_ns)
-        spec = self._spec(epoch_ns)
+        spec = self._spec(epoch_ns + round((self.lead_s - PRE_S) * 1e9))
         unit_names = [u.name for u in s.units]
         partners = {u.name: u.partner for u in s.units if u.partner}
         self.auth = RoomAuth.generate(ROOM, unit_names, partners=partners)
         session = f"hil-{s.name}-{uuid.uuid4().hex[:6]}"
         db = self.workdir / "hub.sqlite"
-        rec = RunRecord(s, spec, self.speed, self.seed, self.workdir, db, session, epoch_ns, self.lead_s)
+        rec = RunRecord(s, spec, self.speed, self.seed, self.workdir, db, session, spec.t0_ns, PRE_S)
         console: _Console | None = None
         try:
             files = write_broker_files(self.workdir / "broker", self.auth)

@@ -42,6 +42,9 @@ CHUNK_S = 20.0
 #: feature blocks / sync windows a stream may end early: HR is computed from beats confirmed up to ~9 s
 #: later (dsp_ext PPG look-ahead), so the last seconds of HR are not computed when the session stops
 TAIL_BLOCKS = {"eda": 2, "hr": 12}
+#: a power cut also loses what was not yet committed before the kill: the raw block being coalesced
+#: (raw_block_s = 1 s) plus the source block in flight
+DOWN_SLACK_NS = 2_000_000_000
 
 
 @dataclass
@@ -168,7 +171,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                         continue
                     missing_feat += 1
                     a = base + j * FEATURE_BLOCK_NS
-                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals, FEATURE_BLOCK_NS):
+                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals, DOWN_SLACK_NS):
                         unexplained += 1
         rep.add("completeness", f"{unit} feature blocks", f"{n_feat} stored, {missing_feat} missing",
                 "0 missing (but unit down)", unexplained == 0 and dup == 0,
@@ -193,7 +196,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                 gap_idx = np.nonzero(d > 1.5 * period)[0]
                 lost_samples = 0
                 for i in gap_idx:
-                    if _inside(int(t[i]), int(t[i + 1]), intervals, FEATURE_BLOCK_NS):
+                    if _inside(int(t[i]), int(t[i + 1]), intervals, DOWN_SLACK_NS):
                         continue  # unit down: nothing was measured
                     lost_samples += int(round(d[i] / period)) - 1
                 injected = _injected_drops(rec, stream, rate) * max(1, round(rec.spec.block_s * rate))
@@ -312,6 +315,7 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
     t0 = rec.t0_ns
     for ch in ("eda", "hr"):
         rows = list(store.read_metrics(con, rec.session, f"sync_{ch}", unit=unit))
+        ref_rows = _truth_windows(sim, ch, rec, SyncParams(win_s=win, lag_s=lag))
         for seg in _segments(rec):
             a_ns = t0 + int((seg.start_s + TRANSITION_S) * 1e9)
             b_ns = t0 + int(seg.end_s * 1e9)
@@ -336,8 +340,12 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                     right = np.sign(lags) == np.sign(tau)
                 frac = float(np.mean(right))
                 ok = np.isfinite(med) and abs(med - tau) <= LAG_TOL_S and frac >= LEADER_MIN
+                ref = np.array([v[key] for ws, we, v in ref_rows if ws - lag * 1e9 >= a_ns and we + lag * 1e9 <= b_ns])
+                ref_txt = (f"truth features: lag {np.nanmedian(ref):+.2f} s, leader "
+                           f"{100 * np.mean(np.sign(ref) == np.sign(tau) if tau else np.abs(ref) <= LAG_TOL_S):.1f}%"
+                           if ref.size else "no truth windows")
                 rep.add("science", label, f"lag {med:+.2f} s, leader {100 * frac:.1f}%",
-                        f"{tau:+.2f}±0.25 s, >=95%", ok, f"{lags.size} windows")
+                        f"{tau:+.2f}±0.25 s, >=95%", ok, f"{lags.size} windows; {ref_txt}")
             elif not seg.coupled:
                 scored = ch in rec.scenario.science_channels
                 series = {}
@@ -361,6 +369,28 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                         f"z {res.observed:+.3f}; truth series p = {ref:.3f}"
                         + ("" if scored else "; not scored: RSA periodicity in both HR series defeats circular "
                            "surrogates"), scored)
+
+
+def _truth_windows(sim, ch: str, rec: RunRecord, params) -> list[tuple[int, int, dict]]:
+    """The same windowed cross-correlation on the simulator's noise-free features over the session grid
+    (window start/end in UTC ns, values): what an ideal acquisition and feature extraction would give."""
+    from dsp_ext.synchrony import wcc
+
+    tr = sim.truth
+    k0 = -(-rec.start_ns // GRID_NS)
+    t_s = (np.arange(k0, rec.stop_ns // GRID_NS) * GRID_NS - rec.t0_ns) / 1e9
+    field_ = tr.eda_us if ch == "eda" else tr.hr_bpm
+    x = {r: np.interp(t_s, tr.t_grid_s, field_[r]) for r in ("therapist", "client")}
+    try:
+        res = wcc(x["therapist"], x["client"], params)
+    except Exception:
+        return []
+    out = []
+    for i, start in enumerate(res.window_start):
+        ws = (k0 + int(start)) * GRID_NS
+        out.append((ws, ws + params.win * GRID_NS, {"inphase_lag_s": float(res.inphase_lag_s[i]),
+                                                     "antiphase_lag_s": float(res.antiphase_lag_s[i])}))
+    return out
 
 
 def _truth_reference(sim, ch: str, a_s: float, b_s: float, params, seed: int) -> float:

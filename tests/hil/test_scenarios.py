@@ -20,7 +20,10 @@ pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is n
 
 # Scenarios that cannot pass in this build, with the precise reason (strict: they must start failing loudly
 # as "XPASS" once fixed, so the marker is removed).
-KNOWN_FAILURES: dict[str, str] = {}
+KNOWN_FAILURES: dict[str, str] = {
+    "contact-loss": "health: the unit does not show a sensor reporting CONTACT_LOST (lead-off) as sensor_fault in "
+                    "its status or LED (device/unit.py derives sensor states from source errors and silence only)",
+}
 
 
 def _params(short: bool):
