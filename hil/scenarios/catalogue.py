@@ -105,17 +105,19 @@ def catalogue(short: bool = False) -> dict[str, Scenario]:
     speed = {"speed": 25.0} if short else {}
     dsp.update(speed)
     two = (UnitPlan("unit-t", ("therapist",), partner="unit-c"), UnitPlan("unit-c", ("client",), compute=False))
+    slow = {**dsp, "speed": min(dsp.get("speed", 20.0), 5.0)}  # the link's clock pings jitter x speed
+    i2c = {**dsp, "speed": 3.0}  # the drivers poll the 32-sample MAX30102 FIFO: ~10 x real time overflows it
     two_serial = (UnitPlan("unit-t", ("therapist",), wiring="serial", partner="unit-c"),
                   UnitPlan("unit-c", ("client",), wiring="serial", compute=False))
     out = [
         Scenario("room-basic", "one unit, both participants on I2C through the TCA9548A mux", L, sched,
-                 units=(UnitPlan("unit-a", wiring="i2c"),), requires=I2C, **dsp),
+                 units=(UnitPlan("unit-a", wiring="i2c"),), requires=I2C, **i2c),
         Scenario("room-basic-sim", "one unit, both participants, block-level simulated sensors (no emulators)",
                  L, sched, **dsp),
         Scenario("two-units", "therapist and client at two units; synchrony from the partner's feature stream",
                  L, sched, units=two, **dsp),
         Scenario("two-units-serial", "two units with the participants on serial firmware (pty emulators)",
-                 L, sched, units=two_serial, requires=SERIAL, **dsp),
+                 L, sched, units=two_serial, requires=SERIAL, **slow),
         Scenario("broker-outage", "Mosquitto killed for 60 s mid-session, then restarted", L, sched,
                  faults=(Fault("broker_outage", mid, 60.0),), **dsp),
         Scenario("power-cut", "the unit SIGKILLed mid-session and restarted", L, sched,
@@ -125,16 +127,16 @@ def catalogue(short: bool = False) -> dict[str, Scenario]:
         Scenario("noisy-serial", "serial firmware with bit-error rate 1e-4 and two unplugs", L, sched,
                  units=two_serial, requires=SERIAL, extra={"bit_error_rate": 1e-4},
                  faults=(Fault("unplug", 40.0, 10.0, target="unit-t"), Fault("unplug", 120.0, 10.0, target="unit-c")),
-                 **dsp),
+                 **slow),
         Scenario("i2c-glitches", "I2C NACK bursts and a stalled FIFO read causing a MAX30102 overflow", L, sched,
                  units=(UnitPlan("unit-a", wiring="i2c"),), requires=I2C,
                  faults=(Fault("nack_burst", 50.0, target="therapist/eda", count=3),
                          Fault("nack_burst", 130.0, target="client/ppg", count=3),
-                         Fault("fifo_stall", 90.0, 1.0, target="therapist/ppg")), **dsp),
+                         Fault("fifo_stall", 90.0, 0.5, target="therapist/ppg")), **i2c),
         Scenario("clock-drift", "two serial units whose firmware clocks run at +100 and -100 ppm", L, sched,
                  units=(UnitPlan("unit-t", ("therapist",), wiring="serial", partner="unit-c", drift_ppm=100.0),
                         UnitPlan("unit-c", ("client",), wiring="serial", compute=False, drift_ppm=-100.0)),
-                 requires=SERIAL, **dsp),
+                 requires=SERIAL, **slow),
         Scenario("contact-loss", "the client's EDA sensor comes off the skin for 20 s", L, sched,
                  faults=(Fault("contact_loss", 30.0, 20.0, target="client/eda"),), **dsp),
         Scenario("sample-loss", "blocks lost at the sensor (sequence gaps) must be reported exactly", L, sched,

@@ -179,6 +179,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                 ("missing blocks all inside power cuts" if missing_feat else ""))
         # raw blocks and samples
         raw_bad = []
+        max_step_ms = 0.0
         for role in roles:
             for sig, rate in (("eda", 32.0), ("ppg", 100.0)):
                 stream = f"{role}/{sig}"
@@ -192,19 +193,22 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                     continue
                 d = np.diff(t)
                 period = 1e9 / rate
-                overlap = int(np.sum(d < 0.5 * period))
-                gap_idx = np.nonzero(d > 1.5 * period)[0]
+                overlap = int(np.sum(d < 0.1 * period))  # the same sample time twice: a duplicate
+                # net missing samples: a clock-fit step (one interval long, the next short) nets to 0
                 lost_samples = 0
-                for i in gap_idx:
+                for i in np.nonzero(np.abs(d - period) > 0.5 * period)[0]:
                     if _inside(int(t[i]), int(t[i + 1]), intervals, DOWN_SLACK_NS):
                         continue  # unit down: nothing was measured
                     lost_samples += int(round(d[i] / period)) - 1
+                steps_ms = float(np.max(np.abs(d - period))) / 1e6 if d.size else 0.0
                 injected = _injected_drops(rec, stream, rate) * max(1, round(rec.spec.block_s * rate))
                 if seq_gaps or overlap or lost_samples != injected:
-                    raw_bad.append(f"{stream}: {seq_gaps} seq gaps, {overlap} overlapping samples, "
+                    raw_bad.append(f"{stream}: {seq_gaps} seq gaps, {overlap} duplicate samples, "
                                    f"{lost_samples} samples missing vs {injected} injected")
+                max_step_ms = max(max_step_ms, steps_ms)
         rep.add("completeness", f"{unit} raw samples", "exact" if not raw_bad else f"{len(raw_bad)} stream(s) off",
-                "losses == injected", not raw_bad, "; ".join(raw_bad))
+                "losses == injected", not raw_bad,
+                "; ".join(raw_bad) + f"{'; ' if raw_bad else ''}largest time step {max_step_ms:.1f} ms")
         # unit-reported losses, quota drops, final outbox
         last = con.execute("SELECT payload FROM status WHERE unit=? AND state!='offline' ORDER BY time_ns DESC "
                            "LIMIT 1", (unit,)).fetchone()

@@ -1,6 +1,8 @@
 """HIL scenarios end to end: Mosquitto, the hub recorder and the unit daemon(s) as separate processes on the
 simulated room, scored against the simulator's truth. The short variants run by default (3 simulated
-minutes at 25x each); the full-length ones (10 minutes, 60-s broker outage) are marked slow."""
+minutes at 25x each, ~30 s wall); the full-length ones (10 minutes, 60-s broker outage) and the short
+ones that must run slower (serial firmware and I2C polling keep up with only a few x real time) are
+marked slow."""
 
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is n
 # Scenarios that cannot pass in this build, with the precise reason (strict: they must start failing loudly
 # as "XPASS" once fixed, so the marker is removed).
 KNOWN_FAILURES: dict[str, str] = {
+    "noisy-serial": "completeness: samples lost to the unplugs and CRC-rejected frames are not reported by the unit "
+                    "(its status counts only source sequence gaps, not SerialLink.lost_samples), so the hub's raw "
+                    "gaps have no reported counterpart",
+    "i2c-glitches": "completeness: samples lost to the stalled FIFO (MAX30102 overflow) and NACK bursts are not "
+                    "reported by the unit (only FIFO_OVERFLOW/GAP_BEFORE flags in-band, no count in its status)",
+    "room-basic": "completeness: the ADS1115 scan schedule misses ~10 of 8640 EDA conversions per stream at 3x "
+                  "(seen 9 and 11); the unit counts them only in-band (GAP_BEFORE), not in its status",
     "contact-loss": "health: the unit does not show a sensor reporting CONTACT_LOST (lead-off) as sensor_fault in "
                     "its status or LED (device/unit.py derives sensor states from source errors and silence only)",
 }
@@ -35,7 +44,7 @@ def _params(short: bool):
             marks.append(pytest.mark.skip(reason=f"needs {', '.join(missing)} (emulators/drivers not on main yet)"))
         elif name in KNOWN_FAILURES:
             marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
-        if not short:
+        if not short or s.session_s / s.speed + 25 > 60:  # wall: session at speed + ~25 s start/stop/score
             marks.append(pytest.mark.slow)
         out.append(pytest.param(name, marks=marks, id=name))
     return out
