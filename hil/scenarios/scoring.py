@@ -111,8 +111,10 @@ def _downtimes(con, rec: RunRecord) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
-def _inside(a: int, b: int, intervals: list[tuple[int, int]], slack_ns: int) -> bool:
-    return any(a >= lo - slack_ns and b <= hi + slack_ns for lo, hi in intervals)
+def _inside(a: int, b: int, intervals: list[tuple[int, int]], slack_ns: int, after_ns: int | None = None) -> bool:
+    """[a, b) lies in one of ``intervals`` widened by ``slack_ns`` before and ``after_ns`` (default the same) after."""
+    after = slack_ns if after_ns is None else after_ns
+    return any(a >= lo - slack_ns and b <= hi + after for lo, hi in intervals)
 
 
 def _unit_roles(rec: RunRecord) -> dict[str, tuple[str, ...]]:
@@ -171,7 +173,9 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                         continue
                     missing_feat += 1
                     a = base + j * FEATURE_BLOCK_NS
-                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals, DOWN_SLACK_NS):
+                    # after a restart the extractors warm up again (HR needs beats: up to TAIL_BLOCKS)
+                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals, DOWN_SLACK_NS,
+                                   max(DOWN_SLACK_NS, TAIL_BLOCKS[ch] * FEATURE_BLOCK_NS)):
                         unexplained += 1
         rep.add("completeness", f"{unit} feature blocks", f"{n_feat} stored, {missing_feat} missing",
                 "0 missing (but unit down)", unexplained == 0 and dup == 0,
