@@ -152,6 +152,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
         intervals = down.get(unit, [])
         # feature blocks
         missing_feat = unexplained = dup = 0
+        where: list[str] = []
         n_feat = 0
         for role in roles:
             for ch in ("eda", "hr"):
@@ -173,13 +174,16 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                         continue
                     missing_feat += 1
                     a = base + j * FEATURE_BLOCK_NS
-                    # after a restart the extractors warm up again (HR needs beats: up to TAIL_BLOCKS)
-                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals, DOWN_SLACK_NS,
+                    # HR is computed up to ~9 s late: what was not computed before the kill is lost with
+                    # it, and after the restart the extractors warm up again (both up to TAIL_BLOCKS)
+                    if not _inside(a, a + FEATURE_BLOCK_NS, intervals,
                                    max(DOWN_SLACK_NS, TAIL_BLOCKS[ch] * FEATURE_BLOCK_NS)):
                         unexplained += 1
+                        if len(where) < 4:
+                            where.append(f"{role}/{ch} #{j} at {rec.sim_s(int(a)):.0f} s")
         rep.add("completeness", f"{unit} feature blocks", f"{n_feat} stored, {missing_feat} missing",
                 "0 missing (but unit down)", unexplained == 0 and dup == 0,
-                f"{unexplained} unexplained, {dup} misplaced" if unexplained or dup else
+                f"{unexplained} unexplained ({', '.join(where)}), {dup} misplaced" if unexplained or dup else
                 ("missing blocks all inside power cuts" if missing_feat else ""))
         # raw blocks and samples
         raw_bad = []

@@ -149,7 +149,7 @@ def test_lost_blocks_are_injected_exactly():
 
     spec = HilSpec(sim={"seed": 3, "duration_s": 60, "events": [
         {"stream": "client/eda", "kind": "contact_loss", "start_s": 1.0, "end_s": 2.0}]},
-        t0_ns=1_800_000_000_000_000_000, drops={"client/eda": [[0.5, 2]]})
+        t0_ns=1_800_000_000_000_000_000, drops={"client/eda": [[0.5, 2]]}, block_s=0.125)
     sim = spec.simulator()
     clock = ScaledClock(1000.0, spec.t0_ns)
     src = SimulatedSensor("c-eda", "client/eda", 32.0, clock, sim, spec.t0_ns, block_s=0.125,
