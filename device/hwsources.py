@@ -102,15 +102,13 @@ class Max30102Source(_Paced):
         self.dev = MAX30102(bus, self.sensor.address or 0x57, sample_rate_hz=int(self.rate_hz),
                             led_red_ma=self.sensor.led_current_ma, led_ir_ma=self.sensor.led_current_ma,
                             sleep=self.clock.sleep, monotonic=self._monotonic_s)
-        self.dev.init()
-        self._t_next_ns = None
+        self.dev.init()  # the sample grid is kept: the first block after a reopen is re-anchored, GAP_BEFORE
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
         if not self._wait_block(timeout_s):
             return []
         fifo = self.dev.read_fifo()
-        if fifo.reinitialised:
-            self._t_next_ns = None
+        if fifo.reinitialised:  # FIFO content lost: the next block is re-anchored and flagged
             return []
         if fifo.n == 0:
             return []
@@ -136,7 +134,6 @@ class Ads1115EdaSource(_Paced):
         self.front = GsrFrontEnd(calibration_v=g.calibration_v, supply_v=g.supply_v, r_ref_ohm=g.r_ref_ohm)
         self._res = self.scanner.results[self.scanner.channels[0]]
         self._missed = 0
-        self._t_next_ns = None
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
         if self._t_next_ns is None:

@@ -145,6 +145,7 @@ class Pipeline:
         self._out: list[OutMsg] = []
         self._last_src_seq: dict[str, int] = {}
         self._raw: dict[str, _RawAcc] = {}
+        self._raw_end: dict[str, int] = {}
         self._extractors: dict[str, Any] = {}
         self._feat_blocks: dict[str, _FeatureBlocks] = {}
         self._sync: dict[str, _SyncChannel] = {}
@@ -171,6 +172,7 @@ class Pipeline:
         k0 = self.session.k0
         per_block = max(1, round(self.dsp.feature_block_s * FEATURE_RATE_HZ))
         self._raw.clear()
+        self._raw_end.clear()
         self._last_src_seq.clear()
         self._extractors = {}
         self._feat_blocks = defaultdict(lambda: _FeatureBlocks(k0, per_block))
@@ -261,9 +263,13 @@ class Pipeline:
     def _add_raw(self, block: SampleBlock, flags: int, gap: bool) -> None:
         acc = self._raw.get(block.stream)
         half_sample = 0.5e9 / block.rate_hz
+        end = self._raw_end.get(block.stream)
+        if end is not None and block.t0_ns - end > half_sample:
+            gap = True  # samples missing in time even without a sequence gap (e.g. a sensor reopened)
         if acc is not None and (gap or abs(acc.end_ns() - block.t0_ns) > half_sample or acc.rate_hz != block.rate_hz):
             self._flush_raw(block.stream)
             acc = None
+        self._raw_end[block.stream] = block.t0_ns + block.duration_ns
         if acc is None:
             acc = _RawAcc(block.stream, block.rate_hz, block.t0_ns)
             if gap:

@@ -124,10 +124,12 @@ def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path, mosquitt
     try:
         for i in range(8):
             child = _run_child([*base, "--seed", str(i)])
-            time.sleep(rng.uniform(0.4, 1.5))  # import time dominates the low end: kills land mid-stream
+            first = child.stdout.readline()  # "START <seq>": the child is publishing from here on
+            if first.startswith("START"):
+                starts.append(int(first.split()[1]))
+            time.sleep(rng.uniform(0.0, 0.6))  # the kill lands at a random moment while it publishes
             child.send_signal(signal.SIGKILL)
-            out, _ = child.communicate(10)
-            starts += [int(line.split()[1]) for line in out.splitlines() if line.startswith("START")]
+            child.communicate(10)
         child = _run_child([*base, "--seed", "99"])
         out, err = child.communicate(120)
         assert child.returncode == 0 and "DONE" in out, err[-2000:]

@@ -93,9 +93,21 @@ def test_broker_outage_buffers_then_delivers_everything(tmp_path, unit_toml, con
         assert _wait(lambda: unit.outbox.depth == 0, 20)
     finally:
         run.close()
+        # the recorder reconnects with its own backoff (up to 5 s): wait until it has stored every raw block
+        expected = sum(unit.pipeline.raw_seq.values())
+
+        def stored() -> int:
+            c = _hub(tmp_path)
+            try:
+                return store.stored_counts(c, "unit-a", "s-out")["raw"]
+            finally:
+                c.close()
+
+        _wait(lambda: stored() >= expected, 30)
         _wait(lambda: rec.pending() == 0, 10)
         rec.stop()
     assert "buffering" in unit.led.history
+    assert stored() == expected
     con = _hub(tmp_path)
     assert store.gaps(con, "s-out") == []  # nothing lost across the outage
     counts = store.stored_counts(con, "unit-a", "s-out")
@@ -129,6 +141,15 @@ def test_unsynced_clock_flags_blocks_and_quota_drops_are_reported(tmp_path, unit
         assert unit.outbox.bytes_queued <= 0.02 * 2**20 + 4096
     finally:
         run.close()
+
+        def raw_gap() -> bool:  # the recorder reconnects with its own backoff
+            c = _hub(tmp_path)
+            try:
+                return any(g.kind == "raw" for g in store.gaps(c, "s-u"))
+            finally:
+                c.close()
+
+        _wait(raw_gap, 30)
         _wait(lambda: rec.pending() == 0, 10)
         rec.stop()
     con = _hub(tmp_path)
