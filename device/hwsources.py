@@ -170,11 +170,12 @@ class SerialFirmwareSource(Source):
 
         speed = self.clock.speed
         if speed == 1.0:
-            mapper = ClockMapper()
-        else:  # an emulated firmware running ``speed`` times faster; UTC taken from the simulated clock
-            mapper = ClockMapper(nominal_ns_per_us=1000.0 / speed,
-                                 utc_offset_ns=lambda: self.clock.now_ns() - time.monotonic_ns())
-        self.link = SerialLink(self.url, baudrate=self.sensor.baudrate, clock=mapper).start()
+            self.link = SerialLink(self.url, baudrate=self.sensor.baudrate, clock=ClockMapper()).start()
+        else:  # an emulated firmware in simulated time: its µs are simulated µs, the host clock is the
+            # simulated UTC clock itself (offset 0); the link's timeouts stay the same in real time
+            self.link = SerialLink(self.url, baudrate=self.sensor.baudrate, clock=ClockMapper(utc_offset_ns=lambda: 0),
+                                   monotonic_ns=self.clock.now_ns, ping_interval_s=0.5 * speed,
+                                   handshake_timeout_s=1.0 * speed, silence_timeout_s=2.0 * speed).start()
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
         first = self.link.get(timeout_s)

@@ -106,7 +106,8 @@ class ADS1115(I2CDriver):
         self._continuous_mux = None
 
     def code_to_volts(self, code: int | np.ndarray) -> float | np.ndarray:
-        return np.asarray(code) * (self.fsr_v / 32768.0) if isinstance(code, np.ndarray) else code * self.fsr_v / 32768.0
+        """Volts of a signed 16-bit code (or an array of codes) at the configured full-scale range."""
+        return code * (self.fsr_v / 32768.0)
 
     @staticmethod
     def _signed(raw: int) -> int:

@@ -146,10 +146,14 @@ class I2CDriver:
     def _io(self, method: str, *args: Any) -> Any:
         """Call ``bus.<method>(address, *args)``, retrying OSErrors; SensorError after the last retry."""
         fn = getattr(self.bus, method)
+        return self._io_call(lambda addr: fn(addr, *args), method)
+
+    def _io_call(self, op: Callable[[int], Any], what: str) -> Any:
+        """Run ``op(address)``, retrying OSErrors with exponential backoff; SensorError after the last."""
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                return fn(self.address, *args)
+                return op(self.address)
             except SensorError:
                 raise
             except OSError as exc:
@@ -159,10 +163,10 @@ class I2CDriver:
                     self.counters.failures += 1
                     raise SensorError(
                         exc.errno,
-                        f"{self.CHIP} at 0x{self.address:02x}: {method} failed after {attempt + 1} attempts: {exc}",
+                        f"{self.CHIP} at 0x{self.address:02x}: {what} failed after {attempt + 1} attempts: {exc}",
                     ) from exc
                 self.counters.retries += 1
-                logger.debug("%s at 0x%02x: %s failed (%s), retry in %.4f s", self.CHIP, self.address, method, exc, delay)
+                logger.debug("%s at 0x%02x: %s failed (%s), retry in %.4f s", self.CHIP, self.address, what, exc, delay)
                 self.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

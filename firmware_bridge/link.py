@@ -141,6 +141,8 @@ class SerialLink:
         self._boot_id: int | None = None
         self._streamed = False
         self._last_rx_ns = 0
+        self._down_since_ns: int | None = None
+        self.last_outage_s: float | None = None  # host seconds from losing the device to streaming again
         self.refused: str | None = None
         self.last_error: str | None = None
         self.counters = {
@@ -218,6 +220,7 @@ class SerialLink:
             }
             out["connected"] = self.connected.is_set()
             out["refused"] = self.refused
+            out["last_outage_s"] = self.last_outage_s
             out["clock_segment"] = self.clock.segment
             out["clock_drift_ppm"] = self.clock.drift_ppm if self.clock.synced else None
             return out
@@ -257,6 +260,7 @@ class SerialLink:
             finally:
                 if self.connected.is_set():
                     self.counters["disconnects"] += 1
+                    self._down_since_ns = self.monotonic_ns()
                 self.connected.clear()
                 try:
                     ser.close()
@@ -348,6 +352,9 @@ class SerialLink:
         for fr in self._deadline_loop(ser, "START ACK", lambda: start_seq.append(self._write(ser, Start()))):
             if isinstance(fr.msg, Ack) and fr.msg.acked_type == int(Start.TYPE) and fr.msg.acked_seq in start_seq:
                 self.counters["acks"] += 1
+                if self._down_since_ns is not None:
+                    self.last_outage_s = (self.monotonic_ns() - self._down_since_ns) / 1e9
+                    self._down_since_ns = None
                 self.connected.set()
                 self.counters["connects"] += 1
                 self.refused = None

@@ -112,6 +112,7 @@ class MAX30102(I2CDriver):
         led_ir_ma: float = 7.0,
         fifo_a_full: int = 15,
         reset_timeout_s: float = 0.1,
+        use_i2c_rdwr: bool = False,
         **io,
     ) -> None:
         super().__init__(bus, address, **io)
@@ -141,6 +142,7 @@ class MAX30102(I2CDriver):
         self.led_ir_ma = led_ir_ma
         self.fifo_a_full = fifo_a_full
         self.reset_timeout_s = reset_timeout_s
+        self.use_i2c_rdwr = use_i2c_rdwr
         self.initialised = False
         self._ever_initialised = False
         self.lost_samples = 0
@@ -239,7 +241,9 @@ class MAX30102(I2CDriver):
         if n == 0 and ovf > 0:
             n = FIFO_DEPTH  # full: the pointers meet
         raw = bytearray()
-        left = n
+        if self.use_i2c_rdwr and n:
+            raw += self._read_rdwr(REGS["FIFO_DATA"].address, n * BYTES_PER_SAMPLE)
+        left = 0 if self.use_i2c_rdwr else n
         while left > 0:
             k = min(SAMPLES_PER_READ, left)
             raw += bytes(self.read_block(REGS["FIFO_DATA"].address, k * BYTES_PER_SAMPLE))
@@ -257,6 +261,17 @@ class MAX30102(I2CDriver):
             logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost", self.address, ovf, "" if exact else "+")
         self.samples_read += n
         return FifoData(red, ir, ovf, exact)
+
+    def _read_rdwr(self, reg: int, length: int) -> bytes:
+        """One combined write-register/read-n transaction (no 32-byte SMBus limit)."""
+        from smbus2 import i2c_msg
+
+        def op(addr: int) -> bytes:
+            w, r = i2c_msg.write(addr, [reg]), i2c_msg.read(addr, length)
+            self.bus.i2c_rdwr(w, r)
+            return bytes(r)
+
+        return self._io_call(op, f"i2c_rdwr read of {length} bytes from 0x{reg:02x}")
 
     def read_temperature_c(self, timeout_s: float = 0.1) -> float:
         """Die temperature in °C (one conversion, ~29 ms)."""

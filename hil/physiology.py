@@ -25,15 +25,17 @@ Generative model (details and parameter table in ``docs/simulator.md``):
 * PPG (IR ADC counts): per beat a pulse arriving after a pulse transit time, made of a skewed systolic wave
   and a diastolic (reflected) wave, which leaves a dicrotic notch between them; DC level, respiratory
   baseline and amplitude modulation, slow baseline wander, white noise and optional motion artefacts.
+  ``value_at`` also serves a red LED channel (``<role>/ppg_red``) with the same pulses for the MAX30102.
 * Sensor events: contact loss (EDA open circuit ~0 µS, PPG drops to ambient light, no pulse) and
   saturation (clipped at the front-end's range), flagged in the truth.
 * Research hypothesis knob ``regulation_effect``: the coupling gain of every coupled segment is
   ``tanh(atanh(gain) + regulation_effect * R)`` where ``R`` is the therapist's regulation index
   (RSA level up, epoch-to-epoch RSA variability down). With ``regulation_effect == 0`` the gain is the
-  configured one, independent of the therapist's regulation.
+  configured one, independent of the therapist's regulation. Optional epoch-lagged RSA coupling
+  (``rsa_coupling_t_to_c`` / ``rsa_coupling_c_to_t``) for interpersonal-regulation analyses.
 
-Everything is generated at construction (10 simulated minutes take a few tens of milliseconds), so the
-output does not depend on how :meth:`DyadSimulator.read` is chunked.
+The whole session is generated at construction (10 simulated minutes: ~0.05 s CPU; the sample arrays on
+the first ``read``), so the output does not depend on how :meth:`DyadSimulator.read` is chunked.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 ROLES = ("therapist", "client")
 SIGNALS = ("eda", "ppg")
 STREAMS = tuple(f"{role}/{sig}" for role in ROLES for sig in SIGNALS)
+# extra signals value_at() also serves (not returned by read()): the red LED channel of a MAX30102
+AUX_STREAMS = tuple(f"{role}/ppg_red" for role in ROLES)
 MODES = ("uncoupled", "therapist_led", "client_led", "in_phase", "anti_phase")
 CHANNELS = ("eda", "hr", "both")
 EVENT_KINDS = ("contact_loss", "saturation", "motion")
@@ -76,6 +80,8 @@ PULSE_FALL_SIGMA = 0.085
 PULSE_DIA_DELAY = 0.28
 PULSE_DIA_SIGMA = 0.075
 PULSE_NEIGHBOURS = (-2, -1, 0, 1)  # pulses (relative to the last peak <= t) that reach a time t
+# red channel: DC as a fraction of the IR DC; its AC/DC ratio is R times the IR's (R ~ 0.5 <=> SpO2 ~ 97 %)
+PPG_RED_DC_FRACTION = 0.7
 
 # Therapist regulation index R = ((L - L_ref) / L_scale - (S - S_ref) / S_scale) / 2 with L the RSA level
 # (ln ms²) and S the epoch-to-epoch SD of RSA (ln units); the references are the centre and spread of the
@@ -219,6 +225,8 @@ class SimConfig:
     contact_loss_per_h: float = 0.0
     saturation_per_h: float = 0.0
     motion_per_min: float = 0.0
+    rsa_coupling_t_to_c: float = 0.0
+    rsa_coupling_c_to_t: float = 0.0
     eda_max_us: float = 40.0
     ppg_adc_max: float = 262143.0
 
@@ -247,6 +255,8 @@ class SimConfig:
         _finite("SimConfig.transition_s", self.transition_s, lo=0.0, hi=30.0)
         _finite("SimConfig.eda_noise_us", self.eda_noise_us, lo=0.0, hi=5.0)
         _finite("SimConfig.ppg_noise_counts", self.ppg_noise_counts, lo=0.0, hi=1e5)
+        for name in ("rsa_coupling_t_to_c", "rsa_coupling_c_to_t"):
+            _finite(f"SimConfig.{name}", getattr(self, name), lo=-0.9, hi=0.9)
         for name in ("contact_loss_per_h", "saturation_per_h", "motion_per_min"):
             _finite(f"SimConfig.{name}", getattr(self, name), lo=0.0, hi=600.0)
         _finite("SimConfig.eda_max_us", self.eda_max_us, lo=1.0, lo_open=True)
@@ -319,6 +329,7 @@ class PersonParams:
     ppg_dc_counts: float
     ppg_ac_counts: float
     ppg_diastolic_ratio: float
+    ppg_red_ratio: float  # R = (AC/DC)_red / (AC/DC)_ir of the red LED channel (SpO2 ~ 110 - 25 R)
 
 
 @dataclass(frozen=True)
@@ -355,6 +366,15 @@ class SegmentTruth:
     @property
     def expected_tau_s(self) -> float | None:
         return self.segment.expected_tau_s
+
+    @property
+    def expected_sign(self) -> int:
+        """+1 (in-phase peak expected), -1 (anti-phase) or 0 (uncoupled)."""
+        return 0 if self.mode == "uncoupled" else (-1 if self.mode == "anti_phase" else 1)
+
+    def couples(self, channel: str) -> bool:
+        """True if this segment couples ``channel`` (``"eda"`` or ``"hr"``)."""
+        return self.segment.couples(channel)
 
 
 @dataclass(frozen=True)
@@ -403,10 +423,19 @@ class GroundTruth:
                 return seg
         raise SimulatorError(f"t_s={t_s} is outside the session [0, {self.duration_s})")
 
+    def feature(self, name: str) -> np.ndarray:
+        """The truth of a 4 Hz feature stream ``"<role>/eda"`` (µS) or ``"<role>/hr"`` (bpm), on ``t_grid_s``."""
+        role, _, sig = name.partition("/")
+        if role not in ROLES or sig not in ("eda", "hr"):
+            raise SimulatorError(f"unknown feature {name!r}; features are <role>/eda and <role>/hr, roles {ROLES}")
+        return (self.eda_us if sig == "eda" else self.hr_bpm)[role]
+
     def event_mask(self, stream: str, t_s: np.ndarray | float, kinds: Sequence[str] = EVENT_KINDS) -> np.ndarray:
         """True where ``stream`` is affected by an event of one of ``kinds`` at times ``t_s``."""
+        if stream in AUX_STREAMS:
+            stream = stream.replace("/ppg_red", "/ppg")  # the red LED shares the IR channel's sensor
         if stream not in STREAMS:
-            raise SimulatorError(f"unknown stream {stream!r}; streams are {STREAMS}")
+            raise SimulatorError(f"unknown stream {stream!r}; streams are {STREAMS + AUX_STREAMS}")
         t = np.asarray(t_s, dtype=np.float64)
         mask = np.zeros(t.shape, dtype=bool)
         for ev in self.events:
@@ -476,6 +505,8 @@ class DyadSimulator:
             "therapist/ppg": float(config.ppg_rate_hz),
             "client/eda": float(config.eda_rate_hz),
             "client/ppg": float(config.ppg_rate_hz),
+            "therapist/ppg_red": float(config.ppg_rate_hz),
+            "client/ppg_red": float(config.ppg_rate_hz),
         }
         self._build()
         self._t_s = 0.0
@@ -513,6 +544,11 @@ class DyadSimulator:
             raise SimulatorError(f"read: duration_s must be finite and > 0, got {duration_s!r}")
         t_end = self._t_s + d
         out = {}
+        if not self._samples:
+            for stream in STREAMS:
+                rate = self.rates_hz[stream]
+                n = self._count(self.config.duration_s, rate)
+                self._samples[stream] = self._eval(stream, np.arange(n) / rate)
         for stream in STREAMS:
             full = self._samples[stream]
             k1 = min(self._count(t_end, self.rates_hz[stream]), full.size)
@@ -524,8 +560,8 @@ class DyadSimulator:
 
     def value_at(self, stream: str, t_s: float | np.ndarray) -> float | np.ndarray:
         """The signal of ``stream`` at simulated time(s) ``t_s`` (equal to :meth:`read`'s samples at ``k / rate``)."""
-        if stream not in STREAMS:
-            raise SimulatorError(f"value_at: unknown stream {stream!r}; streams are {STREAMS}")
+        if stream not in STREAMS and stream not in AUX_STREAMS:
+            raise SimulatorError(f"value_at: unknown stream {stream!r}; streams are {STREAMS + AUX_STREAMS}")
         scalar = np.ndim(t_s) == 0
         try:
             t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
@@ -570,6 +606,7 @@ class DyadSimulator:
             "ppg_ac_frac": rng.uniform(0.008, 0.02),
             "ppg_diastolic_ratio": rng.uniform(0.35, 0.6),
         }
+        draw["ppg_red_ratio"] = self._rng(f"params_red/{role}").uniform(0.45, 0.6)
         for key in ("rsa_ln_ms2", "rsa_sd_ln", "hr_bpm", "scl_us"):
             configured = getattr(cfg, f"{role}_{key}")
             if configured is not None:
@@ -666,6 +703,12 @@ class DyadSimulator:
                             strict=True))
         rsa_drive = dict(zip(ROLES, self._couple("hr", "rsa", own["rsa"]["therapist"], own["rsa"]["client"]),
                              strict=True))
+        b_tc, b_ct = cfg.rsa_coupling_t_to_c, cfg.rsa_coupling_c_to_t
+        if b_tc or b_ct:  # epoch-lagged RSA coupling (Goren et al. 2024's interpersonal regulation model)
+            prev_t = np.interp(t - EPOCH_S, t, rsa_drive["therapist"])
+            prev_c = np.interp(t - EPOCH_S, t, rsa_drive["client"])
+            rsa_drive = {"therapist": (rsa_drive["therapist"] + b_ct * prev_c) / math.sqrt(1.0 + b_ct * b_ct),
+                         "client": (rsa_drive["client"] + b_tc * prev_t) / math.sqrt(1.0 + b_tc * b_tc)}
 
         grid = np.arange(self._count(cfg.duration_s, FEATURE_RATE_HZ)) / FEATURE_RATE_HZ
         self._eda_lat: dict[str, np.ndarray] = {}
@@ -731,6 +774,10 @@ class DyadSimulator:
         self._stream_events = {s: tuple(ev for ev in self._events if ev.stream == s and ev.kind != "motion")
                                for s in STREAMS}
         self._motion = self._motion_artefacts()
+        for role in ROLES:  # the red LED shares the IR channel's sensor, hence its faults and motion
+            self._stream_events[f"{role}/ppg_red"] = self._stream_events[f"{role}/ppg"]
+            self._motion[f"{role}/ppg_red"] = [(a, b, PPG_RED_DC_FRACTION * amps, f, ph)
+                                               for a, b, amps, f, ph in self._motion[f"{role}/ppg"]]
         self._truth = GroundTruth(
             duration_s=float(cfg.duration_s),
             segments=self._truth_segments,
@@ -757,17 +804,14 @@ class DyadSimulator:
         # sensor noise on each stream's own sample grid (linearly interpolated between samples)
         self._noise = {}
         self._noise_list = {}
-        for stream in STREAMS:
+        for stream in STREAMS + AUX_STREAMS:
             rate = self.rates_hz[stream]
             k0 = -int(math.ceil(MARGIN_S * rate)) - 2
             k1 = int(math.ceil((cfg.duration_s + MARGIN_S) * rate)) + 2
             sd = cfg.eda_noise_us if stream.endswith("/eda") else cfg.ppg_noise_counts
             self._noise[stream] = (np.arange(k0, k1) / rate, sd * self._rng(f"noise/{stream}").standard_normal(k1 - k0))
             self._noise_list[stream] = (k0, self._noise[stream][1])
-        self._samples = {}
-        for stream in STREAMS:
-            rate = self.rates_hz[stream]
-            self._samples[stream] = self._eval(stream, np.arange(self._count(cfg.duration_s, rate)) / rate)
+        self._samples: dict[str, np.ndarray] = {}  # filled on the first read(): truth-only users skip it
 
     def _scrs(self, role: str, p: PersonParams, arousal: np.ndarray) -> tuple[list[ScrEvent], np.ndarray]:
         """SCR onsets by thinning a Poisson process with rate ``r0 * exp(0.8 * arousal)``; Bateman shapes."""
@@ -842,7 +886,9 @@ class DyadSimulator:
             hi = cfg.eda_max_us
             open_value = EDA_OPEN_FRACTION * np.abs(noise)
         else:
-            v = self._ppg_clean(role, t) + noise
+            base, pulse = self._ppg_parts(role, t)
+            dc_scale, ac_scale = self._ppg_scales(role, sig)
+            v = dc_scale * base + ac_scale * pulse + noise
             for start, end, amps, freqs, phases in self._motion[stream]:
                 sel = (t > start) & (t < end)
                 if np.any(sel):
@@ -861,8 +907,14 @@ class DyadSimulator:
                 v = v + m * 2.0 * hi
         return np.clip(v, 0.0, hi)
 
-    def _ppg_clean(self, role: str, t: np.ndarray) -> np.ndarray:
-        """DC level with respiratory and slow baseline wander, plus one pulse per beat."""
+    def _ppg_scales(self, role: str, sig: str) -> tuple[float, float]:
+        """(DC, pulse) multipliers of the IR model for channel ``sig`` (pulse sign = polarity)."""
+        if sig == "ppg":
+            return 1.0, self._ppg_sign
+        return PPG_RED_DC_FRACTION, self._ppg_sign * PPG_RED_DC_FRACTION * self._params[role].ppg_red_ratio
+
+    def _ppg_parts(self, role: str, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """IR DC level with respiratory and slow baseline wander, and the pulses (one per beat), apart."""
         p = self._params[role]
         peaks, width, amp = self._pulses[role]
         phase = np.interp(t, self._t_lat, self._resp_phase[role])
@@ -879,7 +931,7 @@ class DyadSimulator:
             sys_wave = np.exp(-0.5 * (x / sigma) ** 2)
             dia_wave = p.ppg_diastolic_ratio * np.exp(-0.5 * ((x - PULSE_DIA_DELAY * w) / (PULSE_DIA_SIGMA * w)) ** 2)
             pulse += np.where((j >= 0) & (j < peaks.size), amp[k] * (sys_wave + dia_wave), 0.0)
-        return base + self._ppg_sign * pulse
+        return base, pulse
 
     def _eval_scalar(self, stream: str, t: float) -> float:
         """The same model as :meth:`_eval` for one time, in plain Python (about 10x faster per call)."""
@@ -916,7 +968,8 @@ class DyadSimulator:
                     sigma = (PULSE_RISE_SIGMA if x < 0.0 else PULSE_FALL_SIGMA) * w
                     pulse += float(amp[k]) * (math.exp(-0.5 * (x / sigma) ** 2) + p.ppg_diastolic_ratio * math.exp(
                         -0.5 * ((x - PULSE_DIA_DELAY * w) / (PULSE_DIA_SIGMA * w)) ** 2))
-            v = base + self._ppg_sign * pulse + noise
+            dc_scale, ac_scale = self._ppg_scales(role, sig)
+            v = dc_scale * base + ac_scale * pulse + noise
             for start, end, amps, freqs, phases in self._motion[stream]:
                 if start < t < end:
                     x = t - start

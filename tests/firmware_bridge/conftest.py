@@ -29,7 +29,7 @@ def make_link(emu: FirmwareEmulator, **kw) -> SerialLink:
         clock=ClockMapper(nominal_ns_per_us=1000.0 / s, half_life_s=max(1.0, 60.0 / s)),
         ping_interval_s=min(0.5, 2.0 / s),
         handshake_timeout_s=max(0.3, 5.0 / s),
-        silence_timeout_s=max(0.2, 4.0 / s),
+        silence_timeout_s=max(0.5, 8.0 / s),  # generous: a starved emulator thread is not an unplug
         backoff_initial_s=0.005,
         backoff_max_s=min(1.0, 0.5 / s),
     )

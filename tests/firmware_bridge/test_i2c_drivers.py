@@ -229,6 +229,55 @@ def test_two_max30102_behind_tca9548a(sim):
     assert mux.writes_to(None)[-1] == (1,)
 
 
+def test_fifo_read_with_i2c_rdwr_beyond_32_bytes(sim):
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+    drv = MAX30102(bus, use_i2c_rdwr=True, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.25)
+    emu.faults.nack_next(2)
+    data = drv.read_fifo()
+    np.testing.assert_array_equal(sample_numbers(data), np.arange(1, 26))
+    assert [len(d) for _, op, r, d in emu.log if op == "read" and r == 0x07] == [150]  # one transaction
+    assert drv.counters.bus_errors == 2
+
+
+class RecordingBus:
+    """Records which bus methods a driver calls (to check them against smbus2.SMBus)."""
+
+    def __init__(self, bus):
+        self._bus = bus
+        self.called = set()
+
+    def __getattr__(self, name):
+        self.called.add(name)
+        return getattr(self._bus, name)
+
+
+def test_drivers_use_only_smbus2_methods(sim):
+    import smbus2
+
+    clock, bus = sim
+    mux = bus.attach(TCA9548AEmulator(clock=clock))
+    mux.attach(2, MAX30102Emulator(ramp(0), ramp(0), clock=clock))
+    bus.attach(ADS1115Emulator({0: lambda t: 1.0}, clock=clock))
+    rec = RecordingBus(bus)
+    tca = TCA9548A(rec, sleep=clock.sleep, monotonic=clock.now)
+    for rdwr in (False, True):
+        ppg = MAX30102(tca.channel_bus(2), use_i2c_rdwr=rdwr, sleep=clock.sleep, monotonic=clock.now)
+        ppg.init()
+        clock.advance(0.1)
+        ppg.read_fifo()
+        ppg.read_temperature_c()
+    adc = ADS1115(rec, sleep=clock.sleep, monotonic=clock.now)
+    adc.init()
+    adc.read_volts(0)
+    adc.start_continuous(0)
+    adc.read_latest_volts()
+    tca.read_control()
+    assert rec.called and rec.called <= set(dir(smbus2.SMBus)), rec.called - set(dir(smbus2.SMBus))
+
+
 def test_fake_bus_semantics():
     clock = SimClock()
     bus = FakeSMBus()
@@ -372,3 +421,27 @@ def test_gsr_front_end():
         GsrFrontEnd(calibration_v=0.0)
     with pytest.raises(ConfigError, match="calibration_v"):
         GsrFrontEnd(calibration_v=4.0, supply_v=3.3)
+
+
+def test_emulator_datasheet_facts_ads1115_and_tca9548a():
+    clock = SimClock()
+    bus = FakeSMBus()
+    adc = bus.attach(ADS1115Emulator({0: lambda t: 1.0}, clock=clock))
+    tca = bus.attach(TCA9548AEmulator(address=0x77, clock=clock))
+    assert bus.read_i2c_block_data(0x48, 0x01, 2) == [0x85, 0x83]  # power-on config
+    assert bus.read_i2c_block_data(0x48, 0x02, 2) == [0x80, 0x00]
+    assert bus.read_i2c_block_data(0x48, 0x03, 2) == [0x7F, 0xFF]
+    # single shot AIN0, ±4.096 V, 8 SPS: OS reads 0 for 125 ms, then 1
+    bus.write_i2c_block_data(0x48, 0x01, [0xC3, 0x03])
+    assert bus.read_i2c_block_data(0x48, 0x01, 2)[0] & 0x80 == 0
+    clock.advance(0.124)
+    assert bus.read_i2c_block_data(0x48, 0x01, 2)[0] & 0x80 == 0
+    clock.advance(0.002)
+    assert bus.read_i2c_block_data(0x48, 0x01, 2)[0] & 0x80
+    assert bus.read_i2c_block_data(0x48, 0x00, 2) == [0x1F, 0x40]  # 1.0 V / 4.096 V * 32768 = 8000
+    # the SMBus word call returns the bytes swapped (low byte first on SMBus): 0x401F
+    assert bus.read_word_data(0x48, 0x00) == 0x401F
+    assert len(adc.conversions) == 1
+    assert bus.read_byte(0x77) == 0x00  # all channels off at power-on
+    bus.write_byte(0x77, 0b1010_0001)
+    assert bus.read_byte(0x77) == 0xA1 and tca.control == 0xA1

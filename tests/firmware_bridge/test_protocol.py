@@ -218,3 +218,20 @@ def test_spec_worked_example():
     assert cobs_decode(wire[:-1]).hex(" ") == (
         "01 00 02 00 07 00 15 cd 5b 07 02 e8 03 00 00 03 00 01 00 00 00 ff ff ff ff 70 11 01 00 e0 16 84 fd"
     )
+
+
+@given(st.lists(st.integers(1, 97), min_size=1, max_size=60), st.integers(0, 2**32 - 1))
+@settings(max_examples=100, deadline=None)
+def test_any_chunking_gives_the_same_frames(cuts, first):
+    frames = [encode_frame(Samples(i % 3, (first + 10 * i) % 2**32, tuple(range(i, i + 10))), frame_seq=i) for i in range(20)]
+    wire = b"".join(frames)
+    dec = StreamDecoder()
+    out = []
+    pos = 0
+    for c in cuts * (len(wire) // sum(cuts) + 1):
+        out += dec.feed(wire[pos : pos + c])
+        pos += c
+        if pos >= len(wire):
+            break
+    assert [f.frame_seq for f in out] == list(range(20))
+    assert dec.stats.crc_errors == dec.stats.decode_errors == 0

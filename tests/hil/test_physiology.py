@@ -17,6 +17,7 @@ from scipy.interpolate import CubicSpline
 
 from firmware_bridge.errors import ConfigError, DyadsyncError
 from hil.physiology import (
+    AUX_STREAMS,
     STREAMS,
     DyadSimulator,
     GroundTruth,
@@ -76,7 +77,7 @@ def segment_feature(truth: GroundTruth, feature: str, start_s: float, end_s: flo
 # ---- API, determinism, chunking ------------------------------------------------------------------------
 
 
-def test_read_returns_every_stream_at_its_rate(brief_sim):
+def test_read_returns_every_stream_at_its_rate():
     sim = DyadSimulator(brief_config())
     chunk = sim.read(1.0)
     assert set(chunk) == set(STREAMS)
@@ -126,7 +127,7 @@ def test_any_chunking_and_rates_give_the_one_shot_samples(seed, duration_s, eda_
         np.testing.assert_allclose(one.value_at(s, np.arange(expected_n) / rate), whole[s], rtol=1e-12, atol=1e-12)
 
 
-def test_value_at_agrees_with_read_and_interpolates(brief_sim):
+def test_value_at_agrees_with_read_and_interpolates():
     sim = DyadSimulator(brief_config())
     data = read_all(sim, [600.0])
     for s in STREAMS:
@@ -153,7 +154,7 @@ def test_scalar_and_array_value_at_agree_including_events():
     assert len(sim.truth.events) > 10
     ts = np.random.default_rng(3).uniform(-10.0, 310.0, 400)
     ts = np.concatenate([ts, [e.start_s + 0.05 for e in sim.truth.events], [e.end_s - 0.05 for e in sim.truth.events]])
-    for s in STREAMS:
+    for s in STREAMS + AUX_STREAMS:
         vec = sim.value_at(s, ts)
         one = np.array([sim.value_at(s, float(x)) for x in ts])
         np.testing.assert_allclose(one, vec, rtol=1e-12, atol=1e-12, err_msg=s)
@@ -178,7 +179,7 @@ def test_config_round_trips_through_json_to_the_same_signals():
         SimConfig.from_dict({"schedule": [{"start_s": 0, "end_s": 10, "mode": "x"}]})
 
 
-def test_bad_requests_raise_clear_errors(brief_sim):
+def test_bad_requests_raise_clear_errors():
     sim = DyadSimulator(brief_config())
     with pytest.raises(SimulatorError, match="unknown stream"):
         sim.value_at("client/ecg", 1.0)
@@ -224,7 +225,7 @@ def test_bad_config_raises_config_error(make, match):
 # ---- EDA ----------------------------------------------------------------------------------------------
 
 
-def test_eda_range_noise_and_drift(brief_sim):
+def test_eda_range_noise_and_drift():
     sim = DyadSimulator(brief_config())
     data = read_all(sim, [600.0])
     for role in ("therapist", "client"):
@@ -322,7 +323,7 @@ def test_ibis_match_the_beats(brief_sim):
         np.testing.assert_allclose(hr_at[ok], 60000.0 / ibi[ok], rtol=0.03)
 
 
-def test_hr_from_ppg_peak_picking_matches_truth(brief_sim):
+def test_hr_from_ppg_peak_picking_matches_truth():
     sim = DyadSimulator(brief_config(seed=5))
     data = read_all(sim, [600.0])
     truth = sim.truth
@@ -374,6 +375,25 @@ def test_ppg_polarity_can_be_inverted_like_a_raw_max30102():
     # the pulse (its amplitude +-5 % with breathing) adds in one and subtracts in the other
     assert np.all(hi - lo > 2 * 0.94 * ac) and np.all(hi - lo < 2 * 1.08 * ac)
     assert np.all(np.abs(0.5 * (hi + lo) - dc) < 0.02 * dc)
+
+
+def test_red_channel_carries_the_same_pulses_with_its_ratio_of_ratios():
+    events = [SensorEvent("client/ppg", "contact_loss", 40.0, 50.0)]
+    sim = DyadSimulator(SimConfig(seed=3, duration_s=120, ppg_noise_counts=0.0, events=events))
+    assert set(sim.read(1.0)) == set(STREAMS)  # read() stays with the four streams
+    for role in ("therapist", "client"):
+        p = sim.truth.params[role]
+        peaks = sim.truth.pulse_peak_s[role]
+        peaks = peaks[(peaks > 2) & (peaks < 38)]
+        feet = peaks - 0.25 * np.sqrt(np.diff(sim.truth.beat_times_s[role]).mean() / 0.857)
+        ir_pk, ir_ft = sim.value_at(f"{role}/ppg", peaks), sim.value_at(f"{role}/ppg", feet)
+        red_pk, red_ft = sim.value_at(f"{role}/ppg_red", peaks), sim.value_at(f"{role}/ppg_red", feet)
+        assert np.all(red_pk > red_ft) and np.all(ir_pk > ir_ft)  # pulses at the same instants
+        ratio = np.median(((red_pk - red_ft) / red_ft) / ((ir_pk - ir_ft) / ir_ft))
+        assert ratio == pytest.approx(p.ppg_red_ratio, rel=0.05), role
+        assert np.median(red_ft / ir_ft) == pytest.approx(0.7, rel=0.02)
+    assert sim.value_at("client/ppg_red", 45.0) < 3000.0  # the same sensor lost contact
+    assert sim.truth.event_mask("client/ppg_red", 45.0) and not sim.truth.event_mask("therapist/ppg_red", 45.0)
 
 
 def test_rsa_tracks_the_configured_tone():
@@ -478,6 +498,12 @@ def test_truth_segments_fill_gaps_and_give_expected_tau():
     assert [s.expected_tau_s for s in segs] == [None, 3.0, None, -1.5, 0.0, None]
     assert sim.truth.segment_at(160.0).mode == "client_led"
     assert [s.gain_eff for s in segs] == [0.0, 0.8, 0.0, 0.8, 0.8, 0.0]
+    assert [s.expected_sign for s in segs] == [0, 1, 0, 1, -1, 0]
+    assert segs[1].couples("eda") and segs[1].couples("hr") and not segs[0].couples("eda")
+    assert sim.truth.feature("client/hr") is sim.truth.hr_bpm["client"]
+    assert sim.truth.feature("therapist/eda") is sim.truth.eda_us["therapist"]
+    with pytest.raises(SimulatorError, match="unknown feature"):
+        sim.truth.feature("client/ppg")
 
 
 # ---- the research hypothesis knob --------------------------------------------------------------------------
@@ -582,3 +608,28 @@ def test_study_level_analysis_detects_the_hypothesis_only_when_on(effect):
         assert rho > 0.6, rho
     else:
         assert abs(rho) < 0.45, rho
+
+
+def lagged_rsa_coupling(truth: GroundTruth) -> tuple[float, float]:
+    """OLS RSA_C(e) ~ 1 + RSA_C(e-1) + RSA_T(e-1) on the truth epochs: (coefficient of RSA_T(e-1), its t)."""
+    t_rsa, c_rsa = truth.rsa_ln_ms2["therapist"], truth.rsa_ln_ms2["client"]
+    x = np.column_stack([np.ones(c_rsa.size - 1), c_rsa[:-1], t_rsa[:-1]])
+    y = c_rsa[1:]
+    b, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ b
+    se = np.sqrt(np.diag(resid @ resid / (y.size - 3) * np.linalg.inv(x.T @ x)))
+    return float(b[2]), float(b[2] / se[2])
+
+
+@pytest.mark.parametrize("beta", [0.0, -0.6])
+def test_epoch_lagged_rsa_coupling_knob(beta):
+    sim = DyadSimulator(SimConfig(seed=1, duration_s=3600, rsa_coupling_t_to_c=beta, therapist_rsa_sd_ln=0.4,
+                                  client_rsa_sd_ln=0.4))
+    coef, t_value = lagged_rsa_coupling(sim.truth)
+    if beta:
+        assert coef < -0.3 and t_value < -3.0, (coef, t_value)
+    else:
+        assert abs(t_value) < 2.5, (coef, t_value)
+    # the knob leaves the configured RSA level and variability in place
+    c = sim.truth.rsa_ln_ms2["client"]
+    assert abs(np.mean(c) - sim.truth.params["client"].rsa_ln_ms2) < 0.3 and 0.2 < np.std(c) < 0.6

@@ -1,0 +1,1 @@
+"""Session and study analyses behind ``dyadsync report`` and ``dyadsync study`` (see docs/analysis.md)."""

@@ -1,0 +1,404 @@
+"""Loading one recorded session for analysis, from the hub database or from a pulled folder.
+
+Both sources give the same :class:`SessionData`: the session's metadata (participant codes, start/stop),
+every stored stream as a gap-aware series on its own sample grid, the metrics the unit published live
+(``sync_eda``, ``sync_hr``, ``regulation``, ...), markers and a quality summary (losses, flagged blocks,
+status changes).
+
+* Hub database (``broker.store`` schema): streams are read block by block; a missing ``seq`` leaves NaN
+  samples at the place the block should have been (``t0_ns`` keeps the time axis honest).
+* Pulled folder (``broker.puller`` layout ``DEST/<room>/<session>/``; the files of ``broker.export``): the
+  BIDS-physio ``*_physio.tsv.gz`` with its JSON sidecar (``StartTimeUTCns``, ``SamplingFrequency``), with
+  ``n/a`` rows where blocks were lost, ``metrics.csv`` (full-precision ``repr`` floats) and
+  ``session.json``. Values written with 9 significant digits round-trip every float32, so a folder gives
+  bit-identical series to the database it was exported from.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.errors import DyadsyncError
+
+logger = logging.getLogger(__name__)
+
+GRID_NS = 250_000_000  # the shared 4 Hz feature grid (ARCHITECTURE §3)
+
+
+class AnalysisError(DyadsyncError, ValueError):
+    """An analysis could not be made from the data given (bad parameters, unusable input)."""
+
+
+class SessionNotFound(AnalysisError, LookupError):
+    """The session is not in the database or folder given; the message lists what is there."""
+
+
+class IncompleteSession(AnalysisError):
+    """The session exists but lacks what the analysis needs (a feature stream, enough samples)."""
+
+
+class SourceError(AnalysisError, OSError):
+    """The database or folder cannot be read (missing, not a hub database, damaged export file)."""
+
+
+@dataclass
+class Series:
+    """One stored stream: samples ``values`` at ``t0_ns + i / rate_hz``; NaN where samples were lost.
+
+    ``flags`` is the block flag word of each sample (0 where lost); ``lost`` marks samples of missing blocks.
+    """
+
+    stream: str
+    kind: str  # "raw" or "feat"
+    t0_ns: int
+    rate_hz: float
+    values: np.ndarray  # float64
+    flags: np.ndarray  # int64, per sample
+    lost: np.ndarray  # bool, per sample
+    unit: str = ""
+
+    @property
+    def t_ns(self) -> np.ndarray:
+        return self.t0_ns + np.round(np.arange(len(self.values)) * (1e9 / self.rate_hz)).astype(np.int64)
+
+    missing_blocks: int = 0  # holes in seq between the first and last stored block
+    blocks: int = 0
+    flagged_blocks: int = 0
+
+
+@dataclass
+class MetricRow:
+    seq: int
+    window_start_ns: int
+    window_end_ns: int
+    values: dict[str, float]
+
+
+@dataclass
+class SessionData:
+    """Everything the analyses need about one session (see the module docstring)."""
+
+    session: str
+    room: str
+    therapist_code: str | None
+    client_code: str | None
+    started_ns: int | None
+    stopped_ns: int | None
+    streams: dict[tuple[str, str], Series]  # (kind, stream) -> series
+    metrics: dict[str, list[MetricRow]]
+    markers: list[dict]
+    quality: dict
+    status: list[tuple[int, str, str]] = field(default_factory=list)  # (time_ns, unit, state)
+    origin: str = ""
+
+    @property
+    def dyad(self) -> str:
+        return f"{self.therapist_code or '?'}-{self.client_code or '?'}"
+
+    def feature(self, stream: str) -> Series | None:
+        return self.streams.get(("feat", stream))
+
+    def raw(self, stream: str) -> Series | None:
+        return self.streams.get(("raw", stream))
+
+
+# ------------------------------------------------------------------------------------------- database
+def _open_db(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise SourceError(f"hub database {path} does not exist")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con.execute("SELECT session FROM sessions LIMIT 1").fetchall()
+        con.execute("SELECT seq FROM blocks LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(f"{path} is not a dyadsync hub database ({exc})") from exc
+    return con
+
+
+def db_sessions(path: Path | str) -> list[str]:
+    """Session ids stored in a hub database, oldest first."""
+    con = _open_db(Path(path))
+    try:
+        return [s for (s,) in con.execute("SELECT session FROM sessions ORDER BY COALESCE(started_ns, created_ns), session")]
+    finally:
+        con.close()
+
+
+def _series_from_blocks(stream: str, kind: str, unit: str, rows: list[tuple]) -> Series:
+    """rows: (seq, t0_ns, rate_hz, flags, n, data) ordered by seq."""
+    rate = float(rows[0][2])
+    t0 = int(rows[0][1])
+    ns_per = 1e9 / rate
+    end_idx = 0
+    placed = []
+    for _seq, bt0, _r, flags, _n, data in rows:
+        v = np.frombuffer(data, dtype="<f4").astype(np.float64)
+        idx = int(round((bt0 - t0) / ns_per))
+        placed.append((idx, v, flags))
+        end_idx = max(end_idx, idx + len(v))
+    values = np.full(end_idx, np.nan)
+    fl = np.zeros(end_idx, dtype=np.int64)
+    lost = np.ones(end_idx, dtype=bool)
+    for idx, v, flags in placed:
+        values[idx : idx + len(v)] = v
+        fl[idx : idx + len(v)] = flags
+        lost[idx : idx + len(v)] = False
+    seqs = [r[0] for r in rows]
+    s = Series(stream, kind, t0, rate, values, fl, lost, unit)
+    s.missing_blocks = seqs[-1] - seqs[0] + 1 - len(seqs)
+    s.blocks = len(rows)
+    s.flagged_blocks = sum(1 for r in rows if r[3])
+    return s
+
+
+def load_from_db(path: Path | str, session: str, *, with_raw: bool = True) -> SessionData:
+    """Read ``session`` from a hub database (read-only). Raises :class:`SessionNotFound` if it is unknown."""
+    path = Path(path)
+    con = _open_db(path)
+    try:
+        row = con.execute(
+            "SELECT session, room, started_ns, stopped_ns, therapist_code, client_code FROM sessions WHERE session=?",
+            (session,)).fetchone()
+        if row is None:
+            known = [s for (s,) in con.execute("SELECT session FROM sessions ORDER BY session LIMIT 20")]
+            raise SessionNotFound(f"session {session!r} is not in {path}; sessions there: {', '.join(known) or 'none'}")
+        _, room, started, stopped, tcode, ccode = row
+        streams: dict[tuple[str, str], Series] = {}
+        kinds = ("raw", "feat") if with_raw else ("feat",)
+        keys = con.execute(
+            "SELECT DISTINCT unit, kind, stream FROM blocks WHERE session=? ORDER BY kind, stream, unit", (session,)
+        ).fetchall()
+        for unit, kind, stream in keys:
+            if kind not in kinds or (kind, stream) in streams:
+                continue  # one unit per stream (the first); a second unit's copy is ignored
+            rows = con.execute(
+                "SELECT seq, t0_ns, rate_hz, flags, n, data FROM blocks WHERE session=? AND unit=? AND kind=? "
+                "AND stream=? ORDER BY seq", (session, unit, kind, stream)).fetchall()
+            streams[(kind, stream)] = _series_from_blocks(stream, kind, unit, rows)
+        metrics: dict[str, list[MetricRow]] = {}
+        for name, seq, ws, we, vj in con.execute(
+            "SELECT name, seq, window_start_ns, window_end_ns, values_json FROM metrics WHERE session=? "
+            "ORDER BY name, seq", (session,)):
+            vals = {k: (math.nan if v is None else float(v)) for k, v in json.loads(vj).items()}
+            metrics.setdefault(name, []).append(MetricRow(int(seq), int(ws), int(we), vals))
+        markers = [{"id": i, "label": lab, "time_ns": t} for i, lab, t in con.execute(
+            "SELECT cmd_id, label, time_ns FROM commands WHERE session=? AND cmd='marker' ORDER BY time_ns",
+            (session,))]
+        status = [(int(t), u, s) for t, u, s in con.execute(
+            "SELECT time_ns, unit, state FROM status WHERE session=? ORDER BY time_ns", (session,))]
+        dropped = 0
+        for (payload,) in con.execute("SELECT payload FROM status WHERE session=? ORDER BY time_ns", (session,)):
+            try:
+                d = json.loads(payload).get("dropped", {}) or {}
+                dropped = max(dropped, int(sum(d.values())))
+            except (ValueError, AttributeError, TypeError):
+                continue
+    finally:
+        con.close()
+    quality = _quality(streams, metrics, status, dropped)
+    return SessionData(session, room, tcode, ccode, started, stopped, streams, metrics, markers, quality, status,
+                       origin=f"hub database {path}")
+
+
+# --------------------------------------------------------------------------------------------- folder
+def find_session_dirs(root: Path | str) -> list[Path]:
+    """Every pulled session folder (holding a ``session.json``) under ``root`` (or ``root`` itself)."""
+    root = Path(root)
+    if (root / "session.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob("session.json"))
+
+
+def _session_dir(folder: Path, session: str | None) -> Path:
+    if not folder.exists():
+        raise SourceError(f"folder {folder} does not exist")
+    dirs = find_session_dirs(folder)
+    if session is None:
+        if len(dirs) != 1:
+            raise SessionNotFound(f"{folder} holds {len(dirs)} sessions; name one")
+        return dirs[0]
+    for d in dirs:
+        try:
+            meta = json.loads((d / "session.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{d / 'session.json'} cannot be read ({exc})") from exc
+        if meta.get("session") == session:
+            return d
+    names = ", ".join(d.name for d in dirs[:20]) or "none"
+    raise SessionNotFound(f"session {session!r} is not in {folder}; sessions there: {names}")
+
+
+def _read_physio(tsv: Path, sidecar: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vals, flags, lost = [], [], []
+    try:
+        with gzip.open(tsv, "rt") as f:
+            for line in f:
+                a, _, b = line.rstrip("\n").partition("\t")
+                if a == "n/a" and b == "n/a":
+                    vals.append(math.nan)
+                    flags.append(0)
+                    lost.append(True)
+                else:
+                    vals.append(math.nan if a == "n/a" else float(a))
+                    flags.append(int(b) if b not in ("", "n/a") else 0)
+                    lost.append(False)
+    except (OSError, EOFError, ValueError) as exc:
+        raise SourceError(f"{tsv} is damaged or not a physio TSV ({exc})") from exc
+    # the hub stores float32 and writes 9 significant digits, which round-trip float32 exactly: going back
+    # through float32 gives the very values the database holds
+    values = np.asarray(vals, dtype=np.float32).astype(np.float64)
+    return values, np.asarray(flags, dtype=np.int64), np.asarray(lost, dtype=bool)
+
+
+def load_from_folder(folder: Path | str, session: str | None = None, *, with_raw: bool = True) -> SessionData:
+    """Read a session pulled by ``dyadsync lab pull`` (or an unpacked ``archive.tar``)."""
+    d = _session_dir(Path(folder), session)
+    try:
+        meta = json.loads((d / "session.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{d / 'session.json'} cannot be read ({exc})") from exc
+    streams: dict[tuple[str, str], Series] = {}
+    for side in sorted(d.glob("*_physio.json")):
+        try:
+            sc = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{side} cannot be read ({exc})") from exc
+        kind = sc.get("Kind", "feat")
+        if kind == "raw" and not with_raw:
+            continue
+        signal = sc.get("Columns", ["?"])[0]
+        stream = f"{sc.get('Role', '?')}/{signal}"
+        tsv = side.with_name(side.name[: -len(".json")] + ".tsv.gz")
+        if not tsv.is_file():
+            raise SourceError(f"{tsv} is missing (its sidecar {side.name} is there)")
+        if (kind, stream) in streams:
+            continue
+        values, flags, lost = _read_physio(tsv, sc)
+        s = Series(stream, kind, int(sc["StartTimeUTCns"]), float(sc["SamplingFrequency"]), values, flags, lost,
+                   sc.get("Unit", ""))
+        s.missing_blocks = int(sc.get("MissingBlocks", 0))
+        streams[(kind, stream)] = s
+    for st in meta.get("streams", []):
+        s = streams.get((st["kind"], st["stream"]))
+        if s is not None:
+            s.blocks = int(st.get("blocks", 0))
+            s.flagged_blocks = int(st.get("flagged_blocks", 0))
+    metrics: dict[str, list[MetricRow]] = {}
+    mpath = d / "metrics.csv"
+    if mpath.is_file():
+        with open(mpath, newline="") as f:
+            for row in csv.DictReader(f):
+                fixed = ("room", "unit", "name", "seq", "window_start_ns", "window_end_ns")
+                vals = {k: (math.nan if v == "" else float(v)) for k, v in row.items() if k not in fixed}
+                metrics.setdefault(row["name"], []).append(
+                    MetricRow(int(row["seq"]), int(row["window_start_ns"]), int(row["window_end_ns"]), vals))
+        for rows in metrics.values():
+            rows.sort(key=lambda r: r.seq)
+    status: list[tuple[int, str, str]] = []
+    spath = d / "status.tsv"
+    if spath.is_file():
+        for line in spath.read_text().splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) == 4:
+                status.append((int(parts[2]), parts[1], parts[3]))
+    q = meta.get("quality", {})
+    quality = _quality(streams, metrics, status, int(q.get("unit_reported_dropped", 0)))
+    return SessionData(meta["session"], meta.get("room", ""), meta.get("therapist_code"), meta.get("client_code"),
+                       meta.get("started_ns"), meta.get("stopped_ns"), streams, metrics,
+                       list(meta.get("markers", [])), quality, status, origin=f"pulled folder {d}")
+
+
+def load_session(session: str | None, *, db: Path | str | None = None, folder: Path | str | None = None,
+                 with_raw: bool = True) -> SessionData:
+    """Load from exactly one of ``db`` (hub database) or ``folder`` (pulled export)."""
+    if (db is None) == (folder is None):
+        raise AnalysisError("give exactly one of a hub database (--db) or a pulled folder (--dir)")
+    if db is not None:
+        if session is None:
+            raise AnalysisError("name the session to read from the hub database")
+        return load_from_db(db, session, with_raw=with_raw)
+    return load_from_folder(folder, session, with_raw=with_raw)  # type: ignore[arg-type]
+
+
+def _quality(streams: dict[tuple[str, str], Series], metrics: dict[str, list[MetricRow]],
+             status: list[tuple[int, str, str]], unit_dropped: int) -> dict:
+    from firmware_bridge.block import BlockFlags
+
+    per_stream = []
+    for (kind, stream), s in sorted(streams.items()):
+        fl = s.flags
+        per_stream.append({
+            "kind": kind, "stream": stream, "unit": s.unit, "rate_hz": s.rate_hz, "samples": int(len(s.values)),
+            "lost_samples": int(s.lost.sum()), "missing_blocks": s.missing_blocks,
+            "nan_samples": int(np.sum(~np.isfinite(s.values) & ~s.lost)),
+            "contact_lost_samples": int(np.sum((fl & BlockFlags.CONTACT_LOST) != 0)),
+            "saturated_samples": int(np.sum((fl & BlockFlags.SATURATED) != 0)),
+            "invalid_samples": int(np.sum((fl & BlockFlags.INVALID) != 0)),
+            "flagged_samples": int(np.sum(fl != 0)),
+        })
+    missing_metrics = {}
+    for name, rows in metrics.items():
+        seqs = [r.seq for r in rows]
+        missing_metrics[name] = (max(seqs) - min(seqs) + 1 - len(seqs)) if seqs else 0
+    return {
+        "streams": per_stream,
+        "missing_blocks": sum(p["missing_blocks"] for p in per_stream),
+        "missing_metrics": missing_metrics,
+        "unit_reported_dropped": unit_dropped,
+        "status_changes": len(status),
+    }
+
+
+# ------------------------------------------------------------------------------------------ alignment
+def aligned_features(data: SessionData, signal: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """Therapist and client ``feat/<role>/<signal>`` on one 4 Hz grid: ``(t0_ns, therapist, client)``.
+
+    The grid starts at the earlier stream's first sample (the unit's session bin ``k0``); samples outside a
+    stream or lost are NaN. Raises :class:`IncompleteSession` if either stream is missing.
+    """
+    t = data.feature(f"therapist/{signal}")
+    c = data.feature(f"client/{signal}")
+    missing = [n for n, s in (("therapist", t), ("client", c)) if s is None]
+    if missing:
+        have = sorted(f"{k}/{s}" for k, s in data.streams)
+        raise IncompleteSession(
+            f"session {data.session}: no {signal} feature stream for {' and '.join(missing)} "
+            f"(streams stored: {', '.join(have) or 'none'})")
+    assert t is not None and c is not None
+    if abs(t.rate_hz - c.rate_hz) > 1e-9:
+        raise IncompleteSession(f"session {data.session}: {signal} rates differ ({t.rate_hz} vs {c.rate_hz} Hz)")
+    ns_per = 1e9 / t.rate_hz
+    t0 = min(t.t0_ns, c.t0_ns)
+    oft = int(round((t.t0_ns - t0) / ns_per))
+    ofc = int(round((c.t0_ns - t0) / ns_per))
+    n = max(oft + len(t.values), ofc + len(c.values))
+    a = np.full(n, np.nan)
+    b = np.full(n, np.nan)
+    a[oft : oft + len(t.values)] = t.values
+    b[ofc : ofc + len(c.values)] = c.values
+    return t0, a, b
+
+
+def aligned_lost(data: SessionData, signal: str) -> np.ndarray:
+    """On the grid of :func:`aligned_features`: True where either person's sample was lost in transit."""
+    t, c = data.feature(f"therapist/{signal}"), data.feature(f"client/{signal}")
+    if t is None or c is None:
+        raise IncompleteSession(f"session {data.session}: no {signal} feature stream for both people")
+    ns_per = 1e9 / t.rate_hz
+    t0 = min(t.t0_ns, c.t0_ns)
+    oft = int(round((t.t0_ns - t0) / ns_per))
+    ofc = int(round((c.t0_ns - t0) / ns_per))
+    n = max(oft + len(t.values), ofc + len(c.values))
+    lost = np.zeros(n, dtype=bool)
+    lost[oft : oft + len(t.lost)] |= t.lost
+    lost[ofc : ofc + len(c.lost)] |= c.lost
+    return lost

@@ -1,0 +1,313 @@
+"""``dyadsync report``: one self-contained HTML page about one recorded session.
+
+The page (no external resources; plots are embedded base64 PNGs drawn with matplotlib's Agg backend)
+shows both people's EDA and heart rate, the lag × time synchrony map r(τ, t), therapist-led vs client-led
+synchrony over time, in-phase vs anti-phase peaks, each person's RSA and RMSSD per 30-s epoch, markers and
+data quality (losses in transit, flagged samples, unit status), and a table of session indices with
+surrogate p-values and effect sizes (:mod:`dsp_ext.stats`). Definitions: ARCHITECTURE §4 and
+``docs/analysis.md``.
+
+Sources: a hub database (``--db``) or a folder pulled with ``dyadsync lab pull`` (``--dir``).
+By default synchrony is recomputed from the stored 4 Hz features with the unit's parameters and
+checked window by window against the metrics the unit published live; ``--recompute`` first rebuilds the
+4 Hz features from the raw signals with :mod:`dsp_ext` and may use other parameters (``--win-s`` ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dsp_ext.synchrony import SyncParams
+
+from .analysis.compute import SessionAnalysis, _held, analyse_session
+from .analysis.source import (
+    AnalysisError,
+    IncompleteSession,
+    Series,
+    SessionData,
+    SessionNotFound,
+    SourceError,
+    load_session,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AnalysisError",
+    "IncompleteSession",
+    "SessionNotFound",
+    "SourceError",
+    "features_from_raw",
+    "render_report",
+    "write_report",
+]
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.6em}
+table{border-collapse:collapse;font-size:0.85em;margin:0.6em 0}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.sig{font-weight:bold;color:#1e7d32}.note{color:#666;font-size:0.85em}
+img{max-width:100%;display:block;margin:0.5em 0}.warn{background:#fff4e0;padding:0.5em;border-left:4px solid #e67e22}
+.ok{color:#1e7d32}.bad{color:#b03a2e;font-weight:bold}
+"""
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x))
+
+
+def _f(x: float, d: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{d}g}" if (x != 0 and abs(x) < 10 ** -(d - 1)) else f"{x:.{d}f}"
+
+
+def _utc(ns: int | None) -> str:
+    if not ns:
+        return "–"
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def features_from_raw(data: SessionData) -> SessionData:
+    """Replace the stored 4 Hz features by ones rebuilt from the raw signals with dsp_ext.
+
+    EDA: :class:`dsp_ext.eda.EdaStream` when available, else the mean of the raw samples per 250-ms bin (the
+    unit's plain extractor). HR: :func:`dsp_ext.ppg.ppg_features` (beats, corrected IBIs, HR on the grid).
+    Raises :class:`IncompleteSession` if a raw stream is missing.
+    """
+    new = dict(data.streams)
+    for role in ("therapist", "client"):
+        for signal, raw_name in (("eda", "eda"), ("hr", "ppg")):
+            raw = data.raw(f"{role}/{raw_name}")
+            if raw is None:
+                raise IncompleteSession(f"session {data.session}: --recompute needs the raw {role}/{raw_name} stream")
+            vals = _held(raw.values)
+            if signal == "eda":
+                from firmware_bridge.block import BlockFlags
+
+                v = _eda_grid(vals, raw.rate_hz, ((raw.flags & BlockFlags.CONTACT_LOST) == 0) & ~raw.lost)
+            else:
+                from dsp_ext import ppg
+
+                f = ppg.ppg_features(vals, raw.rate_hz)
+                v = np.full(int(len(vals) / raw.rate_hz * 4), np.nan)
+                ok = f.index < len(v)
+                v[f.index[ok]] = f.hr_bpm[ok]
+            lost = np.zeros(len(v), dtype=bool)
+            bins = np.minimum((np.arange(len(raw.lost)) / raw.rate_hz * 4).astype(np.int64), len(v) - 1)
+            if len(v):
+                np.logical_or.at(lost, bins[raw.lost[: len(bins)]], True)
+            v = np.where(lost, np.nan, v)
+            new[("feat", f"{role}/{signal}")] = Series(f"{role}/{signal}", "feat", raw.t0_ns, 4.0, v,
+                                                       np.zeros(len(v), np.int64), lost, raw.unit)
+    return SessionData(**{**data.__dict__, "streams": new})
+
+
+def _eda_grid(vals: np.ndarray, rate_hz: float, contact_ok: np.ndarray) -> np.ndarray:
+    try:
+        from dsp_ext import eda
+
+        feats = eda.eda_features(vals, rate_hz, contact=contact_ok) if hasattr(eda, "eda_features") else None
+    except ImportError:
+        feats = None
+    if feats is not None and hasattr(feats, "index") and hasattr(feats, "eda_us"):
+        v = np.full(int(len(vals) / rate_hz * 4), np.nan)
+        ok = feats.index < len(v)
+        v[feats.index[ok]] = feats.eda_us[ok]
+        return v
+    per = rate_hz / 4.0
+    n = int(len(vals) // per)
+    edges = np.round(np.arange(n + 1) * per).astype(np.int64)
+    return np.add.reduceat(vals, edges[:-1])[:n] / np.diff(edges)
+
+
+# --------------------------------------------------------------------------------------------- HTML
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">'
+
+
+def _index_table(an: SessionAnalysis) -> str:
+    rows = an.index_rows()
+    out = ['<table><tr><th class="l">channel</th><th class="l">index</th><th>value</th><th>p (surrogates)</th>'
+           '<th>effect size</th><th class="l">note</th></tr>']
+    for r in rows:
+        sig = ' class="sig"' if math.isfinite(r["p_value"]) and r["p_value"] < 0.05 else ""
+        out.append(f'<tr><td class="l">{_e(r["channel"])}</td><td class="l">{_e(r["index"])}</td>'
+                   f'<td>{_f(r["value"])}</td><td{sig}>{_f(r["p_value"])}</td><td>{_f(r["effect_size"], 2)}</td>'
+                   f'<td class="l note">{_e(r["note"])}</td></tr>')
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _quality_table(data: SessionData) -> str:
+    q = data.quality
+    out = ['<table><tr><th class="l">stream</th><th class="l">unit</th><th>rate (Hz)</th><th>samples</th>'
+           '<th>lost (missing blocks)</th><th>NaN</th><th>contact lost</th><th>saturated</th><th>invalid</th></tr>']
+    for s in q["streams"]:
+        out.append(f'<tr><td class="l">{_e(s["kind"])}:{_e(s["stream"])}</td><td class="l">{_e(s["unit"])}</td>'
+                   f'<td>{s["rate_hz"]:g}</td><td>{s["samples"]}</td>'
+                   f'<td>{s["lost_samples"]} ({s["missing_blocks"]})</td><td>{s["nan_samples"]}</td>'
+                   f'<td>{s["contact_lost_samples"]}</td><td>{s["saturated_samples"]}</td>'
+                   f'<td>{s["invalid_samples"]}</td></tr>')
+    out.append("</table>")
+    mm = ", ".join(f"{k}: {v}" for k, v in q["missing_metrics"].items()) or "none"
+    out.append(f'<p>Missing blocks in all streams: {q["missing_blocks"]}; metrics missing (seq holes): {_e(mm)}; '
+               f'samples the unit reported dropped: {q["unit_reported_dropped"]}; status changes: '
+               f'{q["status_changes"]}.</p>')
+    return "\n".join(out)
+
+
+def _artefact_table(an: SessionAnalysis) -> str:
+    if not an.artefacts:
+        return "<p>No raw signals stored: artefacts in the raw EDA and PPG cannot be counted.</p>"
+    keys = sorted({k for a in an.artefacts.values() for k in a})
+    out = ["<h3>Artefacts found in the raw signals</h3><table id='artefacts'><tr><th class='l'>person</th>"
+           + "".join(f"<th>{_e(k.replace('_', ' '))}</th>" for k in keys) + "</tr>"]
+    for role, a in an.artefacts.items():
+        out.append(f"<tr><td class='l'>{_e(role)}</td>" + "".join(f"<td>{a.get(k, '–')}</td>" for k in keys)
+                   + "</tr>")
+    out.append("</table><p class='note'>PPG: beats and the corrections of the Lipponen–Tarvainen IBI "
+               "classifier (dsp_ext.ppg); EDA: raw samples out of range, too steep, without contact or lost, and "
+               "the 4 Hz bins they invalidate (dsp_ext.eda).</p>")
+    return "\n".join(out)
+
+
+def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = None) -> str:
+    """The HTML page of an analysed session (``progress`` is called once per figure)."""
+    from .analysis import plots
+
+    step = progress or (lambda label: None)
+    d = an.data
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>dyadsync report {_e(d.session)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Session {_e(d.session)}</h1>",
+             "<table>"
+             f"<tr><th class='l'>room</th><td class='l'>{_e(d.room)}</td></tr>"
+             f"<tr><th class='l'>therapist / client</th><td class='l'>{_e(d.therapist_code)} / {_e(d.client_code)}</td></tr>"
+             f"<tr><th class='l'>start / stop</th><td class='l'>{_utc(d.started_ns)} / {_utc(d.stopped_ns)}</td></tr>"
+             f"<tr><th class='l'>source</th><td class='l'>{_e(d.origin)}</td></tr>"
+             f"<tr><th class='l'>markers</th><td class='l'>{len(d.markers)}</td></tr>"
+             "</table>"]
+    if an.notes:
+        parts.append("<div class='warn'><b>Notes</b><ul>" + "".join(f"<li>{_e(n)}</li>" for n in an.notes)
+                     + "</ul></div>")
+    parts.append("<h2>Signals</h2>")
+    parts.append(_img(plots.to_data_uri(plots.signals_figure(d)), "EDA and heart rate of both people"))
+    step("figure: signals")
+    parts.append("<h2>Session indices</h2>")
+    parts.append(f"<p class='note'>p-values: one-sided against {an.n_surrogates} circular-shift surrogates of the "
+                 "client series (shift ≥ 2·lag); effect size = (observed − null mean) / null SD. Fisher z of r "
+                 "clipped to ±0.999; τ &gt; 0 means the therapist leads.</p>")
+    parts.append(_index_table(an))
+    parts.append("<h2>Agreement with the live metrics</h2><table><tr><th class='l'>metric</th><th>live windows</th>"
+                 "<th>compared</th><th>max |difference|</th><th class='l'>note</th></tr>")
+    for sig, ch in an.channels.items():
+        lc = ch.live
+        if lc is None:
+            parts.append(f"<tr><td class='l'>sync_{sig}</td><td>0</td><td>0</td><td>–</td>"
+                         "<td class='l'>no live metric stored</td></tr>")
+            continue
+        cls = "ok" if lc.comparable and lc.max_abs_diff <= 1e-6 else ("bad" if lc.comparable else "")
+        parts.append(f"<tr><td class='l'>{_e(lc.metric)}</td><td>{lc.n_live}</td><td>{lc.n_compared}</td>"
+                     f"<td class='{cls}' id='live-{_e(sig)}'>{_f(lc.max_abs_diff, 2) if lc.comparable else '–'}</td>"
+                     f"<td class='l'>{_e(lc.note)}</td></tr>")
+    parts.append("</table>")
+    for sig, ch in an.channels.items():
+        p = ch.res.params
+        parts.append(f"<h2>{sig.upper()} synchrony</h2><p class='note'>window {p.win_s:g} s, step {p.inc_s:g} s, "
+                     f"lags ±{p.lag_s:g} s, peak window {p.peak_window} lags; {len(ch.res)} windows.</p>")
+        for name, fig in (("lag × time map", plots.sync_map_figure), ("leadership", plots.leadership_figure),
+                          ("peaks", plots.peaks_figure)):
+            parts.append(_img(plots.to_data_uri(fig(an, sig)), f"{sig} {name}"))
+            step(f"figure: {sig} {name}")
+        if ch.surrogates:
+            parts.append(_img(plots.to_data_uri(plots.surrogate_figure(an, sig)), f"{sig} surrogates"))
+            step(f"figure: {sig} surrogates")
+    parts.append("<h2>Regulation: RSA and RMSSD</h2>")
+    if an.hrv:
+        parts.append("<p class='note'>" + "; ".join(f"{_e(r)}: {_e(h.source)}" for r, h in an.hrv.items()) + "</p>")
+        parts.append(_img(plots.to_data_uri(plots.hrv_figure(an)), "RSA and RMSSD per epoch"))
+    else:
+        parts.append("<p>RSA not available: " + _e("; ".join(n for n in an.notes if "RSA" in n) or "no heart data")
+                     + "</p>")
+    step("figure: regulation")
+    parts.append("<h2>Markers</h2>")
+    if d.markers:
+        t0 = d.started_ns or 0
+        parts.append("<table><tr><th class='l'>label</th><th>time (s)</th><th class='l'>UTC</th></tr>" + "".join(
+            f"<tr><td class='l'>{_e(m.get('label'))}</td><td>{(m['time_ns'] - t0) / 1e9:.1f}</td>"
+            f"<td class='l'>{_utc(m['time_ns'])}</td></tr>" for m in d.markers) + "</table>")
+    else:
+        parts.append("<p>No markers were set in this session.</p>")
+    parts.append("<h2>Data quality</h2>")
+    parts.append(_img(plots.to_data_uri(plots.quality_figure(d)), "data quality timeline"))
+    parts.append(_quality_table(d))
+    parts.append(_artefact_table(an))
+    step("figure: quality")
+    if d.status:
+        states = ", ".join(sorted({s for _, _, s in d.status}))
+        parts.append(f"<p>Unit states seen: {_e(states)}.</p>")
+    parts.append(f"<p class='note'>Generated by dyadsync on {_utc(int(dt.datetime.now(dt.UTC).timestamp() * 1e9))}."
+                 "</p></body></html>")
+    return "\n".join(parts)
+
+
+N_FIGURE_STEPS = 1 + 4 * 2 + 2
+
+
+def write_report(
+    session: str | None,
+    *,
+    db: Path | str | None = None,
+    folder: Path | str | None = None,
+    out: Path | str | None = None,
+    params: SyncParams | None = None,
+    recompute: bool = False,
+    n_surrogates: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Path, SessionAnalysis]:
+    """Load, analyse and render one session; returns the HTML path and the analysis.
+
+    ``params=None`` and ``recompute=False``: the unit's parameters on the stored features (the numbers
+    then equal the live metrics). Raises :class:`SessionNotFound`, :class:`IncompleteSession` or
+    :class:`SourceError` (all :class:`AnalysisError`, a ``DyadsyncError``)."""
+    from tqdm import tqdm
+
+    from .analysis.compute import n_steps
+
+    bar = tqdm(total=2 + n_steps(n_surrogates) + N_FIGURE_STEPS, desc="report", unit="step", disable=not progress)
+    try:
+        data = load_session(session, db=db, folder=folder, with_raw=True)
+        bar.update(1)
+        if recompute:
+            data = features_from_raw(data)
+            if params is None:
+                params = SyncParams()
+        bar.set_description("report: features")
+        bar.update(1)
+
+        def step(label: str) -> None:
+            bar.set_description(f"report: {label}")
+            bar.update(1)
+
+        an = analyse_session(data, params, n_surrogates=n_surrogates, seed=seed, progress=step)
+        page = render_report(an, progress=step)
+    finally:
+        bar.close()
+    path = Path(out) if out else Path(f"report-{data.session}.html")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    logger.info("report of %s written to %s", data.session, path)
+    return path, an
+

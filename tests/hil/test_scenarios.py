@@ -1,0 +1,189 @@
+"""HIL scenarios end to end: Mosquitto, the hub recorder and the unit daemon(s) as separate processes on the
+simulated room, scored against the simulator's truth. The short variants run by default (3 simulated
+minutes at 25x each, ~30 s wall); the full-length ones (10 minutes, 60-s broker outage) and the short
+ones that must run slower (serial firmware and I2C polling keep up with only a few x real time) are
+marked slow."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from broker.mosquitto import find_mosquitto
+from hil.scenarios import Runner, catalogue, missing_requirements, run_scenario, score
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)")
+
+# Scenarios that cannot pass in this build, with the precise reason (strict: they must start failing loudly
+# as "XPASS" once fixed, so the marker is removed).
+KNOWN_FAILURES: dict[str, str] = {
+    "noisy-serial": "completeness: samples lost to the unplugs and CRC-rejected frames are not reported by the unit "
+                    "(its status counts only source sequence gaps, not SerialLink.lost_samples), so the hub's raw "
+                    "gaps have no reported counterpart",
+    "i2c-glitches": "completeness: samples lost to the stalled FIFO (MAX30102 overflow) and NACK bursts are not "
+                    "reported by the unit (only FIFO_OVERFLOW/GAP_BEFORE flags in-band, no count in its status)",
+    "room-basic": "completeness: the ADS1115 scan schedule misses ~10 of 8640 EDA conversions per stream at 3x "
+                  "(seen 9 and 11); the unit counts them only in-band (GAP_BEFORE), not in its status",
+    "contact-loss": "health: the unit does not show a sensor reporting CONTACT_LOST (lead-off) as sensor_fault in "
+                    "its status or LED (device/unit.py derives sensor states from source errors and silence only)",
+}
+
+
+def _params(short: bool):
+    out = []
+    for name, s in catalogue(short).items():
+        marks = []
+        missing = missing_requirements(s)
+        if missing:
+            marks.append(pytest.mark.skip(reason=f"needs {', '.join(missing)} (emulators/drivers not on main yet)"))
+        elif name in KNOWN_FAILURES:
+            marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
+        if not short or s.session_s / s.speed + 25 > 60:  # wall: session at speed + ~25 s start/stop/score
+            marks.append(pytest.mark.slow)
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def basic_run(tmp_path_factory):
+    """One short room-basic-sim run shared by the tamper tests."""
+    s = catalogue(short=True)["room-basic-sim"]
+    return Runner(s, workdir=tmp_path_factory.mktemp("basic")).run()
+
+
+def test_room_basic_sim_scores(basic_run):
+    rep = score(basic_run)
+    print(rep.table())
+    assert rep.passed, rep.table()
+    cats = {s.category for s in rep.scores}
+    assert cats == {"completeness", "time", "science", "health"}
+
+
+def _tampered(basic_run, tmp_path, sql: list[str]):
+    db = tmp_path / "hub.sqlite"
+    shutil.copy(basic_run.db_path, db)
+    for ext in ("-wal", "-shm"):
+        src = basic_run.db_path.with_name(basic_run.db_path.name + ext)
+        if src.exists():
+            shutil.copy(src, db.with_name(db.name + ext))
+    con = sqlite3.connect(db)
+    for q in sql:
+        con.execute(q)
+    con.commit()
+    con.close()
+    return score(replace(basic_run, db_path=db))
+
+
+def test_score_misses_a_lost_feature_block_and_metric(basic_run, tmp_path):
+    rep = _tampered(basic_run, tmp_path, [
+        "DELETE FROM blocks WHERE kind='feat' AND stream='client/eda' AND seq=40",
+        "DELETE FROM metrics WHERE name='sync_eda' AND seq=17",
+    ])
+    failed = {s.name for s in rep.failed()}
+    assert "unit-a feature blocks" in failed
+    assert "unit-a sync_eda" in failed
+    assert not rep.passed
+
+
+def test_score_misses_a_lost_raw_block(basic_run, tmp_path):
+    rep = _tampered(basic_run, tmp_path, ["DELETE FROM blocks WHERE kind='raw' AND stream='therapist/ppg' AND seq=30"])
+    assert {s.name for s in rep.failed()} >= {"unit-a raw samples"}
+
+
+def test_score_misses_misaligned_client(basic_run, tmp_path):
+    """The client's raw PPG stamped 20 ms late at the hub: the time score must see it."""
+    rep = _tampered(basic_run, tmp_path, ["UPDATE blocks SET t0_ns = t0_ns + 20000000 WHERE kind='raw' AND "
+                                          "stream='client/ppg'"])
+    t = next(s for s in rep.scores if s.category == "time")
+    assert not t.passed, t
+    assert "20." in t.value or "19." in t.value, t.value
+
+
+def test_score_misses_a_wrong_leader(basic_run, tmp_path):
+    """Lags with the wrong sign in the therapist-led segment: the science score must miss."""
+    rep = _tampered(basic_run, tmp_path, [
+        "UPDATE metrics SET values_json = json_set(values_json, '$.inphase_lag_s', "
+        "-json_extract(values_json, '$.inphase_lag_s')) WHERE name='sync_eda'"])
+    sci = [s for s in rep.scores if s.category == "science" and "therapist_led" in s.name]
+    assert sci and not any(s.passed for s in sci)
+
+
+@pytest.mark.parametrize("name", _params(short=True))
+def test_scenario_short(name, tmp_path):
+    if name == "room-basic-sim":
+        pytest.skip("run by test_room_basic_sim_scores")
+    rep = run_scenario(name, short=True, workdir=tmp_path)
+    print(rep.table())
+    assert rep.passed, rep.table()
+
+
+@pytest.mark.parametrize("name", _params(short=False))
+def test_scenario_full(name, tmp_path):
+    rep = run_scenario(name, short=False, workdir=tmp_path)
+    print(rep.table())
+    assert rep.passed, rep.table()
+
+
+def test_cli_list_and_unknown_scenario():
+    out = subprocess.run([sys.executable, "-m", "device.cli", "hil", "list"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name in catalogue():
+        assert name in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "device.cli", "hil", "run", "no-such-room"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "unknown scenario 'no-such-room'" in bad.stderr
+
+
+def test_lost_blocks_are_injected_exactly():
+    """The simulated sensor drops exactly the listed blocks (a sequence gap) and flags contact loss."""
+    from device.clock import ScaledClock
+    from hil.wiring import HilSpec, SimulatedSensor
+
+    spec = HilSpec(sim={"seed": 3, "duration_s": 60, "events": [
+        {"stream": "client/eda", "kind": "contact_loss", "start_s": 1.0, "end_s": 2.0}]},
+        t0_ns=1_800_000_000_000_000_000, drops={"client/eda": [[0.5, 2]]}, block_s=0.125)
+    sim = spec.simulator()
+    clock = ScaledClock(1000.0, spec.t0_ns)
+    src = SimulatedSensor("c-eda", "client/eda", 32.0, clock, sim, spec.t0_ns, block_s=0.125,
+                          dropped=spec.dropped_blocks("client/eda", 32.0))
+    blocks = []
+    while len(blocks) < 20:
+        blocks += src.read(0.5)
+    seqs = [b.seq for b in blocks]
+    assert spec.dropped_blocks("client/eda", 32.0) == {4, 5}
+    assert 4 not in seqs and 5 not in seqs and 3 in seqs and 6 in seqs
+    assert src.lost_blocks == 2
+    for b in blocks:
+        k = np.arange(b.n) + b.seq * 4
+        np.testing.assert_allclose(b.values, sim.value_at("client/eda", k / 32.0).astype(np.float32))
+        assert b.t0_ns == spec.t0_ns + round(b.seq * 4 * 1e9 / 32.0)
+        lost_contact = 1.0 <= (b.seq * 4 + 3) / 32.0 and b.seq * 4 / 32.0 < 2.0
+        assert bool(b.flags & 0x2) == lost_contact, (b.seq, b.flags)
+
+
+def test_bad_spec_is_a_clear_error(tmp_path, monkeypatch):
+    from firmware_bridge.errors import ConfigError
+    from hil.wiring import SPEC_ENV, HilSpec, find_spec
+
+    p = tmp_path / "spec.json"
+    p.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        HilSpec.read(p)
+    p.write_text('{"version": 99}')
+    with pytest.raises(ConfigError, match="version 99"):
+        HilSpec.read(p)
+    monkeypatch.setenv(SPEC_ENV, str(tmp_path / "missing.json"))
+
+    class Cfg:
+        data_dir = tmp_path
+
+    with pytest.raises(ConfigError, match="no HIL spec"):
+        find_spec(Cfg())
