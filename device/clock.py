@@ -28,20 +28,30 @@ class Clock:
 
 
 class ScaledClock(Clock):
-    """Simulated UTC time running ``speed`` times real time from the anchor ``epoch_ns`` (default: now).
+    """Simulated UTC time running ``speed`` times real time.
 
-    ``now = epoch + (wall - epoch) * speed``: processes given the same epoch (``hardware.sim_epoch_ns``,
-    ``--sim-epoch-ns``) share one simulated time line, which two-unit HIL scenarios need.
+    ``ScaledClock(speed, epoch_ns)``: ``now = epoch + (wall - epoch) * speed`` (default epoch: now). Every
+    process given the same epoch (``hardware.sim_epoch_ns``, ``--sim-epoch-ns``) shares one simulated time
+    line, also across restarts; the epoch should be a recent wall time (a future epoch runs backwards
+    from it). ``ScaledClock(speed, start_ns=T)``: simulated time is ``T`` at construction, for
+    single-process simulations that want an arbitrary start.
     """
 
-    def __init__(self, speed: float = 1.0, epoch_ns: int | None = None) -> None:
+    def __init__(self, speed: float = 1.0, epoch_ns: int | None = None, *, start_ns: int | None = None) -> None:
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed!r}")
+        if epoch_ns is not None and start_ns is not None:
+            raise ValueError("give epoch_ns or start_ns, not both")
         self.speed = float(speed)
-        self.epoch_ns = time.time_ns() if epoch_ns is None else int(epoch_ns)
+        wall = time.time_ns()
+        self.epoch_ns = wall if epoch_ns is None else int(epoch_ns)
+        self._wall_anchor_ns = self.epoch_ns
+        if start_ns is not None:  # sim time start_ns now
+            self.epoch_ns = int(start_ns)
+            self._wall_anchor_ns = wall
 
     def now_ns(self) -> int:
-        return self.epoch_ns + int((time.time_ns() - self.epoch_ns) * self.speed)
+        return self.epoch_ns + int((time.time_ns() - self._wall_anchor_ns) * self.speed)
 
     def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:
         return super().sleep(seconds / self.speed, stop)

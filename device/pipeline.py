@@ -153,7 +153,6 @@ class Pipeline:
         self._role_epoch: dict[str, int] = {}  # role -> last epoch its HR extractor completed
         self._epoch_done = -1
         self.metrics_emitted = 0
-        self.window_done_ns: list[tuple[str, int, int]] = []  # (metric, seq, completion ns) for latency stats
         self._sync_impl = _load_sync()
 
     # ----------------------------------------------------------------------------------- sessions
@@ -324,9 +323,6 @@ class Pipeline:
             m = wire.Metric(self.session.id, seq, f"sync_{channel}", ws, we, values)
             self._out.append(OutMsg(wire.metric_topic(self.room, self.unit, m.name), m.encode(), "metric"))
             self.metrics_emitted += 1
-            self.window_done_ns.append((m.name, seq, we + p.lag * GRID_NS))
-            if len(self.window_done_ns) > 10_000:
-                del self.window_done_ns[:5000]
 
     def feature_method(self, signal: str) -> str:
         return self.dsp.eda_method if signal == "eda" else self.dsp.hr_method

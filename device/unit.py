@@ -64,6 +64,7 @@ class Unit:
         self.source_threads = [SourceThread(s, self.queue) for s in sources]
         self.sensors: dict[str, str] = {s.name: "starting" for s in sources}
         self.bad_commands = 0
+        self._contact_lost: dict[str, set[str]] = {}
         self.fatal: str | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -131,6 +132,7 @@ class Unit:
         for kind, a, b in events:
             if kind == "block":
                 self.pipeline.on_block(b)
+                self._contact(a, b)
             elif kind == "sensor":
                 self.sensors[a] = b
             elif kind == "mqtt":
@@ -145,6 +147,21 @@ class Unit:
             state["last_status"] = json.loads(status.payload)
         if msgs or extra:
             self.outbox.put(msgs, state=state)
+
+    def _contact(self, name: str, block: Any) -> None:
+        """A sensor whose blocks say CONTACT_LOST (electrode or finger off) is shown as ``contact_lost``,
+        which the LED treats as a sensor fault, until its blocks come without the flag again."""
+        lost = self._contact_lost.setdefault(name, set())
+        if block.flags & BlockFlags.CONTACT_LOST:
+            lost.add(block.stream)
+        else:
+            lost.discard(block.stream)
+        state = self.sensors.get(name)
+        if lost and state == "ok":
+            self.sensors[name] = "contact_lost"
+            logger.warning("sensor %s: contact lost (%s)", name, ", ".join(sorted(lost)))
+        elif not lost and state == "contact_lost":
+            self.sensors[name] = "ok"
 
     def _handle_mqtt(self, topic: str, payload: bytes) -> list[OutMsg]:
         try:
@@ -214,7 +231,7 @@ class Unit:
     def current_state(self) -> str:
         return resolve_state(
             fatal=self.fatal is not None,
-            sensor_fault=any(s == "fault" for s in self.sensors.values()),
+            sensor_fault=any(s in ("fault", "contact_lost") for s in self.sensors.values()),
             buffering=not self.link.connected or self.outbox.depth > BUFFERING_DEPTH,
             recording=self.pipeline.session is not None,
             ready=self.link.counts["connects"] > 0,

@@ -200,3 +200,19 @@ def test_systemd_unit_file():
     assert svc["Type"] == "notify" and svc["Restart"] == "on-failure"
     assert int(svc["WatchdogSec"]) > 0 and "unit run --config" in svc["ExecStart"]
     assert int(svc["TimeoutStopSec"]) > 10  # room for the outbox flush on SIGTERM
+
+
+def test_scaled_clock_epoch_and_start():
+    import time
+
+    from device.clock import ScaledClock
+
+    epoch = time.time_ns()
+    a, b = ScaledClock(50.0, epoch), ScaledClock(50.0, epoch)
+    time.sleep(0.05)
+    ta, tb = a.now_ns(), b.now_ns()
+    assert abs(ta - tb) < 50 * 5_000_000  # one shared time line (within 5 ms of wall time)
+    assert ta - epoch >= 50 * 0.05e9 * 0.9
+    c = ScaledClock(1000.0, start_ns=1_800_000_000_000_000_000)
+    t = c.now_ns()
+    assert 1_800_000_000_000_000_000 <= t < 1_800_000_000_000_000_000 + 1000 * 1e9

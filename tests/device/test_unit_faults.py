@@ -17,6 +17,24 @@ from .conftest import start_cmd
 from .test_unit import Running, _hub, _wait
 
 
+class ContactSource(Source):
+    """Synthetic blocks that carry CONTACT_LOST while the test says the electrode is off."""
+
+    def __init__(self, inner: SyntheticSource) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.streams = inner.streams
+        self.off = threading.Event()
+
+    def read(self, timeout_s: float):
+        from dataclasses import replace
+
+        blocks = self.inner.read(timeout_s)
+        if self.off.is_set():
+            blocks = [replace(b, flags=b.flags | BlockFlags.CONTACT_LOST) for b in blocks]
+        return blocks
+
+
 class FlakySource(Source):
     """A synthetic sensor whose bus can be 'unplugged' by the test (reads and opens raise SensorError)."""
 
@@ -184,3 +202,22 @@ def test_emulated_hardware_factory_is_used(tmp_path, unit_toml, console):
         assert "tests.device.nope:make" in str(exc)
     else:
         raise AssertionError("a factory that cannot be imported must be a ConfigError")
+
+
+def test_contact_loss_shows_as_sensor_fault(tmp_path, unit_toml, console):
+    cfg = load_config(unit_toml(speed=2.0))
+    clock = ScaledClock(2.0)
+    srcs = _sources(cfg, clock)
+    contact = ContactSource(srcs[2])  # c-eda
+    unit = Unit(cfg, clock=clock, sources=[*srcs[:2], contact, srcs[3]])
+    run = Running(unit)
+    try:
+        assert console.wait_status("unit-a", lambda s: s.state == "idle" and s.sensors.get("c-eda") == "ok")
+        contact.off.set()
+        st = console.wait_status("unit-a", lambda s: s.state == "sensor_fault")
+        assert st is not None and st.sensors["c-eda"] == "contact_lost" and st.sensors["t-eda"] == "ok"
+        contact.off.clear()
+        assert console.wait_status("unit-a", lambda s: s.state == "idle" and s.sensors["c-eda"] == "ok")
+    finally:
+        run.close()
+    assert "sensor_fault" in unit.led.history
