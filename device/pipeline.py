@@ -294,6 +294,9 @@ class Pipeline:
     # -------------------------------------------------------------------------------- features
     def _feature(self, role: str, channel: str, k: int, v: float, flags: int) -> None:
         assert self.session is not None
+        # Features travel and are stored as float32: round here so that synchrony recomputed from the hub's
+        # stored features equals the live metrics exactly.
+        v = float(np.float32(v))
         stream = f"{role}/{channel}"
         for j, vals in self._feat_blocks[stream].push(k, v):
             self._emit_feat(stream, j, vals, flags=flags)
