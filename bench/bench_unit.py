@@ -50,18 +50,25 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_config(d: Path, host: str, port: int, password: str, factory: str | None, hr_method: str) -> Path:
+def write_config(d: Path, host: str, port: int, password: str, factory: str | None, hr_method: str,
+                 emulated: bool, eda_method: str = "auto") -> Path:
     sensors = ""
-    for role in ("therapist", "client"):
-        for sig in ("eda", "ppg"):
-            sensors += (f'[[sensors]]\nname = "{role[0]}-{sig}"\nkind = "synthetic"\nrole = "{role}"\n'
-                        f'signal = "{sig}"\nblock_s = 0.1\n')
+    if emulated:  # register-level I2C emulators behind a TCA9548A, driven by the real drivers
+        from tests.device import emu_hw
+
+        sensors = emu_hw.SENSORS
+        factory = factory or "tests.device.emu_hw:make"
+    else:
+        for role in ("therapist", "client"):
+            for sig in ("eda", "ppg"):
+                sensors += (f'[[sensors]]\nname = "{role[0]}-{sig}"\nkind = "synthetic"\nrole = "{role}"\n'
+                            f'signal = "{sig}"\nblock_s = 0.1\n')
     hw = f'[hardware]\nmode = "emulated"\nfactory = "{factory}"\n' if factory else ""
     cfg = d / "unit.toml"
     cfg.write_text(
         f'room = "{ROOM}"\nunit = "{UNIT}"\ndata_dir = "{d / "data"}"\n'
         f'[broker]\nurl = "mqtt://{host}:{port}"\nusername = "{UNIT}"\npassword = "{password}"\n'
-        f'[clock]\ncheck = "chronyc"\n[dsp]\nhr_method = "{hr_method}"\n{hw}\n{sensors}'
+        f'[clock]\ncheck = "chronyc"\n[dsp]\nhr_method = "{hr_method}"\neda_method = "{eda_method}"\n{hw}\n{sensors}'
     )
     return cfg
 
@@ -70,7 +77,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="session length at real time (default 5)")
     ap.add_argument("--factory", default=None, help="hardware.factory 'module:function' for emulated sensors")
+    ap.add_argument("--emulated", action="store_true",
+                    help="hil register-level emulators (TCA9548A, ADS1115, MAX30102) instead of synthetic sensors")
     ap.add_argument("--hr-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.hr_method")
+    ap.add_argument("--eda-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.eda_method")
     args = ap.parse_args()
     import subprocess
 
@@ -82,6 +92,13 @@ def main() -> int:
         counts = {"metrics": 0, "feat": 0, "raw": 0}
         lock = threading.Lock()
         lag_ns = 10 * 10**9
+        from device.features import GRID_NS, _dsp_available
+
+        def uses_dsp(signal: str, method: str) -> bool:
+            return method == "dsp_ext" or (method == "auto" and _dsp_available(f"dsp_ext.{signal}"))
+
+        last_point_ns = {"eda": GRID_NS if uses_dsp("eda", args.eda_method) else 0,
+                         "hr": GRID_NS if uses_dsp("ppg", args.hr_method) else 0}
 
         def on_message(client, userdata, msg):
             now = time.time_ns()
@@ -91,7 +108,10 @@ def main() -> int:
                     m = wire.Metric.decode(msg.payload)
                     counts["metrics"] += 1
                     if m.name in lat_ms:
-                        lat_ms[m.name].append((now - (m.window_end_ns + lag_ns)) / 1e6)
+                        # the window's last feature sample: a 4 Hz grid point (dsp_ext) at end - 250 ms, or
+                        # the end of the last 250 ms bin (fast fallback), plus the client lag span
+                        point = last_point_ns[m.name.removeprefix("sync_")]
+                        lat_ms[m.name].append((now - (m.window_end_ns + lag_ns - point)) / 1e6)
                 elif t.kind in ("feat", "raw"):
                     counts[t.kind] += 1
 
@@ -105,8 +125,11 @@ def main() -> int:
         con.username_pw_set(*auth.service_user("console"))
         con.connect(broker.host, broker.port)
         con.loop_start()
-        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory, args.hr_method)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory, args.hr_method,
+                           args.emulated, args.eda_method)
+        # the environment of device/systemd/dyadsync-unit.service (MALLOC_ARENA_MAX keeps glibc from giving
+        # every thread its own malloc arena)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_ARENA_MAX="2")
         log = open(d / "unit.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "device.cli", "unit", "run", "--config", str(cfg)],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -156,7 +179,8 @@ def main() -> int:
             ("metrics / feature blocks / raw blocks", f"{counts['metrics']} / {counts['feat']} / {counts['raw']}", "", True),
         ]
         print(f"\nbench_unit: {args.minutes:g} min at real time, 2 x EDA 32 Hz + 2 x PPG 100 Hz, "
-              f"{'factory ' + args.factory if args.factory else 'synthetic sensors'}, hr_method {args.hr_method}, "
+              f"{'I2C emulators' if args.emulated else ('factory ' + args.factory if args.factory else 'synthetic sensors')}"
+              f", eda_method {args.eda_method}, hr_method {args.hr_method}, "
               f"unit exit {proc.returncode}")
         print(f"{'measure':<48} {'value':>22} {'target':>10}  ok")
         for name, value, target, ok in rows:

@@ -31,7 +31,7 @@ from pathlib import Path
 from firmware_bridge.errors import ConfigError
 
 from . import tlsgen
-from .auth import RoomAuth, mosquitto_acl, mosquitto_password_file
+from .auth import LabAuth, RoomAuth, mosquitto_acl, mosquitto_password_file
 from .hub_config import HubConfig
 from .mosquitto import BrokerFiles, render_conf
 
@@ -291,4 +291,61 @@ def init_hub(cfg: HubConfig, *, rotate: bool = False, run_as_user: str | None = 
             if d.exists():
                 os.chmod(d, os.stat(d).st_mode | 0o711)
     logger.info("hub files for room %s written to %s", cfg.room, out)
+    return layout
+
+
+@dataclass
+class LabLayout:
+    out_dir: Path
+    broker: BrokerFiles
+    auth: LabAuth
+    bridge_password_files: dict[str, Path] = field(default_factory=dict)
+    recorder_file: Path | None = None
+
+
+def init_lab_broker(out_dir: Path, rooms: list[str], *, host: str = "0.0.0.0", port: int = 1883,
+                    run_as_user: str = "mosquitto", autosave_interval_s: int = 5) -> LabLayout:
+    """The lab broker the room hubs bridge into: one ``bridge-<room>`` account per room (may write only
+    ``dyadsync/v1/<room>/#``) and ``svc-recorder`` reading every room. Existing passwords are kept."""
+    out = Path(out_dir).resolve()
+    secrets_file = out / "secrets" / "lab-auth.json"
+    if secrets_file.exists():
+        try:
+            old = json.loads(secrets_file.read_text())
+            auth = LabAuth(rooms=dict(old["rooms"]), recorder_password=old["recorder_password"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{secrets_file} is damaged: {exc}") from None
+        fresh = LabAuth.generate(rooms)
+        auth = LabAuth(rooms={r: auth.rooms.get(r, fresh.rooms[r]) for r in rooms},
+                       recorder_password=auth.recorder_password)
+    else:
+        auth = LabAuth.generate(rooms)
+    _write_secret(secrets_file, json.dumps({"rooms": auth.rooms, "recorder_password": auth.recorder_password}))
+    mdir = out / "mosquitto"
+    pdir = mdir / "persist"
+    pdir.mkdir(parents=True, exist_ok=True)
+    pw_file, acl_file, log_file = mdir / "passwd", mdir / "acl", mdir / "mosquitto.log"
+    _write_secret(pw_file, mosquitto_password_file(auth.users()), 0o600)
+    _write_secret(acl_file, mosquitto_acl(auth.grants()), 0o640)
+    log_file.touch(exist_ok=True)
+    conf = mdir / "mosquitto.conf"
+    conf.write_text(render_conf(host=host, port=port, password_file=pw_file, acl_file=acl_file,
+                                persistence_dir=pdir, log_file=log_file, run_as_user=run_as_user,
+                                autosave_interval_s=autosave_interval_s))
+    layout = LabLayout(out_dir=out, auth=auth, broker=BrokerFiles(
+        conf=conf, password_file=pw_file, acl_file=acl_file, log_file=log_file, persistence_dir=pdir,
+        host=host, port=port))
+    for room in rooms:
+        path = out / "bridges" / f"{room}.password"
+        _write_secret(path, auth.rooms[room] + "\n")
+        layout.bridge_password_files[room] = path
+    rec = out / "services" / "recorder.toml"
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    _write_secret(rec, "\n".join([
+        "# dyadsync lab recorder account (generated): `dyadsync hub run --room + --credentials <this>`",
+        "[broker]", f"url = {_toml_str(f'mqtt://{local}:{port}')}", 'username = "svc-recorder"',
+        f"password = {_toml_str(auth.recorder_password)}"]) + "\n")
+    layout.recorder_file = rec
+    if run_as_user != "root":
+        _chown_tree([mdir], run_as_user)
     return layout

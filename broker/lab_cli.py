@@ -16,6 +16,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dest", type=Path, help="lab directory (sessions land in DEST/<room>/<session>/)")
     p.set_defaults(func=cmd_pull)
 
+    p = sub.add_parser("broker-init", help="write a lab broker config that room hubs bridge into")
+    p.add_argument("--rooms", required=True, help="comma-separated room ids")
+    p.add_argument("--host", default="0.0.0.0", help="listener address (default all interfaces)")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--user", default="mosquitto", help="user Mosquitto drops to when started as root")
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=cmd_broker_init)
+
+
+def cmd_broker_init(args: argparse.Namespace) -> int:
+    from .hub_init import init_lab_broker
+
+    rooms = [r.strip() for r in args.rooms.split(",") if r.strip()]
+    layout = init_lab_broker(args.out_dir, rooms, host=args.host, port=args.port, run_as_user=args.user)
+    print(f"lab broker files written to {layout.out_dir}: mosquitto -c {layout.broker.conf}")
+    for room, path in layout.bridge_password_files.items():
+        print(f"  room {room}: bridge user bridge-{room}, password file {path} (hub.toml [bridge].password_file)")
+    print(f"  lab recorder: dyadsync hub run --room + --db lab.sqlite --credentials {layout.recorder_file}")
+    return 0
+
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from .api import read_token
@@ -26,4 +46,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"sessions: {r.sessions_seen} changed, {r.sessions_pulled} pulled, {r.sessions_skipped} already current; "
           f"files: {r.files_downloaded} downloaded ({r.resumed_files} resumed), {r.files_unchanged} unchanged; "
           f"{r.bytes_downloaded} bytes")
+    if r.changing:
+        print(f"still changing (live), pulled again next run: {', '.join(r.changing)}")
     return 0

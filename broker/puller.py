@@ -48,6 +48,9 @@ class PullReport:
     bytes_downloaded: int = 0
     resumed_files: int = 0
     failed: list[str] = field(default_factory=list)
+    changing: list[str] = field(default_factory=list)
+    """Sessions that changed under us twice (live sessions): they have a newer updated_ns by then, so the
+    next run lists them again; they do not hold the watermark back."""
 
 
 def _sha256(path: Path) -> str:
@@ -204,6 +207,10 @@ class LabPuller:
             try:
                 self.pull_session(meta, report)
                 report.sessions_pulled += 1
+            except ChecksumError as exc:
+                logger.warning("session %s is still changing; it will be pulled again next run (%s)",
+                               meta.get("session"), exc)
+                report.changing.append(str(meta.get("session")))
             except PullError as exc:
                 logger.error("session %s not pulled: %s", meta.get("session"), exc)
                 report.failed.append(str(meta.get("session")))

@@ -28,7 +28,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport NAN, isfinite, log, sqrt
-from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
@@ -52,65 +52,106 @@ cdef inline void _welford_add(double* a, Py_ssize_t stride, Py_ssize_t l, double
     a[5 * stride + l] += dx * (v - my)
 
 
+cdef extern from *:
+    """
+    /* Add the pairs (u, cv[l] - sc) to the aggregates of every lag l (all cv[l] finite). The six rows and cv
+       never overlap; saying so (restrict) lets the compiler vectorise the loop. */
+    static inline void dyadsync_welford_add_all(double *restrict an, double *restrict amx,
+            double *restrict amy, double *restrict axx, double *restrict ayy, double *restrict axy,
+            Py_ssize_t nl, double u, const double *restrict cv, double sc) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double v = cv[l] - sc;
+            double n = an[l] + 1.0;
+            double dx = u - amx[l];
+            double dy = v - amy[l];
+            double mx = amx[l] + dx / n;
+            double my = amy[l] + dy / n;
+            an[l] = n;
+            amx[l] = mx;
+            amy[l] = my;
+            axx[l] += dx * (u - mx);
+            ayy[l] += dy * (v - my);
+            axy[l] += dx * (v - my);
+        }
+    }
+
+    /* Pearson r of the union of aggregates a and b (six rows of nl each) for every lag, branch-free.
+       NaN if fewer than win/2 or 2 pairs, or a side is constant (co-moment exactly 0). */
+    static inline void dyadsync_corr_all(const double *restrict a, const double *restrict b,
+            Py_ssize_t nl, Py_ssize_t win, double *restrict out) {
+        const double *an = a, *amx = a + nl, *amy = a + 2 * nl, *axx = a + 3 * nl, *ayy = a + 4 * nl,
+                     *axy = a + 5 * nl;
+        const double *bn = b, *bmx = b + nl, *bmy = b + 2 * nl, *bxx = b + 3 * nl, *byy = b + 4 * nl,
+                     *bxy = b + 5 * nl;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double na = an[l], nb = bn[l], n = na + nb;
+            double f = (na > 0.0 && nb > 0.0) ? na * nb / n : 0.0;
+            double dx = bmx[l] - amx[l], dy = bmy[l] - amy[l];
+            double mxx = axx[l] + bxx[l] + dx * dx * f;
+            double myy = ayy[l] + byy[l] + dy * dy * f;
+            double cxy = axy[l] + bxy[l] + dx * dy * f;
+            double r = cxy / sqrt(mxx * myy);
+            r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+            int ok = (2.0 * n >= (double)win) & (n >= 2.0) & (mxx > 0.0) & (myy > 0.0);
+            out[l] = ok ? r : NAN;
+        }
+    }
+
+    /* The same when every lag holds the same count n (no pair skipped since the reset): inv = 1/(n+1) is
+       shared, so the loop has no division. */
+    static inline void dyadsync_welford_add_all_uniform(double *restrict an, double *restrict amx,
+            double *restrict amy, double *restrict axx, double *restrict ayy, double *restrict axy,
+            Py_ssize_t nl, double u, const double *restrict cv, double sc, double n, double inv) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double v = cv[l] - sc;
+            double dx = u - amx[l];
+            double dy = v - amy[l];
+            double mx = amx[l] + dx * inv;
+            double my = amy[l] + dy * inv;
+            an[l] = n;
+            amx[l] = mx;
+            amy[l] = my;
+            axx[l] += dx * (u - mx);
+            ayy[l] += dy * (v - my);
+            axy[l] += dx * (v - my);
+        }
+    }
+    """
+    void dyadsync_welford_add_all_uniform(double* an, double* amx, double* amy, double* axx, double* ayy,
+                                          double* axy, Py_ssize_t nl, double u, const double* cv, double sc,
+                                          double n, double inv) noexcept nogil
+    void dyadsync_corr_all(const double* a, const double* b, Py_ssize_t nl, Py_ssize_t win,
+                           double* out) noexcept nogil
+    void dyadsync_welford_add_all(double* an, double* amx, double* amy, double* axx, double* ayy,
+                                  double* axy, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+
+
 cdef inline void _welford_add_all(double* a, Py_ssize_t stride, Py_ssize_t nl, double u,
                                   const double* cv, double sc) noexcept nogil:
-    """Add the pairs (u, cv[l] - sc) of every lag l; all cv[l] finite. Branch-free, so it vectorises."""
-    cdef double* an = a
-    cdef double* amx = a + stride
-    cdef double* amy = a + 2 * stride
-    cdef double* axx = a + 3 * stride
-    cdef double* ayy = a + 4 * stride
-    cdef double* axy = a + 5 * stride
+    """Add the pairs (u, cv[l] - sc) of every lag l; all cv[l] finite (vectorisable C above)."""
+    dyadsync_welford_add_all(a, a + stride, a + 2 * stride, a + 3 * stride, a + 4 * stride, a + 5 * stride,
+                             nl, u, cv, sc)
+
+
+cdef inline bint _add_pair_all_lags(double* a, Py_ssize_t nl, double u, const double* cv, double sc,
+                                    bint fast, bint uniform) noexcept nogil:
+    """Add the pairs (u, cv[l] - sc) of every lag; ``fast``: all cv finite. Returns whether every lag still
+    holds the same count (so the next update may share one reciprocal)."""
     cdef Py_ssize_t l
-    cdef double n, dx, dy, mx, my, v, inv
+    cdef double n, v
+    if fast:
+        if uniform:
+            n = a[0] + 1.0
+            dyadsync_welford_add_all_uniform(a, a + nl, a + 2 * nl, a + 3 * nl, a + 4 * nl, a + 5 * nl,
+                                             nl, u, cv, sc, n, 1.0 / n)
+        else:
+            _welford_add_all(a, nl, nl, u, cv, sc)
+        return uniform
     for l in range(nl):
-        v = cv[l] - sc
-        n = an[l] + 1.0
-        inv = 1.0 / n
-        dx = u - amx[l]
-        dy = v - amy[l]
-        mx = amx[l] + dx * inv
-        my = amy[l] + dy * inv
-        an[l] = n
-        amx[l] = mx
-        amy[l] = my
-        axx[l] += dx * (u - mx)
-        ayy[l] += dy * (v - my)
-        axy[l] += dx * (v - my)
-
-
-cdef inline double _corr_merged(const double* a, const double* b, Py_ssize_t stride, Py_ssize_t l,
-                                Py_ssize_t win) noexcept nogil:
-    """Pearson r of the union of aggregates ``a`` and ``b`` (either may be NULL = empty) for lag ``l``."""
-    cdef double na = a[l] if a != NULL else 0.0
-    cdef double nb = b[l] if b != NULL else 0.0
-    cdef double n = na + nb
-    cdef double mxx, myy, cxy, dx, dy, f
-    if 2.0 * n < win or n < 2.0:
-        return NAN
-    if nb == 0.0:
-        mxx = a[3 * stride + l]
-        myy = a[4 * stride + l]
-        cxy = a[5 * stride + l]
-    elif na == 0.0:
-        mxx = b[3 * stride + l]
-        myy = b[4 * stride + l]
-        cxy = b[5 * stride + l]
-    else:
-        dx = b[stride + l] - a[stride + l]
-        dy = b[2 * stride + l] - a[2 * stride + l]
-        f = na * nb / n
-        mxx = a[3 * stride + l] + b[3 * stride + l] + dx * dx * f
-        myy = a[4 * stride + l] + b[4 * stride + l] + dy * dy * f
-        cxy = a[5 * stride + l] + b[5 * stride + l] + dx * dy * f
-    if not (mxx > 0.0 and myy > 0.0):
-        return NAN
-    cdef double r = cxy / sqrt(mxx * myy)
-    if r > 1.0:
-        return 1.0
-    if r < -1.0:
-        return -1.0
-    return r
+        v = cv[l]
+        if isfinite(v):
+            _welford_add(a, nl, l, u, v - sc)
+    return False
 
 
 cdef inline double _fisher_z(double r) noexcept nogil:
@@ -260,6 +301,8 @@ cdef class WccEngine:
     cdef Py_ssize_t suf_q0          # block position of suffix slot 0
     cdef double shift_t, shift_c    # median shift of the last completed block (frame of suf and pre)
     cdef double[::1] scratch
+    cdef double[:, ::1] zero       # an empty aggregate (6 x nl zeros)
+    cdef bint pre_uniform           # every lag of the prefix holds the same count
 
     def __init__(self, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz):
         if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
@@ -271,6 +314,7 @@ cdef class WccEngine:
         self.run = np.zeros((6, self.nl))
         self.suf = np.zeros((self.n_slots, 6, self.nl))
         self.scratch = np.zeros(win)
+        self.zero = np.zeros((6, self.nl))
         self.reset()
 
     def reset(self):
@@ -284,6 +328,7 @@ cdef class WccEngine:
         self.run[:, :] = 0.0
         self.suf[:, :, :] = 0.0
         self.suf_q0 = 0
+        self.pre_uniform = True
         self.shift_t = 0.0
         self.shift_c = 0.0
 
@@ -336,10 +381,12 @@ cdef class WccEngine:
         cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, nl = self.nl, half = self.half
         cdef Py_ssize_t i, j, pos, l, q, slot, b, t0, w_out = 0, buf0 = self.buf0
         cdef double u, v, st, sc
+        cdef bint run_uniform
         cdef double* pre = &self.pre[0, 0]
         cdef double* run = &self.run[0, 0]
         cdef double* rowp
         cdef double* scratch = &self.scratch[0]
+        cdef double* zero = &self.zero[0, 0]
         with nogil:
             for i in range(self.next_pair, end_pair):
                 pos = (i - lag) % win
@@ -347,18 +394,13 @@ cdef class WccEngine:
                 # 1. prefix of block j (j >= 1) in the frame of block j - 1
                 if j >= 1:
                     if pos == 0:
-                        for l in range(6 * nl):
-                            pre[l] = 0.0
+                        memset(pre, 0, 6 * nl * sizeof(double))
+                        self.pre_uniform = True
                     u = tb[i - buf0]
                     if isfinite(u):
-                        u = u - self.shift_t
-                        if cbad[i - buf0 + nl] == cbad[i - buf0]:
-                            _welford_add_all(pre, nl, nl, u, &cb[i - buf0], self.shift_c)
-                        else:
-                            for l in range(nl):
-                                v = cb[i - buf0 + l]
-                                if isfinite(v):
-                                    _welford_add(pre, nl, l, u, v - self.shift_c)
+                        self.pre_uniform = _add_pair_all_lags(
+                            pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
+                            cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
                 # 2. block j complete: new shift, suffix aggregates at window starts, backwards
                 if pos == win - 1:
                     b = i - win + 1 - buf0
@@ -367,36 +409,27 @@ cdef class WccEngine:
                     st = self.shift_t
                     sc = self.shift_c
                     self.suf_q0 = (inc - (j * win) % inc) % inc
-                    for l in range(6 * nl):
-                        run[l] = 0.0
+                    memset(run, 0, 6 * nl * sizeof(double))
+                    run_uniform = True
                     for q in range(win - 1, -1, -1):
                         u = tb[b + q]
                         if isfinite(u):
-                            if cbad[b + q + nl] == cbad[b + q]:
-                                _welford_add_all(run, nl, nl, u - st, &cb[b + q], sc)
-                            else:
-                                for l in range(nl):
-                                    v = cb[b + q + l]
-                                    if isfinite(v):
-                                        _welford_add(run, nl, l, u - st, v - sc)
+                            run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
+                                                             cbad[b + q + nl] == cbad[b + q], run_uniform)
                         if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
                             slot = (q - self.suf_q0) // inc
-                            rowp = &self.suf[slot, 0, 0]
-                            for l in range(6 * nl):
-                                rowp[l] = run[l]
+                            memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
                 # 3. the window ending at pair i
                 t0 = i - win + 1
                 if t0 >= lag and (t0 - lag) % inc == 0:
                     starts[w_out] = t0
                     if pos == win - 1:
                         rowp = &self.suf[0, 0, 0]  # whole block = suffix from position 0 (suf_q0 == 0 here)
-                        for l in range(nl):
-                            prof[w_out, l] = _corr_merged(rowp, NULL, nl, l, win)
+                        dyadsync_corr_all(rowp, zero, nl, win, &prof[w_out, 0])
                     else:
                         slot = (pos + 1 - self.suf_q0) // inc
                         rowp = &self.suf[slot, 0, 0]
-                        for l in range(nl):
-                            prof[w_out, l] = _corr_merged(rowp, pre, nl, l, win)
+                        dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out, 0])
                     _window_values(&prof[w_out, 0], lag, half, self.rate_hz, &vals[w_out, 0])
                     w_out += 1
             self.next_pair = end_pair

@@ -6,7 +6,8 @@ Stages (ARCHITECTURE §3, issue #8):
    ``max_slope_us_s`` (10 µS/s), contact lost (caller's flag) or non-finite — make samples invalid (NaN),
    never zero; grid points within ``guard_s`` after an invalid sample are invalid too (filter settling);
 2. a causal 4th-order Butterworth low-pass at 3 Hz (started in its steady state, so no start-up transient);
-3. linear interpolation onto the shared 4 Hz grid (:mod:`dsp_ext.grid`) → ``eda_us``;
+3. linear interpolation onto the shared 4 Hz grid (:mod:`dsp_ext.grid`; with ``t0_ns`` the UTC grid
+   ``k * 250 ms``) → ``eda_us``;
 4. tonic = causal 2nd-order Butterworth low-pass at 0.05 Hz of ``eda_us``; phasic = ``eda_us − tonic``;
 5. skin-conductance responses: an onset where the phasic slope first exceeds ``scr_onset_slope_us_s``
    (0.05 µS/s, so slow tonic drift and the phasic part's recovery never start one), a peak where the phasic slope turns ≤ 0, and the
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
 from .grid import FEATURE_RATE_HZ, GridResampler
@@ -44,7 +46,8 @@ class Scr:
 
 @dataclass
 class EdaFeatures:
-    """Features on the 4 Hz grid (``index`` k ↔ ``k / 4`` s after the stream's first raw sample)."""
+    """Features on the 4 Hz grid: ``index`` k is ``k / 4`` s after the first raw sample, or UTC
+    ``k * 250 ms`` when the stream was given ``t0_ns``."""
 
     index: np.ndarray
     eda_us: np.ndarray
@@ -74,6 +77,7 @@ class EdaStream:
         scr_min_amp_us: float = 0.05,
         scr_onset_slope_us_s: float = 0.05,
         scr_max_rise_s: float = 5.0,
+        t0_ns: int | None = None,
     ) -> None:
         if not (np.isfinite(rate_hz) and rate_hz > 2 * lowpass_hz):
             raise DspError(f"EDA rate_hz={rate_hz!r} must exceed twice the low-pass cut-off {lowpass_hz} Hz")
@@ -85,10 +89,12 @@ class EdaStream:
         self.scr_max_rise = int(round(scr_max_rise_s * FEATURE_RATE_HZ))
         self._lp = SosFilter(butter_sos(4, lowpass_hz, rate_hz), init="first")
         self._tonic = SosFilter(butter_sos(2, tonic_hz, FEATURE_RATE_HZ), init="first")
-        self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ)
+        self._t0_ns = t0_ns
+        self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns)
         self.reset()
 
     def reset(self) -> None:
+        self._timeline = BlockTimeline(self.rate_hz)
         self._lp.reset()
         self._tonic.reset()
         self._grid.reset()
@@ -106,6 +112,15 @@ class EdaStream:
     @property
     def state_nbytes(self) -> int:
         return self._lp.state_nbytes + self._tonic.state_nbytes + 64
+
+    def push_block(self, block: object) -> EdaFeatures:
+        """Push a ``SampleBlock`` of raw µS: lost samples become NaN, ``CONTACT_LOST`` marks the block
+        invalid, and — if the stream was made without ``t0_ns`` — the first block's ``t0_ns`` puts the
+        features on the UTC grid."""
+        if self._n == 0 and self._t0_ns is None:
+            self._grid = GridResampler(self.rate_hz, FEATURE_RATE_HZ, t0_ns=int(block.t0_ns))  # type: ignore[attr-defined]
+        values, contact = self._timeline.convert(block)
+        return self.push(values, contact)
 
     def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
         x = np.asarray(eda_us)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import DspError
 from .filters import SosFilter, butter_sos
-from .grid import FEATURE_RATE_HZ
+from .grid import FEATURE_RATE_HZ, GridClock
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,10 @@ class HrvStream:
     ``push(beat_s, ibi_ms, ibi_valid, grid_index, ibi_grid_ms) -> list[HrvEpoch]`` takes the fields of
     :class:`dsp_ext.ppg.PpgFeatures` (or :meth:`push_features` takes the object) and returns the epochs
     completed. An epoch completes once the IBI series is ``SG_POINTS // 2`` samples (5 s) past its end.
+    Epoch e covers grid indices ``[e * 120, (e + 1) * 120)`` of whatever grid the PPG stream used; give the
+    same ``t0_ns`` as to :class:`dsp_ext.ppg.PpgStream` so that beats are assigned to epochs by UTC time (with
+    the UTC grid both people's epochs coincide). The first grid index may be any value; the part of the first
+    epoch before it counts as invalid.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class HrvStream:
         epoch_s: float = 30.0,
         rsa_band_hz: tuple[float, float] = (0.12, 0.40),
         hf_band_hz: tuple[float, float] = (0.15, 0.40),
+        t0_ns: int | None = None,
     ) -> None:
         n = epoch_s * RSA_RATE_HZ
         if not (np.isfinite(n) and n >= 16 and abs(n - round(n)) < 1e-9):
@@ -113,16 +118,18 @@ class HrvStream:
         self._w = savgol_detrend_coeffs()
         self._h = SG_POINTS // 2
         self._bp = SosFilter(butter_sos(2, rsa_band_hz, RSA_RATE_HZ, "bandpass"))
+        self.clock = GridClock(t0_ns)
         self.reset()
 
     def reset(self) -> None:
         self._bp.reset()
         self._grid_tail = np.empty(0)  # last 2h values of the 2 Hz IBI series (for the centred detrend)
-        self._k_next = 0  # next 4 Hz grid index expected
-        self._n2 = 0  # 2 Hz samples received
+        self._k_next: int | None = None  # next 4 Hz grid index expected (set by the first push)
+        self._m_next = 0  # next 2 Hz index (= grid index // 2) expected
         self._resid: list[float] = []  # detrended values of the current epoch
         self._band: list[float] = []  # band-passed values of the current epoch
         self._epoch = 0
+        self._started = False
         self._beats: list[tuple[float, float, bool]] = []  # (beat_s, ibi_ms, valid) not yet in a closed epoch
 
     @property
@@ -146,13 +153,23 @@ class HrvStream:
         g = np.asarray(ibi_grid_ms, dtype=np.float64)
         if len(grid_index) != len(g):
             raise DspError(f"grid_index ({len(grid_index)}) and ibi_grid_ms ({len(g)}) differ in length")
+        if not len(grid_index) and self._k_next is None:
+            return []
+        if self._k_next is None:
+            self._k_next = int(grid_index[0])
+            self._m_next = -(-self._k_next // _STEP)
+            self._epoch = self._m_next // self.epoch_n
         if len(grid_index) and grid_index[0] != self._k_next:
             raise DspError(
                 f"IBI grid jumps from index {self._k_next} to {grid_index[0]}: feed every point once"
             )
-        g = g[(grid_index % _STEP) == 0]  # the 2 Hz series: every other grid point
+        even = (grid_index % _STEP) == 0
+        g = g[even]  # the 2 Hz series: every other grid point
+        first_new_m = self._m_next
+        if len(g):
+            first_new_m = int(grid_index[even][0]) // _STEP
         self._k_next += len(grid_index)
-        self._n2 += len(g)
+        self._m_next = first_new_m + len(g)
         self._beats.extend(
             zip(
                 np.asarray(beat_s, float).tolist(),
@@ -163,16 +180,18 @@ class HrvStream:
         )
         # centred 21-point cubic detrend: residual for index k needs k + h
         buf = np.concatenate((self._grid_tail, g))
-        first = self._n2 - len(buf)  # 2 Hz index of buf[0]
+        first = self._m_next - len(buf)  # 2 Hz index of buf[0]
         out: list[HrvEpoch] = []
         if len(buf) >= SG_POINTS:
             trend = np.convolve(buf, self._w[::-1], mode="valid")  # trend of buf[h : len-h]
             resid = buf[self._h : len(buf) - self._h] - trend
             k0 = first + self._h  # 2 Hz index of resid[0]
-            # grid points before index h have no centred fit: treat them as invalid
-            if k0 == self._h and len(self._resid) == 0 and self._epoch == 0:
-                resid = np.concatenate((np.full(self._h, np.nan), resid))
-                k0 = 0
+            # before the first centred fit (and before the first sample) there is nothing: invalid
+            if not self._started:
+                e_start = self._epoch * self.epoch_n
+                resid = np.concatenate((np.full(k0 - e_start, np.nan), resid))
+                k0 = e_start
+                self._started = True
             band = self._bp.process(resid)
             out = self._collect(k0, resid, band)
             self._grid_tail = buf[len(buf) - 2 * self._h :]
@@ -196,7 +215,7 @@ class HrvStream:
     def _close(self) -> HrvEpoch:
         e = self._epoch
         start_k = e * self.epoch_n
-        end_s = (start_k + self.epoch_n) / RSA_RATE_HZ
+        end_s = float(self.clock.rel_s((start_k + self.epoch_n) * _STEP))
         band = np.asarray(self._band)
         fin = np.isfinite(band)
         rsa = (

@@ -20,15 +20,17 @@ the peaks of the causally filtered pulse come a little later (see docs/dsp.md fo
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _ppg
+from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
-from .grid import FEATURE_RATE_HZ
+from .grid import FEATURE_RATE_HZ, GridClock
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,10 @@ def _median(values: list[float]) -> float:
 
 def _quartile_dev(values: list[float]) -> float:
     """(Q3 − Q1) / 2 with numpy's default linear interpolation between order statistics."""
-    v = sorted(values)
+    return _quartile_dev_sorted(sorted(values))
+
+
+def _quartile_dev_sorted(v: list[float]) -> float:
     n = len(v)
 
     def q(p: float) -> float:
@@ -84,39 +89,57 @@ def _quartile_dev(values: list[float]) -> float:
     return (q(0.75) - q(0.25)) / 2.0
 
 
-def _classify(rr: list[float], med: list[float], j: int) -> int:
+def _abs_drr_mrr(rr: list[float], med: list[float], k: int) -> tuple[float, float]:
+    """|dRR| and |mRR| of interval k (mRR doubled when negative, as in the paper)."""
+    d = rr[k] - rr[k - 1] if k >= 1 else 0.0
+    m = rr[k] - med[k]
+    return abs(d), abs(2.0 * m if m < 0 else m)
+
+
+def _classify(
+    rr: list[float], med: list[float], j: int, thresholds: tuple[float, float] | None = None
+) -> int:
     """Decision rules of Lipponen & Tarvainen (2019) for interval ``j`` of ``rr`` (ms); ``med[k]`` is the
     median of the 11 intervals ending at ``k`` (the paper centres it; ours must not look ahead).
 
     Thresholds: ``α = 5.2`` times the quartile deviation of |dRR| and |mRR| over the intervals
     ``j − 88 … j + 2`` (causal version of the paper's centred 91-beat window). Plain Python on short
-    lists: cheaper than numpy for 91 values, once per beat.
+    lists: cheaper than numpy for 91 values, once per beat. ``thresholds`` (th1, th2) may be given when the
+    caller keeps the window sorted (:class:`IbiCorrector`); they must equal what is computed here.
     """
     lo = max(0, j + _AHEAD + 1 - _QD_WIN)
     hi = j + _AHEAD + 1
     if hi - lo < 4:
         return NORMAL
-    drr = [rr[k] - rr[k - 1] if k >= 1 else 0.0 for k in range(lo, hi)]
-    mrr = [rr[k] - med[k] for k in range(lo, hi)]
-    mrr = [2.0 * m if m < 0 else m for m in mrr]
-    th1 = _ALPHA * _quartile_dev([abs(d) for d in drr])
-    th2 = _ALPHA * _quartile_dev([abs(m) for m in mrr])
+
+    def drr(k: int) -> float:
+        return rr[k] - rr[k - 1] if k >= 1 else 0.0
+
+    def mrr(k: int) -> float:
+        m = rr[k] - med[k]
+        return 2.0 * m if m < 0 else m
+
+    if thresholds is None:
+        th1 = _ALPHA * _quartile_dev([abs(drr(k)) for k in range(lo, hi)])
+        th2 = _ALPHA * _quartile_dev([abs(mrr(k)) for k in range(lo, hi)])
+    else:
+        th1, th2 = thresholds
     if not (th1 > 0 and th2 > 0):
         return NORMAL
-    jj = j - lo
-    d = drr[jj] / th1
-    mrrs = mrr[jj] / th2
+    mrr_j = mrr(j)
+    d = drr(j) / th1
+    mrrs = mrr_j / th2
     if abs(d) <= 1 and abs(mrrs) <= 3:
         return NORMAL
-    prev = drr[jj - 1] / th1 if jj >= 1 else 0.0
-    nxt1 = drr[jj + 1] / th1
-    nxt2 = drr[jj + 2] / th1
+    prev = drr(j - 1) / th1 if j > lo else 0.0
+    nxt1 = drr(j + 1) / th1
+    nxt2 = drr(j + 2) / th1
     s12 = max(prev, nxt1) if d > 0 else min(prev, nxt1)
     if (d > 1 and s12 < -_C1 * d - _C2) or (d < -1 and s12 > -_C1 * d + _C2):
         return ECTOPIC
     s22 = min(nxt1, nxt2) if d >= 0 else max(nxt1, nxt2)
-    long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr[jj] > 0)
-    short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr[jj] < 0)
+    long_ = (d > 1 and s22 < -1) or (abs(mrrs) > 3 and mrr_j > 0)
+    short_ = (d < -1 and s22 > 1) or (abs(mrrs) > 3 and mrr_j < 0)
     medj = med[j]
     if short_ and abs(rr[j] + rr[j + 1] - medj) < th2:
         return EXTRA
@@ -159,6 +182,32 @@ class IbiCorrector:
         self._next = 0  # interval to judge next
         self._started = False
         self.n_corrected = 0
+        # the threshold window [wlo, whi) of |dRR| and |mRR| values, kept sorted (rebuilt after a correction)
+        self._sd: list[float] = []
+        self._sm: list[float] = []
+        self._wlo = self._whi = 0
+        self._dirty = True
+
+    def _thresholds(self, j: int) -> tuple[float, float]:
+        lo = max(0, j + _AHEAD + 1 - _QD_WIN)
+        hi = j + _AHEAD + 1
+        rr, med = self._rr, self._med
+        if self._dirty or lo < self._wlo or hi < self._whi or lo >= self._whi:
+            vals = [_abs_drr_mrr(rr, med, k) for k in range(lo, hi)]
+            self._sd = sorted(v[0] for v in vals)
+            self._sm = sorted(v[1] for v in vals)
+            self._wlo, self._whi, self._dirty = lo, hi, False
+        while self._whi < hi:
+            d, m = _abs_drr_mrr(rr, med, self._whi)
+            bisect.insort(self._sd, d)
+            bisect.insort(self._sm, m)
+            self._whi += 1
+        while self._wlo < lo:
+            d, m = _abs_drr_mrr(rr, med, self._wlo)
+            del self._sd[bisect.bisect_left(self._sd, d)]
+            del self._sm[bisect.bisect_left(self._sm, m)]
+            self._wlo += 1
+        return _ALPHA * _quartile_dev_sorted(self._sd), _ALPHA * _quartile_dev_sorted(self._sm)
 
     def _extend_intervals(self) -> None:
         while len(self._rr) < len(self._raw) - 1:
@@ -189,7 +238,7 @@ class IbiCorrector:
         self._extend_intervals()
         while self._next + _AHEAD < len(self._rr):
             j = self._next
-            kind = _classify(self._rr, self._med, j)
+            kind = _classify(self._rr, self._med, j, self._thresholds(j) if j + _AHEAD + 1 >= 4 else None)
             raw = self._raw
             if kind == NORMAL:
                 out_t.append(raw[j + 1])
@@ -213,12 +262,18 @@ class IbiCorrector:
                 self._next += 1
             out_k.append(kind)
             self.n_corrected += kind != NORMAL
+            if kind != NORMAL:
+                self._dirty = True
             drop = max(0, self._next - self.keep)
             if drop:
                 del self._raw[:drop]
                 del self._rr[:drop]
                 del self._med[:drop]
                 self._next -= drop
+                self._wlo -= drop
+                self._whi -= drop
+                if self._wlo < 1:  # |dRR| of the new first interval is no longer known
+                    self._dirty = True
             if self._next + _AHEAD >= len(self._rr):
                 self._extend_intervals()
         return np.asarray(out_t, dtype=np.float64), np.asarray(out_k, dtype=np.int64)
@@ -226,8 +281,9 @@ class IbiCorrector:
 
 @dataclass
 class PpgFeatures:
-    """Output of one push: raw beats (fractional sample index), final corrected beats (s) with IBIs, and HR
-    and IBI on the 4 Hz grid (``index`` k ↔ ``k / 4`` s after the stream's first sample)."""
+    """Output of one push: raw beats (fractional sample index), final corrected beats (s after the first
+    sample) with IBIs, and HR and IBI on the 4 Hz grid (``index`` k: ``k / 4`` s after the first sample, or
+    UTC ``k * 250 ms`` when the stream was given ``t0_ns``)."""
 
     raw_beats: np.ndarray
     beat_s: np.ndarray
@@ -247,21 +303,30 @@ class PpgFeatures:
 class PpgStream:
     """Streaming PPG pipeline; ``push(counts) -> PpgFeatures`` (see the module docstring)."""
 
-    def __init__(self, rate_hz: float, band_hz: tuple[float, float] = (0.5, 8.0), order: int = 2) -> None:
+    def __init__(
+        self,
+        rate_hz: float,
+        band_hz: tuple[float, float] = (0.5, 8.0),
+        order: int = 2,
+        t0_ns: int | None = None,
+    ) -> None:
         if not (np.isfinite(rate_hz) and rate_hz > 2 * band_hz[1]):
             raise DspError(f"PPG rate_hz={rate_hz!r} must exceed twice the band-pass top {band_hz[1]} Hz")
         self.rate_hz = float(rate_hz)
         self._bp = SosFilter(butter_sos(order, band_hz, rate_hz, "bandpass"), init="first")
         self._det = _ppg.ElgendiDetector(self.rate_hz)
         self._ibi = IbiCorrector()
+        self._t0_ns = t0_ns
+        self.clock = GridClock(t0_ns)
         self.reset()
 
     def reset(self) -> None:
+        self._timeline = BlockTimeline(self.rate_hz)
         self._bp.reset()
         self._det.reset()
         self._ibi.reset()
         self._n = 0
-        self._k_next = 0  # next grid index to emit
+        self._k_next = self.clock.first_index  # next grid index to emit
         self._last_beat_s: float | None = None
         self._last_hr = np.nan
         self._last_ibi = np.nan
@@ -274,6 +339,16 @@ class PpgStream:
     @property
     def state_nbytes(self) -> int:
         return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16))
+
+    def push_block(self, block: object) -> PpgFeatures:
+        """Push a ``SampleBlock`` of raw counts: lost samples become NaN (``CONTACT_LOST`` blocks too), and —
+        if the stream was made without ``t0_ns`` — the first block's ``t0_ns`` puts HR on the UTC grid."""
+        if self._n == 0 and self._t0_ns is None:
+            self.clock = GridClock(int(block.t0_ns))  # type: ignore[attr-defined]
+            self._k_next = self.clock.first_index
+        values, contact = self._timeline.convert(block)
+        values = np.where(contact, values, np.nan)
+        return self.push(values)
 
     def push(self, counts: object) -> PpgFeatures:
         x = np.asarray(counts)
@@ -300,9 +375,9 @@ class PpgStream:
         t_b = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
         hr_b = np.concatenate(([self._last_hr], np.where(valid, 60000.0 / ibi, np.nan)))
         ibi_b = np.concatenate(([self._last_ibi], np.where(valid, ibi, np.nan)))
-        k_end = int(np.floor(beat_s[-1] * FEATURE_RATE_HZ)) + 1
+        k_end = self.clock.last_index_at_or_before(float(beat_s[-1])) + 1
         k = np.arange(self._k_next, max(k_end, self._k_next), dtype=np.int64)
-        tk = k / FEATURE_RATE_HZ
+        tk = self.clock.rel_s(k)
         seg = np.searchsorted(t_b, tk, side="left")  # t_b[seg-1] < tk <= t_b[seg]
         hr = np.full(len(k), np.nan)
         ig = np.full(len(k), np.nan)

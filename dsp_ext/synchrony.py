@@ -78,7 +78,10 @@ class StreamingWcc:
     unevenly, e.g. from a partner unit) and returns ``[(window_start, values), ...]`` for every window
     completed by them, in order; ``values`` has the keys of :data:`WINDOW_VALUE_NAMES`. The numbers equal
     :func:`wcc` on the concatenated series. Work per new sample is O(lags); state is bounded
-    (:attr:`state_nbytes`). ``last_profiles`` holds the r(τ) profiles of the windows returned by the last push.
+    (:attr:`state_nbytes`) as long as both sides keep arriving — samples of one side are kept until the
+    other side catches up, so a partner that is gone should be fed NaN rather than nothing. ``last_profiles``
+    holds the r(τ) profiles of the windows returned by the last push. Window values may be NaN; a JSON
+    encoder must map them (e.g. to null).
     """
 
     def __init__(self, params: SyncParams | None = None) -> None:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 ROOM = "demo-room"
 UNIT = "unit1"
 FEATURE_RATE_HZ = 4.0
+GRID_NS = 250_000_000  # the shared 4 Hz UTC feature grid
 
 
 def demo_schedule(duration_s: float) -> list:
@@ -119,39 +120,60 @@ def _connect(host: str, port: int, user: str, password: str, client_id: str, wil
     return c
 
 
-class _HeartRate:
-    """4 Hz heart rate from PPG: peaks of the pulse wave (scipy find_peaks on a 4-s look-back), held between beats."""
+class _FeaturePairs:
+    """4 Hz features of both people from the unit's own extractors (``device.features``: dsp_ext EDA and
+    PPG streams on the shared UTC grid), paired bin by bin for the synchrony kernel.
 
-    def __init__(self, rate_hz: float) -> None:
-        from scipy.signal import butter, sosfilt_zi
+    Features are rounded to float32 before synchrony, as the hub stores them, so the live metrics can be
+    recomputed exactly from what the hub keeps."""
 
-        self.rate_hz = rate_hz
-        self.sos = butter(2, [0.5, 8.0], btype="bandpass", fs=rate_hz, output="sos")
-        self.zi = sosfilt_zi(self.sos)[:, :] * 0.0
-        self.buf = np.empty(0)
-        self.t0 = 0  # sample index of buf[0]
-        self.beats: list[float] = []  # beat times in samples
-        self.hr_bpm = math.nan
+    def __init__(self, origin_bin: int, eda_rate_hz: float, ppg_rate_hz: float) -> None:
+        from device.features import make_extractor
 
-    def push(self, ppg: np.ndarray, n_out: int) -> np.ndarray:
-        from scipy.signal import find_peaks, sosfilt
+        self.extractors = {
+            f"{role}/{signal}": make_extractor(signal, rate, origin_bin=origin_bin)
+            for role in ("therapist", "client")
+            for signal, rate in (("eda", eda_rate_hz), ("ppg", ppg_rate_hz))
+        }
+        self.pending: dict[str, dict[int, float]] = {f"{r}/{c}": {} for r in ("therapist", "client") for c in ("eda", "hr")}
+        self.next_bin = {"eda": origin_bin, "hr": origin_bin}
 
-        y, self.zi = sosfilt(self.sos, ppg, zi=self.zi)
-        self.buf = np.concatenate([self.buf, y])
-        keep = int(4 * self.rate_hz)
-        if self.buf.size > keep:
-            self.t0 += self.buf.size - keep
-            self.buf = self.buf[-keep:]
-        peaks, _ = find_peaks(self.buf, distance=int(0.33 * self.rate_hz), prominence=np.std(self.buf) * 0.5)
-        for p in peaks + self.t0:
-            if (not self.beats or p - self.beats[-1] > 0.3 * self.rate_hz) and p < self.t0 + self.buf.size - 2:
-                if self.beats:
-                    ibi_s = (p - self.beats[-1]) / self.rate_hz
-                    if 0.3 <= ibi_s <= 2.0:
-                        self.hr_bpm = 60.0 / ibi_s
-                self.beats.append(p)
-        self.beats = self.beats[-10:]
-        return np.full(n_out, self.hr_bpm)
+    def push(self, block: SampleBlock) -> tuple[str, list[tuple[int, float]]]:
+        """Raw block in; (feature stream name, [(grid bin, value), ...]) out."""
+        ex = self.extractors[block.stream]
+        out = [(k, float(np.float32(v))) for k, v in ex.push(block)]
+        name = f"{block.role}/{ex.channel}"
+        self.pending[name].update(out)
+        return name, out
+
+    def pairs(self, channel: str) -> tuple[int, np.ndarray, np.ndarray]:
+        """Bins ready for both people: (first bin, therapist values, client values)."""
+        t, c = self.pending[f"therapist/{channel}"], self.pending[f"client/{channel}"]
+        first = k = self.next_bin[channel]
+        tv, cv = [], []
+        while True:
+            if k in t and k in c:
+                tv.append(t.pop(k))
+                cv.append(c.pop(k))
+            elif t and c and max(t) > k + 8 and max(c) > k + 8:  # a bin one side will never emit: invalid
+                tv.append(t.pop(k, math.nan))
+                cv.append(c.pop(k, math.nan))
+            else:
+                break
+            k += 1
+        self.next_bin[channel] = k
+        return first, np.asarray(tv), np.asarray(cv)
+
+
+def _runs(points: list[tuple[int, float]]) -> list[tuple[int, np.ndarray]]:
+    """Split (bin, value) points into runs of consecutive bins."""
+    runs: list[tuple[int, list[float]]] = []
+    for k, v in points:
+        if runs and runs[-1][0] + len(runs[-1][1]) == k:
+            runs[-1][1].append(v)
+        else:
+            runs.append((k, [v]))
+    return [(k, np.asarray(v)) for k, v in runs]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -178,7 +200,7 @@ def run_demo(args: argparse.Namespace) -> int:
         pub = _Publisher(unit_client)
         unit_client.on_publish = pub.on_publish
         console = _connect(broker.host, broker.port, *auth.service_user("console"), "dyadsync-console")
-        t_start_ns = time.time_ns()
+        t_start_ns = time.time_ns() // GRID_NS * GRID_NS  # the session starts on the 4 Hz UTC grid
         start = wire.Command(id=f"start-{session}", cmd="start", session=session, time_ns=t_start_ns,
                              participants={"therapist": "T01", "client": "C01"})
         console.publish(wire.cmd_topic(ROOM), start.encode(), qos=1).wait_for_publish(10)
@@ -193,31 +215,30 @@ def run_demo(args: argparse.Namespace) -> int:
         sim = DyadSimulator(SimConfig(seed=args.seed, duration_s=duration_s, schedule=demo_schedule(duration_s)))
         params = SyncParams()
         wcc = {"eda": StreamingWcc(params), "hr": StreamingWcc(params)}
-        hr = {role: _HeartRate(sim.config.ppg_rate_hz) for role in ("therapist", "client")}
+        origin_bin = t_start_ns // GRID_NS
+        features = _FeaturePairs(origin_bin, sim.config.eda_rate_hz, sim.config.ppg_rate_hz)
         seqs: Counter = Counter()
         metric_seq: Counter = Counter()
         t_wall0 = time.monotonic()
         for sec in tqdm(range(duration_s), desc="simulated session", unit="s", disable=args.quiet):
             chunk = sim.read(1.0)
             t0_ns = t_start_ns + sec * 1_000_000_000
-            feats: dict[str, np.ndarray] = {}
             for stream, values in chunk.items():
-                role, signal = stream.split("/")
-                rate = sim.config.eda_rate_hz if signal == "eda" else sim.config.ppg_rate_hz
+                rate = sim.config.eda_rate_hz if stream.endswith("/eda") else sim.config.ppg_rate_hz
                 block = SampleBlock(stream, seqs[("raw", stream)], t0_ns, rate, values)
                 seqs[("raw", stream)] += 1
                 pub.publish(wire.raw_topic(ROOM, UNIT, stream), wire.encode_block(block, session), "raw")
-                if signal == "eda":
-                    feats[f"{role}/eda"] = values.reshape(int(FEATURE_RATE_HZ), -1).mean(axis=1)
-                else:
-                    feats[f"{role}/hr"] = hr[role].push(values, int(FEATURE_RATE_HZ))
-            for stream, values in feats.items():
-                block = SampleBlock(stream, seqs[("feat", stream)], t0_ns, FEATURE_RATE_HZ, values)
-                seqs[("feat", stream)] += 1
-                pub.publish(wire.feat_topic(ROOM, UNIT, stream), wire.encode_block(block, session), "feat")
+                feat_stream, points = features.push(block)
+                for k, vals in _runs(points):
+                    fb = SampleBlock(feat_stream, seqs[("feat", feat_stream)], k * GRID_NS, FEATURE_RATE_HZ, vals)
+                    seqs[("feat", feat_stream)] += 1
+                    pub.publish(wire.feat_topic(ROOM, UNIT, feat_stream), wire.encode_block(fb, session), "feat")
             for signal, w in wcc.items():
-                for start_idx, values in w.push(feats[f"therapist/{signal}"], feats[f"client/{signal}"]):
-                    ws = t_start_ns + int(start_idx * 1e9 / FEATURE_RATE_HZ)
+                first_bin, tv, cv = features.pairs(signal)
+                if not tv.size:
+                    continue
+                for start_idx, values in w.push(tv, cv):
+                    ws = t_start_ns + start_idx * GRID_NS
                     name = f"sync_{signal}"
                     m = wire.Metric(session=session, seq=metric_seq[name], name=name, window_start_ns=ws,
                                     window_end_ns=ws + int(params.win_s * 1e9), values=values)

@@ -204,3 +204,29 @@ def test_lab_pull_incremental_and_resumable(api, recorded, tmp_path):
     assert cli_main(["lab", "pull", "--hub", api.url, "--token-file", str(token_file), "--no-progress",
                      str(tmp_path / "lab2")]) == 0
     assert (tmp_path / "lab2" / ROOM / "s1" / "metrics.csv").exists()
+
+
+def test_lab_pull_session_changing_during_download(api, recorded, tmp_path, caplog):
+    """The hub records more while a session is being pulled: the checksum catches it, the puller fetches
+    the new manifest and ends with files that match the hub's current state."""
+    fired = {"done": False}
+
+    def grow(_n: int) -> None:
+        if not fired["done"]:
+            fired["done"] = True
+            # Existing streams grow, so a file generated after this differs from the first manifest.
+            recorded[2]("s1", make_blocks("client/eda", 32.0, 33, 64, seed=7, t0_ns=T0_NS + 250_000_000)[30:])
+            recorded[2]("s2", make_blocks("client/eda", 32.0, 8, 64, seed=8, t0_ns=T0_NS + 10**12)[5:])
+
+    dest = tmp_path / "lab"
+    with LabPuller(api.url, TOKEN, dest, progress=False, on_bytes=grow) as p:
+        r = p.pull()
+    assert fired["done"] and r.failed == [] and r.changing == [] and r.sessions_pulled == 2
+    assert "changed while pulling" in caplog.text  # the checksum caught the change and the manifest was refetched
+    for session in ("s1", "s2"):
+        manifest = _get(api, f"/v1/sessions/{session}/files").json()["files"]
+        for m in manifest:
+            assert hashlib.sha256((dest / ROOM / session / m["name"]).read_bytes()).hexdigest() == m["sha256"]
+    eda = pd.read_csv(dest / ROOM / "s1" / "sub-C07_ses-s1_task-therapy_recording-unitaraweda_physio.tsv.gz",
+                      sep="\t", header=None)
+    assert eda.shape[0] == 33 * 64

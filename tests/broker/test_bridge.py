@@ -3,13 +3,14 @@ stopped for a while; everything the unit published meanwhile reaches the lab rec
 
 from __future__ import annotations
 
+import getpass
 import time
 
 import pytest
 
 from broker import store, wire
-from broker.auth import LabAuth
-from broker.mosquitto import MosquittoProcess, free_port, write_broker_files
+from broker.hub_init import init_lab_broker
+from broker.mosquitto import MosquittoProcess, free_port
 from broker.recorder import Recorder
 
 from ..conftest import ROOM
@@ -17,14 +18,14 @@ from .helpers import client, close, make_blocks, publish_all, start_cmd, wait
 
 
 def _bridge_scenario(hub_factory, tmp_path, outage_s: float) -> None:
-    lab_auth = LabAuth.generate([ROOM, "room-b"])
-    lab_files = write_broker_files(tmp_path / "lab", lab_auth, port=free_port())
+    lab_layout = init_lab_broker(tmp_path / "lab", [ROOM, "room-b"], host="127.0.0.1", port=free_port(),
+                                 run_as_user=getpass.getuser())
+    lab_files, lab_auth = lab_layout.broker, lab_layout.auth
     lab = MosquittoProcess(lab_files).start()
-    user, pw = lab_auth.bridge_user(ROOM)
-    (tmp_path / "lab-pw").write_text(pw + "\n")
+    user, _ = lab_auth.bridge_user(ROOM)
     cfg, layout, room_broker = hub_factory(bridge={
         "address": "127.0.0.1", "port": lab_files.port, "username": user,
-        "password_file": str(tmp_path / "lab-pw"), "restart_timeout_s": 2, "keepalive_s": 10})
+        "password_file": str(lab_layout.bridge_password_files[ROOM]), "restart_timeout_s": 2, "keepalive_s": 10})
     lab_rec = Recorder(tmp_path / "lab.sqlite", "+", "127.0.0.1", lab_files.port, "svc-recorder",
                        lab_auth.recorder_password, client_id="lab-recorder")
     room_rec = Recorder(tmp_path / "room.sqlite", ROOM, room_broker.host, room_broker.port,

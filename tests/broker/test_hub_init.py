@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import ssl
 import stat
+import tempfile
 import threading
 import tomllib
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,7 +20,7 @@ import pytest
 from broker import wire
 from broker.hub_config import load_hub_config, parse_hub_config
 from broker.hub_init import init_hub
-from broker.mosquitto import free_port
+from broker.mosquitto import MosquittoProcess, free_port
 from device.cli import main as cli_main
 from firmware_bridge.errors import ConfigError
 
@@ -115,19 +118,36 @@ def test_cli_init_writes_everything_and_keeps_secrets(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_generated_dirs_belong_to_the_mosquitto_user(tmp_path):
+def test_mosquitto_drops_to_its_user_and_still_reads_everything():
+    """Started as root, Mosquitto drops to `mosquitto` before opening passwd, ACL, persistence, log, TLS key."""
     try:
         mosq = pwd.getpwnam("mosquitto")
     except KeyError:
         pytest.skip("no mosquitto user on this machine")
-    cfg = parse_hub_config({"room": ROOM, "units": ["unit-a"], "out_dir": str(tmp_path / "h"),
-                            "tls": {"port": free_port()}})
-    layout = init_hub(cfg)
-    for p in (layout.broker.persistence_dir, layout.broker.password_file, layout.broker.acl_file,
-              layout.broker.log_file, tmp_path / "h" / "tls" / "server.key"):
-        assert os.stat(p).st_uid == mosq.pw_uid, p
-    assert "user mosquitto" in layout.broker.conf.read_text()
-    assert os.stat(tmp_path / "h" / "tls" / "ca.key").st_uid == 0  # the CA key is not the broker's business
+    base = Path(tempfile.mkdtemp(prefix="dyadsync-hub-", dir="/tmp"))  # pytest's tmp dirs are 0700 root
+    try:
+        os.chmod(base, 0o711)
+        tls_port = free_port()
+        cfg = parse_hub_config({"room": ROOM, "units": ["unit-a"], "out_dir": str(base / "h"),
+                                "listener": {"port": free_port()},
+                                "tls": {"host": "127.0.0.1", "port": tls_port}})
+        layout = init_hub(cfg)
+        for p in (layout.broker.persistence_dir, layout.broker.password_file, layout.broker.acl_file,
+                  layout.broker.log_file, base / "h" / "tls" / "server.key"):
+            assert os.stat(p).st_uid == mosq.pw_uid, p
+        assert "user mosquitto" in layout.broker.conf.read_text()
+        assert os.stat(base / "h" / "tls" / "ca.key").st_uid == 0  # the CA key is not the broker's business
+        with MosquittoProcess(layout.broker) as proc:
+            c, rc = _connect(proc.host, proc.port, "unit-a", layout.auth.units["unit-a"])
+            assert not isinstance(rc, Exception) and not rc.is_failure, (rc, proc.log_tail())
+            c2, rc2 = _connect("127.0.0.1", tls_port, "unit-a", layout.auth.units["unit-a"],
+                               tls_ca=base / "h" / "tls" / "ca.crt")
+            assert not isinstance(rc2, Exception) and not rc2.is_failure, (rc2, proc.log_tail())
+            _close(c, c2)
+            assert os.stat(f"/proc/{proc.pid}").st_uid == mosq.pw_uid  # it really dropped
+        assert (layout.broker.persistence_dir / "mosquitto.db").stat().st_uid == mosq.pw_uid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_anonymous_and_wrong_password_refused(hub_factory):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dsp_ext import ppg as ppg_mod
 from dsp_ext.eda import EdaStream, eda_features
 from dsp_ext.errors import DspError
+from dsp_ext.filters import butter_sos, sosfilt
 from dsp_ext.ppg import (
     ECTOPIC,
     EXTRA,
@@ -219,3 +221,108 @@ def test_ibi_corrector_repairs_beats():
     assert np.mean(d < 0.06) >= 0.99
     ibi = np.diff(t) * 1000
     assert ibi.min() > 600 and ibi.max() < 1100
+
+
+def test_utc_grid_indices():
+    x = _eda_signal(32.0, 30.0, [(10.0, 0.3)])
+    rel = eda_features(x, 32.0)
+    k0 = 6_800_000_000  # UTC grid index (k * 250 ms)
+    on = eda_features(x, 32.0, t0_ns=k0 * 250_000_000)
+    np.testing.assert_array_equal(on.index, rel.index + k0)
+    np.testing.assert_array_equal(on.eda_us, rel.eda_us)
+    off = eda_features(x, 32.0, t0_ns=k0 * 250_000_000 + 100_000_000)  # first sample 100 ms after a point
+    assert off.index[0] == k0 + 1
+    t_rel = (off.index - k0) * 0.25 - 0.1  # seconds after the first sample
+    ok = np.isfinite(off.eda_us)
+    lp = sosfilt(butter_sos(4, 3.0, 32.0), x, init="first")  # the stream's own low-pass at 32 Hz
+    np.testing.assert_allclose(off.eda_us[ok], np.interp(t_rel[ok], np.arange(len(x)) / 32.0, lp), atol=1e-12)
+    beats = _beats(np.random.default_rng(1), 60.0, 70.0)
+    p = _ppg_signal(100.0, beats, 60.0)
+    a = ppg_features(p, 100.0)
+    b = ppg_features(p, 100.0, t0_ns=k0 * 250_000_000)
+    np.testing.assert_array_equal(b.index, a.index + k0)
+    np.testing.assert_array_equal(b.hr_bpm, a.hr_bpm)
+    with pytest.raises(DspError):
+        EdaStream(32.0, t0_ns=-5)
+
+
+def test_ibi_corrector_sorted_window_equals_plain_thresholds(monkeypatch):
+    """The incrementally sorted threshold window gives exactly the thresholds of the plain computation."""
+    rng = np.random.default_rng(8)
+    rr = _rr(400, seed=8)
+    beats = np.concatenate(([0.0], np.cumsum(rr) / 1000.0))
+    extra = beats[rng.choice(len(beats) - 1, 6, replace=False)] + 0.3
+    bad = np.delete(np.sort(np.concatenate((beats, extra))), [50, 170, 290])
+    bad[[120, 240]] -= 0.25  # ectopic-like early beats
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        c = IbiCorrector()
+        parts = [c.push(p) for p in np.array_split(bad, 37)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    fast_t, fast_k = run()
+    assert (fast_k != NORMAL).sum() >= 8
+
+    def plain(self, j):
+        lo, hi = max(0, j + 3 - 91), j + 3
+        vals = [ppg_mod._abs_drr_mrr(self._rr, self._med, k) for k in range(lo, hi)]
+        return (
+            ppg_mod._ALPHA * ppg_mod._quartile_dev([v[0] for v in vals]),
+            ppg_mod._ALPHA * ppg_mod._quartile_dev([v[1] for v in vals]),
+        )
+
+    monkeypatch.setattr(IbiCorrector, "_thresholds", plain)
+    slow_t, slow_k = run()
+    np.testing.assert_array_equal(fast_t, slow_t)
+    np.testing.assert_array_equal(fast_k, slow_k)
+
+
+def _blocks(stream: str, x: np.ndarray, rate: float, t0_ns: int, n_per: int) -> list:
+    from firmware_bridge.block import SampleBlock
+
+    return [
+        SampleBlock(
+            stream, i, t0_ns + int(round(i * n_per * 1e9 / rate)), rate, x[i * n_per : (i + 1) * n_per]
+        )
+        for i in range(len(x) // n_per)
+    ]
+
+
+def test_push_block_fills_gaps_and_uses_utc_grid():
+    from firmware_bridge.block import BlockFlags, SampleBlock
+
+    rate, t0 = 32.0, 1_700_000_000_123_000_000
+    x = _eda_signal(rate, 60.0, [(20.0, 0.3)]).astype(np.float32).astype(np.float64)
+    blocks = _blocks("client/eda", x, rate, t0, 32)
+    lost = 17
+    s = EdaStream(rate)
+    got = [s.push_block(b) for i, b in enumerate(blocks) if i != lost]
+    exp_x = x.copy()
+    exp_x[lost * 32 : (lost + 1) * 32] = np.nan  # the lost block: NaN, not shifted time
+    exp = eda_features(exp_x, rate, t0_ns=t0)
+    np.testing.assert_array_equal(np.concatenate([g.index for g in got]), exp.index)
+    np.testing.assert_array_equal(np.concatenate([g.eda_us for g in got]), exp.eda_us)
+    assert exp.index[0] == -(-t0 // 250_000_000)
+    # a repeated block is dropped, a contact-lost block is invalid, a wrong rate is refused
+    s2 = EdaStream(rate)
+    s2.push_block(blocks[0])
+    again = s2.push_block(blocks[0])
+    assert len(again.index) == 0
+    lost_contact = SampleBlock(
+        "client/eda", 1, blocks[1].t0_ns, rate, blocks[1].values, int(BlockFlags.CONTACT_LOST)
+    )
+    f = s2.push_block(lost_contact)
+    assert f.n_invalid_raw == 32 and not f.valid[-2:].any()
+    with pytest.raises(DspError, match="rate"):
+        s2.push_block(SampleBlock("client/eda", 2, blocks[2].t0_ns, 64.0, blocks[2].values))
+
+
+def test_ppg_push_block_equals_push():
+    rate, t0 = 100.0, 1_700_000_000_000_000_000
+    beats = _beats(np.random.default_rng(2), 60.0, 75.0)
+    x = _ppg_signal(rate, beats, 60.0)
+    s = PpgStream(rate)
+    got = [s.push_block(b) for b in _blocks("therapist/ppg", x, rate, t0, 50)]
+    exp = ppg_features(x.astype(np.float32).astype(np.float64), rate, t0_ns=t0)
+    np.testing.assert_array_equal(np.concatenate([g.index for g in got]), exp.index)
+    np.testing.assert_array_equal(np.concatenate([g.hr_bpm for g in got]), exp.hr_bpm)

@@ -73,3 +73,19 @@ def test_session_summary_on_known_lag():
     assert s.inphase_lag_s_mean == pytest.approx(1.0, abs=0.25)
     assert s.inphase_lag_s_sd < 0.5
     assert s.inphase_z_mean > 0.8
+
+
+@pytest.mark.parametrize("method", ["segment", "pseudo"])
+def test_other_surrogates_keep_uncoupled_pairs_insignificant(method):
+    p = SyncParams(win_s=15.0, lag_s=5.0)
+    significant = 0
+    seeds = range(20)
+    for s in seeds:
+        rng = np.random.default_rng(1900 + s)
+        t, u = _slow_noise(rng, 960), _slow_noise(rng, 960)
+        partners = [_slow_noise(rng, 1000) for _ in range(8)]
+        res = surrogate_test(t, u, p, n=99, seed=s, method=method, partners=partners)
+        significant += res.p_value <= 0.05
+    assert significant <= 0.1 * len(seeds), (
+        f"{method}: {significant} of {len(seeds)} uncoupled pairs significant"
+    )

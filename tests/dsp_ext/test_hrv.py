@@ -69,8 +69,10 @@ def test_hrv_streaming_equals_batch_and_nan_epochs():
         [[getattr(e, f) for f in fields] for e in one], [[getattr(e, f) for f in fields] for e in many]
     )
     assert np.isnan(one[2].rsa_ln_ms2) and np.isfinite(one[1].rsa_ln_ms2)
+    h = HrvStream()
+    h.push(np.empty(0), np.empty(0), np.empty(0, dtype=bool), np.array([3, 4]), np.ones(2))
     with pytest.raises(DspError, match="jumps"):
-        HrvStream().push(np.empty(0), np.empty(0), np.empty(0, dtype=bool), np.array([5, 6]), np.ones(2))
+        h.push(np.empty(0), np.empty(0), np.empty(0, dtype=bool), np.array([6, 7]), np.ones(2))
     with pytest.raises(DspError):
         HrvStream(epoch_s=2.0)
 
@@ -91,3 +93,22 @@ def test_hrv_from_ppg_pipeline():
         assert e.n_beats > 25
         assert e.rmssd_ms == pytest.approx(true_rmssd, rel=0.25)
         assert 6.0 < e.rsa_ln_ms2 < 8.5  # ~50 ms modulation: ln(50²/2) ≈ 7.1
+
+
+def test_utc_grid_alignment_lines_epochs_up():
+    """With t0_ns the grid is UTC k * 250 ms: a stream starting mid-epoch gets a partial (NaN) first epoch
+    and later epochs equal to those of a stream that started on the epoch boundary."""
+    rate = 100.0
+    beats = [1.0]
+    while beats[-1] < 208.0:
+        beats.append(beats[-1] + 0.85 + 0.05 * np.sin(2 * np.pi * 0.25 * beats[-1]))
+    x = _ppg_signal(rate, np.array(beats), 210.0, seed=4)
+    t0 = 1_700_000_010_000_000_000  # a multiple of 30 s: epoch boundary
+    base = hrv_epochs(ppg_features(x, rate, t0_ns=t0), t0_ns=t0)
+    late = 1_700_000_010_000_000_000 + 10 * 10**9  # the same samples, stamped 10 s later
+    shifted = hrv_epochs(ppg_features(x, rate, t0_ns=late), t0_ns=late)
+    assert base[0].start_index == t0 // 250_000_000
+    assert shifted[0].start_index == base[0].start_index and np.isnan(shifted[0].rsa_ln_ms2)
+    assert np.isfinite(base[1].rsa_ln_ms2) and base[1].start_index % 120 == 0
+    for e in shifted[1:]:
+        assert e.start_index % 120 == 0 and 6.0 < e.rsa_ln_ms2 < 8.5

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from dsp_ext import _wcc_np
 from dsp_ext.errors import DspError, DyadsyncError
 from dsp_ext.reference import corr_reference, wcc_reference, window_values_reference
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, StreamingWcc, SyncParams, WccResult, wcc
@@ -239,3 +240,32 @@ def test_streaming_reset_and_state(rng):
     assert [w for w, _ in again] == [w for w, _ in first]
     assert again[3][1]["r0"] == first[3][1]["r0"]
     assert first[0][0] == p.lag
+
+
+def test_every_small_window_size_matches_reference():
+    """Windows of 2..16 samples with random step, lag and peak window, on short adversarial pairs."""
+    rng = np.random.default_rng(2024)
+    for win in range(2, 17):
+        inc, lag = int(rng.integers(1, 6)), int(rng.integers(0, 6))
+        pw = int(rng.choice([3, 5, 7]))
+        p = SyncParams(rate_hz=2.0, win_s=win / 2, inc_s=inc / 2, lag_s=lag / 2, peak_window=pw)
+        n = win + 2 * lag + int(rng.integers(0, 30))
+        kt, kc = rng.choice(KINDS, size=2)
+        t, c = adversarial(rng, n, str(kt)), adversarial(rng, n, str(kc))
+        ctx = f"win={win} inc={inc} lag={lag} pw={pw} n={n} kinds=({kt},{kc})"
+        assert_same(wcc(t, c, p), wcc_reference(t, c, p), ctx)
+        engine = _wcc_np.WccEngine(p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz)
+        starts, prof, _ = engine.push(np.ascontiguousarray(t, float), np.ascontiguousarray(c, float))
+        np.testing.assert_array_equal(starts, wcc(t, c, p).window_start, err_msg=ctx)
+        np.testing.assert_allclose(prof, wcc_reference(t, c, p).r, atol=1e-9, equal_nan=True, err_msg=ctx)
+
+
+def test_streaming_state_stays_bounded():
+    rng = np.random.default_rng(6)
+    s = StreamingWcc()
+    sizes = []
+    for _ in range(300):  # 50 minutes in 10-s chunks
+        s.push(rng.standard_normal(40), rng.standard_normal(40))
+        sizes.append(s.state_nbytes)
+    assert max(sizes) < 300_000
+    assert max(sizes[150:]) <= max(sizes[:150])  # no growth with session length
