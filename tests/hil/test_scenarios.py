@@ -32,8 +32,6 @@ KNOWN_FAILURES: dict[str, str] = {
                     "reported by the unit (only FIFO_OVERFLOW/GAP_BEFORE flags in-band, no count in its status)",
     "room-basic": "completeness: the ADS1115 scan schedule misses ~10 of 8640 EDA conversions per stream at 3x "
                   "(seen 9 and 11); the unit counts them only in-band (GAP_BEFORE), not in its status",
-    "contact-loss": "health: the unit does not show a sensor reporting CONTACT_LOST (lead-off) as sensor_fault in "
-                    "its status or LED (device/unit.py derives sensor states from source errors and silence only)",
 }
 
 
