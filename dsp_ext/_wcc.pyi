@@ -20,3 +20,13 @@ class WccEngine:
     def push(
         self, t: npt.NDArray[np.float64], c: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
+def wcc_batch(
+    t: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    win: int,
+    inc: int,
+    lag: int,
+    half: int,
+    rate_hz: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...

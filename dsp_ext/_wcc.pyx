@@ -449,3 +449,174 @@ cdef class WccEngine:
                     _window_values(&prof[w_out, 0], lag, half, self.rate_hz, &vals[w_out, 0])
                     w_out += 1
             self.next_pair = end_pair
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline batch path: the same block decomposition with plain sums instead of Welford updates.
+
+cdef extern from *:
+    """
+    /* Add the pair (u, cv[l] - sc) of every lag to the raw sums (rows sy, syy, sxy of nl each). */
+    static inline void dyadsync_sums_add(double *restrict s, Py_ssize_t nl, double u,
+            const double *restrict cv, double sc) {
+        double *restrict sy = s, *restrict syy = s + nl, *restrict sxy = s + 2 * nl;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double v = cv[l] - sc;
+            sy[l] += v;
+            syy[l] += v * v;
+            sxy[l] += u * v;
+        }
+    }
+
+    /* Pearson r of every lag of a window of n finite pairs from raw sums (suffix a + prefix b, three rows
+       each; sx, sxx of the therapist side). Returns 0 unless every lag passes the precision check
+       S <= k * M for both sides (M = co-moment, S = raw sum of squares in the shifted frame): then the
+       cancellation in M = S - (ΣV)²/n costs at most ~n·eps·k relative. A NaN or inf fails the check too. */
+    static inline int dyadsync_corr_sums(double sx, double sxx, const double *restrict a,
+            const double *restrict b, Py_ssize_t nl, double n, double k, double *restrict out) {
+        double inv = 1.0 / n;
+        double mxx = sxx - sx * sx * inv;
+        int ok = (mxx > 0.0) && (sxx <= k * mxx);
+        const double *ay = a, *ayy = a + nl, *axy = a + 2 * nl;
+        const double *by = b, *byy = b + nl, *bxy = b + 2 * nl;
+        int bad = 0;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double sy = ay[l] + by[l];
+            double syy = ayy[l] + byy[l];
+            double sxy = axy[l] + bxy[l];
+            double myy = syy - sy * sy * inv;
+            double cxy = sxy - sx * sy * inv;
+            double r = cxy / sqrt(mxx * myy);
+            r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+            bad |= !((myy > 0.0) & (syy <= k * myy));
+            out[l] = r;
+        }
+        return ok && !bad;
+    }
+    """
+    void dyadsync_sums_add(double* s, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+    int dyadsync_corr_sums(double sx, double sxx, const double* a, const double* b, Py_ssize_t nl, double n,
+                           double k, double* out) noexcept nogil
+
+
+cdef void _welford_window(const double* t, const double* c, Py_ssize_t ts, Py_ssize_t win, Py_ssize_t lag,
+                          double st, double sc, double* agg, const double* zero, double* out) noexcept nogil:
+    """r(τ) of the window starting at pair ``ts`` by Welford updates (the streaming kernel's arithmetic):
+    the fallback for windows with non-finite values, a constant side or too little precision in raw sums."""
+    cdef Py_ssize_t nl = 2 * lag + 1, i, l
+    cdef double u
+    cdef bint fin
+    memset(agg, 0, 6 * nl * sizeof(double))
+    for i in range(ts, ts + win):
+        u = t[i]
+        if not isfinite(u):
+            continue
+        fin = True
+        for l in range(nl):
+            if not isfinite(c[i - lag + l]):
+                fin = False
+                break
+        _add_pair_all_lags(agg, nl, u - st, &c[i - lag], sc, fin, False)
+    dyadsync_corr_all(agg, zero, nl, win, out)
+
+
+def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
+              Py_ssize_t half, double rate_hz):
+    """Offline WCC of two equally long series: (starts, profiles, values), equal to ``WccEngine.push`` of
+    the whole series to rounding.
+
+    Pair indices are cut into blocks of ``win`` as in the streaming kernel; a window is the suffix of block j
+    plus the prefix of block j+1, here kept as raw sums (Σu, Σu², and per lag Σv, Σv², Σuv) in the frame of
+    block j's medians — three multiply-adds per lag and pair instead of a Welford update, and no sum ever
+    spans more than one window. The co-moments then come from ``S − (ΣV)²/n``; a window whose sums fail the
+    precision check of ``dyadsync_corr_sums`` (non-finite values, a constant side, a mean far from the shift)
+    is recomputed by Welford updates, so accuracy and NaN rules are those of the streaming kernel.
+    """
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
+        raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
+    if t.shape[0] != c.shape[0]:
+        raise ValueError(f"series lengths differ: {t.shape[0]} vs {c.shape[0]}")
+    cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag
+    cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
+    starts_a = np.empty(nw, dtype=np.int64)
+    prof_a = np.empty((nw, nl))
+    vals_a = np.empty((nw, N_VALUES))
+    if nw == 0:
+        return starts_a, prof_a, vals_a
+    cdef cnp.int64_t[::1] starts = starts_a
+    cdef double[:, ::1] prof = prof_a
+    cdef double[:, ::1] vals = vals_a
+    cdef Py_ssize_t n_slots = (win + inc - 1) // inc
+    cdef double[:, ::1] suf_m = np.zeros((n_slots, 3 * nl))
+    cdef double[:, ::1] sufx_m = np.zeros((n_slots, 2))
+    cdef double[::1] acc_m = np.zeros(3 * nl)
+    cdef double[::1] pre_m = np.zeros(3 * nl)
+    cdef double[::1] agg_m = np.zeros(6 * nl)
+    cdef double[::1] zero_m = np.zeros(6 * nl)
+    cdef double[::1] scratch_m = np.zeros(win)
+    cdef const double* tp = &t[0]
+    cdef const double* cp = &c[0]
+    cdef double* suf = &suf_m[0, 0]
+    cdef double* sufx = &sufx_m[0, 0]
+    cdef double* acc = &acc_m[0]
+    cdef double* pre = &pre_m[0]
+    cdef double* agg = &agg_m[0]
+    cdef double* zero = &zero_m[0]
+    cdef double* scratch = &scratch_m[0]
+    cdef Py_ssize_t last_start = lag + (nw - 1) * inc
+    cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
+    cdef double st, sc, u, sx, sxx, px, pxx
+    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 6e-11 (unit roundoff 1.1e-16)
+    cdef double kmax = 2e-11 / (win * 1.1102230246251565e-16)
+    cdef double* out
+    with nogil:
+        b = lag
+        while b <= last_start:
+            st = _finite_median(&tp[b], win, scratch)
+            sc = _finite_median(&cp[b], win, scratch)
+            q0 = (inc - (b - lag) % inc) % inc
+            # suffix sums of block j at the window starts in it, backwards
+            memset(acc, 0, 3 * nl * sizeof(double))
+            sx = 0.0
+            sxx = 0.0
+            q = win - 1
+            while q >= q0:
+                i = b + q
+                u = tp[i] - st
+                sx += u
+                sxx += u * u
+                dyadsync_sums_add(acc, nl, u, &cp[i - lag], sc)
+                if (q - q0) % inc == 0 and i <= last_start:
+                    slot = (q - q0) // inc
+                    memcpy(&suf[slot * 3 * nl], acc, 3 * nl * sizeof(double))
+                    sufx[2 * slot] = sx
+                    sufx[2 * slot + 1] = sxx
+                q -= 1
+            # windows: start b + q0 + s·inc = suffix slot s + prefix of block j+1 up to position q0 + s·inc − 1
+            memset(pre, 0, 3 * nl * sizeof(double))
+            px = 0.0
+            pxx = 0.0
+            pmax = min(last_start - b, win - 1) - 1
+            p = -1
+            while True:
+                if p >= 0:
+                    i = b + win + p
+                    u = tp[i] - st
+                    px += u
+                    pxx += u * u
+                    dyadsync_sums_add(pre, nl, u, &cp[i - lag], sc)
+                if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
+                    slot = (p + 1 - q0) // inc
+                    ts = b + p + 1
+                    k = (ts - lag) // inc
+                    starts[k] = ts
+                    out = &prof[k, 0]
+                    if not dyadsync_corr_sums(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * 3 * nl],
+                                              pre, nl, <double>win, kmax, out):
+                        _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
+                    _window_values(out, lag, half, rate_hz, &vals[k, 0])
+                p += 1
+                if p > pmax:
+                    break
+            b += win
+    return starts_a, prof_a, vals_a
