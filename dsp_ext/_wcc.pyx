@@ -464,47 +464,90 @@ cdef extern from *:
     #define DYADSYNC_CLONES
     #endif
 
-    /* Add the pair (u, cv[l] - sc) of every lag to the raw sums (rows sy, syy, sxy of nl each). */
-    DYADSYNC_CLONES static void dyadsync_sums_add(double *restrict s, Py_ssize_t nl, double u,
+    /* Add the pair (u, cv[l] - sc) of every lag to the raw cross sums Σuv. */
+    DYADSYNC_CLONES static void dyadsync_sxy_add(double *restrict sxy, Py_ssize_t nl, double u,
             const double *restrict cv, double sc) {
-        double *restrict sy = s, *restrict syy = s + nl, *restrict sxy = s + 2 * nl;
         for (Py_ssize_t l = 0; l < nl; l++) {
-            double v = cv[l] - sc;
-            sy[l] += v;
-            syy[l] += v * v;
-            sxy[l] += u * v;
+            sxy[l] += u * (cv[l] - sc);
         }
     }
 
-    /* Pearson r of every lag of a window of n finite pairs from raw sums (suffix a + prefix b, three rows
-       each; sx, sxx of the therapist side). Returns 0 unless every lag passes the precision check
-       S <= k * M for both sides (M = co-moment, S = raw sum of squares in the shifted frame): then the
-       cancellation in M = S - (ΣV)²/n costs at most ~n·eps·k relative. A NaN or inf fails the check too. */
-    DYADSYNC_CLONES static int dyadsync_corr_sums(double sx, double sxx, const double *restrict a,
-            const double *restrict b, Py_ssize_t nl, double n, double k, double *restrict out) {
-        double inv = 1.0 / n;
-        double mxx = sxx - sx * sx * inv;
-        int ok = (mxx > 0.0) && (sxx <= k * mxx);
-        const double *ay = a, *ayy = a + nl, *axy = a + 2 * nl;
-        const double *by = b, *byy = b + nl, *bxy = b + 2 * nl;
+    /* Pearson r of every lag of a window of n finite pairs: Σuv = a[l] + b[l] in the frame (st, sc), the
+       therapist side's Σu, Σu², and the client window starting at each lag's sample (cfr: its block frame,
+       cm: its mean in that frame, cmyy: its co-moment or NaN if unusable, ciy = 1/sqrt(cmyy)). Returns 0
+       unless every lag passes the precision check S <= k * M on both sides (M = co-moment, S = raw sum of
+       squares in the frame): then the cancellation in M = S - (ΣV)²/n and in Σuv - Σu·mean costs at most
+       ~n·eps·k relative. A NaN or inf anywhere fails the check. */
+    DYADSYNC_CLONES static int dyadsync_corr_cstats(double sx, double sxx, const double *restrict a,
+            const double *restrict b, const double *restrict cfr, const double *restrict cm,
+            const double *restrict cmyy, const double *restrict ciy, Py_ssize_t nl, double n, double sc,
+            double k, double *restrict out) {
+        double mxx = sxx - sx * sx / n;
+        if (!((mxx > 0.0) && (sxx <= k * mxx))) return 0;
+        double ix = 1.0 / sqrt(mxx);
         int bad = 0;
         for (Py_ssize_t l = 0; l < nl; l++) {
-            double sy = ay[l] + by[l];
-            double syy = ayy[l] + byy[l];
-            double sxy = axy[l] + bxy[l];
-            double myy = syy - sy * sy * inv;
-            double cxy = sxy - sx * sy * inv;
-            double r = cxy / sqrt(mxx * myy);
+            double d = (cfr[l] - sc) + cm[l];
+            double cxy = (a[l] + b[l]) - sx * d;
+            double r = cxy * ix * ciy[l];
             r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
-            bad |= !((myy > 0.0) & (syy <= k * myy));
+            bad |= !(n * d * d <= k * cmyy[l]);
             out[l] = r;
         }
-        return ok && !bad;
+        return !bad;
     }
     """
-    void dyadsync_sums_add(double* s, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
-    int dyadsync_corr_sums(double sx, double sxx, const double* a, const double* b, Py_ssize_t nl, double n,
-                           double k, double* out) noexcept nogil
+    void dyadsync_sxy_add(double* sxy, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+    int dyadsync_corr_cstats(double sx, double sxx, const double* a, const double* b, const double* cfr,
+                             const double* cm, const double* cmyy, const double* ciy, Py_ssize_t nl, double n,
+                             double sc, double k, double* out) noexcept nogil
+
+
+cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, double kmax, double* scratch,
+                               double* cfr, double* cm, double* cmyy, double* ciy) noexcept nogil:
+    """Mean and co-moment of every client window c[s .. s + win), s = 0 .. n − win, by the same block scheme
+    (suffix of block j + prefix of block j+1, raw sums in the frame of block j's median): ``cfr[s]`` the
+    frame, ``cm[s]`` the mean minus the frame, ``cmyy[s]`` the co-moment (NaN if it fails the precision
+    check, holds a non-finite value or is constant), ``ciy[s] = 1/sqrt(cmyy[s])``."""
+    cdef Py_ssize_t cb0, q, s, e
+    cdef double fr, v, s1, s2, p1, p2, t1, t2, m1, myy
+    cdef double inv = 1.0 / win
+    cb0 = 0
+    while cb0 <= n - win:
+        fr = _finite_median(&c[cb0], win, scratch)
+        # suffix sums of the block, stored in scratch (s1 at [q], s2 at [win + q])
+        s1 = 0.0
+        s2 = 0.0
+        for q in range(win - 1, -1, -1):
+            v = c[cb0 + q] - fr
+            s1 += v
+            s2 += v * v
+            scratch[q] = s1
+            scratch[win + q] = s2
+        p1 = 0.0
+        p2 = 0.0
+        for q in range(win):
+            s = cb0 + q
+            if s > n - win:
+                break
+            e = s + win - 1
+            if q > 0:
+                v = c[e] - fr
+                p1 += v
+                p2 += v * v
+            t1 = scratch[q] + p1
+            t2 = scratch[win + q] + p2
+            m1 = t1 * inv
+            myy = t2 - t1 * m1
+            cfr[s] = fr
+            cm[s] = m1
+            if myy > 0.0 and t2 <= kmax * myy:
+                cmyy[s] = myy
+                ciy[s] = 1.0 / sqrt(myy)
+            else:
+                cmyy[s] = NAN
+                ciy[s] = NAN
+        cb0 += win
 
 
 cdef void _welford_window(const double* t, const double* c, Py_ssize_t ts, Py_ssize_t win, Py_ssize_t lag,
@@ -534,10 +577,12 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     the whole series to rounding.
 
     Pair indices are cut into blocks of ``win`` as in the streaming kernel; a window is the suffix of block j
-    plus the prefix of block j+1, here kept as raw sums (Σu, Σu², and per lag Σv, Σv², Σuv) in the frame of
-    block j's medians — three multiply-adds per lag and pair instead of a Welford update, and no sum ever
-    spans more than one window. The co-moments then come from ``S − (ΣV)²/n``; a window whose sums fail the
-    precision check of ``dyadsync_corr_sums`` (non-finite values, a constant side, a mean far from the shift)
+    plus the prefix of block j+1, here kept as raw sums in the frame of block j's medians: Σu and Σu² of the
+    therapist side and, per lag, only Σuv — one multiply-add per lag and pair instead of a Welford update;
+    no sum ever spans more than one window. Each client window's mean and co-moment is computed once
+    (``_client_window_stats``) and shared by every (window, lag) that uses it, so a profile costs no square
+    root or division per lag. The co-moments then come from ``S − (ΣV)²/n``; a window whose sums fail the
+    precision check of ``dyadsync_corr_cstats`` (non-finite values, a constant side, a mean far from the shift)
     is recomputed by Welford updates, so accuracy and NaN rules are those of the streaming kernel.
     """
     if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
@@ -555,13 +600,19 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     cdef double[:, ::1] prof = prof_a
     cdef double[:, ::1] vals = vals_a
     cdef Py_ssize_t n_slots = (win + inc - 1) // inc
-    cdef double[:, ::1] suf_m = np.zeros((n_slots, 3 * nl))
+    cdef double[:, ::1] suf_m = np.zeros((n_slots, nl))
     cdef double[:, ::1] sufx_m = np.zeros((n_slots, 2))
-    cdef double[::1] acc_m = np.zeros(3 * nl)
-    cdef double[::1] pre_m = np.zeros(3 * nl)
+    cdef double[::1] acc_m = np.zeros(nl)
+    cdef double[::1] pre_m = np.zeros(nl)
     cdef double[::1] agg_m = np.zeros(6 * nl)
     cdef double[::1] zero_m = np.zeros(6 * nl)
-    cdef double[::1] scratch_m = np.zeros(win)
+    cdef double[::1] scratch_m = np.zeros(2 * win)
+    cdef Py_ssize_t ns = n - win + 1
+    cdef double[:, ::1] cst_m = np.empty((4, ns))
+    cdef double* cfr = &cst_m[0, 0]
+    cdef double* cm = &cst_m[1, 0]
+    cdef double* cmyy = &cst_m[2, 0]
+    cdef double* ciy = &cst_m[3, 0]
     cdef const double* tp = &t[0]
     cdef const double* cp = &c[0]
     cdef double* suf = &suf_m[0, 0]
@@ -574,17 +625,18 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     cdef Py_ssize_t last_start = lag + (nw - 1) * inc
     cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
     cdef double st, sc, u, sx, sxx, px, pxx
-    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 6e-11 (unit roundoff 1.1e-16)
-    cdef double kmax = 2e-11 / (win * 1.1102230246251565e-16)
+    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
+    cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
     cdef double* out
     with nogil:
+        _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
         b = lag
         while b <= last_start:
             st = _finite_median(&tp[b], win, scratch)
             sc = _finite_median(&cp[b], win, scratch)
             q0 = (inc - (b - lag) % inc) % inc
             # suffix sums of block j at the window starts in it, backwards
-            memset(acc, 0, 3 * nl * sizeof(double))
+            memset(acc, 0, nl * sizeof(double))
             sx = 0.0
             sxx = 0.0
             q = win - 1
@@ -593,15 +645,15 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
                 u = tp[i] - st
                 sx += u
                 sxx += u * u
-                dyadsync_sums_add(acc, nl, u, &cp[i - lag], sc)
+                dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
                 if (q - q0) % inc == 0 and i <= last_start:
                     slot = (q - q0) // inc
-                    memcpy(&suf[slot * 3 * nl], acc, 3 * nl * sizeof(double))
+                    memcpy(&suf[slot * nl], acc, nl * sizeof(double))
                     sufx[2 * slot] = sx
                     sufx[2 * slot + 1] = sxx
                 q -= 1
             # windows: start b + q0 + s·inc = suffix slot s + prefix of block j+1 up to position q0 + s·inc − 1
-            memset(pre, 0, 3 * nl * sizeof(double))
+            memset(pre, 0, nl * sizeof(double))
             px = 0.0
             pxx = 0.0
             pmax = min(last_start - b, win - 1) - 1
@@ -612,15 +664,16 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
                     u = tp[i] - st
                     px += u
                     pxx += u * u
-                    dyadsync_sums_add(pre, nl, u, &cp[i - lag], sc)
+                    dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
                 if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
                     slot = (p + 1 - q0) // inc
                     ts = b + p + 1
                     k = (ts - lag) // inc
                     starts[k] = ts
                     out = &prof[k, 0]
-                    if not dyadsync_corr_sums(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * 3 * nl],
-                                              pre, nl, <double>win, kmax, out):
+                    if not dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
+                                                pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
+                                                &ciy[ts - lag], nl, <double>win, sc, kmax, out):
                         _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
                     _window_values(out, lag, half, rate_hz, &vals[k, 0])
                 p += 1
