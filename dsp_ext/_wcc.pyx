@@ -571,6 +571,87 @@ cdef void _welford_window(const double* t, const double* c, Py_ssize_t ts, Py_ss
     dyadsync_corr_all(agg, zero, nl, win, out)
 
 
+cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag) noexcept nogil:
+    """Doubles of scratch space ``_batch_core`` needs (zero-filled by the caller)."""
+    cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc
+    return n_slots * (nl + 2) + 14 * nl + 2 * win + 4 * (n - win + 1)
+
+
+cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize_t nw, Py_ssize_t win,
+                      Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double* work,
+                      cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
+    """The batch WCC of ``wcc_batch`` (nw >= 1 windows) into caller-owned outputs and scratch ``work``."""
+    cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc, ns = n - win + 1
+    cdef double* suf = work
+    cdef double* sufx = suf + n_slots * nl
+    cdef double* acc = sufx + 2 * n_slots
+    cdef double* pre = acc + nl
+    cdef double* agg = pre + nl
+    cdef double* zero = agg + 6 * nl  # stays all zero
+    cdef double* scratch = zero + 6 * nl
+    cdef double* cfr = scratch + 2 * win
+    cdef double* cm = cfr + ns
+    cdef double* cmyy = cm + ns
+    cdef double* ciy = cmyy + ns
+    cdef Py_ssize_t last_start = lag + (nw - 1) * inc
+    cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
+    cdef double st, sc, u, sx, sxx, px, pxx
+    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
+    cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
+    cdef double* out
+    _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
+    b = lag
+    while b <= last_start:
+        st = _finite_median(&tp[b], win, scratch)
+        sc = _finite_median(&cp[b], win, scratch)
+        q0 = (inc - (b - lag) % inc) % inc
+        # suffix sums of block j at the window starts in it, backwards
+        memset(acc, 0, nl * sizeof(double))
+        sx = 0.0
+        sxx = 0.0
+        q = win - 1
+        while q >= q0:
+            i = b + q
+            u = tp[i] - st
+            sx += u
+            sxx += u * u
+            dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
+            if (q - q0) % inc == 0 and i <= last_start:
+                slot = (q - q0) // inc
+                memcpy(&suf[slot * nl], acc, nl * sizeof(double))
+                sufx[2 * slot] = sx
+                sufx[2 * slot + 1] = sxx
+            q -= 1
+        # windows: start b + q0 + s·inc = suffix slot s + prefix of block j+1 up to position q0 + s·inc − 1
+        memset(pre, 0, nl * sizeof(double))
+        px = 0.0
+        pxx = 0.0
+        pmax = min(last_start - b, win - 1) - 1
+        p = -1
+        while True:
+            if p >= 0:
+                i = b + win + p
+                u = tp[i] - st
+                px += u
+                pxx += u * u
+                dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
+            if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
+                slot = (p + 1 - q0) // inc
+                ts = b + p + 1
+                k = (ts - lag) // inc
+                starts[k] = ts
+                out = &prof[k * nl]
+                if not dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
+                                            pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
+                                            &ciy[ts - lag], nl, <double>win, sc, kmax, out):
+                    _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
+                _window_values(out, lag, half, rate_hz, &vals[k * N_VALUES])
+            p += 1
+            if p > pmax:
+                break
+        b += win
+
+
 def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
               Py_ssize_t half, double rate_hz):
     """Offline WCC of two equally long series: (starts, profiles, values), equal to ``WccEngine.push`` of
@@ -599,85 +680,53 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     cdef cnp.int64_t[::1] starts = starts_a
     cdef double[:, ::1] prof = prof_a
     cdef double[:, ::1] vals = vals_a
-    cdef Py_ssize_t n_slots = (win + inc - 1) // inc
-    cdef double[:, ::1] suf_m = np.zeros((n_slots, nl))
-    cdef double[:, ::1] sufx_m = np.zeros((n_slots, 2))
-    cdef double[::1] acc_m = np.zeros(nl)
-    cdef double[::1] pre_m = np.zeros(nl)
-    cdef double[::1] agg_m = np.zeros(6 * nl)
-    cdef double[::1] zero_m = np.zeros(6 * nl)
-    cdef double[::1] scratch_m = np.zeros(2 * win)
-    cdef Py_ssize_t ns = n - win + 1
-    cdef double[:, ::1] cst_m = np.empty((4, ns))
-    cdef double* cfr = &cst_m[0, 0]
-    cdef double* cm = &cst_m[1, 0]
-    cdef double* cmyy = &cst_m[2, 0]
-    cdef double* ciy = &cst_m[3, 0]
-    cdef const double* tp = &t[0]
-    cdef const double* cp = &c[0]
-    cdef double* suf = &suf_m[0, 0]
-    cdef double* sufx = &sufx_m[0, 0]
-    cdef double* acc = &acc_m[0]
-    cdef double* pre = &pre_m[0]
-    cdef double* agg = &agg_m[0]
-    cdef double* zero = &zero_m[0]
-    cdef double* scratch = &scratch_m[0]
-    cdef Py_ssize_t last_start = lag + (nw - 1) * inc
-    cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
-    cdef double st, sc, u, sx, sxx, px, pxx
-    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
-    cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
-    cdef double* out
+    cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
     with nogil:
-        _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
-        b = lag
-        while b <= last_start:
-            st = _finite_median(&tp[b], win, scratch)
-            sc = _finite_median(&cp[b], win, scratch)
-            q0 = (inc - (b - lag) % inc) % inc
-            # suffix sums of block j at the window starts in it, backwards
-            memset(acc, 0, nl * sizeof(double))
-            sx = 0.0
-            sxx = 0.0
-            q = win - 1
-            while q >= q0:
-                i = b + q
-                u = tp[i] - st
-                sx += u
-                sxx += u * u
-                dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
-                if (q - q0) % inc == 0 and i <= last_start:
-                    slot = (q - q0) // inc
-                    memcpy(&suf[slot * nl], acc, nl * sizeof(double))
-                    sufx[2 * slot] = sx
-                    sufx[2 * slot + 1] = sxx
-                q -= 1
-            # windows: start b + q0 + s·inc = suffix slot s + prefix of block j+1 up to position q0 + s·inc − 1
-            memset(pre, 0, nl * sizeof(double))
-            px = 0.0
-            pxx = 0.0
-            pmax = min(last_start - b, win - 1) - 1
-            p = -1
-            while True:
-                if p >= 0:
-                    i = b + win + p
-                    u = tp[i] - st
-                    px += u
-                    pxx += u * u
-                    dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
-                if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
-                    slot = (p + 1 - q0) // inc
-                    ts = b + p + 1
-                    k = (ts - lag) // inc
-                    starts[k] = ts
-                    out = &prof[k, 0]
-                    if not dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
-                                                pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
-                                                &ciy[ts - lag], nl, <double>win, sc, kmax, out):
-                        _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
-                    _window_values(out, lag, half, rate_hz, &vals[k, 0])
-                p += 1
-                if p > pmax:
-                    break
-            b += win
+        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0], &prof[0, 0],
+                    &vals[0, 0])
     return starts_a, prof_a, vals_a
+
+
+def circular_null(const double[::1] t, const double[::1] c, const cnp.int64_t[::1] shifts, Py_ssize_t win,
+                  Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, Py_ssize_t column,
+                  bint fisher):
+    """Session statistic of circular-shift surrogates: for each ``s`` in ``shifts`` (0 < s < len), the batch
+    WCC of ``t`` with ``np.roll(c, s)`` and the mean over windows of the finite values of window value
+    ``column`` (Fisher z of it if ``fisher``; NaN if none is finite). Buffers are allocated once and the
+    whole loop runs without the GIL."""
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0 or not 0 <= column < N_VALUES:
+        raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
+    cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag, m = shifts.shape[0]
+    if c.shape[0] != n:
+        raise ValueError(f"series lengths differ: {n} vs {c.shape[0]}")
+    cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
+    if nw == 0:
+        raise ValueError(f"series of {n} samples hold no complete window")
+    cdef Py_ssize_t j, k, s, cnt
+    for j in range(m):
+        if not 0 < shifts[j] < n:
+            raise ValueError(f"shift {shifts[j]} out of range for {n} samples")
+    null_a = np.empty(m)
+    cdef double[::1] null = null_a
+    cdef double[::1] cs = np.empty(n)
+    cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
+    cdef cnp.int64_t[::1] starts = np.empty(nw, dtype=np.int64)
+    cdef double[:, ::1] prof = np.empty((nw, nl))
+    cdef double[:, ::1] vals = np.empty((nw, N_VALUES))
+    cdef double acc, v
+    with nogil:
+        for j in range(m):
+            s = shifts[j]
+            memcpy(&cs[0], &c[n - s], s * sizeof(double))
+            memcpy(&cs[s], &c[0], (n - s) * sizeof(double))
+            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0],
+                        &prof[0, 0], &vals[0, 0])
+            acc = 0.0
+            cnt = 0
+            for k in range(nw):
+                v = vals[k, column]
+                if isfinite(v):
+                    acc += _fisher_z(v) if fisher else v
+                    cnt += 1
+            null[j] = acc / cnt if cnt > 0 else NAN
+    return null_a
