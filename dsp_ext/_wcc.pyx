@@ -506,7 +506,7 @@ cdef extern from *:
 cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, double kmax, double* scratch,
                                double* cfr, double* cm, double* cmyy, double* ciy) noexcept nogil:
     """Mean and co-moment of every client window c[s .. s + win), s = 0 .. n − win, by the same block scheme
-    (suffix of block j + prefix of block j+1, raw sums in the frame of block j's median): ``cfr[s]`` the
+    (suffix of block j + prefix of block j+1, raw sums in block j's frame, ``_frame``): ``cfr[s]`` the
     frame, ``cm[s]`` the mean minus the frame, ``cmyy[s]`` the co-moment (NaN if it fails the precision
     check, holds a non-finite value or is constant), ``ciy[s] = 1/sqrt(cmyy[s])``."""
     cdef Py_ssize_t cb0, q, s, e
@@ -514,7 +514,7 @@ cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, do
     cdef double inv = 1.0 / win
     cb0 = 0
     while cb0 <= n - win:
-        fr = _finite_median(&c[cb0], win, scratch)
+        fr = _frame(&c[cb0], win, scratch)
         # suffix sums of the block, stored in scratch (s1 at [q], s2 at [win + q])
         s1 = 0.0
         s2 = 0.0
@@ -571,6 +571,21 @@ cdef void _welford_window(const double* t, const double* c, Py_ssize_t ts, Py_ss
     dyadsync_corr_all(agg, zero, nl, win, out)
 
 
+cdef double _frame(const double* x, Py_ssize_t n, double* scratch) noexcept nogil:
+    """A cheap robust frame (shift) for the raw sums of a block: the median of up to 15 evenly spaced samples
+    of x[0:n] (0.0 if none is finite). Any frame is correct — a poor one only sends windows to the Welford
+    fallback through the precision check — so the exact block median is not needed. ``scratch``: 2n doubles."""
+    cdef Py_ssize_t m = 0, i, step = (n + 14) // 15
+    if step < 1:
+        step = 1
+    i = step // 2
+    while i < n:
+        scratch[m] = x[i]
+        m += 1
+        i += step
+    return _finite_median(scratch, m, scratch + m)
+
+
 cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag) noexcept nogil:
     """Doubles of scratch space ``_batch_core`` needs (zero-filled by the caller)."""
     cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc
@@ -602,8 +617,8 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
     b = lag
     while b <= last_start:
-        st = _finite_median(&tp[b], win, scratch)
-        sc = _finite_median(&cp[b], win, scratch)
+        st = _frame(&tp[b], win, scratch)
+        sc = _frame(&cp[b], win, scratch)
         q0 = (inc - (b - lag) % inc) % inc
         # suffix sums of block j at the window starts in it, backwards
         memset(acc, 0, nl * sizeof(double))
@@ -658,7 +673,7 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     the whole series to rounding.
 
     Pair indices are cut into blocks of ``win`` as in the streaming kernel; a window is the suffix of block j
-    plus the prefix of block j+1, here kept as raw sums in the frame of block j's medians: Σu and Σu² of the
+    plus the prefix of block j+1, here kept as raw sums in block j's frame (``_frame``): Σu and Σu² of the
     therapist side and, per lag, only Σuv — one multiply-add per lag and pair instead of a Welford update;
     no sum ever spans more than one window. Each client window's mean and co-moment is computed once
     (``_client_window_stats``) and shared by every (window, lag) that uses it, so a profile costs no square
