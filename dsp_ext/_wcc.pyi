@@ -20,3 +20,25 @@ class WccEngine:
     def push(
         self, t: npt.NDArray[np.float64], c: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
+def wcc_batch(
+    t: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    win: int,
+    inc: int,
+    lag: int,
+    half: int,
+    rate_hz: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def circular_null(
+    t: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    shifts: npt.NDArray[np.int64],
+    win: int,
+    inc: int,
+    lag: int,
+    half: int,
+    rate_hz: float,
+    column: int,
+    fisher: bool,
+) -> npt.NDArray[np.float64]: ...

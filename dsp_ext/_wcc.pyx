@@ -220,7 +220,7 @@ cdef inline void _mean_max_z(const double* r, Py_ssize_t lo, Py_ssize_t hi, doub
             cnt += 1
             run += 1
             if run == 64:
-                acc += log(pp) - log(pm)
+                acc += log(pp / pm)  # pp / pm lies in [1e-212, 1e211]: one log, no overflow
                 pp = 1.0
                 pm = 1.0
                 run = 0
@@ -230,7 +230,7 @@ cdef inline void _mean_max_z(const double* r, Py_ssize_t lo, Py_ssize_t hi, doub
         mean[0] = NAN
         mx[0] = NAN
     else:
-        mean[0] = 0.5 * (acc + log(pp) - log(pm)) / cnt
+        mean[0] = 0.5 * (acc + log(pp / pm)) / cnt
         mx[0] = _fisher_z(rmax)
 
 
@@ -449,3 +449,299 @@ cdef class WccEngine:
                     _window_values(&prof[w_out, 0], lag, half, self.rate_hz, &vals[w_out, 0])
                     w_out += 1
             self.next_pair = end_pair
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline batch path: the same block decomposition with plain sums instead of Welford updates.
+
+cdef extern from *:
+    """
+    /* The hot loops are compiled twice on x86-64 with GCC (AVX2 and the baseline); the
+       loader picks the one the CPU runs (function multi-versioning), so the build stays portable. */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    #define DYADSYNC_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define DYADSYNC_CLONES
+    #endif
+
+    /* Add the pair (u, cv[l] - sc) of every lag to the raw cross sums Σuv. */
+    DYADSYNC_CLONES static void dyadsync_sxy_add(double *restrict sxy, Py_ssize_t nl, double u,
+            const double *restrict cv, double sc) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            sxy[l] += u * (cv[l] - sc);
+        }
+    }
+
+    /* Pearson r of every lag of a window of n finite pairs: Σuv = a[l] + b[l] in the frame (st, sc), the
+       therapist side's Σu, Σu², and the client window starting at each lag's sample (cfr: its block frame,
+       cm: its mean in that frame, cmyy: its co-moment or NaN if unusable, ciy = 1/sqrt(cmyy)). Returns 0
+       unless every lag passes the precision check S <= k * M on both sides (M = co-moment, S = raw sum of
+       squares in the frame): then the cancellation in M = S - (ΣV)²/n and in Σuv - Σu·mean costs at most
+       ~n·eps·k relative. A NaN or inf anywhere fails the check. */
+    DYADSYNC_CLONES static int dyadsync_corr_cstats(double sx, double sxx, const double *restrict a,
+            const double *restrict b, const double *restrict cfr, const double *restrict cm,
+            const double *restrict cmyy, const double *restrict ciy, Py_ssize_t nl, double n, double sc,
+            double k, double *restrict out) {
+        double mxx = sxx - sx * sx / n;
+        if (!((mxx > 0.0) && (sxx <= k * mxx))) return 0;
+        double ix = 1.0 / sqrt(mxx);
+        int bad = 0;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double d = (cfr[l] - sc) + cm[l];
+            double cxy = (a[l] + b[l]) - sx * d;
+            double r = cxy * ix * ciy[l];
+            r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+            bad |= !(n * d * d <= k * cmyy[l]);
+            out[l] = r;
+        }
+        return !bad;
+    }
+    """
+    void dyadsync_sxy_add(double* sxy, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+    int dyadsync_corr_cstats(double sx, double sxx, const double* a, const double* b, const double* cfr,
+                             const double* cm, const double* cmyy, const double* ciy, Py_ssize_t nl, double n,
+                             double sc, double k, double* out) noexcept nogil
+
+
+cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, double kmax, double* scratch,
+                               double* cfr, double* cm, double* cmyy, double* ciy) noexcept nogil:
+    """Mean and co-moment of every client window c[s .. s + win), s = 0 .. n − win, by the same block scheme
+    (suffix of block j + prefix of block j+1, raw sums in block j's frame, ``_frame``): ``cfr[s]`` the
+    frame, ``cm[s]`` the mean minus the frame, ``cmyy[s]`` the co-moment (NaN if it fails the precision
+    check, holds a non-finite value or is constant), ``ciy[s] = 1/sqrt(cmyy[s])``."""
+    cdef Py_ssize_t cb0, q, s, e
+    cdef double fr, v, s1, s2, p1, p2, t1, t2, m1, myy
+    cdef double inv = 1.0 / win
+    cb0 = 0
+    while cb0 <= n - win:
+        fr = _frame(&c[cb0], win, scratch)
+        # suffix sums of the block, stored in scratch (s1 at [q], s2 at [win + q])
+        s1 = 0.0
+        s2 = 0.0
+        for q in range(win - 1, -1, -1):
+            v = c[cb0 + q] - fr
+            s1 += v
+            s2 += v * v
+            scratch[q] = s1
+            scratch[win + q] = s2
+        p1 = 0.0
+        p2 = 0.0
+        for q in range(win):
+            s = cb0 + q
+            if s > n - win:
+                break
+            e = s + win - 1
+            if q > 0:
+                v = c[e] - fr
+                p1 += v
+                p2 += v * v
+            t1 = scratch[q] + p1
+            t2 = scratch[win + q] + p2
+            m1 = t1 * inv
+            myy = t2 - t1 * m1
+            cfr[s] = fr
+            cm[s] = m1
+            if myy > 0.0 and t2 <= kmax * myy:
+                cmyy[s] = myy
+                ciy[s] = 1.0 / sqrt(myy)
+            else:
+                cmyy[s] = NAN
+                ciy[s] = NAN
+        cb0 += win
+
+
+cdef void _welford_window(const double* t, const double* c, Py_ssize_t ts, Py_ssize_t win, Py_ssize_t lag,
+                          double st, double sc, double* agg, const double* zero, double* out) noexcept nogil:
+    """r(τ) of the window starting at pair ``ts`` by Welford updates (the streaming kernel's arithmetic):
+    the fallback for windows with non-finite values, a constant side or too little precision in raw sums."""
+    cdef Py_ssize_t nl = 2 * lag + 1, i, l
+    cdef double u
+    cdef bint fin
+    memset(agg, 0, 6 * nl * sizeof(double))
+    for i in range(ts, ts + win):
+        u = t[i]
+        if not isfinite(u):
+            continue
+        fin = True
+        for l in range(nl):
+            if not isfinite(c[i - lag + l]):
+                fin = False
+                break
+        _add_pair_all_lags(agg, nl, u - st, &c[i - lag], sc, fin, False)
+    dyadsync_corr_all(agg, zero, nl, win, out)
+
+
+cdef double _frame(const double* x, Py_ssize_t n, double* scratch) noexcept nogil:
+    """A cheap robust frame (shift) for the raw sums of a block: the median of up to 15 evenly spaced samples
+    of x[0:n] (0.0 if none is finite). Any frame is correct — a poor one only sends windows to the Welford
+    fallback through the precision check — so the exact block median is not needed. ``scratch``: 2n doubles."""
+    cdef Py_ssize_t m = 0, i, step = (n + 14) // 15
+    if step < 1:
+        step = 1
+    i = step // 2
+    while i < n:
+        scratch[m] = x[i]
+        m += 1
+        i += step
+    return _finite_median(scratch, m, scratch + m)
+
+
+cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag) noexcept nogil:
+    """Doubles of scratch space ``_batch_core`` needs (zero-filled by the caller)."""
+    cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc
+    return n_slots * (nl + 2) + 14 * nl + 2 * win + 4 * (n - win + 1)
+
+
+cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize_t nw, Py_ssize_t win,
+                      Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double* work,
+                      cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
+    """The batch WCC of ``wcc_batch`` (nw >= 1 windows) into caller-owned outputs and scratch ``work``."""
+    cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc, ns = n - win + 1
+    cdef double* suf = work
+    cdef double* sufx = suf + n_slots * nl
+    cdef double* acc = sufx + 2 * n_slots
+    cdef double* pre = acc + nl
+    cdef double* agg = pre + nl
+    cdef double* zero = agg + 6 * nl  # stays all zero
+    cdef double* scratch = zero + 6 * nl
+    cdef double* cfr = scratch + 2 * win
+    cdef double* cm = cfr + ns
+    cdef double* cmyy = cm + ns
+    cdef double* ciy = cmyy + ns
+    cdef Py_ssize_t last_start = lag + (nw - 1) * inc
+    cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
+    cdef double st, sc, u, sx, sxx, px, pxx
+    # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
+    cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
+    cdef double* out
+    _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
+    b = lag
+    while b <= last_start:
+        st = _frame(&tp[b], win, scratch)
+        sc = _frame(&cp[b], win, scratch)
+        q0 = (inc - (b - lag) % inc) % inc
+        # suffix sums of block j at the window starts in it, backwards
+        memset(acc, 0, nl * sizeof(double))
+        sx = 0.0
+        sxx = 0.0
+        q = win - 1
+        while q >= q0:
+            i = b + q
+            u = tp[i] - st
+            sx += u
+            sxx += u * u
+            dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
+            if (q - q0) % inc == 0 and i <= last_start:
+                slot = (q - q0) // inc
+                memcpy(&suf[slot * nl], acc, nl * sizeof(double))
+                sufx[2 * slot] = sx
+                sufx[2 * slot + 1] = sxx
+            q -= 1
+        # windows: start b + q0 + s·inc = suffix slot s + prefix of block j+1 up to position q0 + s·inc − 1
+        memset(pre, 0, nl * sizeof(double))
+        px = 0.0
+        pxx = 0.0
+        pmax = min(last_start - b, win - 1) - 1
+        p = -1
+        while True:
+            if p >= 0:
+                i = b + win + p
+                u = tp[i] - st
+                px += u
+                pxx += u * u
+                dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
+            if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
+                slot = (p + 1 - q0) // inc
+                ts = b + p + 1
+                k = (ts - lag) // inc
+                starts[k] = ts
+                out = &prof[k * nl]
+                if not dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
+                                            pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
+                                            &ciy[ts - lag], nl, <double>win, sc, kmax, out):
+                    _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
+                _window_values(out, lag, half, rate_hz, &vals[k * N_VALUES])
+            p += 1
+            if p > pmax:
+                break
+        b += win
+
+
+def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
+              Py_ssize_t half, double rate_hz):
+    """Offline WCC of two equally long series: (starts, profiles, values), equal to ``WccEngine.push`` of
+    the whole series to rounding.
+
+    Pair indices are cut into blocks of ``win`` as in the streaming kernel; a window is the suffix of block j
+    plus the prefix of block j+1, here kept as raw sums in block j's frame (``_frame``): Σu and Σu² of the
+    therapist side and, per lag, only Σuv — one multiply-add per lag and pair instead of a Welford update;
+    no sum ever spans more than one window. Each client window's mean and co-moment is computed once
+    (``_client_window_stats``) and shared by every (window, lag) that uses it, so a profile costs no square
+    root or division per lag. The co-moments then come from ``S − (ΣV)²/n``; a window whose sums fail the
+    precision check of ``dyadsync_corr_cstats`` (non-finite values, a constant side, a mean far from the shift)
+    is recomputed by Welford updates, so accuracy and NaN rules are those of the streaming kernel.
+    """
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
+        raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
+    if t.shape[0] != c.shape[0]:
+        raise ValueError(f"series lengths differ: {t.shape[0]} vs {c.shape[0]}")
+    cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag
+    cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
+    starts_a = np.empty(nw, dtype=np.int64)
+    prof_a = np.empty((nw, nl))
+    vals_a = np.empty((nw, N_VALUES))
+    if nw == 0:
+        return starts_a, prof_a, vals_a
+    cdef cnp.int64_t[::1] starts = starts_a
+    cdef double[:, ::1] prof = prof_a
+    cdef double[:, ::1] vals = vals_a
+    cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
+    with nogil:
+        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0], &prof[0, 0],
+                    &vals[0, 0])
+    return starts_a, prof_a, vals_a
+
+
+def circular_null(const double[::1] t, const double[::1] c, const cnp.int64_t[::1] shifts, Py_ssize_t win,
+                  Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, Py_ssize_t column,
+                  bint fisher):
+    """Session statistic of circular-shift surrogates: for each ``s`` in ``shifts`` (0 < s < len), the batch
+    WCC of ``t`` with ``np.roll(c, s)`` and the mean over windows of the finite values of window value
+    ``column`` (Fisher z of it if ``fisher``; NaN if none is finite). Buffers are allocated once and the
+    whole loop runs without the GIL."""
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0 or not 0 <= column < N_VALUES:
+        raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
+    cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag, m = shifts.shape[0]
+    if c.shape[0] != n:
+        raise ValueError(f"series lengths differ: {n} vs {c.shape[0]}")
+    cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
+    if nw == 0:
+        raise ValueError(f"series of {n} samples hold no complete window")
+    cdef Py_ssize_t j, k, s, cnt
+    for j in range(m):
+        if not 0 < shifts[j] < n:
+            raise ValueError(f"shift {shifts[j]} out of range for {n} samples")
+    null_a = np.empty(m)
+    cdef double[::1] null = null_a
+    cdef double[::1] cs = np.empty(n)
+    cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
+    cdef cnp.int64_t[::1] starts = np.empty(nw, dtype=np.int64)
+    cdef double[:, ::1] prof = np.empty((nw, nl))
+    cdef double[:, ::1] vals = np.empty((nw, N_VALUES))
+    cdef double acc, v
+    with nogil:
+        for j in range(m):
+            s = shifts[j]
+            memcpy(&cs[0], &c[n - s], s * sizeof(double))
+            memcpy(&cs[s], &c[0], (n - s) * sizeof(double))
+            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0],
+                        &prof[0, 0], &vals[0, 0])
+            acc = 0.0
+            cnt = 0
+            for k in range(nw):
+                v = vals[k, column]
+                if isfinite(v):
+                    acc += _fisher_z(v) if fisher else v
+                    cnt += 1
+            null[j] = acc / cnt if cnt > 0 else NAN
+    return null_a

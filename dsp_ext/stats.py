@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._sync_types import SyncParams, WccResult
+from . import _wcc
+from ._sync_types import WINDOW_VALUE_NAMES, SyncParams, WccResult
 from .errors import DspError
 from .synchrony import _as_series, wcc
 
@@ -197,6 +198,18 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
     return _nan_mean_sd(x)[0]
 
 
+def _circular_null(
+    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistic: str
+) -> np.ndarray:
+    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len),
+    computed in the kernel."""
+    col = WINDOW_VALUE_NAMES.index(statistic)
+    p = params
+    return _wcc.circular_null(
+        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, col, statistic == "r0"
+    )
+
+
 @dataclass(frozen=True)
 class SurrogateResult:
     """Outcome of a surrogate test.
@@ -284,7 +297,13 @@ def surrogate_test(
     else:
         raise DspError(f"unknown surrogate method {method!r}; choose circular, segment or pseudo")
     null = np.empty(n)
-    for k in range(n):
+    if method == "circular":
+        # the same draws as _circular, then every surrogate in the kernel without the GIL, buffers reused
+        shifts = np.array(
+            [int(rng.integers(min_shift, len(c) - min_shift + 1)) for _ in range(n)], dtype=np.int64
+        )
+        null = _circular_null(t, c, shifts, params, statistic)
+    for k in range(n if method != "circular" else 0):
         tt = t
         if method == "circular":
             cs = _circular(c, rng, min_shift)

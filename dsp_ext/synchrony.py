@@ -61,8 +61,9 @@ def wcc(therapist: object, client: object, params: SyncParams | None = None) -> 
     c = _as_series(client, "client")
     if len(t) != len(c):
         raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
-    eng = _wcc.WccEngine(params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz)
-    starts, prof, vals = eng.push(t, c)
+    starts, prof, vals = _wcc.wcc_batch(
+        t, c, params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz
+    )
     cols = np.ascontiguousarray(vals.T)  # one copy; each named field is a row view of it
     return WccResult(
         params=params,
