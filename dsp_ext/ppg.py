@@ -367,26 +367,34 @@ class PpgStream:
         # intervals ending at each final beat
         if not len(beat_s):
             return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F)
-        prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
-        ibi = np.diff(prev) * 1000.0
-        valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
-        if len(beat_s) <= 4:
-            k, hr, ibi_g = self._grid_few(beat_s, ibi, valid)
+        if len(beat_s) <= 4:  # the streaming case: scalar arithmetic, the same operations as below
+            beats = beat_s.tolist()
+            prev_b = self._last_beat_s if self._last_beat_s is not None else math.nan
+            ibi_l: list[float] = []
+            for b in beats:
+                ibi_l.append((b - prev_b) * 1000.0)
+                prev_b = b
+            valid_l = [IBI_MIN_MS <= i <= IBI_MAX_MS for i in ibi_l]
+            ibi = np.array(ibi_l, dtype=np.float64)
+            valid = np.array(valid_l, dtype=bool)
+            k, hr, ibi_g = self._grid_few(beats, ibi_l, valid_l)
         else:
+            prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
+            ibi = np.diff(prev) * 1000.0
+            valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
             k, hr, ibi_g = self._grid(beat_s, ibi, valid)
         if len(beat_s):
             self._last_beat_s = float(beat_s[-1])
         return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g)
 
-    def _grid_few(self, beat_s: np.ndarray, ibi: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _grid_few(self, beats: list[float], ibi: list[float], valid: list[bool]) -> tuple[np.ndarray, ...]:
         """:meth:`_grid` for the streaming case (a beat or two per push) in scalar arithmetic: the same
         operations in the same order, so the same numbers, without the cost of a dozen tiny numpy calls."""
-        beats = beat_s.tolist()
         lb = self._last_beat_s
         t_b = [lb if lb is not None else math.nan, *beats]
         hr_b = [self._last_hr]
         ibi_b = [self._last_ibi]
-        for i, ok in zip(ibi.tolist(), valid.tolist(), strict=True):
+        for i, ok in zip(ibi, valid, strict=True):
             hr_b.append(60000.0 / i if ok else math.nan)
             ibi_b.append(i if ok else math.nan)
         clock = self.clock
