@@ -232,6 +232,8 @@ class IbiCorrector:
 
     def push(self, beats_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(beat_times_s, kind)`` of beats that became final (the very first beat: NORMAL)."""
+        if not len(beats_s):  # every judgeable interval was judged at the end of the previous push
+            return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
         self._raw.extend(float(b) for b in beats_s)
         out_t: list[float] = []
         out_k: list[int] = []
