@@ -35,6 +35,19 @@ cdef double _median(const double[::1] x, Py_ssize_t n, double[::1] buf) noexcept
     return 0.5 * (buf[n // 2 - 1] + buf[n // 2])
 
 
+cdef inline double _ring_sum(const double* r, Py_ssize_t ring, Py_ssize_t start, Py_ssize_t count) noexcept nogil:
+    """Sum of ``count`` ring entries from absolute index ``start`` (>= 0), in index order, wrapping without a
+    division per element."""
+    cdef Py_ssize_t c, j = start % ring
+    cdef double acc = 0.0
+    for c in range(count):
+        acc += r[j]
+        j += 1
+        if j == ring:
+            j = 0
+    return acc
+
+
 cdef class ElgendiDetector:
     cdef readonly Py_ssize_t h1, h2, n_thr, ring, max_block, min_delay
     cdef readonly double beta
@@ -111,6 +124,7 @@ cdef class ElgendiDetector:
         cdef Py_ssize_t i, k, m, p, nb = 0, ring = self.ring
         cdef double v, z, ma_peak, ma_beat, thr, yp, ym, yn, den, delta, best
         cdef bint above, finite
+        cdef const double* zr = &self.z_ring[0]
         for i in range(y.shape[0]):
             v = y[i]
             finite = isfinite(v)
@@ -133,14 +147,8 @@ cdef class ElgendiDetector:
             m = self.n - 1 - self.h2
             if m < self.h2:
                 continue
-            ma_peak = 0.0
-            for k in range(m - self.h1, m + self.h1 + 1):
-                ma_peak += self._z(k)
-            ma_peak /= (2 * self.h1 + 1)
-            ma_beat = 0.0
-            for k in range(m - self.h2, m + self.h2 + 1):
-                ma_beat += self._z(k)
-            ma_beat /= (2 * self.h2 + 1)
+            ma_peak = _ring_sum(zr, ring, m - self.h1, 2 * self.h1 + 1) / (2 * self.h1 + 1)
+            ma_beat = _ring_sum(zr, ring, m - self.h2, 2 * self.h2 + 1) / (2 * self.h2 + 1)
             thr = ma_beat + self.beta * self.level
             above = ma_peak > thr and ma_peak > 0.0
             if not isfinite(self.y_ring[m % ring]):

@@ -21,18 +21,22 @@ causal, so it lags by the filter's group delay (about 0.15 s at the slow frequen
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _sosfilt
 from ._blocks import BlockTimeline
 from .errors import DspError
-from .filters import SosFilter, butter_sos
+from .filters import SosFilter, butter_sos, sosfilt_zi
 from .grid import FEATURE_RATE_HZ, GridResampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdaFeatures", "EdaStream", "Scr", "eda_features"]
+__all__ = ["EdaFeatures", "EdaStream", "Scr", "eda_features", "eda_front_reference"]
+
+_NO_CONTACT = np.empty(0, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class EdaStream:
         self.scr_onset_step_us = scr_onset_slope_us_s / FEATURE_RATE_HZ
         self.scr_max_rise = int(round(scr_max_rise_s * FEATURE_RATE_HZ))
         self._lp = SosFilter(butter_sos(4, lowpass_hz, rate_hz), init="first")
+        self._lp_zi_unit = sosfilt_zi(self._lp.sos)
         self._tonic = SosFilter(butter_sos(2, tonic_hz, FEATURE_RATE_HZ), init="first")
         self._t0_ns = t0_ns
         self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns)
@@ -99,8 +104,9 @@ class EdaStream:
         self._tonic.reset()
         self._grid.reset()
         self._n = 0
-        self._prev = np.nan  # last raw sample (for the slope test)
-        self._last_bad = -(10**12)  # raw index of the last invalid sample
+        # raw-rate state of the kernel: previous raw sample (slope test), raw index of the last invalid
+        # sample, samples seen, low-pass started (0/1), last finite low-pass input (zero-order hold)
+        self._front = np.array([np.nan, -1e12, 0.0, 0.0, np.nan])
         # SCR state machine on the grid
         self._g_prev = np.nan  # previous grid eda_us
         self._p_prev = np.nan  # previous grid phasic
@@ -123,31 +129,24 @@ class EdaStream:
         return self.push(values, contact)
 
     def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
-        x = np.asarray(eda_us)
-        if x.ndim != 1 or x.dtype.kind not in "biuf":
-            raise DspError(f"eda_us must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
-        x = np.array(x, dtype=np.float64)  # a copy: the caller's buffer is never changed
-        n = len(x)
-        idx = np.arange(self._n, self._n + n)
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(x) | (x < self.min_us) | (x > self.max_us)
-            prev = np.concatenate(([self._prev], x[:-1]))
-            bad |= np.abs(x - prev) * self.rate_hz > self.max_slope_us_s
+        x = eda_us
+        if type(x) is not np.ndarray or x.dtype != np.float64 or not x.flags.c_contiguous or x.ndim != 1:
+            x = np.asarray(x)
+            if x.ndim != 1 or x.dtype.kind not in "biuf":
+                raise DspError(f"eda_us must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
+            x = np.ascontiguousarray(x, dtype=np.float64)  # the kernel only reads it
+        cont = _NO_CONTACT
         if contact is not None:
-            cont = np.asarray(contact, dtype=bool)
-            if cont.shape != x.shape:
-                raise DspError(f"contact flags shape {cont.shape} differs from samples {x.shape}")
-            bad |= ~cont
-        n_bad = int(bad.sum())
-        if n:
-            self._prev = float(x[-1])
-        x[bad] = np.nan
-        last_bad = np.maximum.accumulate(np.where(bad, idx, self._last_bad)) if n else np.empty(0)
-        if n:
-            self._last_bad = int(last_bad[-1])
-        self._n += n
-        y = self._lp.process(x)
-        y[idx - last_bad <= self.guard_n] = np.nan
+            c = np.asarray(contact, dtype=bool)
+            if c.shape != x.shape:
+                raise DspError(f"contact flags shape {c.shape} differs from samples {x.shape}")
+            cont = np.ascontiguousarray(c).view(np.uint8)
+        y = np.empty(len(x))
+        n_bad = _sosfilt.eda_front(
+            x, cont, y, self._lp.sos, self._lp.zi, self._lp_zi_unit, self._front,
+            self.min_us, self.max_us, self.max_slope_us_s, self.rate_hz, self.guard_n,
+        )
+        self._n += len(x)
         k, g = self._grid.push(y)
         tonic = self._tonic.process(g)
         phasic = g - tonic
@@ -157,16 +156,17 @@ class EdaStream:
             tonic_us=tonic,
             phasic_us=phasic,
             valid=np.isfinite(g),
-            scr=self._scr(k, g, phasic),
+            scr=self._scr(k, g, phasic) if len(k) else [],
             n_invalid_raw=n_bad,
         )
 
     def _scr(self, k: np.ndarray, g: np.ndarray, ph: np.ndarray) -> list[Scr]:
         """Onset/peak state machine at 4 Hz (a handful of samples per push: a plain loop is fine)."""
         out: list[Scr] = []
+        isfinite = math.isfinite
         for kk, v, p in zip(k.tolist(), g.tolist(), ph.tolist(), strict=True):
             gp, pp, pk = self._g_prev, self._p_prev, self._g_prev_k
-            if not (np.isfinite(v) and np.isfinite(p) and np.isfinite(gp) and np.isfinite(pp)):
+            if not (isfinite(v) and isfinite(p) and isfinite(gp) and isfinite(pp)):
                 self._rising = False
             elif not self._rising:
                 if p - pp > self.scr_onset_step_us:
@@ -185,3 +185,37 @@ def eda_features(
 ) -> EdaFeatures:
     """Batch form of :class:`EdaStream` (identical numbers)."""
     return EdaStream(rate_hz, **kwargs).push(eda_us, contact)
+
+
+def eda_front_reference(
+    eda_us: np.ndarray,
+    contact: np.ndarray | None,
+    sos: np.ndarray,
+    rate_hz: float,
+    min_us: float = 0.05,
+    max_us: float = 60.0,
+    max_slope_us_s: float = 10.0,
+    guard_n: int = 16,
+) -> tuple[np.ndarray, int]:
+    """Plain numpy twin of the raw-rate stage (``_sosfilt.eda_front``) for a whole record: artefact flags,
+    invalid samples to NaN, the low-pass started in its steady state, NaN within ``guard_n`` samples after
+    an invalid sample. Returns ``(low-passed µS, number of invalid samples)``."""
+    from .filters import sosfilt_reference
+
+    x = np.array(eda_us, dtype=np.float64)
+    n = len(x)
+    idx = np.arange(n)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x) | (x < min_us) | (x > max_us)
+        prev = np.concatenate(([np.nan], x[:-1]))
+        bad |= np.abs(x - prev) * rate_hz > max_slope_us_s
+    if contact is not None:
+        bad |= ~np.asarray(contact, dtype=bool)
+    x[bad] = np.nan
+    fin = np.flatnonzero(np.isfinite(x))
+    y = np.full(n, np.nan)
+    if len(fin):
+        y = sosfilt_reference(sos, x, sosfilt_zi(sos) * x[fin[0]])
+    last_bad = np.maximum.accumulate(np.where(bad, idx, -(10**12))) if n else np.empty(0)
+    y[idx - last_bad <= guard_n] = np.nan
+    return y, int(bad.sum())

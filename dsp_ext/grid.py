@@ -13,6 +13,8 @@ NaN, so invalid raw samples make the grid points next to them invalid.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import DspError
@@ -71,25 +73,50 @@ class GridResampler:
 
     def push(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed raw samples; returns ``(grid_index, values)`` for every grid point completed."""
-        x = np.asarray(x, dtype=np.float64)
-        base = self.n_in - 1  # raw index of buf[0]
-        buf = np.concatenate(([self._last], x))
+        if type(x) is not np.ndarray or x.dtype != np.float64:
+            x = np.asarray(x, dtype=np.float64)
+        n_old = self.n_in
+        base = n_old - 1  # raw index of the sample before x (self._last)
         self.n_in += len(x)
         last_idx = self.n_in - 1
         if last_idx < 0:
             return np.empty(0, dtype=np.int64), np.empty(0)
         # grid point j (raw position off + j*step) is complete when ceil(position) <= last_idx
-        j_end = max(int(np.floor((last_idx - self._off) / self._step + 1e-9)) + 1, self.j_next)
-        j = np.arange(self.j_next, j_end, dtype=np.int64)
-        pos = self._off + j * self._step
-        i0 = np.floor(pos + 1e-9).astype(np.int64)
-        frac = pos - i0
-        frac[frac < 1e-9] = 0.0
-        j0 = i0 - base
-        v0 = buf[j0]
-        v1 = buf[np.minimum(j0 + 1, len(buf) - 1)]
-        vals = np.where(frac == 0.0, v0, v0 + frac * (v1 - v0))
+        off, step, j_next = self._off, self._step, self.j_next
+        j_end = max(math.floor((last_idx - off) / step + 1e-9) + 1, j_next)
+        n_out = j_end - j_next
+        if n_out <= 16:  # the streaming case (a few points per push): scalar arithmetic, same operations
+            last = self._last
+            xs = x.tolist() if n_out else []
+            nx = len(xs)
+            vals = []
+            for j in range(j_next, j_end):
+                pos = off + j * step
+                i0 = math.floor(pos + 1e-9)
+                frac = pos - i0
+                r = i0 - n_old
+                v0 = last if r < 0 else xs[r]
+                if frac < 1e-9:
+                    vals.append(v0)
+                else:
+                    v1 = xs[min(r + 1, nx - 1)]
+                    vals.append(v0 + frac * (v1 - v0))
+            first = j_next + self.clock.first_index
+            idx = np.arange(first, first + n_out, dtype=np.int64)
+            out = np.array(vals, dtype=np.float64)
+        else:
+            buf = np.concatenate(([self._last], x))
+            j = np.arange(j_next, j_end, dtype=np.int64)
+            pos = off + j * step
+            i0 = np.floor(pos + 1e-9).astype(np.int64)
+            frac = pos - i0
+            frac[frac < 1e-9] = 0.0
+            j0 = i0 - base
+            v0 = buf[j0]
+            v1 = buf[np.minimum(j0 + 1, len(buf) - 1)]
+            out = np.where(frac == 0.0, v0, v0 + frac * (v1 - v0))
+            idx = j + self.clock.first_index
         self.j_next = j_end
         if len(x):
             self._last = float(x[-1])
-        return j + self.clock.first_index, vals
+        return idx, out

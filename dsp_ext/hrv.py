@@ -116,6 +116,7 @@ class HrvStream:
         self.epoch_n = int(round(n))  # samples of the 2 Hz series per epoch
         self.hf_band_hz = hf_band_hz
         self._w = savgol_detrend_coeffs()
+        self._w_rev = self._w[::-1]  # a view, as before (same summation order in np.convolve)
         self._h = SG_POINTS // 2
         self._bp = SosFilter(butter_sos(2, rsa_band_hz, RSA_RATE_HZ, "bandpass"))
         self.clock = GridClock(t0_ns)
@@ -149,11 +150,17 @@ class HrvStream:
         grid_index: np.ndarray,
         ibi_grid_ms: np.ndarray,
     ) -> list[HrvEpoch]:
-        grid_index = np.asarray(grid_index, dtype=np.int64)
-        g = np.asarray(ibi_grid_ms, dtype=np.float64)
+        if type(grid_index) is not np.ndarray or grid_index.dtype != np.int64:
+            grid_index = np.asarray(grid_index, dtype=np.int64)
+        g = ibi_grid_ms
+        if type(g) is not np.ndarray or g.dtype != np.float64:
+            g = np.asarray(ibi_grid_ms, dtype=np.float64)
         if len(grid_index) != len(g):
             raise DspError(f"grid_index ({len(grid_index)}) and ibi_grid_ms ({len(g)}) differ in length")
-        if not len(grid_index) and self._k_next is None:
+        if not len(grid_index):
+            # no new grid point: nothing to detrend; the beats wait for their epoch
+            if self._k_next is not None:
+                self._add_beats(beat_s, ibi_ms, ibi_valid)
             return []
         if self._k_next is None:
             self._k_next = int(grid_index[0])
@@ -170,20 +177,13 @@ class HrvStream:
             first_new_m = int(grid_index[even][0]) // _STEP
         self._k_next += len(grid_index)
         self._m_next = first_new_m + len(g)
-        self._beats.extend(
-            zip(
-                np.asarray(beat_s, float).tolist(),
-                np.asarray(ibi_ms, float).tolist(),
-                np.asarray(ibi_valid, bool).tolist(),
-                strict=True,
-            )
-        )
+        self._add_beats(beat_s, ibi_ms, ibi_valid)
         # centred 21-point cubic detrend: residual for index k needs k + h
         buf = np.concatenate((self._grid_tail, g))
         first = self._m_next - len(buf)  # 2 Hz index of buf[0]
         out: list[HrvEpoch] = []
         if len(buf) >= SG_POINTS:
-            trend = np.convolve(buf, self._w[::-1], mode="valid")  # trend of buf[h : len-h]
+            trend = np.convolve(buf, self._w_rev, mode="valid")  # trend of buf[h : len-h]
             resid = buf[self._h : len(buf) - self._h] - trend
             k0 = first + self._h  # 2 Hz index of resid[0]
             # before the first centred fit (and before the first sample) there is nothing: invalid
@@ -198,6 +198,19 @@ class HrvStream:
         else:
             self._grid_tail = buf
         return out
+
+    def _add_beats(self, beat_s: object, ibi_ms: object, ibi_valid: object) -> None:
+        if len(beat_s):  # type: ignore[arg-type]
+            self._beats.extend(
+                zip(
+                    np.asarray(beat_s, float).tolist(),
+                    np.asarray(ibi_ms, float).tolist(),
+                    np.asarray(ibi_valid, bool).tolist(),
+                    strict=True,
+                )
+            )
+        elif len(ibi_ms) or len(ibi_valid):  # type: ignore[arg-type]
+            raise DspError("beat_s, ibi_ms and ibi_valid differ in length")
 
     def _collect(self, k0: int, resid: np.ndarray, band: np.ndarray) -> list[HrvEpoch]:
         out: list[HrvEpoch] = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 IBI_MIN_MS = 300.0
+_EMPTY_F = np.empty(0)
+_EMPTY_I = np.empty(0, dtype=np.int64)
+_EMPTY_B = np.empty(0, dtype=bool)
 IBI_MAX_MS = 2000.0
 
 # Lipponen & Tarvainen (2019) constants
@@ -228,6 +232,8 @@ class IbiCorrector:
 
     def push(self, beats_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(beat_times_s, kind)`` of beats that became final (the very first beat: NORMAL)."""
+        if not len(beats_s):  # every judgeable interval was judged at the end of the previous push
+            return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
         self._raw.extend(float(b) for b in beats_s)
         out_t: list[float] = []
         out_k: list[int] = []
@@ -351,21 +357,82 @@ class PpgStream:
         return self.push(values)
 
     def push(self, counts: object) -> PpgFeatures:
-        x = np.asarray(counts)
-        if x.ndim != 1 or x.dtype.kind not in "biuf":
-            raise DspError(f"ppg counts must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
+        x = counts
+        if type(x) is not np.ndarray or x.dtype != np.float64 or x.ndim != 1:
+            x = np.asarray(counts)
+            if x.ndim != 1 or x.dtype.kind not in "biuf":
+                raise DspError(f"ppg counts must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
         y = self._bp.process(x)
         self._n += len(y)
         raw = self._det.push(y)
         beat_s, kind = self._ibi.push(raw / self.rate_hz)
         # intervals ending at each final beat
-        prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
-        ibi = np.diff(prev) * 1000.0
-        valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
-        k, hr, ibi_g = self._grid(beat_s, ibi, valid)
+        if not len(beat_s):
+            return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F)
+        if len(beat_s) <= 4:  # the streaming case: scalar arithmetic, the same operations as below
+            beats = beat_s.tolist()
+            prev_b = self._last_beat_s if self._last_beat_s is not None else math.nan
+            ibi_l: list[float] = []
+            for b in beats:
+                ibi_l.append((b - prev_b) * 1000.0)
+                prev_b = b
+            valid_l = [IBI_MIN_MS <= i <= IBI_MAX_MS for i in ibi_l]
+            ibi = np.array(ibi_l, dtype=np.float64)
+            valid = np.array(valid_l, dtype=bool)
+            k, hr, ibi_g = self._grid_few(beats, ibi_l, valid_l)
+        else:
+            prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
+            ibi = np.diff(prev) * 1000.0
+            valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
+            k, hr, ibi_g = self._grid(beat_s, ibi, valid)
         if len(beat_s):
             self._last_beat_s = float(beat_s[-1])
         return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g)
+
+    def _grid_few(self, beats: list[float], ibi: list[float], valid: list[bool]) -> tuple[np.ndarray, ...]:
+        """:meth:`_grid` for the streaming case (a beat or two per push) in scalar arithmetic: the same
+        operations in the same order, so the same numbers, without the cost of a dozen tiny numpy calls."""
+        lb = self._last_beat_s
+        t_b = [lb if lb is not None else math.nan, *beats]
+        hr_b = [self._last_hr]
+        ibi_b = [self._last_ibi]
+        for i, ok in zip(ibi, valid, strict=True):
+            hr_b.append(60000.0 / i if ok else math.nan)
+            ibi_b.append(i if ok else math.nan)
+        clock = self.clock
+        k_next = self._k_next
+        k_end = max(clock.last_index_at_or_before(beats[-1]) + 1, k_next)
+        hr: list[float] = []
+        ig: list[float] = []
+        nb = len(t_b)
+        t0_finite = math.isfinite(t_b[0])
+        for kk in range(k_next, k_end):
+            tk = clock.offset_s + (kk - clock.first_index) / FEATURE_RATE_HZ
+            # first s with t_b[s] >= tk (t_b[0] may be NaN: then the point is before any interval)
+            if t0_finite:
+                s = bisect.bisect_left(t_b, tk)
+            else:
+                s = bisect.bisect_left(t_b, tk, 1)
+                if s == 1:
+                    s = 0
+            if not 1 <= s < nb:
+                hr.append(math.nan)
+                ig.append(math.nan)
+                continue
+            t0, t1 = t_b[s - 1], t_b[s]
+            if not (math.isfinite(hr_b[s]) and math.isfinite(t0)):
+                hr.append(math.nan)
+                ig.append(math.nan)
+                continue
+            w = (tk - t0) / (t1 - t0)
+            h0, h1 = hr_b[s - 1], hr_b[s]
+            hr.append(h0 + w * (h1 - h0) if math.isfinite(h0) else h1)
+            i0, i1 = ibi_b[s - 1], ibi_b[s]
+            ig.append(i0 + w * (i1 - i0) if math.isfinite(i0) else i1)
+        self._k_next = k_end
+        self._last_hr = float(hr_b[-1])
+        self._last_ibi = float(ibi_b[-1])
+        return np.arange(k_next, k_end, dtype=np.int64), np.array(hr, dtype=np.float64), np.array(ig, dtype=np.float64)
 
     def _grid(self, beat_s: np.ndarray, ibi: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
         """HR and IBI on grid points up to the newest final beat, linear between beats; NaN before the first
