@@ -190,7 +190,8 @@ class SourceThread:
 
     def _put_blocks(self, blocks: list[SampleBlock]) -> None:
         """Queue ``blocks``, each stream's new sample losses as a ``lost`` event before its first block."""
-        lost = self.source.sample_losses()
+        report = getattr(self.source, "sample_losses", None)  # optional for duck-typed sources (hil.wiring)
+        lost = report() if report is not None else {}
         for b in blocks:
             total = lost.get(b.stream)
             if total is not None and total != self._lost_seen.get(b.stream, 0):

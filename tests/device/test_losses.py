@@ -215,3 +215,36 @@ def test_unit_status_reports_lost_samples(cfg):
         assert dropped["lost_therapist_eda"] == 1
     finally:
         unit.outbox.close()
+
+
+class DuckSource:
+    """A source that is not a :class:`Source` subclass and has no ``sample_losses`` (as hil's SimulatedSensor)."""
+
+    name = "t-eda"
+    streams = ("therapist/eda",)
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def read(self, timeout_s: float) -> list[SampleBlock]:
+        if self.k >= 2:
+            time.sleep(timeout_s)
+            return []
+        self.k += 1
+        return [_blk("therapist/eda", self.k - 1, T0 + self.k * 10**8)]
+
+
+def test_source_without_loss_report_still_delivers():
+    q: queue.Queue = queue.Queue()
+    th = SourceThread(DuckSource(), q, clock=ManualClock()).start()
+    try:
+        evs = _events(q, 2)
+    finally:
+        th.stop()
+    assert [(k, b.seq) for k, _, b in evs] == [("block", 0), ("block", 1)]
