@@ -55,6 +55,10 @@ class _Paced(Source):
         self.block_s = sensor.block_s
         self.seq = 0
         self._t_next_ns: int | None = None  # time of the next sample on the grid
+        self._lost = 0  # samples lost inside the stream so far (reported losses + grid re-anchoring jumps)
+
+    def sample_losses(self) -> dict[str, int]:
+        return {self.stream: self._lost}
 
     def _monotonic_s(self) -> float:
         return self.clock.now_ns() / 1e9
@@ -81,9 +85,12 @@ class _Paced(Source):
         if self._t_next_ns is None or abs(self._t_next_ns + lost * period - expected_t0) > RESYNC_S * 1e9:
             if self._t_next_ns is not None:
                 flags |= BlockFlags.GAP_BEFORE
+                # the samples the re-anchored grid skips are missing (a jump back loses nothing)
+                self._lost += max(0, round((expected_t0 - self._t_next_ns) / period))
             self._t_next_ns = expected_t0
         else:
             self._t_next_ns += round(lost * period)
+            self._lost += lost
         if lost:
             flags |= BlockFlags.GAP_BEFORE
         b = SampleBlock(self.stream, self.seq & 0xFFFFFFFF, self._t_next_ns, self.rate_hz, values, int(flags))
@@ -163,12 +170,22 @@ class SerialFirmwareSource(Source):
         self.clock = clock
         self.url = hardware.serial_url(sensor)
         self.link: Any = None
+        self._lost: dict[str, int] = {}  # per stream, over all links opened
+        self._link_lost: dict[str, int] = {}  # the current link's counts already added
+
+    def sample_losses(self) -> dict[str, int]:
+        if self.link is not None:  # samples the firmware numbered but the link never delivered
+            for stream, n in self.link.stats().get("lost_samples", {}).items():
+                self._lost[stream] = self._lost.get(stream, 0) + n - self._link_lost.get(stream, 0)
+                self._link_lost[stream] = n
+        return dict(self._lost)
 
     def open(self) -> None:
         from firmware_bridge.clock import ClockMapper
         from firmware_bridge.link import SerialLink
 
         speed = self.clock.speed
+        self._link_lost = {}
         if speed == 1.0:
             self.link = SerialLink(self.url, baudrate=self.sensor.baudrate, clock=ClockMapper()).start()
         else:  # an emulated firmware in simulated time: its µs are simulated µs, the host clock is the
@@ -187,6 +204,7 @@ class SerialFirmwareSource(Source):
 
     def close(self) -> None:
         if self.link is not None:
+            self.sample_losses()  # keep what this link counted
             self.link.stop()
             self.link = None
 

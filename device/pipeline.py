@@ -141,9 +141,11 @@ class Pipeline:
         self.clock_flags = 0  # OR-ed into every block (CLOCK_UNSYNCED)
         self.raw_seq: dict[str, int] = {}
         self.lost_blocks: dict[str, int] = defaultdict(int)
+        self.lost_samples: dict[str, int] = defaultdict(int)  # in-session samples lost, all causes
         self.partner_blocks = 0
         self._out: list[OutMsg] = []
         self._last_src_seq: dict[str, int] = {}
+        self._seen: set[str] = set()  # streams with a block in the open session (this process)
         self._raw: dict[str, _RawAcc] = {}
         self._raw_end: dict[str, int] = {}
         self._extractors: dict[str, Any] = {}
@@ -172,6 +174,7 @@ class Pipeline:
         per_block = max(1, round(self.dsp.feature_block_s * FEATURE_RATE_HZ))
         self._raw.clear()
         self._raw_end.clear()
+        self._seen.clear()
         self._last_src_seq.clear()
         self._extractors = {}
         self._feat_blocks = defaultdict(lambda: _FeatureBlocks(k0, per_block))
@@ -213,8 +216,9 @@ class Pipeline:
         return out
 
     # -------------------------------------------------------------------------------------- input
-    def on_block(self, block: SampleBlock) -> None:
-        """A raw block from a local source."""
+    def on_block(self, block: SampleBlock, lost_before: int = 0) -> None:
+        """A raw block from a local source; ``lost_before``: samples its source lost just before it that are
+        not a sequence gap (see ``Source.sample_losses``)."""
         stream = block.stream
         gap = block_gap(self._last_src_seq.get(stream), block.seq)
         self._last_src_seq[stream] = block.seq
@@ -224,6 +228,10 @@ class Pipeline:
             return
         if block.t0_ns + block.duration_ns <= self.session.start_ns:
             return
+        if (gap or lost_before) and stream in self._seen:  # losses inside the session only
+            # a skipped block is taken to be as long as this one (sources keep a fixed block size)
+            self.lost_samples[stream] += gap * block.n + lost_before
+        self._seen.add(stream)
         flags = block.flags | self.clock_flags
         if self.dsp.publish_raw:
             self._add_raw(block, flags, gap > 0)

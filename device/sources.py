@@ -3,7 +3,14 @@
 A :class:`Source` is opened, read repeatedly (each ``read`` returns the blocks that arrived, waiting at
 most ``timeout_s``) and closed. :class:`SourceThread` keeps it running: a :class:`SensorError` (or any
 OSError) marks the sensor ``fault``, closes it and reopens it with backoff, so an unplugged sensor
-comes back by itself; a source silent for ``stale_s`` is also reported as a fault.
+comes back by itself; a source silent for ``stale_s`` seconds of the unit's clock (simulated time in a HIL
+run; also at least ``stale_min_real_s`` real seconds, so a host hiccup at high speed is no fault) is also
+reported as a fault.
+
+Losses: besides sequence gaps (whole blocks, counted by the pipeline), a source reports the samples it
+knows were lost inside its stream (FIFO overflow, missed ADC scans, firmware sample-index gaps) through
+:meth:`Source.sample_losses`; the thread turns their growth into ``("lost", stream, n)`` events placed
+just before the block that follows the loss.
 
 Sources by config ``kind``: ``synthetic`` (built-in, below), ``ads1115``/``max30102`` (I2C drivers of
 :mod:`firmware_bridge` on the bus object the hardware provider gives), ``serial`` (the firmware over a
@@ -46,6 +53,10 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the hardware (must not raise)."""
+
+    def sample_losses(self) -> dict[str, int]:
+        """Samples lost so far per stream that are not sequence gaps (cumulative, exact; kept across reopens)."""
+        return {}
 
 
 class SyntheticSource(Source):
@@ -110,10 +121,14 @@ class SyntheticSource(Source):
 class SourceThread:
     """Runs a :class:`Source`; puts ``("block", name, block)`` and ``("sensor", name, state)`` events."""
 
-    def __init__(self, source: Source, out: queue.Queue, *, stale_s: float = 3.0, retry_max_s: float = 10.0) -> None:
+    def __init__(self, source: Source, out: queue.Queue, *, clock: Clock | None = None, stale_s: float = 3.0,
+                 stale_min_real_s: float = 1.0, retry_max_s: float = 10.0) -> None:
         self.source = source
         self.out = out
+        self.clock = clock
         self.stale_s = stale_s
+        self.stale_min_real_s = stale_min_real_s
+        self._lost_seen: dict[str, int] = {}
         self.retry_max_s = retry_max_s
         self.state = "starting"
         self.errors = 0
@@ -140,18 +155,17 @@ class SourceThread:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.retry_max_s)
                 continue
-            last_data = time.monotonic()
+            last_data, last_real = self._now_s(), time.monotonic()
             try:
                 while not self._stop.is_set():
                     blocks = self.source.read(0.25)
-                    now = time.monotonic()
+                    now, now_real = self._now_s(), time.monotonic()
                     if blocks:
-                        last_data = now
+                        last_data, last_real = now, now_real
                         backoff = 0.2
                         self._set_state("ok")
-                        for b in blocks:
-                            self.out.put(("block", self.source.name, b))
-                    elif now - last_data > self.stale_s:
+                        self._put_blocks(blocks)
+                    elif now - last_data > self.stale_s and now_real - last_real > self.stale_min_real_s:
                         self._set_state("fault", f"no data for {now - last_data:.1f} s")
             except (SensorError, OSError) as exc:
                 self.errors += 1
@@ -169,6 +183,21 @@ class SourceThread:
                     self.source.close()
                 except Exception:
                     logger.debug("close of %s failed", self.source.name, exc_info=True)
+
+    def _now_s(self) -> float:
+        """Seconds on the unit's clock (simulated time in a HIL run), else the host's monotonic clock."""
+        return self.clock.now_ns() / 1e9 if self.clock is not None else time.monotonic()
+
+    def _put_blocks(self, blocks: list[SampleBlock]) -> None:
+        """Queue ``blocks``, each stream's new sample losses as a ``lost`` event before its first block."""
+        report = getattr(self.source, "sample_losses", None)  # optional for duck-typed sources (hil.wiring)
+        lost = report() if report is not None else {}
+        for b in blocks:
+            total = lost.get(b.stream)
+            if total is not None and total != self._lost_seen.get(b.stream, 0):
+                self.out.put(("lost", b.stream, total - self._lost_seen.get(b.stream, 0)))
+                self._lost_seen[b.stream] = total
+            self.out.put(("block", self.source.name, b))
 
     def start(self) -> SourceThread:
         self._thread = threading.Thread(target=self._run, name=f"source-{self.source.name}", daemon=True)

@@ -9,7 +9,9 @@ and ``marker``. Each command is answered on ``<unit>/ack`` (``ok`` or a NACK wit
 redelivered command gets the same answer again without being executed twice. The open session is kept
 in the outbox database, so after a crash or power cut the unit resumes it on start.
 
-Status (retained, through the outbox): state, sensors, outbox depth, loss counts, clock state; published
+Status (retained, through the outbox): state, sensors, outbox depth, loss counts (``lost_<role>_<signal>``:
+source blocks lost, i.e. sequence gaps, since the start; ``lost_samples_<role>_<signal>``: samples missing
+inside the open session, all causes: sequence gaps and losses the source knows of), clock state; published
 on every connect, on every state change and every ``status_interval_s``. The will is ``offline``; a
 clean shutdown (SIGTERM) flushes the outbox and publishes ``offline`` itself.
 """
@@ -61,10 +63,11 @@ class Unit:
         self.queue: queue.Queue = queue.Queue()
         if sources is None:
             sources = build_sources(cfg, self.clock, load_hardware(cfg, self.clock))
-        self.source_threads = [SourceThread(s, self.queue) for s in sources]
+        self.source_threads = [SourceThread(s, self.queue, clock=self.clock) for s in sources]
         self.sensors: dict[str, str] = {s.name: "starting" for s in sources}
         self.bad_commands = 0
         self._contact_lost: dict[str, set[str]] = {}
+        self._lost_before: dict[str, int] = {}  # stream -> samples lost before its next block (``lost`` events)
         self.fatal: str | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -131,8 +134,10 @@ class Unit:
         extra: list[OutMsg] = []
         for kind, a, b in events:
             if kind == "block":
-                self.pipeline.on_block(b)
+                self.pipeline.on_block(b, self._lost_before.pop(b.stream, 0))
                 self._contact(a, b)
+            elif kind == "lost":
+                self._lost_before[a] = self._lost_before.get(a, 0) + b
             elif kind == "sensor":
                 self.sensors[a] = b
             elif kind == "mqtt":
@@ -242,6 +247,7 @@ class Unit:
         dropped = {f"outbox_{k.removeprefix('dropped_')}": v for k, v in self.outbox.counters().items()
                    if k.startswith("dropped_")}
         dropped.update({f"lost_{k.replace('/', '_')}": v for k, v in self.pipeline.lost_blocks.items()})
+        dropped.update({f"lost_samples_{k.replace('/', '_')}": v for k, v in self.pipeline.lost_samples.items()})
         if self.bad_commands:
             dropped["bad_commands"] = self.bad_commands
         s = self.pipeline.session

@@ -1,0 +1,250 @@
+"""Exact sample-loss accounting: sources report samples lost inside their stream, the source thread turns
+them into ``lost`` events, the pipeline counts sequence gaps (in samples) and those losses inside the
+session, and the unit's status shows them as ``lost_samples_<role>_<signal>``; stale detection runs on the
+unit's clock."""
+
+from __future__ import annotations
+
+import queue
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from device.config import load_config
+from device.hwsources import _Paced
+from device.pipeline import Pipeline
+from device.sources import Source, SourceThread
+from device.unit import Unit
+from firmware_bridge.block import BlockFlags, SampleBlock
+
+T0 = 1_700_000_000_000_000_000
+
+
+class ManualClock:
+    """A unit clock that moves only when told (``speed`` as a ScaledClock's)."""
+
+    def __init__(self, now_ns: int = T0, speed: float = 1.0) -> None:
+        self.t = now_ns
+        self.speed = speed
+
+    def now_ns(self) -> int:
+        return self.t
+
+    def sleep(self, seconds: float, stop=None) -> bool:
+        self.t += round(seconds * 1e9)
+        return False
+
+
+class RunningClock(ManualClock):
+    """Simulated time running ``speed`` times faster than the host's."""
+
+    def __init__(self, speed: float) -> None:
+        super().__init__(T0, speed)
+        self._m0 = time.monotonic_ns()
+
+    def now_ns(self) -> int:
+        return T0 + round((time.monotonic_ns() - self._m0) * self.speed)
+
+
+def _blk(stream: str, seq: int, t0_ns: int, n: int = 4, rate_hz: float = 32.0) -> SampleBlock:
+    return SampleBlock(stream, seq, t0_ns, rate_hz, np.full(n, 5.0, dtype=np.float32))
+
+
+def _period_ns(rate_hz: float = 32.0) -> float:
+    return 1e9 / rate_hz
+
+
+@pytest.fixture
+def cfg(unit_toml):
+    return load_config(unit_toml())
+
+
+def test_pipeline_counts_gaps_and_source_losses_inside_the_session_only(cfg):
+    p = Pipeline(cfg)
+    s = "therapist/eda"
+    p.on_block(_blk(s, 0, T0))
+    p.on_block(_blk(s, 2, T0 + round(8 * _period_ns())))  # a gap before any session: not a session loss
+    assert p.lost_blocks[s] == 1 and p.lost_samples.get(s, 0) == 0
+    start = T0 + 10**9
+    p.start("s1", {"therapist": "T1", "client": "C1"}, start)
+    t = start
+    p.on_block(_blk(s, 10, t))  # first in-session block: what came before it is not visible in the session
+    t += round(4 * _period_ns())
+    p.on_block(_blk(s, 13, t + round(8 * _period_ns())))  # 2 blocks of 4 samples skipped
+    t += round(12 * _period_ns())
+    p.on_block(_blk(s, 14, t + round(3 * _period_ns())), lost_before=3)  # 3 samples lost inside the stream
+    assert p.lost_samples[s] == 2 * 4 + 3
+    assert p.lost_blocks[s] == 1 + 2  # 0 -> 2 before; 10 -> 13 inside (a start forgets the last seq)
+    assert p.lost_samples.get("client/eda", 0) == 0
+
+
+class GrowingLosses(Source):
+    """Blocks of one stream; before the 2nd and 4th block the source learns of 5 and 2 lost samples."""
+
+    name = "t-eda"
+    stream = "therapist/eda"
+    streams = (stream,)
+
+    def __init__(self) -> None:
+        self.k = 0
+        self.lost = 0
+
+    def read(self, timeout_s: float) -> list[SampleBlock]:
+        if self.k >= 4:
+            time.sleep(timeout_s)
+            return []
+        self.lost += {1: 5, 3: 2}.get(self.k, 0)
+        b = _blk(self.stream, self.k, T0 + self.k * 10**8)
+        self.k += 1
+        return [b]
+
+    def sample_losses(self) -> dict[str, int]:
+        return {self.stream: self.lost}
+
+
+def _events(q: queue.Queue, n: int, timeout_s: float = 10.0) -> list[tuple]:
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        try:
+            ev = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if ev[0] != "sensor":
+            out.append(ev)
+    return out
+
+
+def test_source_thread_puts_new_losses_before_the_next_block():
+    q: queue.Queue = queue.Queue()
+    th = SourceThread(GrowingLosses(), q, clock=ManualClock()).start()
+    try:
+        evs = _events(q, 6)
+    finally:
+        th.stop()
+    kinds = [(k, b.seq if k == "block" else b) for k, _, b in evs]
+    assert kinds == [("block", 0), ("lost", 5), ("block", 1), ("block", 2), ("lost", 2), ("block", 3)]
+    assert all(a == "therapist/eda" for k, a, _ in evs if k == "lost")
+
+
+class Stub(_Paced):
+    def read(self, timeout_s: float) -> list[SampleBlock]:
+        return []
+
+
+def test_paced_source_counts_reported_losses_and_grid_reanchoring():
+    clock = ManualClock()
+    sensor = SimpleNamespace(name="t-eda", stream="therapist/eda", rate_hz=32.0, block_s=0.125)
+    src = Stub(sensor, clock, None)
+    vals = np.ones(4, dtype=np.float32)
+    per = _period_ns()
+    clock.t += round(4 * per)
+    b0 = src._block(vals, 0)
+    clock.t += round(4 * per)
+    src._block(vals, 0)
+    assert src.sample_losses() == {"therapist/eda": 0}
+    clock.t += round(7 * per)  # 3 samples lost (e.g. missed scans), reported by the driver
+    b2 = src._block(vals, 0, lost=3)
+    assert b2.flags & BlockFlags.GAP_BEFORE and b2.t0_ns == b0.t0_ns + round(11 * per)
+    assert src.sample_losses() == {"therapist/eda": 3}
+    clock.t += round(68 * per)  # a 2-s outage the driver knows nothing of: the grid is re-anchored
+    b3 = src._block(vals, 0)
+    assert b3.flags & BlockFlags.GAP_BEFORE
+    assert b3.t0_ns == clock.t - round(4 * per)
+    assert src.sample_losses() == {"therapist/eda": 3 + 64}
+
+
+class Silent(Source):
+    name = "t-ppg"
+    streams = ("therapist/ppg",)
+
+    def read(self, timeout_s: float) -> list[SampleBlock]:
+        time.sleep(min(timeout_s, 0.05))
+        return []
+
+
+def _states(q: queue.Queue) -> list[str]:
+    out = []
+    while True:
+        try:
+            kind, _, state = q.get_nowait()
+        except queue.Empty:
+            return out
+        if kind == "sensor":
+            out.append(state)
+
+
+def test_stale_sensor_detection_runs_on_the_unit_clock():
+    # simulated time 50x faster: 3 simulated seconds of silence pass in 0.06 real s (with a 0.3-s real floor)
+    q: queue.Queue = queue.Queue()
+    th = SourceThread(Silent(), q, clock=RunningClock(50.0), stale_s=3.0, stale_min_real_s=0.3).start()
+    try:
+        deadline = time.monotonic() + 10
+        states: list[str] = []
+        while "fault" not in states and time.monotonic() < deadline:
+            states += _states(q)
+            time.sleep(0.05)
+    finally:
+        th.stop()
+    assert "fault" in states
+    # a unit clock that does not move: no simulated time passes, so no fault however long the real wait
+    q2: queue.Queue = queue.Queue()
+    th2 = SourceThread(Silent(), q2, clock=ManualClock(), stale_s=0.2, stale_min_real_s=0.0).start()
+    try:
+        time.sleep(0.8)
+    finally:
+        th2.stop()
+    assert "fault" not in _states(q2)
+
+
+def test_unit_status_reports_lost_samples(cfg):
+    clock = ManualClock()
+    unit = Unit(cfg, clock=clock, sources=[GrowingLosses()])
+    try:
+        unit.pipeline.start("s1", {"therapist": "T1", "client": "C1"}, T0)
+        s = "therapist/eda"
+        unit.queue.put(("block", "t-eda", _blk(s, 0, T0)))
+        unit.queue.put(("lost", s, 5))
+        unit.queue.put(("block", "t-eda", _blk(s, 1, T0 + round(9 * _period_ns()))))
+        unit.queue.put(("block", "t-eda", _blk(s, 3, T0 + round(17 * _period_ns()))))  # one block skipped
+        unit._work_once(0)
+        dropped = unit.status().dropped
+        assert dropped["lost_samples_therapist_eda"] == 5 + 4
+        assert dropped["lost_therapist_eda"] == 1
+    finally:
+        unit.outbox.close()
+
+
+class DuckSource:
+    """A source that is not a :class:`Source` subclass and has no ``sample_losses`` (as hil's SimulatedSensor)."""
+
+    name = "t-eda"
+    streams = ("therapist/eda",)
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def read(self, timeout_s: float) -> list[SampleBlock]:
+        if self.k >= 2:
+            time.sleep(timeout_s)
+            return []
+        self.k += 1
+        return [_blk("therapist/eda", self.k - 1, T0 + self.k * 10**8)]
+
+
+def test_source_without_loss_report_still_delivers():
+    q: queue.Queue = queue.Queue()
+    th = SourceThread(DuckSource(), q, clock=ManualClock()).start()
+    try:
+        evs = _events(q, 2)
+    finally:
+        th.stop()
+    assert [(k, b.seq) for k, _, b in evs] == [("block", 0), ("block", 1)]
