@@ -21,8 +21,8 @@ from hil.scenarios import Runner, catalogue, missing_requirements, run_scenario,
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)")
 
-# Scenarios that cannot pass in this build, with the precise reason (strict: they must start failing loudly
-# as "XPASS" once fixed, so the marker is removed).
+# Scenarios that do not pass reliably in this build, with the precise reason (not strict: the misses depend
+# on machine load; remove an entry once it passes under load).
 KNOWN_FAILURES: dict[str, str] = {
     "i2c-glitches": "time: therapist-client alignment missed (41 ms seen) on a loaded 2-core host: the register-level "
                     "emulation at 3x falls behind, the drivers re-anchor their sample grids (completeness passes: the "
@@ -41,7 +41,8 @@ def _params(short: bool):
         if missing:
             marks.append(pytest.mark.skip(reason=f"needs {', '.join(missing)} (emulators/drivers not on main yet)"))
         elif name in KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=True))
+            # not strict: the remaining misses depend on machine load (they pass on a quiet machine)
+            marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))
         if not short or s.session_s / s.speed + 25 > 60:  # wall: session at speed + ~25 s start/stop/score
             marks.append(pytest.mark.slow)
         out.append(pytest.param(name, marks=marks, id=name))
