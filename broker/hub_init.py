@@ -187,6 +187,19 @@ def _chown_tree(paths: list[Path], user: str) -> list[Path]:
     return done
 
 
+def _write_mosquitto_auth(out: Path, auth) -> tuple[Path, Path, Path, Path, Path]:
+    """Under ``out/mosquitto``: the persistence dir, the password file (0600), the ACL (0640) and the log
+    file for ``auth`` (a RoomAuth or LabAuth); returns (dir, persistence dir, passwd, acl, log)."""
+    mdir = out / "mosquitto"
+    pdir = mdir / "persist"
+    pdir.mkdir(parents=True, exist_ok=True)
+    pw_file, acl_file, log_file = mdir / "passwd", mdir / "acl", mdir / "mosquitto.log"
+    _write_secret(pw_file, mosquitto_password_file(auth.users()), 0o600)
+    _write_secret(acl_file, mosquitto_acl(auth.grants()), 0o640)
+    log_file.touch(exist_ok=True)
+    return mdir, pdir, pw_file, acl_file, log_file
+
+
 def init_hub(cfg: HubConfig, *, rotate: bool = False, run_as_user: str | None = None) -> HubLayout:
     """Write all hub files for ``cfg``; returns where they are. ``run_as_user`` overrides the conf ``user``."""
     out = cfg.out_dir.resolve()
@@ -195,13 +208,7 @@ def init_hub(cfg: HubConfig, *, rotate: bool = False, run_as_user: str | None = 
     auth = _load_auth(cfg, out / "secrets" / "room-auth.json", rotate)
     _write_secret(out / "secrets" / "room-auth.json", json.dumps(auth.to_json(), indent=1))
 
-    mdir = out / "mosquitto"
-    pdir = mdir / "persist"
-    pdir.mkdir(parents=True, exist_ok=True)
-    pw_file, acl_file, log_file = mdir / "passwd", mdir / "acl", mdir / "mosquitto.log"
-    _write_secret(pw_file, mosquitto_password_file(auth.users()), 0o600)
-    _write_secret(acl_file, mosquitto_acl(auth.grants()), 0o640)
-    log_file.touch(exist_ok=True)
+    mdir, pdir, pw_file, acl_file, log_file = _write_mosquitto_auth(out, auth)
 
     layout_ca: Path | None = None
     tls_dir = out / "tls"
@@ -321,13 +328,7 @@ def init_lab_broker(out_dir: Path, rooms: list[str], *, host: str = "0.0.0.0", p
     else:
         auth = LabAuth.generate(rooms)
     _write_secret(secrets_file, json.dumps({"rooms": auth.rooms, "recorder_password": auth.recorder_password}))
-    mdir = out / "mosquitto"
-    pdir = mdir / "persist"
-    pdir.mkdir(parents=True, exist_ok=True)
-    pw_file, acl_file, log_file = mdir / "passwd", mdir / "acl", mdir / "mosquitto.log"
-    _write_secret(pw_file, mosquitto_password_file(auth.users()), 0o600)
-    _write_secret(acl_file, mosquitto_acl(auth.grants()), 0o640)
-    log_file.touch(exist_ok=True)
+    mdir, pdir, pw_file, acl_file, log_file = _write_mosquitto_auth(out, auth)
     conf = mdir / "mosquitto.conf"
     conf.write_text(render_conf(host=host, port=port, password_file=pw_file, acl_file=acl_file,
                                 persistence_dir=pdir, log_file=log_file, run_as_user=run_as_user,

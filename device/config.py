@@ -162,10 +162,13 @@ class DspConfig(_Strict):
     peak_window: Annotated[int, Field(ge=3, le=41)] = 5
     channels: list[Literal["eda", "hr"]] = ["eda", "hr"]
     regulation_epoch_s: Annotated[float, Field(ge=5, le=600)] = 30.0
-    # feature extraction: dsp_ext streams (artefact handling; HR final ~2 beats late), the plain 'fast'
+    # feature extraction: dsp_ext streams (artefact handling, IBI correction for HRV), the plain 'fast'
     # fallbacks (one 250 ms bin of latency), or 'auto' (dsp_ext when installed)
     eda_method: Literal["auto", "dsp_ext", "fast"] = "auto"
     hr_method: Literal["auto", "dsp_ext", "fast"] = "auto"
+    # the heart-rate feature stream of dsp_ext: 'live' (causal, no look-ahead, a constant 1 s delay: metrics
+    # within ~100 ms of their window) or 'corrected' (Lipponen-Tarvainen corrected beats, final ~3 s late)
+    hr_grid: Literal["live", "corrected"] = "live"
     publish_raw: bool = True
     raw_block_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     feature_block_s: Annotated[float, Field(gt=0, le=10)] = 1.0

@@ -287,17 +287,23 @@ class DspEdaExtractor(_Anchored):
 class DspPpgExtractor(_Anchored):
     """``dsp_ext.ppg.PpgStream`` (Elgendi peaks, Lipponen-Tarvainen IBI correction) on the UTC grid.
 
-    HR points are final about two beats after the grid time (the causal correction's look-ahead).
+    ``hr_grid="live"`` (default): the HR feature is ``dsp_ext.ppg.LiveHr`` — causal, no look-ahead, a grid
+    point is out as soon as its raw sample is in (an estimate with a constant 1 s delay). ``"corrected"``:
+    HR interpolated between Lipponen-Tarvainen corrected beats, final about two beats after the grid time.
+    Beats and regulation epochs always come from the corrected beats.
     Regulation epochs come from ``dsp_ext.hrv.HrvStream`` (RMSSD, RSA after Porges-Bohrer, HF-HRV) when it
     is installed, else from the beats (RMSSD only). The stream is anchored on an epoch boundary, so its
     epochs are the session's."""
 
     channel = "hr"
 
-    def __init__(self, rate_hz: float, origin_bin: int = 0, epoch_bins: int = 120) -> None:
+    def __init__(self, rate_hz: float, origin_bin: int = 0, epoch_bins: int = 120, hr_grid: str = "live") -> None:
         from dsp_ext.ppg import PpgStream
 
-        super().__init__(rate_hz, lambda: PpgStream(rate_hz), origin_bin, epoch_bins)
+        if hr_grid not in ("live", "corrected"):
+            raise ValueError(f"hr_grid must be 'live' or 'corrected', got {hr_grid!r}")
+        self.live = hr_grid == "live"
+        super().__init__(rate_hz, lambda: PpgStream(rate_hz, live=self.live), origin_bin, epoch_bins)
         self.epoch_bins = epoch_bins
         self.beats: list[Beat] = []
         self._hrv_cls = None
@@ -310,6 +316,7 @@ class DspPpgExtractor(_Anchored):
     def _restarted(self) -> None:
         self._hrv = self._hrv_cls(epoch_s=self.epoch_bins / FEATURE_RATE_HZ) if self._hrv_cls else None
         self._ibi_epochs: IbiEpochs | None = None
+        self._k_corr: int | None = None
         self._ready: list[tuple[int, dict[str, float]]] = []
 
     def push(self, block: SampleBlock) -> list[tuple[int, float]]:
@@ -320,7 +327,8 @@ class DspPpgExtractor(_Anchored):
         for t_s, ibi, ok in zip(f.beat_s.tolist(), f.ibi_ms.tolist(), f.ibi_valid.tolist(), strict=True):
             if ibi == ibi:  # the first beat has no interval
                 self.beats.append(Beat(anchor + round(t_s * 1e9), float(ibi), not ok))
-        out = [(k0 + int(k), float(v)) for k, v in zip(f.index.tolist(), f.hr_bpm.tolist(), strict=True)]
+        idx, hr = (f.live_index, f.live_hr_bpm) if self.live else (f.index, f.hr_bpm)
+        out = [(k0 + int(k), float(v)) for k, v in zip(idx.tolist(), hr.tolist(), strict=True)]
         if out:
             self.k_next = out[-1][0] + 1
         origin = self.origin_bin or 0
@@ -335,7 +343,10 @@ class DspPpgExtractor(_Anchored):
                 self._ibi_epochs.origin = k0
             for b in self.beats:
                 self._ibi_epochs.add(b)
-            for e, vals in self._ibi_epochs.close_until(self.k_next):
+            k_corr = k0 + int(f.index[-1]) + 1 if len(f.index) else None  # beats are final up to here
+            if k_corr is not None:
+                self._k_corr = k_corr
+            for e, vals in self._ibi_epochs.close_until(self._k_corr):
                 self._ready.append(((k0 - origin) // self.epoch_bins + e, vals))
         return out
 
@@ -358,16 +369,17 @@ def _dsp_available(module: str) -> bool:
 
 
 def make_extractor(signal: str, rate_hz: float, method: str = "auto", origin_bin: int = 0,
-                   epoch_bins: int = 120) -> Any:
+                   epoch_bins: int = 120, hr_grid: str = "live") -> Any:
     """The feature extractor for a raw signal (``eda`` -> eda channel, ``ppg`` -> hr channel).
 
     ``method``: ``dsp_ext`` (the project's DSP streams), ``fast`` (the plain fallbacks above, one bin of
-    latency) or ``auto`` (dsp_ext when it is installed)."""
+    latency) or ``auto`` (dsp_ext when it is installed). ``hr_grid`` (dsp_ext only): ``live`` or
+    ``corrected`` heart rate (see :class:`DspPpgExtractor`)."""
     use_dsp = method == "dsp_ext" or (method == "auto" and _dsp_available(f"dsp_ext.{signal}"))
     if signal == "eda":
         return DspEdaExtractor(rate_hz, origin_bin) if use_dsp else EdaExtractor(rate_hz)
     if signal == "ppg":
-        return DspPpgExtractor(rate_hz, origin_bin, epoch_bins) if use_dsp else \
+        return DspPpgExtractor(rate_hz, origin_bin, epoch_bins, hr_grid) if use_dsp else \
             HrExtractor(rate_hz, origin_bin, epoch_bins)
     raise ValueError(f"no feature extractor for signal {signal!r}")
 

@@ -240,7 +240,8 @@ class Pipeline:
             if block.signal not in SIGNAL_CHANNEL:
                 return
             ex = self._extractors[stream] = make_extractor(
-                block.signal, block.rate_hz, self.feature_method(block.signal), self.session.k0, self._epoch_bins)
+                block.signal, block.rate_hz, self.feature_method(block.signal), self.session.k0, self._epoch_bins,
+                hr_grid=self.dsp.hr_grid)
         role = block.role
         channel = ex.channel
         for k, v in ex.push(block):

@@ -17,6 +17,7 @@ The kernel trusts its inputs; ``dsp_ext.ppg`` validates them.
 import numpy as np
 
 from libc.math cimport isfinite, fabs
+from libc.stdint cimport int64_t
 
 
 cdef double _median(const double[::1] x, Py_ssize_t n, double[::1] buf) noexcept nogil:
@@ -109,18 +110,25 @@ cdef class ElgendiDetector:
 
     def push(self, const double[::1] y):
         """Feed band-passed samples; returns the refined beat positions (fractional absolute sample indices)."""
+        return self.push_decided(y)[0]
+
+    def push_decided(self, const double[::1] y):
+        """Like :meth:`push`, and also the absolute index of the sample whose arrival decided each beat
+        (int64): the beat was known once that sample had been pushed, whatever the chunking."""
         cdef Py_ssize_t cap = (y.shape[0] + self.ring) // max(1, self.min_delay) + 4
         beats = np.empty(cap)
+        decided = np.empty(cap, dtype=np.int64)
         cdef double[::1] out = beats
+        cdef int64_t[::1] out_n = decided
         cdef Py_ssize_t nb = 0
         with nogil:
-            nb = self._run(y, out)
-        return beats[:nb].copy()
+            nb = self._run(y, out, out_n)
+        return beats[:nb].copy(), decided[:nb].copy()
 
     cdef inline double _z(self, Py_ssize_t k) noexcept nogil:
         return self.z_ring[k % self.ring]
 
-    cdef Py_ssize_t _run(self, const double[::1] y, double[::1] out) noexcept nogil:
+    cdef Py_ssize_t _run(self, const double[::1] y, double[::1] out, int64_t[::1] out_n) noexcept nogil:
         cdef Py_ssize_t i, k, m, p, nb = 0, ring = self.ring
         cdef double v, z, ma_peak, ma_beat, thr, yp, ym, yn, den, delta, best
         cdef bint above, finite
@@ -179,6 +187,7 @@ cdef class ElgendiDetector:
                                 delta = 0.0
                     if p + delta - self.last_beat >= self.min_delay:
                         out[nb] = p + delta
+                        out_n[nb] = self.n - 1
                         nb += 1
                         self.last_beat = p + delta
         return nb

@@ -40,6 +40,7 @@ __all__ = [
     "IBI_MIN_MS",
     "IbiCorrector",
     "PpgFeatures",
+    "LiveHr",
     "PpgStream",
     "lipponen_classify",
     "ppg_features",
@@ -300,6 +301,9 @@ class PpgFeatures:
     hr_bpm: np.ndarray
     ibi_grid_ms: np.ndarray
     extra: dict[str, float] = field(default_factory=dict)
+    #: live heart rate (bpm) on the 4 Hz grid, causal with no look-ahead (``PpgStream(live=True)`` only)
+    live_index: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    live_hr_bpm: np.ndarray = field(default_factory=lambda: _EMPTY_F)
 
     @property
     def time_s(self) -> np.ndarray:
@@ -315,6 +319,7 @@ class PpgStream:
         band_hz: tuple[float, float] = (0.5, 8.0),
         order: int = 2,
         t0_ns: int | None = None,
+        live: bool = False,
     ) -> None:
         if not (np.isfinite(rate_hz) and rate_hz > 2 * band_hz[1]):
             raise DspError(f"PPG rate_hz={rate_hz!r} must exceed twice the band-pass top {band_hz[1]} Hz")
@@ -324,6 +329,7 @@ class PpgStream:
         self._ibi = IbiCorrector()
         self._t0_ns = t0_ns
         self.clock = GridClock(t0_ns)
+        self.live = bool(live)
         self.reset()
 
     def reset(self) -> None:
@@ -336,6 +342,7 @@ class PpgStream:
         self._last_beat_s: float | None = None
         self._last_hr = np.nan
         self._last_ibi = np.nan
+        self._live = LiveHr(self.rate_hz, self.clock) if self.live else None
 
     @property
     def latency_s(self) -> float:
@@ -352,6 +359,8 @@ class PpgStream:
         if self._n == 0 and self._t0_ns is None:
             self.clock = GridClock(int(block.t0_ns))  # type: ignore[attr-defined]
             self._k_next = self.clock.first_index
+            if self._live is not None:
+                self._live = LiveHr(self.rate_hz, self.clock)
         values, contact = self._timeline.convert(block)
         values = np.where(contact, values, np.nan)
         return self.push(values)
@@ -364,11 +373,17 @@ class PpgStream:
                 raise DspError(f"ppg counts must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
         y = self._bp.process(x)
         self._n += len(y)
-        raw = self._det.push(y)
+        if self._live is None:
+            raw = self._det.push(y)
+            live_k, live_hr = _EMPTY_I, _EMPTY_F
+        else:
+            raw, decided = self._det.push_decided(y)
+            live_k, live_hr = self._live.push(raw, decided, self._n)
         beat_s, kind = self._ibi.push(raw / self.rate_hz)
         # intervals ending at each final beat
         if not len(beat_s):
-            return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F)
+            return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F,
+                               live_index=live_k, live_hr_bpm=live_hr)
         if len(beat_s) <= 4:  # the streaming case: scalar arithmetic, the same operations as below
             beats = beat_s.tolist()
             prev_b = self._last_beat_s if self._last_beat_s is not None else math.nan
@@ -387,7 +402,7 @@ class PpgStream:
             k, hr, ibi_g = self._grid(beat_s, ibi, valid)
         if len(beat_s):
             self._last_beat_s = float(beat_s[-1])
-        return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g)
+        return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g, live_index=live_k, live_hr_bpm=live_hr)
 
     def _grid_few(self, beats: list[float], ibi: list[float], valid: list[bool]) -> tuple[np.ndarray, ...]:
         """:meth:`_grid` for the streaming case (a beat or two per push) in scalar arithmetic: the same
@@ -465,6 +480,106 @@ class PpgStream:
         self._last_hr = float(hr_b[-1])
         self._last_ibi = float(ibi_b[-1])
         return k, hr, ig
+
+
+class LiveHr:
+    """Live heart rate on the 4 Hz grid: causal, with no look-ahead, for synchrony that must keep up with the
+    room (issue #5: a window's metric at the broker within 200 ms of its last sample).
+
+    Grid point k (time ``t_k``) gets the heart rate ``60000 / IBI`` of the newest *accepted* interval among
+    the beats the detector had decided by the sample at ``t_k`` (zero-order hold), and is emitted as soon
+    as that sample has been pushed. The Lipponen–Tarvainen correction needs two later beats, so it cannot be
+    used here; instead an interval is accepted if it lies within the hard limits (300–2000 ms) and, once
+    ``MIN_HISTORY`` intervals have been accepted, within ``MAX_REL_DEV`` (20 %) of the median of the last
+    ``HISTORY`` (11, the Lipponen–Tarvainen median window) accepted intervals — an extra or a missed beat
+    changes the interval by ~50 % and is held over. After ``MAX_REJECTS`` (3) rejections in a row the
+    history restarts (a real change of rate is followed). A point whose held value was decided more than
+    ``HOLD_S`` (3 s) earlier is NaN (no beat: contact loss, flat signal).
+
+    The value trails the true instantaneous rate by the detector's decision delay (about ``w2 / 2`` plus the
+    rest of the pulse, ≈ 0.5 s) and half an interval on average; therapist and client trail alike, so the
+    synchrony lag is not biased. The corrected, interpolated series (``PpgFeatures.hr_bpm``) stays the
+    reference for offline analysis and HRV. Results do not depend on how the samples are chunked."""
+
+    HOLD_S = 3.0
+    DELAY_S = 1.0
+    HISTORY = _MED_WIN
+    MIN_HISTORY = 3
+    MAX_REL_DEV = 0.2
+    MAX_REJECTS = 3
+
+    def __init__(self, rate_hz: float, clock: GridClock) -> None:
+        self.rate_hz = float(rate_hz)
+        self.clock = clock
+        self._k_next = clock.first_index
+        self._prev_beat = math.nan  # newest beat (fractional sample index), accepted or not
+        self._hist: list[float] = []  # accepted IBIs (ms), newest last
+        self._rejects = 0
+        self._known: list[tuple[float, float]] = []
+        self._pending: list[tuple[int, float, float]] = []  # (deciding sample, beat, hr) not yet known
+
+    def _accept(self, ibi_ms: float) -> bool:
+        if not IBI_MIN_MS <= ibi_ms <= IBI_MAX_MS:
+            return False
+        h = self._hist
+        if len(h) >= self.MIN_HISTORY:
+            med = _median(h)
+            if abs(ibi_ms - med) > self.MAX_REL_DEV * med:
+                self._rejects += 1
+                if self._rejects >= self.MAX_REJECTS:
+                    h.clear()
+                    self._rejects = 0
+                return False
+        self._rejects = 0
+        h.append(ibi_ms)
+        if len(h) > self.HISTORY:
+            del h[0]
+        return True
+
+    def push(self, beats: np.ndarray, decided: np.ndarray, n_done: int) -> tuple[np.ndarray, np.ndarray]:
+        """Beats (fractional sample indices) with the samples that decided them, and the number of samples
+        pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time has been reached."""
+        for b, d in zip(beats.tolist(), decided.tolist(), strict=True):
+            ibi = (b - self._prev_beat) * 1000.0 / self.rate_hz
+            self._prev_beat = b
+            if ibi == ibi and self._accept(ibi):
+                self._pending.append((d, b, 60000.0 / ibi))
+        clock, rate = self.clock, self.rate_hz
+        delay = self.DELAY_S * rate
+        hold = self.HOLD_S * rate
+        k = self._k_next
+        ks: list[int] = []
+        out: list[float] = []
+        pend = self._pending
+        known = self._known  # accepted beats decided so far: (beat position, hr), newest last, a few kept
+        while True:
+            pos = (clock.offset_s + (k - clock.first_index) / FEATURE_RATE_HZ) * rate  # sample position of t_k
+            last = math.floor(pos + 1e-9)
+            if last >= n_done:  # the sample at t_k has not arrived yet
+                break
+            while pend and pend[0][0] <= last:
+                _, b, h = pend.pop(0)
+                known.append((b, h))
+                if len(known) > 8:
+                    del known[0]
+            tau = pos - delay
+            v = math.nan
+            if known and tau >= known[0][0]:
+                i = len(known) - 1
+                while known[i][0] > tau:
+                    i -= 1
+                b0, h0 = known[i]
+                if i + 1 < len(known):
+                    b1, h1 = known[i + 1]
+                    if b1 - b0 <= hold:
+                        v = h0 + (tau - b0) / (b1 - b0) * (h1 - h0)
+                elif tau - b0 <= hold:
+                    v = h0
+            ks.append(k)
+            out.append(v)
+            k += 1
+        self._k_next = k
+        return np.array(ks, dtype=np.int64), np.array(out, dtype=np.float64)
 
 
 def ppg_features(counts: object, rate_hz: float, **kwargs: object) -> PpgFeatures:

@@ -229,12 +229,6 @@ class SurrogateResult:
     null: np.ndarray
 
 
-def _circular(c: np.ndarray, rng: np.random.Generator, min_shift: int) -> np.ndarray:
-    n = len(c)
-    s = int(rng.integers(min_shift, n - min_shift + 1))
-    return np.roll(c, s)
-
-
 def _segments(c: np.ndarray, rng: np.random.Generator, seg: int) -> np.ndarray:
     n_seg = -(-len(c) // seg)
     order = rng.permutation(n_seg)
@@ -296,18 +290,17 @@ def surrogate_test(
                 raise DspError(f"partners[{i}] ({len(p)} samples) holds no complete window")
     else:
         raise DspError(f"unknown surrogate method {method!r}; choose circular, segment or pseudo")
-    null = np.empty(n)
     if method == "circular":
-        # the same draws as _circular, then every surrogate in the kernel without the GIL, buffers reused
+        # shifts drawn in order (np.roll(c, shift) each), then every surrogate in the kernel without the GIL
         shifts = np.array(
             [int(rng.integers(min_shift, len(c) - min_shift + 1)) for _ in range(n)], dtype=np.int64
         )
         null = _circular_null(t, c, shifts, params, statistic)
+    else:
+        null = np.empty(n)
     for k in range(n if method != "circular" else 0):
         tt = t
-        if method == "circular":
-            cs = _circular(c, rng, min_shift)
-        elif method == "segment":
+        if method == "segment":
             cs = _segments(c, rng, seg)
         else:
             p = pool[int(rng.integers(len(pool)))]
