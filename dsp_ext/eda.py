@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _sosfilt
+from ._arrays import real_1d
 from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos, sosfilt_zi
@@ -129,12 +130,7 @@ class EdaStream:
         return self.push(values, contact)
 
     def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
-        x = eda_us
-        if type(x) is not np.ndarray or x.dtype != np.float64 or not x.flags.c_contiguous or x.ndim != 1:
-            x = np.asarray(x)
-            if x.ndim != 1 or x.dtype.kind not in "biuf":
-                raise DspError(f"eda_us must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
-            x = np.ascontiguousarray(x, dtype=np.float64)  # the kernel only reads it
+        x = real_1d(eda_us, "eda_us")  # the kernel only reads it
         cont = _NO_CONTACT
         if contact is not None:
             c = np.asarray(contact, dtype=bool)

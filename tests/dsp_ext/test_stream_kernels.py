@@ -1,13 +1,16 @@
-"""The fused raw-rate EDA kernel (``_sosfilt.eda_front``) against its numpy twin, and the scalar fast paths
-of the streaming objects against their vectorised forms, on adversarial input."""
+"""The fused raw-rate EDA kernel (``_sosfilt.eda_front``) and the IBI correction kernel (``_ibi``) against
+their plain twins, and the scalar fast paths of the streaming objects against their vectorised forms, on
+adversarial input."""
 
 import numpy as np
 import pytest
 
 from dsp_ext import _sosfilt
 from dsp_ext.eda import EdaStream, eda_front_reference
+from dsp_ext.errors import DspError
 from dsp_ext.filters import butter_sos, sosfilt_zi
 from dsp_ext.grid import GridResampler
+from dsp_ext.ppg import NORMAL, IbiCorrector, IbiCorrectorReference
 
 
 def _adversarial(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +84,91 @@ def test_grid_scalar_path_equals_vector_path(rate_hz, t0_ns):
     parts = [g.push(p) for p in np.split(x, cuts)]  # a few points per push: scalar
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+
+
+def _adversarial_beats(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:
+    """Raw beat times (s) of ``n`` intervals: 0 regular with noise, 1 constant, 2 chaotic (250–2500 ms),
+    3 halved/doubled/tripled intervals, 4 an offset of 1e6 s, 5 ties and near-ties of intervals; then extra
+    beats inserted, beats dropped and early (ectopic-like) beats."""
+    rr = 850 + 40 * np.sin(np.arange(n) * 2 * np.pi / 5) + rng.normal(0, 10, n)
+    if kind == 1:
+        rr = np.full(n, 800.0)
+    elif kind == 2:
+        rr = rng.uniform(250, 2500, n)
+    elif kind == 3:
+        sel = rng.random(n) < 0.1
+        rr[sel] *= rng.choice([0.4, 0.5, 2.0, 3.0], size=sel.sum())
+    elif kind == 5:
+        rr = rng.choice([800.0, 800.0 + 1e-9, 820.0, 1600.0], size=n)
+    beats = np.concatenate(([0.0], np.cumsum(rr) / 1000.0))
+    if kind == 4:
+        beats = beats + 1e6
+    extra = rng.random(len(beats)) < 0.05
+    beats = np.sort(np.concatenate((beats, beats[extra] + rng.uniform(0.2, 0.5, extra.sum()))))
+    beats = beats[rng.random(len(beats)) > 0.05]
+    if len(beats) and rng.random() < 0.5:
+        beats[rng.integers(0, len(beats), 5)] -= 0.25
+    return np.sort(beats)
+
+
+def _run_corrector(c: object, beats: np.ndarray, cuts: np.ndarray, stride: bool) -> tuple[np.ndarray, ...]:
+    outs = []
+    for part in np.split(beats, cuts):
+        if stride:  # a non-contiguous view of the same values
+            part = np.repeat(part, 2)[::2]
+        outs.append(c.push(part))  # type: ignore[attr-defined]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_ibi_kernel_equals_python_twin_for_any_chunking(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([0, 1, 2, 3, 4, 5, 10, 90, 91, 92, 100, 300, 700]))
+    kind = seed % 6
+    beats = _adversarial_beats(rng, n, kind)
+    before = beats.copy()
+    cuts = np.sort(rng.integers(0, len(beats) + 1, size=int(rng.integers(0, 40))))
+    keep = int(rng.choice([91, 92, 99, 150]))
+    fast = IbiCorrector(keep)
+    ref = IbiCorrectorReference(keep)
+    t1, k1 = _run_corrector(fast, beats, cuts, stride=seed % 3 == 0)
+    t2, k2 = _run_corrector(ref, beats, cuts, stride=False)
+    msg = f"seed={seed} n={n} kind={kind} keep={keep} cuts={cuts.tolist()}"
+    assert np.array_equal(beats, before), msg  # input never mutated
+    np.testing.assert_array_equal(k1, k2, err_msg=msg)
+    assert fast.n_corrected == ref.n_corrected, msg
+    assert len(t1) == len(t2), msg
+    if len(t1):
+        assert np.max(np.abs(t1 - t2)) <= 1e-9, msg
+    assert len(fast._raw) == len(ref._raw), msg
+    # a reset starts again from nothing: the same run gives the same output
+    fast.reset()
+    t3, k3 = _run_corrector(fast, beats, cuts, stride=False)
+    np.testing.assert_array_equal(t3, t1, err_msg=msg)
+    np.testing.assert_array_equal(k3, k1, err_msg=msg)
+
+
+def test_ibi_kernel_corrects_something_in_the_adversarial_set():
+    """Guard against a vacuous twin test: the generator must make every kind of correction happen."""
+    kinds = set()
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        beats = _adversarial_beats(rng, 300, seed % 6)
+        kinds |= set(IbiCorrector().push(beats)[1].tolist())
+    assert kinds >= {0, 1, 2, 3, 4, 5}, kinds
+
+
+def test_ibi_corrector_input_checks():
+    c = IbiCorrector()
+    with pytest.raises(DspError):
+        c.push(np.array([0.0, np.nan, 2.0]))
+    with pytest.raises(DspError):
+        c.push(np.array([0.0, np.inf]))
+    with pytest.raises(DspError):
+        c.push(np.ones((2, 2)))
+    with pytest.raises(DspError):
+        IbiCorrector(keep=10)
+    # a rejected push leaves the state untouched; ints are accepted
+    t, k = c.push(np.arange(5))
+    assert t.tolist() == [0.0, 1.0, 2.0] and k.tolist() == [NORMAL] * 3
+    assert c.push(np.empty(0))[0].shape == (0,)
