@@ -9,16 +9,8 @@ checks shapes and contiguity).
 
 from libc.math cimport NAN, fabs, isfinite
 
+from dsp_ext._sos cimport sos_hold_step, sos_step
 
-cdef inline double _step(const double[:, ::1] sos, double[:, ::1] zi, double x) noexcept nogil:
-    cdef Py_ssize_t s
-    cdef double y
-    for s in range(sos.shape[0]):
-        y = sos[s, 0] * x + zi[s, 0]
-        zi[s, 0] = sos[s, 1] * x - sos[s, 4] * y + zi[s, 1]
-        zi[s, 1] = sos[s, 2] * x - sos[s, 5] * y
-        x = y
-    return x
 
 
 def sosfilt_hold(const double[:, ::1] sos, double[:, ::1] zi, const double[::1] x, double[::1] out,
@@ -27,19 +19,13 @@ def sosfilt_hold(const double[:, ::1] sos, double[:, ::1] zi, const double[::1] 
 
     Returns nothing; ``zi`` and ``hold`` are updated so a later call continues seamlessly.
     """
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef double v, last = hold[0]
+    cdef Py_ssize_t i, n = x.shape[0], ns = sos.shape[0]
+    cdef double last = hold[0]
+    if n == 0:
+        return
     with nogil:
         for i in range(n):
-            v = x[i]
-            if isfinite(v):
-                last = v
-                out[i] = _step(sos, zi, v)
-            elif isfinite(last):
-                _step(sos, zi, last)
-                out[i] = NAN
-            else:
-                out[i] = NAN
+            out[i] = sos_hold_step(&sos[0, 0], &zi[0, 0], ns, x[i], &last)
         hold[0] = last
 
 
@@ -82,9 +68,9 @@ def eda_front(const double[::1] x, const unsigned char[::1] contact, double[::1]
                         zi[s, 1] = zi_unit[s, 1] * v
                     started = True
                 last = v
-                y = _step(sos, zi, v)
+                y = sos_step(&sos[0, 0], &zi[0, 0], ns, v)
             elif started and isfinite(last):
-                _step(sos, zi, last)
+                sos_step(&sos[0, 0], &zi[0, 0], ns, last)
                 y = NAN
             else:
                 y = NAN
