@@ -28,7 +28,8 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport NAN, isfinite, log, sqrt
-from libc.string cimport memcpy, memset
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.string cimport memcpy, memmove, memset
 
 cnp.import_array()
 
@@ -309,8 +310,11 @@ cdef class WccEngine:
     cdef readonly double rate_hz
     cdef Py_ssize_t nt, nc          # samples received per side
     cdef Py_ssize_t next_pair       # next pair index to process
-    cdef Py_ssize_t buf0            # absolute index of tbuf[0]; cbuf[0] is index buf0 - lag
-    cdef object tbuf, cbuf          # float64 arrays of kept samples
+    cdef Py_ssize_t buf0            # absolute index of tb[0]; cb[0] is index buf0 - lag
+    cdef double* tb                 # kept therapist samples (n_tb of them, room for cap_t)
+    cdef double* cb                 # kept client samples (n_cb of them, room for cap_c)
+    cdef cnp.int64_t* cbad          # cbad[k + 1] - cbad[k] = 1 if cb[k] is not finite (running count, n_cb + 1)
+    cdef Py_ssize_t n_tb, n_cb, cap_t, cap_c
     cdef double[:, ::1] pre         # prefix aggregates of the filling block: 6 x nl
     cdef double[:, ::1] run         # running suffix aggregates while a block completes: 6 x nl
     cdef double[:, :, ::1] suf      # suffix aggregates at window starts of the last completed block
@@ -331,15 +335,55 @@ cdef class WccEngine:
         self.suf = np.zeros((self.n_slots, 6, self.nl))
         self.scratch = np.zeros(win)
         self.zero = np.zeros((6, self.nl))
+        # two blocks of pairs and the lags on both sides cover what is kept between pushes of a few samples
+        self._reserve_t(2 * win + 64)
+        self._reserve_c(2 * win + 2 * lag + 64)
         self.reset()
+
+    def __cinit__(self, *args, **kwargs):
+        self.tb = NULL
+        self.cb = NULL
+        self.cbad = NULL
+        self.n_tb = self.n_cb = self.cap_t = self.cap_c = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.tb)
+        PyMem_Free(self.cb)
+        PyMem_Free(self.cbad)
+
+    cdef _reserve_t(self, Py_ssize_t need):
+        cdef double* p
+        if need <= self.cap_t:
+            return
+        need = max(need, 2 * self.cap_t)
+        p = <double*>PyMem_Realloc(self.tb, need * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        self.tb, self.cap_t = p, need
+
+    cdef _reserve_c(self, Py_ssize_t need):
+        cdef double* p
+        cdef cnp.int64_t* q
+        if need <= self.cap_c:
+            return
+        need = max(need, 2 * self.cap_c)
+        p = <double*>PyMem_Realloc(self.cb, need * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        self.cb = p
+        q = <cnp.int64_t*>PyMem_Realloc(self.cbad, (need + 1) * sizeof(cnp.int64_t))
+        if q == NULL:
+            raise MemoryError()
+        self.cbad, self.cap_c = q, need
 
     def reset(self):
         self.nt = 0
         self.nc = 0
         self.next_pair = self.lag
         self.buf0 = self.lag
-        self.tbuf = np.empty(0)
-        self.cbuf = np.empty(0)
+        self.n_tb = 0
+        self.n_cb = 0
+        self.cbad[0] = 0
         self.pre[:, :] = 0.0
         self.run[:, :] = 0.0
         self.suf[:, :, :] = 0.0
@@ -354,46 +398,70 @@ cdef class WccEngine:
 
     @property
     def state_nbytes(self):
-        return int(self.tbuf.nbytes + self.cbuf.nbytes + 8 * (self.pre.size + self.run.size + self.suf.size
-                                                               + self.scratch.shape[0]))
+        return int(8 * (self.cap_t + 2 * self.cap_c + 1 + self.pre.size + self.run.size + self.suf.size
+                        + self.scratch.shape[0]))
 
-    def push(self, const double[::1] t, const double[::1] c):
-        """Append samples to both sides; return (starts, profiles, values) of the windows completed."""
-        cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc
+    def push(self, cnp.ndarray t not None, cnp.ndarray c not None):
+        """Append samples to both sides (1-D C-contiguous float64 arrays); return (starts, profiles, values)
+        of the windows completed."""
+        if (cnp.PyArray_TYPE(t) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(t) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(t)
+                or cnp.PyArray_TYPE(c) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(c) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(c)):
+            raise ValueError("WccEngine.push takes 1-D C-contiguous float64 arrays")
+        cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, k
+        cdef Py_ssize_t n_t = cnp.PyArray_DIM(t, 0), n_c = cnp.PyArray_DIM(c, 0)
+        cdef const double* tp = <const double*>cnp.PyArray_DATA(t)
+        cdef const double* cp = <const double*>cnp.PyArray_DATA(c)
         # keep samples from buf0 (therapist) and buf0 - lag (client); drop what arrives before that point
-        cdef Py_ssize_t t_skip = max(0, min(t.shape[0], self.buf0 - self.nt))
-        cdef Py_ssize_t c_skip = max(0, min(c.shape[0], self.buf0 - lag - self.nc))
-        self.tbuf = np.concatenate((self.tbuf, np.asarray(t[t_skip:])))
-        self.cbuf = np.concatenate((self.cbuf, np.asarray(c[c_skip:])))
-        self.nt += t.shape[0]
-        self.nc += c.shape[0]
+        cdef Py_ssize_t t_skip = max(0, min(n_t, self.buf0 - self.nt))
+        cdef Py_ssize_t c_skip = max(0, min(n_c, self.buf0 - lag - self.nc))
+        self._reserve_t(self.n_tb + n_t - t_skip)
+        self._reserve_c(self.n_cb + n_c - c_skip)
+        memcpy(&self.tb[self.n_tb], &tp[t_skip], (n_t - t_skip) * sizeof(double))
+        self.n_tb += n_t - t_skip
+        for k in range(c_skip, n_c):
+            self.cb[self.n_cb] = cp[k]
+            self.cbad[self.n_cb + 1] = self.cbad[self.n_cb] + (not isfinite(cp[k]))
+            self.n_cb += 1
+        self.nt += n_t
+        self.nc += n_c
         cdef Py_ssize_t end_pair = min(self.nt, self.nc - lag)  # pairs [next_pair, end_pair) are ready
-        cdef Py_ssize_t first_k = 0, last_k = 0, n_out = 0
+        cdef Py_ssize_t first_k = 0, last_k = 0
+        cdef cnp.npy_intp n_out = 0
         if end_pair > self.next_pair:
             # windows end at pair t + win - 1; count those with t in [L, ...] ending in the ready range
             first_k = _n_windows_ending_before(self.next_pair, win, inc, lag)
             last_k = _n_windows_ending_before(end_pair, win, inc, lag)
             n_out = last_k - first_k
-        starts = np.empty(n_out, dtype=np.int64)
-        prof = np.empty((n_out, self.nl))
-        vals = np.empty((n_out, N_VALUES))
+        cdef cnp.npy_intp dims[2]
+        cdef cnp.ndarray starts, prof, vals
+        dims[0] = n_out
+        dims[1] = self.nl
+        starts = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        prof = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
+        dims[1] = N_VALUES
+        vals = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
         if end_pair > self.next_pair:
-            # cbad[k] = number of non-finite client samples in cbuf[:k]: O(1) test of a lag range
-            cbad = np.zeros(self.cbuf.shape[0] + 1, dtype=np.int64)
-            np.cumsum(~np.isfinite(self.cbuf), out=cbad[1:])
-            self._process(end_pair, starts, prof, vals, cbad)
+            with nogil:
+                self._process(end_pair, <cnp.int64_t*>cnp.PyArray_DATA(starts),
+                              <double*>cnp.PyArray_DATA(prof), <double*>cnp.PyArray_DATA(vals))
         # trim: keep from the start of the block of next_pair (needed for its suffix pass)
-        cdef Py_ssize_t keep = lag + ((self.next_pair - lag) // win) * win
+        cdef Py_ssize_t keep = lag + ((self.next_pair - lag) // win) * win, dt, dc
         if keep > self.buf0:
-            self.tbuf = self.tbuf[min(keep - self.buf0, self.tbuf.shape[0]):].copy()
-            self.cbuf = self.cbuf[min(keep - self.buf0, self.cbuf.shape[0]):].copy()
+            dt = min(keep - self.buf0, self.n_tb)
+            dc = min(keep - self.buf0, self.n_cb)
+            memmove(self.tb, &self.tb[dt], (self.n_tb - dt) * sizeof(double))
+            memmove(self.cb, &self.cb[dc], (self.n_cb - dc) * sizeof(double))
+            memmove(self.cbad, &self.cbad[dc], (self.n_cb - dc + 1) * sizeof(cnp.int64_t))
+            self.n_tb -= dt
+            self.n_cb -= dc
             self.buf0 = keep
         return starts, prof, vals
 
-    cdef void _process(self, Py_ssize_t end_pair, cnp.int64_t[::1] starts, double[:, ::1] prof,
-                       double[:, ::1] vals, const cnp.int64_t[::1] cbad):
-        cdef const double[::1] tb = self.tbuf
-        cdef const double[::1] cb = self.cbuf
+    cdef void _process(self, Py_ssize_t end_pair, cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
+        cdef const double* tb = self.tb
+        cdef const double* cb = self.cb
+        cdef const cnp.int64_t* cbad = self.cbad
         cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, nl = self.nl, half = self.half
         cdef Py_ssize_t i, j, pos, l, q, slot, b, t0, w_out = 0, buf0 = self.buf0
         cdef double u, v, st, sc
@@ -403,52 +471,51 @@ cdef class WccEngine:
         cdef double* rowp
         cdef double* scratch = &self.scratch[0]
         cdef double* zero = &self.zero[0, 0]
-        with nogil:
-            for i in range(self.next_pair, end_pair):
-                pos = (i - lag) % win
-                j = (i - lag) // win
-                # 1. prefix of block j (j >= 1) in the frame of block j - 1
-                if j >= 1:
-                    if pos == 0:
-                        memset(pre, 0, 6 * nl * sizeof(double))
-                        self.pre_uniform = True
-                    u = tb[i - buf0]
+        for i in range(self.next_pair, end_pair):
+            pos = (i - lag) % win
+            j = (i - lag) // win
+            # 1. prefix of block j (j >= 1) in the frame of block j - 1
+            if j >= 1:
+                if pos == 0:
+                    memset(pre, 0, 6 * nl * sizeof(double))
+                    self.pre_uniform = True
+                u = tb[i - buf0]
+                if isfinite(u):
+                    self.pre_uniform = _add_pair_all_lags(
+                        pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
+                        cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
+            # 2. block j complete: new shift, suffix aggregates at window starts, backwards
+            if pos == win - 1:
+                b = i - win + 1 - buf0
+                self.shift_t = _finite_median(&tb[b], win, scratch)
+                self.shift_c = _finite_median(&cb[b + lag], win, scratch)
+                st = self.shift_t
+                sc = self.shift_c
+                self.suf_q0 = (inc - (j * win) % inc) % inc
+                memset(run, 0, 6 * nl * sizeof(double))
+                run_uniform = True
+                for q in range(win - 1, -1, -1):
+                    u = tb[b + q]
                     if isfinite(u):
-                        self.pre_uniform = _add_pair_all_lags(
-                            pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
-                            cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
-                # 2. block j complete: new shift, suffix aggregates at window starts, backwards
+                        run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
+                                                         cbad[b + q + nl] == cbad[b + q], run_uniform)
+                    if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
+                        slot = (q - self.suf_q0) // inc
+                        memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
+            # 3. the window ending at pair i
+            t0 = i - win + 1
+            if t0 >= lag and (t0 - lag) % inc == 0:
+                starts[w_out] = t0
                 if pos == win - 1:
-                    b = i - win + 1 - buf0
-                    self.shift_t = _finite_median(&tb[b], win, scratch)
-                    self.shift_c = _finite_median(&cb[b + lag], win, scratch)
-                    st = self.shift_t
-                    sc = self.shift_c
-                    self.suf_q0 = (inc - (j * win) % inc) % inc
-                    memset(run, 0, 6 * nl * sizeof(double))
-                    run_uniform = True
-                    for q in range(win - 1, -1, -1):
-                        u = tb[b + q]
-                        if isfinite(u):
-                            run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
-                                                             cbad[b + q + nl] == cbad[b + q], run_uniform)
-                        if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
-                            slot = (q - self.suf_q0) // inc
-                            memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
-                # 3. the window ending at pair i
-                t0 = i - win + 1
-                if t0 >= lag and (t0 - lag) % inc == 0:
-                    starts[w_out] = t0
-                    if pos == win - 1:
-                        rowp = &self.suf[0, 0, 0]  # whole block = suffix from position 0 (suf_q0 == 0 here)
-                        dyadsync_corr_all(rowp, zero, nl, win, &prof[w_out, 0])
-                    else:
-                        slot = (pos + 1 - self.suf_q0) // inc
-                        rowp = &self.suf[slot, 0, 0]
-                        dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out, 0])
-                    _window_values(&prof[w_out, 0], lag, half, self.rate_hz, &vals[w_out, 0])
-                    w_out += 1
-            self.next_pair = end_pair
+                    rowp = &self.suf[0, 0, 0]  # whole block = suffix from position 0 (suf_q0 == 0 here)
+                    dyadsync_corr_all(rowp, zero, nl, win, &prof[w_out * nl])
+                else:
+                    slot = (pos + 1 - self.suf_q0) // inc
+                    rowp = &self.suf[slot, 0, 0]
+                    dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out * nl])
+                _window_values(&prof[w_out * nl], lag, half, self.rate_hz, &vals[w_out * N_VALUES])
+                w_out += 1
+        self.next_pair = end_pair
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,7 +36,10 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
 
 
 def _as_series(x: object, name: str) -> np.ndarray:
-    """Validate one input series and return it as a C-contiguous float64 array (never the caller's buffer)."""
+    """Validate one input series and return it as a C-contiguous float64 array (the caller's own array when it
+    already is one: the kernels only read it)."""
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.flags.c_contiguous:
+        return x
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - numpy raises many kinds
@@ -100,9 +103,11 @@ class StreamingWcc:
         c = _as_series(client_chunk, "client_chunk")
         starts, prof, vals = self._eng.push(t, c)
         self.last_profiles = prof
+        if not len(starts):
+            return []
         return [
-            (int(s), {name: float(v) for name, v in zip(WINDOW_VALUE_NAMES, row, strict=True)})
-            for s, row in zip(starts, vals, strict=True)
+            (s, dict(zip(WINDOW_VALUE_NAMES, row, strict=True)))
+            for s, row in zip(starts.tolist(), vals.tolist(), strict=True)
         ]
 
     def reset(self) -> None:
