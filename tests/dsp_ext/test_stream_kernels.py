@@ -172,3 +172,36 @@ def test_ibi_corrector_input_checks():
     t, k = c.push(np.arange(5))
     assert t.tolist() == [0.0, 1.0, 2.0] and k.tolist() == [NORMAL] * 3
     assert c.push(np.empty(0))[0].shape == (0,)
+
+
+def test_filter_kernels_check_array_headers():
+    """The kernels take ndarrays without typed memoryviews: dtype, shape, contiguity and writability are
+    checked on the header, and a bad argument raises instead of reading or writing out of bounds."""
+    sos = butter_sos(4, 0.5, 4.0)  # two sections
+    zi, x, out, hold = np.zeros((len(sos), 2)), np.ones(6), np.empty(6), np.array([np.nan])
+    _sosfilt.sosfilt_hold(sos, zi, x, out, hold)
+    assert np.isfinite(out).all() and hold[0] == 1.0
+    ro = zi.copy()
+    ro.flags.writeable = False
+    bad = [
+        (sos, zi, x, np.empty(5), hold),  # out too short
+        (sos, zi[:1], x, out, hold),  # state of the wrong number of sections
+        (sos, zi, x.astype(np.float32), out, hold),  # dtype
+        (sos, zi, np.ones(12)[::2], out, hold),  # not contiguous
+        (sos, ro, x, out, hold),  # read-only state
+        (sos[:, :5].copy(), zi, x, out, hold),  # not 6 coefficients per section
+        (sos, zi, x, out, np.empty(0)),  # no hold slot
+    ]
+    for args in bad:
+        with pytest.raises(ValueError):
+            _sosfilt.sosfilt_hold(*args)
+    st = np.array([np.nan, -1e12, 0.0, 0.0, np.nan])
+    zu = sosfilt_zi(sos)
+    with pytest.raises(ValueError):  # contact flags of another length than the samples
+        _sosfilt.eda_front(x, np.ones(5, dtype=np.uint8), out, sos, zi, zu, st, 0.05, 60.0, 10.0, 32.0, 4)
+    with pytest.raises(ValueError):  # contact flags must be uint8
+        _sosfilt.eda_front(x, np.ones(6, dtype=bool), out, sos, zi, zu, st, 0.05, 60.0, 10.0, 32.0, 4)
+    with pytest.raises(ValueError):  # state vector of 5 values
+        _sosfilt.eda_front(x, np.empty(0, dtype=np.uint8), out, sos, zi, zu, st[:4].copy(), 0.05, 60.0, 10.0,
+                           32.0, 4)
+    assert _sosfilt.eda_front(x, np.empty(0, dtype=np.uint8), out, sos, zi, zu, st, 0.05, 60.0, 10.0, 32.0, 4) == 0
