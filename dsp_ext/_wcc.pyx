@@ -299,7 +299,12 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
         c = _find_peak(r, lag, half, sign) if any_side else -1
         if c >= 0:
             out[5 + 3 * k] = r[c]
-            out[6 + 3 * k] = _fisher_z(r[c])
+            if k == 0 and c > lag and r[c] == hi_p and out[3] == out[3]:
+                out[6] = out[3]  # the in-phase peak is the side's maximum: its z is already known
+            elif k == 0 and c < lag and r[c] == hi_n and out[4] == out[4]:
+                out[6] = out[4]
+            else:
+                out[6 + 3 * k] = _fisher_z(r[c])
             out[7 + 3 * k] = (c - lag) / rate_hz
         else:
             out[5 + 3 * k] = NAN
