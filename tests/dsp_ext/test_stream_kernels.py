@@ -1,16 +1,18 @@
-"""The fused raw-rate EDA kernel (``_sosfilt.eda_front``) and the IBI correction kernel (``_ibi``) against
-their plain twins, and the scalar fast paths of the streaming objects against their vectorised forms, on
+"""The fused raw-rate EDA kernel (``_sosfilt.eda_front``), the EDA grid-stage kernel (``_eda``) and the IBI
+correction kernel (``_ibi``) against their plain twins, and the scalar fast paths of the streaming objects against their vectorised forms, on
 adversarial input."""
 
 import numpy as np
 import pytest
 
-from dsp_ext import _sosfilt
-from dsp_ext.eda import EdaStream, eda_front_reference
+from dsp_ext import _eda, _sosfilt
+from dsp_ext.eda import EdaStream, eda_front_reference, eda_grid_reference
 from dsp_ext.errors import DspError
 from dsp_ext.filters import butter_sos, sosfilt_zi
 from dsp_ext.grid import GridResampler
 from dsp_ext.ppg import NORMAL, IbiCorrector, IbiCorrectorReference
+
+from .conftest import KINDS, adversarial
 
 
 def _adversarial(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,3 +207,52 @@ def test_filter_kernels_check_array_headers():
         _sosfilt.eda_front(x, np.empty(0, dtype=np.uint8), out, sos, zi, zu, st[:4].copy(), 0.05, 60.0, 10.0,
                            32.0, 4)
     assert _sosfilt.eda_front(x, np.empty(0, dtype=np.uint8), out, sos, zi, zu, st, 0.05, 60.0, 10.0, 32.0, 4) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rate_hz", [1.0, 3.0, 7.5, 32.0, 100.0])
+def test_eda_grid_kernel_equals_python_twin_for_any_chunking(kind, rate_hz):
+    """Resampling to the 4 Hz grid, tonic/phasic split and SCR state machine (``_eda.EdaGridKernel``, pushed in
+    random chunks) against ``eda_grid_reference`` on the whole record."""
+    rng = np.random.default_rng(int(rate_hz * 10) + KINDS.index(kind))
+    n = int(rng.choice([0, 1, 2, 5, int(rate_hz * 60), int(rate_hz * 200)]))
+    y = 5.0 + 0.3 * adversarial(rng, n, kind)
+    if kind == "walk" and n > 40:  # responses: a few fast rises of 0.1–0.5 µS
+        for at in rng.integers(0, n - 20, size=4):
+            y[at : at + int(rate_hz * 3) + 1] += np.linspace(0.0, rng.uniform(0.1, 0.5), int(rate_hz * 3) + 1)
+    y = np.ascontiguousarray(y)
+    before = y.copy()
+    t0_ns = None if rng.random() < 0.5 else 1_700_000_000_123_456_789
+    stream = EdaStream(rate_hz if rate_hz > 6.0 else 7.0, t0_ns=t0_ns)  # only for its settings
+    tonic_sos = stream._tonic_sos
+    g = GridResampler(rate_hz, t0_ns=t0_ns)
+    kern = _eda.EdaGridKernel(g._off, g._step, g.clock.first_index, tonic_sos, sosfilt_zi(tonic_sos),
+                              stream.scr_onset_step_us, stream.scr_min_amp_us, stream.scr_max_rise)
+    cuts = np.sort(rng.integers(0, n + 1, size=int(rng.integers(0, max(2, n // 3)))))
+    parts = [kern.push(np.ascontiguousarray(p)) for p in np.split(y, cuts)]
+    got = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+    got_scr = [e for p in parts for e in p[5]]
+    with np.errstate(invalid="ignore"):  # inf − inf in the twin's vectorised interpolation
+        ref = eda_grid_reference(y, rate_hz, tonic_sos, t0_ns, stream.scr_onset_step_us,
+                                 stream.scr_min_amp_us, stream.scr_max_rise)
+    msg = f"kind={kind} rate_hz={rate_hz} n={n} t0_ns={t0_ns} cuts={cuts.tolist()}"
+    assert np.array_equal(y, before, equal_nan=True), msg  # input never mutated
+    np.testing.assert_array_equal(got[0], ref[0], err_msg=msg)
+    np.testing.assert_array_equal(got[4], ref[4], err_msg=msg)
+    for a, b, name in zip(got[1:4], ref[1:4], ("value", "tonic", "phasic"), strict=True):
+        assert np.array_equal(np.isfinite(a), np.isfinite(b)), f"{msg} {name}"
+        assert np.array_equal(a[~np.isfinite(a)], b[~np.isfinite(b)], equal_nan=True), f"{msg} {name}"
+        fin = np.isfinite(a)
+        if fin.any():  # 1e-9 in µS, relative above 1 µS (the +1e9 offsets)
+            assert np.max(np.abs(a[fin] - b[fin]) / np.maximum(1.0, np.abs(b[fin]))) <= 1e-9, f"{msg} {name}"
+    assert got_scr == ref[5], msg
+
+
+def test_eda_grid_kernel_finds_responses():
+    """Guard against a vacuous twin test: the stream reports the responses of a signal that has them."""
+    t = np.arange(32 * 120) / 32.0
+    x = 5.0 + sum(0.3 * np.clip((t - on) / 2.0, 0, 1) * np.exp(-np.clip(t - on - 2.0, 0, None) / 6.0)
+                  for on in (20.0, 60.0, 95.0))
+    s = EdaStream(32.0)
+    scr = [e for part in np.array_split(x, 120) for e in s.push(part).scr]
+    assert len(scr) == 3 and all(0.2 < e.amplitude_us < 0.35 for e in scr), scr
