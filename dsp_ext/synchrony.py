@@ -122,5 +122,6 @@ class StreamingWcc:
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of state held (ring buffers and per-lag co-moments); constant after construction."""
+        """Bytes of state held (sample buffers at their capacity and per-lag co-moments): two blocks of samples
+        plus the lags, or the largest chunk pushed if that was longer."""
         return int(self._eng.state_nbytes)
