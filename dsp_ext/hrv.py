@@ -70,20 +70,31 @@ def savgol_detrend_coeffs(points: int = SG_POINTS, order: int = SG_ORDER) -> np.
     return np.linalg.pinv(a)[0]
 
 
-def hf_power_ln_ms2(resid_ms: np.ndarray, band_hz: tuple[float, float] = (0.15, 0.40)) -> float:
-    """ln of the power (ms²) in ``band_hz`` of a detrended 2 Hz IBI epoch (Hann-windowed periodogram)."""
+def _hf_setup(n: int, band_hz: tuple[float, float]) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Hann window, periodogram scale, band selection and bin width for epochs of ``n`` 2 Hz samples."""
+    w = np.hanning(n)
+    f = np.fft.rfftfreq(n, 1.0 / RSA_RATE_HZ)
+    sel = (f >= band_hz[0]) & (f <= band_hz[1])
+    return w, float(RSA_RATE_HZ * np.sum(w**2)), sel, float(f[1] - f[0]) if n > 1 else float("nan")
+
+
+def hf_power_ln_ms2(
+    resid_ms: np.ndarray,
+    band_hz: tuple[float, float] = (0.15, 0.40),
+    _setup: tuple[np.ndarray, float, np.ndarray, float] | None = None,
+) -> float:
+    """ln of the power (ms²) in ``band_hz`` of a detrended 2 Hz IBI epoch (Hann-windowed periodogram).
+    ``_setup``: :func:`_hf_setup` of this length and band, when the caller keeps it."""
     x = np.asarray(resid_ms, dtype=np.float64)
     fin = np.isfinite(x)
     if 2 * fin.sum() < len(x) or len(x) < 8:
         return float("nan")
     x = np.where(fin, x, 0.0)
     x = x - x[fin].mean() * fin
-    w = np.hanning(len(x))
-    spec = np.abs(np.fft.rfft(x * w)) ** 2 / (RSA_RATE_HZ * np.sum(w**2))
+    w, scale, sel, df = _setup if _setup is not None else _hf_setup(len(x), band_hz)
+    spec = np.abs(np.fft.rfft(x * w)) ** 2 / scale
     spec[1:-1] *= 2.0  # one-sided
-    f = np.fft.rfftfreq(len(x), 1.0 / RSA_RATE_HZ)
-    sel = (f >= band_hz[0]) & (f <= band_hz[1])
-    p = float(spec[sel].sum() * (f[1] - f[0]))
+    p = float(spec[sel].sum() * df)
     return float(np.log(p)) if p > 0 else float("nan")
 
 
@@ -127,6 +138,7 @@ class HrvStream:
             raise DspError(f"epoch_s={epoch_s!r} must be a whole number of 0.5-s samples, at least 8 s")
         self.epoch_n = int(round(n))  # samples of the 2 Hz series per epoch
         self.hf_band_hz = hf_band_hz
+        self._hf = _hf_setup(self.epoch_n, hf_band_hz)
         self._w = savgol_detrend_coeffs()
         self._sos = butter_sos(2, rsa_band_hz, RSA_RATE_HZ, "bandpass")
         self._kernel = _hrv.RsaKernel(self.epoch_n, self._w, self._sos)
@@ -135,13 +147,14 @@ class HrvStream:
 
     def reset(self) -> None:
         self._kernel.reset()
-        # beats not yet in a closed epoch: (beat_s, ibi_ms, valid) arrays, one triple per push
-        self._beats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._n_beats = 0
+        # beats not yet in a closed epoch
+        self._bt: list[float] = []  # beat time (s)
+        self._bi: list[float] = []  # IBI ending there (ms)
+        self._bv: list[bool] = []  # IBI valid
 
     @property
     def state_nbytes(self) -> int:
-        return int(self._kernel.state_nbytes + 17 * self._n_beats + 64 * len(self._beats) + 256)
+        return int(self._kernel.state_nbytes + 17 * len(self._bt) + 256)
 
     def push_features(self, f: object) -> list[HrvEpoch]:
         return self.push(f.beat_s, f.ibi_ms, f.ibi_valid, f.index, f.ibi_grid_ms)  # type: ignore[attr-defined]
@@ -173,14 +186,9 @@ class HrvStream:
         if len(ibi_ms) != n or len(ibi_valid) != n:  # type: ignore[arg-type]
             raise DspError("beat_s, ibi_ms and ibi_valid differ in length")
         if n:
-            self._beats.append(
-                (
-                    np.array(beat_s, dtype=np.float64),
-                    np.array(ibi_ms, dtype=np.float64),
-                    np.array(ibi_valid, dtype=bool),
-                )
-            )
-            self._n_beats += n
+            self._bt += np.asarray(beat_s, dtype=np.float64).tolist()
+            self._bi += np.asarray(ibi_ms, dtype=np.float64).tolist()
+            self._bv += np.asarray(ibi_valid, dtype=bool).tolist()
 
     def _close(self, e: int, resid: np.ndarray, band: np.ndarray) -> HrvEpoch:
         start_k = e * self.epoch_n
@@ -189,17 +197,21 @@ class HrvStream:
         rsa = (
             float(np.log(np.var(band[fin]))) if 2 * fin.sum() >= len(band) and fin.sum() > 1 else float("nan")
         )
-        hf = hf_power_ln_ms2(resid, self.hf_band_hz)
-        if self._beats:
-            t, ibi, valid = (np.concatenate(col) for col in zip(*self._beats, strict=True))
-        else:
-            t, ibi, valid = np.empty(0), np.empty(0), np.empty(0, dtype=bool)
+        hf = hf_power_ln_ms2(resid, self.hf_band_hz, self._hf)
+        t = np.array(self._bt, dtype=np.float64)
         mine = t < end_s
         later = t >= end_s  # a NaN beat time belongs to no epoch
-        self._beats = [(t[later], ibi[later], valid[later])] if later.any() else []
-        self._n_beats = int(later.sum())
         n_mine = int(mine.sum())
-        rm = rmssd_ms(ibi[mine], valid[mine]) if n_mine else float("nan")
+        rm = (
+            rmssd_ms(np.array(self._bi, dtype=np.float64)[mine], np.array(self._bv, dtype=bool)[mine])
+            if n_mine
+            else float("nan")
+        )
+        if n_mine or not later.all():
+            keep = later.tolist()
+            self._bt = [v for v, k in zip(self._bt, keep, strict=True) if k]
+            self._bi = [v for v, k in zip(self._bi, keep, strict=True) if k]
+            self._bv = [v for v, k in zip(self._bv, keep, strict=True) if k]
         return HrvEpoch(e, start_k * _STEP, rm, rsa, hf, n_mine)
 
 
