@@ -589,6 +589,16 @@ cdef extern from *:
         }
     }
 
+    /* The same for two pairs in one sweep, in the same order as two calls (so the same sums): one load and
+       store of sxy per lag instead of two. */
+    DYADSYNC_CLONES static void dyadsync_sxy_add2(double *restrict sxy, Py_ssize_t nl, double u0,
+            const double *restrict cv0, double u1, const double *restrict cv1, double sc) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double a = sxy[l] + u0 * (cv0[l] - sc);
+            sxy[l] = a + u1 * (cv1[l] - sc);
+        }
+    }
+
     /* Pearson r of every lag of a window of n finite pairs: Σuv = a[l] + b[l] in the frame (st, sc), the
        therapist side's Σu, Σu², and the client window starting at each lag's sample (cfr: its block frame,
        cm: its mean in that frame, cmyy: its co-moment or NaN if unusable, ciy = 1/sqrt(cmyy)). Returns 0
@@ -615,6 +625,8 @@ cdef extern from *:
     }
     """
     void dyadsync_sxy_add(double* sxy, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+    void dyadsync_sxy_add2(double* sxy, Py_ssize_t nl, double u0, const double* cv0, double u1,
+                           const double* cv1, double sc) noexcept nogil
     int dyadsync_corr_cstats(double sx, double sxx, const double* a, const double* b, const double* cfr,
                              const double* cm, const double* cmyy, const double* ciy, Py_ssize_t nl, double n,
                              double sc, double k, double* out) noexcept nogil
@@ -727,7 +739,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     cdef double* ciy = cmyy + ns
     cdef Py_ssize_t last_start = lag + (nw - 1) * inc
     cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
-    cdef double st, sc, u, sx, sxx, px, pxx
+    cdef double st, sc, u, u2, sx, sxx, px, pxx
     # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
     cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
     cdef double* out
@@ -747,7 +759,15 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
             u = tp[i] - st
             sx += u
             sxx += u * u
-            dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
+            if (q - q0) % inc != 0 and q > q0:  # no suffix is stored at q: add pairs q and q − 1 together
+                u2 = tp[i - 1] - st
+                sx += u2
+                sxx += u2 * u2
+                dyadsync_sxy_add2(acc, nl, u, &cp[i - lag], u2, &cp[i - 1 - lag], sc)
+                q -= 1
+                i -= 1
+            else:
+                dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
             if (q - q0) % inc == 0 and i <= last_start:
                 slot = (q - q0) // inc
                 memcpy(&suf[slot * nl], acc, nl * sizeof(double))
@@ -766,7 +786,15 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                 u = tp[i] - st
                 px += u
                 pxx += u * u
-                dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
+                if p < pmax and not (p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start):
+                    # no window ends at p: add pairs p and p + 1 together
+                    u2 = tp[i + 1] - st
+                    px += u2
+                    pxx += u2 * u2
+                    dyadsync_sxy_add2(pre, nl, u, &cp[i - lag], u2, &cp[i + 1 - lag], sc)
+                    p += 1
+                else:
+                    dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
             if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
                 slot = (p + 1 - q0) // inc
                 ts = b + p + 1
