@@ -172,6 +172,9 @@ cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize
     pc = sign * r[c]
     if not (pc > 0.0):
         return False
+    # the next neighbours first: on a smooth profile they reject almost every non-peak (a NaN fails too)
+    if not (sign * r[c - 1] <= pc and sign * r[c + 1] <= pc):
+        return False
     for d in range(c - half, c + half + 1):
         pd = sign * r[d]
         if not isfinite(pd) or pd > pc:
