@@ -746,12 +746,19 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
     cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
     cdef double* out
+    cdef unsigned char* mark = <unsigned char*>scratch  # win bytes inside scratch's 2·win doubles
     _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
     b = lag
     while b <= last_start:
         st = _frame(&tp[b], win, scratch)
         sc = _frame(&cp[b], win, scratch)
         q0 = (inc - (b - lag) % inc) % inc
+        # mark[x]: a window starts at block position x (x = q0 + s·inc); scratch is free until the next block
+        memset(mark, 0, win)
+        q = q0
+        while q < win:
+            mark[q] = 1
+            q += inc
         # suffix sums of block j at the window starts in it, backwards
         memset(acc, 0, nl * sizeof(double))
         sx = 0.0
@@ -762,7 +769,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
             u = tp[i] - st
             sx += u
             sxx += u * u
-            if (q - q0) % inc != 0 and q > q0:  # no suffix is stored at q: add pairs q and q − 1 together
+            if not mark[q] and q > q0:  # no suffix is stored at q: add pairs q and q − 1 together
                 u2 = tp[i - 1] - st
                 sx += u2
                 sxx += u2 * u2
@@ -771,7 +778,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                 i -= 1
             else:
                 dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
-            if (q - q0) % inc == 0 and i <= last_start:
+            if mark[q] and i <= last_start:
                 slot = (q - q0) // inc
                 memcpy(&suf[slot * nl], acc, nl * sizeof(double))
                 sufx[2 * slot] = sx
@@ -789,7 +796,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                 u = tp[i] - st
                 px += u
                 pxx += u * u
-                if p < pmax and not (p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start):
+                if p < pmax and not (mark[p + 1] and b + p + 1 <= last_start):
                     # no window ends at p: add pairs p and p + 1 together
                     u2 = tp[i + 1] - st
                     px += u2
@@ -798,7 +805,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                     p += 1
                 else:
                     dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
-            if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
+            if mark[p + 1] and b + p + 1 <= last_start:
                 slot = (p + 1 - q0) // inc
                 ts = b + p + 1
                 k = (ts - lag) // inc
