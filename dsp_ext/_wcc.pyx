@@ -28,7 +28,8 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport NAN, isfinite, log, sqrt
-from libc.string cimport memcpy, memset
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.string cimport memcpy, memmove, memset
 
 cnp.import_array()
 
@@ -171,6 +172,9 @@ cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize
     pc = sign * r[c]
     if not (pc > 0.0):
         return False
+    # the next neighbours first: on a smooth profile they reject almost every non-peak (a NaN fails too)
+    if not (sign * r[c - 1] <= pc and sign * r[c + 1] <= pc):
+        return False
     for d in range(c - half, c + half + 1):
         pd = sign * r[d]
         if not isfinite(pd) or pd > pc:
@@ -199,39 +203,83 @@ cdef inline Py_ssize_t _find_peak(const double* r, Py_ssize_t lag, Py_ssize_t ha
     return -1
 
 
-cdef inline void _mean_max_z(const double* r, Py_ssize_t lo, Py_ssize_t hi, double* mean, double* mx) noexcept nogil:
-    """Mean and max of Fisher z over columns [lo, hi); NaN if more than half are NaN or the range is empty.
-
-    Σ atanh(r) = ½ (ln Π(1 + r) − ln Π(1 − r)): two logs per side instead of one per lag (r clipped to ±0.999,
-    so each factor lies in [0.001, 1.999] and a run of 64 cannot underflow or overflow); the max of z is the
-    z of the max of r (atanh is increasing).
+cdef extern from *:
     """
-    cdef Py_ssize_t l, cnt = 0, run = 0
-    cdef double acc = 0.0, pp = 1.0, pm = 1.0, rmax = -2.0, rc
-    for l in range(lo, hi):
-        if isfinite(r[l]):
-            rc = r[l]
-            if rc > R_CLIP:
-                rc = R_CLIP
-            elif rc < -R_CLIP:
-                rc = -R_CLIP
-            pp *= 1.0 + rc
-            pm *= 1.0 - rc
-            cnt += 1
-            run += 1
-            if run == 64:
-                acc += log(pp / pm)  # pp / pm lies in [1e-212, 1e211]: one log, no overflow
-                pp = 1.0
-                pm = 1.0
-                run = 0
-            if r[l] > rmax:
-                rmax = r[l]
+    /* One side of a profile, r[lo .. hi): Σ atanh(r) = ½ ln(Π(1 + r) / Π(1 − r)) over the finite r (clipped to
+       ±clip = 0.999), their number, max and min. Four lanes (GCC/Clang vector extensions: one AVX2 register,
+       two SSE2 or NEON ones) of running products, one log per run of 64 lags: each factor lies in
+       [0.001, 1.999], so a product of 16 per lane and of all 64 stays within [1e-192, 2e19]. Non-finite r
+       contribute a factor 1 and count nowhere. Compiled for AVX2 and the baseline (DYADSYNC_CLONES). */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    #define DYADSYNC_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define DYADSYNC_CLONES
+    #endif
+    typedef double dyadsync_v4d __attribute__((vector_size(32)));
+    typedef long long dyadsync_v4i __attribute__((vector_size(32)));
+    #define DYADSYNC_SEL(m, a, b) \
+        ((dyadsync_v4d)((((dyadsync_v4i)(a)) & (m)) | (((dyadsync_v4i)(b)) & ~(m))))
+
+    DYADSYNC_CLONES static double dyadsync_side_z(const double *restrict r, Py_ssize_t lo, Py_ssize_t hi,
+            double clip, Py_ssize_t *restrict cnt_out, double *restrict rmax_out, double *restrict rmin_out) {
+        const dyadsync_v4d one = {1.0, 1.0, 1.0, 1.0}, zero = {0.0, 0.0, 0.0, 0.0};
+        const dyadsync_v4d up = {clip, clip, clip, clip}, down = -up;
+        const dyadsync_v4d big = {1.7976931348623157e308, 1.7976931348623157e308, 1.7976931348623157e308,
+                                  1.7976931348623157e308};
+        const dyadsync_v4d lowest = {-2.0, -2.0, -2.0, -2.0}, highest = -lowest;
+        dyadsync_v4d rmax = lowest, rmin = highest, cnt = zero;
+        double acc = 0.0;
+        for (Py_ssize_t b = lo; b < hi; b += 64) {
+            Py_ssize_t e = b + 64 < hi ? b + 64 : hi;
+            dyadsync_v4d pp = one, pm = one;
+            for (Py_ssize_t l = b; l < e; l += 4) {
+                dyadsync_v4d v;
+                if (l + 4 <= e) {
+                    __builtin_memcpy(&v, r + l, sizeof v);
+                } else {
+                    double t[4] = {NAN, NAN, NAN, NAN};
+                    for (Py_ssize_t k = 0; k < e - l; k++) t[k] = r[l + k];
+                    __builtin_memcpy(&v, t, sizeof v);
+                }
+                dyadsync_v4i fin = (dyadsync_v4i)(DYADSYNC_SEL((dyadsync_v4i)(v < zero), -v, v) <= big);
+                dyadsync_v4d c = DYADSYNC_SEL((dyadsync_v4i)(v > up), up, v);
+                c = DYADSYNC_SEL((dyadsync_v4i)(c < down), down, c);
+                c = DYADSYNC_SEL(fin, c, zero);
+                pp *= one + c;
+                pm *= one - c;
+                cnt += DYADSYNC_SEL(fin, one, zero);
+                dyadsync_v4d hiv = DYADSYNC_SEL(fin, v, lowest), lov = DYADSYNC_SEL(fin, v, highest);
+                rmax = DYADSYNC_SEL((dyadsync_v4i)(hiv > rmax), hiv, rmax);
+                rmin = DYADSYNC_SEL((dyadsync_v4i)(lov < rmin), lov, rmin);
+            }
+            acc += log(((pp[0] * pp[1]) * (pp[2] * pp[3])) / ((pm[0] * pm[1]) * (pm[2] * pm[3])));
+        }
+        double a = rmax[0] > rmax[1] ? rmax[0] : rmax[1], bb = rmax[2] > rmax[3] ? rmax[2] : rmax[3];
+        *rmax_out = a > bb ? a : bb;
+        a = rmin[0] < rmin[1] ? rmin[0] : rmin[1];
+        bb = rmin[2] < rmin[3] ? rmin[2] : rmin[3];
+        *rmin_out = a < bb ? a : bb;
+        *cnt_out = (Py_ssize_t)((cnt[0] + cnt[1]) + (cnt[2] + cnt[3]));
+        return acc;
+    }
+    """
+    double dyadsync_side_z(const double* r, Py_ssize_t lo, Py_ssize_t hi, double clip, Py_ssize_t* cnt_out,
+                           double* rmax_out, double* rmin_out) noexcept nogil
+
+
+cdef inline void _side_values(const double* r, Py_ssize_t lo, Py_ssize_t hi, double* mean, double* mx,
+                              double* rmax, double* rmin) noexcept nogil:
+    """Mean and max of Fisher z over columns [lo, hi); NaN if more than half are NaN or the range is empty.
+    The max of z is the z of the max of r (atanh is increasing). ``rmax``/``rmin``: extremes of the finite r
+    (−2 / +2 if none)."""
+    cdef Py_ssize_t cnt
+    cdef double acc = dyadsync_side_z(r, lo, hi, R_CLIP, &cnt, rmax, rmin)
     if hi <= lo or 2 * cnt < hi - lo:
         mean[0] = NAN
         mx[0] = NAN
     else:
-        mean[0] = 0.5 * (acc + log(pp / pm)) / cnt
-        mx[0] = _fisher_z(rmax)
+        mean[0] = 0.5 * acc / cnt
+        mx[0] = _fisher_z(rmax[0])
 
 
 cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
@@ -239,16 +287,27 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
     """The 11 per-window scalars in WINDOW_VALUE_NAMES order."""
     cdef Py_ssize_t nl = 2 * lag + 1
     cdef Py_ssize_t c, k
-    cdef double sign
+    cdef double sign, hi_p, lo_p, hi_n, lo_n
+    cdef bint any_side
     out[0] = r[lag]
-    _mean_max_z(r, lag + 1, nl, &out[1], &out[3])
-    _mean_max_z(r, 0, lag, &out[2], &out[4])
+    _side_values(r, lag + 1, nl, &out[1], &out[3], &hi_p, &lo_p)
+    _side_values(r, 0, lag, &out[2], &out[4], &hi_n, &lo_n)
     for k in range(2):
         sign = 1.0 if k == 0 else -1.0
-        c = _find_peak(r, lag, half, sign)
+        # a peak needs sign·r > 0 somewhere: skip the outward search when no lag has it
+        if k == 0:
+            any_side = hi_p > 0.0 or hi_n > 0.0 or r[lag] > 0.0
+        else:
+            any_side = lo_p < 0.0 or lo_n < 0.0 or r[lag] < 0.0
+        c = _find_peak(r, lag, half, sign) if any_side else -1
         if c >= 0:
             out[5 + 3 * k] = r[c]
-            out[6 + 3 * k] = _fisher_z(r[c])
+            if k == 0 and c > lag and r[c] == hi_p and out[3] == out[3]:
+                out[6] = out[3]  # the in-phase peak is the side's maximum: its z is already known
+            elif k == 0 and c < lag and r[c] == hi_n and out[4] == out[4]:
+                out[6] = out[4]
+            else:
+                out[6 + 3 * k] = _fisher_z(r[c])
             out[7 + 3 * k] = (c - lag) / rate_hz
         else:
             out[5 + 3 * k] = NAN
@@ -309,8 +368,11 @@ cdef class WccEngine:
     cdef readonly double rate_hz
     cdef Py_ssize_t nt, nc          # samples received per side
     cdef Py_ssize_t next_pair       # next pair index to process
-    cdef Py_ssize_t buf0            # absolute index of tbuf[0]; cbuf[0] is index buf0 - lag
-    cdef object tbuf, cbuf          # float64 arrays of kept samples
+    cdef Py_ssize_t buf0            # absolute index of tb[0]; cb[0] is index buf0 - lag
+    cdef double* tb                 # kept therapist samples (n_tb of them, room for cap_t)
+    cdef double* cb                 # kept client samples (n_cb of them, room for cap_c)
+    cdef cnp.int64_t* cbad          # cbad[k + 1] - cbad[k] = 1 if cb[k] is not finite (running count, n_cb + 1)
+    cdef Py_ssize_t n_tb, n_cb, cap_t, cap_c
     cdef double[:, ::1] pre         # prefix aggregates of the filling block: 6 x nl
     cdef double[:, ::1] run         # running suffix aggregates while a block completes: 6 x nl
     cdef double[:, :, ::1] suf      # suffix aggregates at window starts of the last completed block
@@ -331,15 +393,55 @@ cdef class WccEngine:
         self.suf = np.zeros((self.n_slots, 6, self.nl))
         self.scratch = np.zeros(win)
         self.zero = np.zeros((6, self.nl))
+        # two blocks of pairs and the lags on both sides cover what is kept between pushes of a few samples
+        self._reserve_t(2 * win + 64)
+        self._reserve_c(2 * win + 2 * lag + 64)
         self.reset()
+
+    def __cinit__(self, *args, **kwargs):
+        self.tb = NULL
+        self.cb = NULL
+        self.cbad = NULL
+        self.n_tb = self.n_cb = self.cap_t = self.cap_c = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.tb)
+        PyMem_Free(self.cb)
+        PyMem_Free(self.cbad)
+
+    cdef _reserve_t(self, Py_ssize_t need):
+        cdef double* p
+        if need <= self.cap_t:
+            return
+        need = max(need, 2 * self.cap_t)
+        p = <double*>PyMem_Realloc(self.tb, need * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        self.tb, self.cap_t = p, need
+
+    cdef _reserve_c(self, Py_ssize_t need):
+        cdef double* p
+        cdef cnp.int64_t* q
+        if need <= self.cap_c:
+            return
+        need = max(need, 2 * self.cap_c)
+        p = <double*>PyMem_Realloc(self.cb, need * sizeof(double))
+        if p == NULL:
+            raise MemoryError()
+        self.cb = p
+        q = <cnp.int64_t*>PyMem_Realloc(self.cbad, (need + 1) * sizeof(cnp.int64_t))
+        if q == NULL:
+            raise MemoryError()
+        self.cbad, self.cap_c = q, need
 
     def reset(self):
         self.nt = 0
         self.nc = 0
         self.next_pair = self.lag
         self.buf0 = self.lag
-        self.tbuf = np.empty(0)
-        self.cbuf = np.empty(0)
+        self.n_tb = 0
+        self.n_cb = 0
+        self.cbad[0] = 0
         self.pre[:, :] = 0.0
         self.run[:, :] = 0.0
         self.suf[:, :, :] = 0.0
@@ -354,46 +456,70 @@ cdef class WccEngine:
 
     @property
     def state_nbytes(self):
-        return int(self.tbuf.nbytes + self.cbuf.nbytes + 8 * (self.pre.size + self.run.size + self.suf.size
-                                                               + self.scratch.shape[0]))
+        return int(8 * (self.cap_t + 2 * self.cap_c + 1 + self.pre.size + self.run.size + self.suf.size
+                        + self.scratch.shape[0]))
 
-    def push(self, const double[::1] t, const double[::1] c):
-        """Append samples to both sides; return (starts, profiles, values) of the windows completed."""
-        cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc
+    def push(self, cnp.ndarray t not None, cnp.ndarray c not None):
+        """Append samples to both sides (1-D C-contiguous float64 arrays); return (starts, profiles, values)
+        of the windows completed."""
+        if (cnp.PyArray_TYPE(t) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(t) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(t)
+                or cnp.PyArray_TYPE(c) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(c) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(c)):
+            raise ValueError("WccEngine.push takes 1-D C-contiguous float64 arrays")
+        cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, k
+        cdef Py_ssize_t n_t = cnp.PyArray_DIM(t, 0), n_c = cnp.PyArray_DIM(c, 0)
+        cdef const double* tp = <const double*>cnp.PyArray_DATA(t)
+        cdef const double* cp = <const double*>cnp.PyArray_DATA(c)
         # keep samples from buf0 (therapist) and buf0 - lag (client); drop what arrives before that point
-        cdef Py_ssize_t t_skip = max(0, min(t.shape[0], self.buf0 - self.nt))
-        cdef Py_ssize_t c_skip = max(0, min(c.shape[0], self.buf0 - lag - self.nc))
-        self.tbuf = np.concatenate((self.tbuf, np.asarray(t[t_skip:])))
-        self.cbuf = np.concatenate((self.cbuf, np.asarray(c[c_skip:])))
-        self.nt += t.shape[0]
-        self.nc += c.shape[0]
+        cdef Py_ssize_t t_skip = max(0, min(n_t, self.buf0 - self.nt))
+        cdef Py_ssize_t c_skip = max(0, min(n_c, self.buf0 - lag - self.nc))
+        self._reserve_t(self.n_tb + n_t - t_skip)
+        self._reserve_c(self.n_cb + n_c - c_skip)
+        memcpy(&self.tb[self.n_tb], &tp[t_skip], (n_t - t_skip) * sizeof(double))
+        self.n_tb += n_t - t_skip
+        for k in range(c_skip, n_c):
+            self.cb[self.n_cb] = cp[k]
+            self.cbad[self.n_cb + 1] = self.cbad[self.n_cb] + (not isfinite(cp[k]))
+            self.n_cb += 1
+        self.nt += n_t
+        self.nc += n_c
         cdef Py_ssize_t end_pair = min(self.nt, self.nc - lag)  # pairs [next_pair, end_pair) are ready
-        cdef Py_ssize_t first_k = 0, last_k = 0, n_out = 0
+        cdef Py_ssize_t first_k = 0, last_k = 0
+        cdef cnp.npy_intp n_out = 0
         if end_pair > self.next_pair:
             # windows end at pair t + win - 1; count those with t in [L, ...] ending in the ready range
             first_k = _n_windows_ending_before(self.next_pair, win, inc, lag)
             last_k = _n_windows_ending_before(end_pair, win, inc, lag)
             n_out = last_k - first_k
-        starts = np.empty(n_out, dtype=np.int64)
-        prof = np.empty((n_out, self.nl))
-        vals = np.empty((n_out, N_VALUES))
+        cdef cnp.npy_intp dims[2]
+        cdef cnp.ndarray starts, prof, vals
+        dims[0] = n_out
+        dims[1] = self.nl
+        starts = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        prof = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
+        dims[1] = N_VALUES
+        vals = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
         if end_pair > self.next_pair:
-            # cbad[k] = number of non-finite client samples in cbuf[:k]: O(1) test of a lag range
-            cbad = np.zeros(self.cbuf.shape[0] + 1, dtype=np.int64)
-            np.cumsum(~np.isfinite(self.cbuf), out=cbad[1:])
-            self._process(end_pair, starts, prof, vals, cbad)
+            with nogil:
+                self._process(end_pair, <cnp.int64_t*>cnp.PyArray_DATA(starts),
+                              <double*>cnp.PyArray_DATA(prof), <double*>cnp.PyArray_DATA(vals))
         # trim: keep from the start of the block of next_pair (needed for its suffix pass)
-        cdef Py_ssize_t keep = lag + ((self.next_pair - lag) // win) * win
+        cdef Py_ssize_t keep = lag + ((self.next_pair - lag) // win) * win, dt, dc
         if keep > self.buf0:
-            self.tbuf = self.tbuf[min(keep - self.buf0, self.tbuf.shape[0]):].copy()
-            self.cbuf = self.cbuf[min(keep - self.buf0, self.cbuf.shape[0]):].copy()
+            dt = min(keep - self.buf0, self.n_tb)
+            dc = min(keep - self.buf0, self.n_cb)
+            memmove(self.tb, &self.tb[dt], (self.n_tb - dt) * sizeof(double))
+            memmove(self.cb, &self.cb[dc], (self.n_cb - dc) * sizeof(double))
+            memmove(self.cbad, &self.cbad[dc], (self.n_cb - dc + 1) * sizeof(cnp.int64_t))
+            self.n_tb -= dt
+            self.n_cb -= dc
             self.buf0 = keep
         return starts, prof, vals
 
-    cdef void _process(self, Py_ssize_t end_pair, cnp.int64_t[::1] starts, double[:, ::1] prof,
-                       double[:, ::1] vals, const cnp.int64_t[::1] cbad):
-        cdef const double[::1] tb = self.tbuf
-        cdef const double[::1] cb = self.cbuf
+    cdef void _process(self, Py_ssize_t end_pair, cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
+        cdef const double* tb = self.tb
+        cdef const double* cb = self.cb
+        cdef const cnp.int64_t* cbad = self.cbad
         cdef Py_ssize_t lag = self.lag, win = self.win, inc = self.inc, nl = self.nl, half = self.half
         cdef Py_ssize_t i, j, pos, l, q, slot, b, t0, w_out = 0, buf0 = self.buf0
         cdef double u, v, st, sc
@@ -403,52 +529,51 @@ cdef class WccEngine:
         cdef double* rowp
         cdef double* scratch = &self.scratch[0]
         cdef double* zero = &self.zero[0, 0]
-        with nogil:
-            for i in range(self.next_pair, end_pair):
-                pos = (i - lag) % win
-                j = (i - lag) // win
-                # 1. prefix of block j (j >= 1) in the frame of block j - 1
-                if j >= 1:
-                    if pos == 0:
-                        memset(pre, 0, 6 * nl * sizeof(double))
-                        self.pre_uniform = True
-                    u = tb[i - buf0]
+        for i in range(self.next_pair, end_pair):
+            pos = (i - lag) % win
+            j = (i - lag) // win
+            # 1. prefix of block j (j >= 1) in the frame of block j - 1
+            if j >= 1:
+                if pos == 0:
+                    memset(pre, 0, 6 * nl * sizeof(double))
+                    self.pre_uniform = True
+                u = tb[i - buf0]
+                if isfinite(u):
+                    self.pre_uniform = _add_pair_all_lags(
+                        pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
+                        cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
+            # 2. block j complete: new shift, suffix aggregates at window starts, backwards
+            if pos == win - 1:
+                b = i - win + 1 - buf0
+                self.shift_t = _finite_median(&tb[b], win, scratch)
+                self.shift_c = _finite_median(&cb[b + lag], win, scratch)
+                st = self.shift_t
+                sc = self.shift_c
+                self.suf_q0 = (inc - (j * win) % inc) % inc
+                memset(run, 0, 6 * nl * sizeof(double))
+                run_uniform = True
+                for q in range(win - 1, -1, -1):
+                    u = tb[b + q]
                     if isfinite(u):
-                        self.pre_uniform = _add_pair_all_lags(
-                            pre, nl, u - self.shift_t, &cb[i - buf0], self.shift_c,
-                            cbad[i - buf0 + nl] == cbad[i - buf0], self.pre_uniform)
-                # 2. block j complete: new shift, suffix aggregates at window starts, backwards
+                        run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
+                                                         cbad[b + q + nl] == cbad[b + q], run_uniform)
+                    if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
+                        slot = (q - self.suf_q0) // inc
+                        memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
+            # 3. the window ending at pair i
+            t0 = i - win + 1
+            if t0 >= lag and (t0 - lag) % inc == 0:
+                starts[w_out] = t0
                 if pos == win - 1:
-                    b = i - win + 1 - buf0
-                    self.shift_t = _finite_median(&tb[b], win, scratch)
-                    self.shift_c = _finite_median(&cb[b + lag], win, scratch)
-                    st = self.shift_t
-                    sc = self.shift_c
-                    self.suf_q0 = (inc - (j * win) % inc) % inc
-                    memset(run, 0, 6 * nl * sizeof(double))
-                    run_uniform = True
-                    for q in range(win - 1, -1, -1):
-                        u = tb[b + q]
-                        if isfinite(u):
-                            run_uniform = _add_pair_all_lags(run, nl, u - st, &cb[b + q], sc,
-                                                             cbad[b + q + nl] == cbad[b + q], run_uniform)
-                        if q >= self.suf_q0 and (q - self.suf_q0) % inc == 0:
-                            slot = (q - self.suf_q0) // inc
-                            memcpy(&self.suf[slot, 0, 0], run, 6 * nl * sizeof(double))
-                # 3. the window ending at pair i
-                t0 = i - win + 1
-                if t0 >= lag and (t0 - lag) % inc == 0:
-                    starts[w_out] = t0
-                    if pos == win - 1:
-                        rowp = &self.suf[0, 0, 0]  # whole block = suffix from position 0 (suf_q0 == 0 here)
-                        dyadsync_corr_all(rowp, zero, nl, win, &prof[w_out, 0])
-                    else:
-                        slot = (pos + 1 - self.suf_q0) // inc
-                        rowp = &self.suf[slot, 0, 0]
-                        dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out, 0])
-                    _window_values(&prof[w_out, 0], lag, half, self.rate_hz, &vals[w_out, 0])
-                    w_out += 1
-            self.next_pair = end_pair
+                    rowp = &self.suf[0, 0, 0]  # whole block = suffix from position 0 (suf_q0 == 0 here)
+                    dyadsync_corr_all(rowp, zero, nl, win, &prof[w_out * nl])
+                else:
+                    slot = (pos + 1 - self.suf_q0) // inc
+                    rowp = &self.suf[slot, 0, 0]
+                    dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out * nl])
+                _window_values(&prof[w_out * nl], lag, half, self.rate_hz, &vals[w_out * N_VALUES])
+                w_out += 1
+        self.next_pair = end_pair
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,19 +581,24 @@ cdef class WccEngine:
 
 cdef extern from *:
     """
-    /* The hot loops are compiled twice on x86-64 with GCC (AVX2 and the baseline); the
-       loader picks the one the CPU runs (function multi-versioning), so the build stays portable. */
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    #define DYADSYNC_CLONES __attribute__((target_clones("avx2", "default")))
-    #else
-    #define DYADSYNC_CLONES
-    #endif
+    /* The hot loops are compiled twice on x86-64 with GCC (AVX2 and the baseline, DYADSYNC_CLONES above);
+       the loader picks the one the CPU runs (function multi-versioning), so the build stays portable. */
 
     /* Add the pair (u, cv[l] - sc) of every lag to the raw cross sums Σuv. */
     DYADSYNC_CLONES static void dyadsync_sxy_add(double *restrict sxy, Py_ssize_t nl, double u,
             const double *restrict cv, double sc) {
         for (Py_ssize_t l = 0; l < nl; l++) {
             sxy[l] += u * (cv[l] - sc);
+        }
+    }
+
+    /* The same for two pairs in one sweep, in the same order as two calls (so the same sums): one load and
+       store of sxy per lag instead of two. */
+    DYADSYNC_CLONES static void dyadsync_sxy_add2(double *restrict sxy, Py_ssize_t nl, double u0,
+            const double *restrict cv0, double u1, const double *restrict cv1, double sc) {
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double a = sxy[l] + u0 * (cv0[l] - sc);
+            sxy[l] = a + u1 * (cv1[l] - sc);
         }
     }
 
@@ -498,6 +628,8 @@ cdef extern from *:
     }
     """
     void dyadsync_sxy_add(double* sxy, Py_ssize_t nl, double u, const double* cv, double sc) noexcept nogil
+    void dyadsync_sxy_add2(double* sxy, Py_ssize_t nl, double u0, const double* cv0, double u1,
+                           const double* cv1, double sc) noexcept nogil
     int dyadsync_corr_cstats(double sx, double sxx, const double* a, const double* b, const double* cfr,
                              const double* cm, const double* cmyy, const double* ciy, Py_ssize_t nl, double n,
                              double sc, double k, double* out) noexcept nogil
@@ -610,16 +742,23 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     cdef double* ciy = cmyy + ns
     cdef Py_ssize_t last_start = lag + (nw - 1) * inc
     cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
-    cdef double st, sc, u, sx, sxx, px, pxx
+    cdef double st, sc, u, u2, sx, sxx, px, pxx
     # S <= K·M bounds the relative error of r by about 3·n·eps·K = 1.5e-11 (unit roundoff 1.1e-16)
     cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
     cdef double* out
+    cdef unsigned char* mark = <unsigned char*>scratch  # win bytes inside scratch's 2·win doubles
     _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
     b = lag
     while b <= last_start:
         st = _frame(&tp[b], win, scratch)
         sc = _frame(&cp[b], win, scratch)
         q0 = (inc - (b - lag) % inc) % inc
+        # mark[x]: a window starts at block position x (x = q0 + s·inc); scratch is free until the next block
+        memset(mark, 0, win)
+        q = q0
+        while q < win:
+            mark[q] = 1
+            q += inc
         # suffix sums of block j at the window starts in it, backwards
         memset(acc, 0, nl * sizeof(double))
         sx = 0.0
@@ -630,8 +769,16 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
             u = tp[i] - st
             sx += u
             sxx += u * u
-            dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
-            if (q - q0) % inc == 0 and i <= last_start:
+            if not mark[q] and q > q0:  # no suffix is stored at q: add pairs q and q − 1 together
+                u2 = tp[i - 1] - st
+                sx += u2
+                sxx += u2 * u2
+                dyadsync_sxy_add2(acc, nl, u, &cp[i - lag], u2, &cp[i - 1 - lag], sc)
+                q -= 1
+                i -= 1
+            else:
+                dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
+            if mark[q] and i <= last_start:
                 slot = (q - q0) // inc
                 memcpy(&suf[slot * nl], acc, nl * sizeof(double))
                 sufx[2 * slot] = sx
@@ -649,8 +796,16 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                 u = tp[i] - st
                 px += u
                 pxx += u * u
-                dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
-            if p + 1 >= q0 and (p + 1 - q0) % inc == 0 and b + p + 1 <= last_start:
+                if p < pmax and not (mark[p + 1] and b + p + 1 <= last_start):
+                    # no window ends at p: add pairs p and p + 1 together
+                    u2 = tp[i + 1] - st
+                    px += u2
+                    pxx += u2 * u2
+                    dyadsync_sxy_add2(pre, nl, u, &cp[i - lag], u2, &cp[i + 1 - lag], sc)
+                    p += 1
+                else:
+                    dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
+            if mark[p + 1] and b + p + 1 <= last_start:
                 slot = (p + 1 - q0) // inc
                 ts = b + p + 1
                 k = (ts - lag) // inc

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _sosfilt
+from . import _eda, _sosfilt
+from ._arrays import real_1d
 from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos, sosfilt_zi
@@ -34,7 +35,7 @@ from .grid import FEATURE_RATE_HZ, GridResampler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EdaFeatures", "EdaStream", "Scr", "eda_features", "eda_front_reference"]
+__all__ = ["EdaFeatures", "EdaStream", "Scr", "eda_features", "eda_front_reference", "eda_grid_reference"]
 
 _NO_CONTACT = np.empty(0, dtype=np.uint8)
 
@@ -93,48 +94,43 @@ class EdaStream:
         self.scr_max_rise = int(round(scr_max_rise_s * FEATURE_RATE_HZ))
         self._lp = SosFilter(butter_sos(4, lowpass_hz, rate_hz), init="first")
         self._lp_zi_unit = sosfilt_zi(self._lp.sos)
-        self._tonic = SosFilter(butter_sos(2, tonic_hz, FEATURE_RATE_HZ), init="first")
+        self._tonic_sos = butter_sos(2, tonic_hz, FEATURE_RATE_HZ)
         self._t0_ns = t0_ns
-        self._grid = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns)
+        self._grid = self._grid_kernel(t0_ns)
         self.reset()
+
+    def _grid_kernel(self, t0_ns: int | None) -> _eda.EdaGridKernel:
+        """The grid stage (resampling, tonic/phasic split, SCR state machine) on the grid of ``t0_ns``."""
+        clock = GridResampler(self.rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns)  # validates and places the grid
+        return _eda.EdaGridKernel(
+            clock._off, clock._step, clock.clock.first_index, self._tonic_sos, sosfilt_zi(self._tonic_sos),
+            self.scr_onset_step_us, self.scr_min_amp_us, self.scr_max_rise,
+        )
 
     def reset(self) -> None:
         self._timeline = BlockTimeline(self.rate_hz)
         self._lp.reset()
-        self._tonic.reset()
         self._grid.reset()
         self._n = 0
         # raw-rate state of the kernel: previous raw sample (slope test), raw index of the last invalid
         # sample, samples seen, low-pass started (0/1), last finite low-pass input (zero-order hold)
         self._front = np.array([np.nan, -1e12, 0.0, 0.0, np.nan])
-        # SCR state machine on the grid
-        self._g_prev = np.nan  # previous grid eda_us
-        self._p_prev = np.nan  # previous grid phasic
-        self._g_prev_k = -1
-        self._rising = False
-        self._onset_k = -1
-        self._onset_v = np.nan
 
     @property
     def state_nbytes(self) -> int:
-        return self._lp.state_nbytes + self._tonic.state_nbytes + 64
+        return int(self._lp.state_nbytes + self._grid.state_nbytes + self._front.nbytes)
 
     def push_block(self, block: object) -> EdaFeatures:
         """Push a ``SampleBlock`` of raw µS: lost samples become NaN, ``CONTACT_LOST`` marks the block
         invalid, and — if the stream was made without ``t0_ns`` — the first block's ``t0_ns`` puts the
         features on the UTC grid."""
         if self._n == 0 and self._t0_ns is None:
-            self._grid = GridResampler(self.rate_hz, FEATURE_RATE_HZ, t0_ns=int(block.t0_ns))  # type: ignore[attr-defined]
+            self._grid = self._grid_kernel(int(block.t0_ns))  # type: ignore[attr-defined]
         values, contact = self._timeline.convert(block)
         return self.push(values, contact)
 
     def push(self, eda_us: object, contact: object | None = None) -> EdaFeatures:
-        x = eda_us
-        if type(x) is not np.ndarray or x.dtype != np.float64 or not x.flags.c_contiguous or x.ndim != 1:
-            x = np.asarray(x)
-            if x.ndim != 1 or x.dtype.kind not in "biuf":
-                raise DspError(f"eda_us must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
-            x = np.ascontiguousarray(x, dtype=np.float64)  # the kernel only reads it
+        x = real_1d(eda_us, "eda_us")  # the kernel only reads it
         cont = _NO_CONTACT
         if contact is not None:
             c = np.asarray(contact, dtype=bool)
@@ -147,37 +143,16 @@ class EdaStream:
             self.min_us, self.max_us, self.max_slope_us_s, self.rate_hz, self.guard_n,
         )
         self._n += len(x)
-        k, g = self._grid.push(y)
-        tonic = self._tonic.process(g)
-        phasic = g - tonic
+        k, g, tonic, phasic, valid, scr = self._grid.push(y)
         return EdaFeatures(
             index=k,
             eda_us=g,
             tonic_us=tonic,
             phasic_us=phasic,
-            valid=np.isfinite(g),
-            scr=self._scr(k, g, phasic) if len(k) else [],
+            valid=valid,
+            scr=[Scr(*e) for e in scr] if scr else [],
             n_invalid_raw=n_bad,
         )
-
-    def _scr(self, k: np.ndarray, g: np.ndarray, ph: np.ndarray) -> list[Scr]:
-        """Onset/peak state machine at 4 Hz (a handful of samples per push: a plain loop is fine)."""
-        out: list[Scr] = []
-        isfinite = math.isfinite
-        for kk, v, p in zip(k.tolist(), g.tolist(), ph.tolist(), strict=True):
-            gp, pp, pk = self._g_prev, self._p_prev, self._g_prev_k
-            if not (isfinite(v) and isfinite(p) and isfinite(gp) and isfinite(pp)):
-                self._rising = False
-            elif not self._rising:
-                if p - pp > self.scr_onset_step_us:
-                    self._rising, self._onset_k, self._onset_v = True, pk, gp
-            elif p - pp <= 0.0:  # the phasic part turned down: the previous sample was the peak
-                self._rising = False
-                amp = gp - self._onset_v
-                if amp >= self.scr_min_amp_us and pk - self._onset_k <= self.scr_max_rise:
-                    out.append(Scr(self._onset_k, pk, float(amp)))
-            self._g_prev, self._p_prev, self._g_prev_k = v, p, kk
-        return out
 
 
 def eda_features(
@@ -219,3 +194,43 @@ def eda_front_reference(
     last_bad = np.maximum.accumulate(np.where(bad, idx, -(10**12))) if n else np.empty(0)
     y[idx - last_bad <= guard_n] = np.nan
     return y, int(bad.sum())
+
+
+def eda_grid_reference(
+    y: np.ndarray,
+    rate_hz: float,
+    tonic_sos: np.ndarray,
+    t0_ns: int | None = None,
+    scr_onset_step_us: float = 0.05 / FEATURE_RATE_HZ,
+    scr_min_amp_us: float = 0.05,
+    scr_max_rise: int = 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, float]]]:
+    """Plain numpy/Python twin of the grid stage (``_eda.EdaGridKernel``) for a whole record of low-passed
+    µS ``y``: grid index and value (:class:`dsp_ext.grid.GridResampler`), tonic (``tonic_sos`` started in the
+    steady state of the first finite value), phasic, validity and the SCR events
+    ``(onset_index, peak_index, amplitude_us)``."""
+    from .filters import sosfilt_reference
+
+    k, g = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns).push(np.asarray(y, dtype=np.float64))
+    fin = np.flatnonzero(np.isfinite(g))
+    tonic = np.full(len(g), np.nan)
+    if len(fin):
+        tonic = sosfilt_reference(tonic_sos, g, sosfilt_zi(tonic_sos) * g[fin[0]])
+    phasic = g - tonic
+    out: list[tuple[int, int, float]] = []
+    g_prev = p_prev = onset_v = math.nan
+    g_prev_k = onset_k = -1
+    rising = False
+    for kk, v, p in zip(k.tolist(), g.tolist(), phasic.tolist(), strict=True):
+        if not (math.isfinite(v) and math.isfinite(p) and math.isfinite(g_prev) and math.isfinite(p_prev)):
+            rising = False
+        elif not rising:
+            if p - p_prev > scr_onset_step_us:
+                rising, onset_k, onset_v = True, g_prev_k, g_prev
+        elif p - p_prev <= 0.0:  # the phasic part turned down: the previous sample was the peak
+            rising = False
+            amp = g_prev - onset_v
+            if amp >= scr_min_amp_us and g_prev_k - onset_k <= scr_max_rise:
+                out.append((onset_k, g_prev_k, amp))
+        g_prev, p_prev, g_prev_k = v, p, kk
+    return k, g, tonic, phasic, np.isfinite(g), out

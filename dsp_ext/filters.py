@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _sosfilt
+from ._arrays import real_1d
 from .errors import DspError
 
 __all__ = ["SosFilter", "butter_sos", "sosfilt", "sosfilt_reference", "sosfilt_zi"]
@@ -177,12 +178,7 @@ class SosFilter:
 
     def process(self, x: object) -> np.ndarray:
         """Filter the next chunk; returns a new float64 array of the same length (the input is not changed)."""
-        a = x
-        if type(a) is not np.ndarray or a.dtype != np.float64 or a.ndim != 1 or not a.flags.c_contiguous:
-            a = np.asarray(x)
-            if a.ndim != 1 or a.dtype.kind not in "biuf":
-                raise DspError(f"filter input must be a 1-D real array, got shape {a.shape} dtype {a.dtype}")
-            a = np.ascontiguousarray(a, dtype=np.float64)
+        a = real_1d(x, "filter input")
         out = np.empty(a.shape[0])
         if not self._started:
             fin = np.flatnonzero(np.isfinite(a))

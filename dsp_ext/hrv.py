@@ -15,6 +15,9 @@ the shared grid.
   periodogram.
 
 An epoch with more than half of its grid points invalid gives NaN (never 0).
+
+The per-sample part (2 Hz series, detrend, band-pass, epoch bookkeeping) runs in the Cython kernel
+``_hrv.RsaKernel``; :func:`rsa_front_reference` is its numpy twin. The per-epoch statistics are numpy.
 """
 
 from __future__ import annotations
@@ -24,13 +27,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _hrv
 from .errors import DspError
-from .filters import SosFilter, butter_sos
+from .filters import butter_sos
 from .grid import FEATURE_RATE_HZ, GridClock
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HrvEpoch", "HrvStream", "hf_power_ln_ms2", "hrv_epochs", "rmssd_ms", "savgol_detrend_coeffs"]
+__all__ = [
+    "HrvEpoch",
+    "HrvStream",
+    "hf_power_ln_ms2",
+    "hrv_epochs",
+    "rmssd_ms",
+    "rsa_front_reference",
+    "savgol_detrend_coeffs",
+]
 
 SG_POINTS = 21
 SG_ORDER = 3
@@ -58,20 +70,31 @@ def savgol_detrend_coeffs(points: int = SG_POINTS, order: int = SG_ORDER) -> np.
     return np.linalg.pinv(a)[0]
 
 
-def hf_power_ln_ms2(resid_ms: np.ndarray, band_hz: tuple[float, float] = (0.15, 0.40)) -> float:
-    """ln of the power (ms²) in ``band_hz`` of a detrended 2 Hz IBI epoch (Hann-windowed periodogram)."""
+def _hf_setup(n: int, band_hz: tuple[float, float]) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Hann window, periodogram scale, band selection and bin width for epochs of ``n`` 2 Hz samples."""
+    w = np.hanning(n)
+    f = np.fft.rfftfreq(n, 1.0 / RSA_RATE_HZ)
+    sel = (f >= band_hz[0]) & (f <= band_hz[1])
+    return w, float(RSA_RATE_HZ * np.sum(w**2)), sel, float(f[1] - f[0]) if n > 1 else float("nan")
+
+
+def hf_power_ln_ms2(
+    resid_ms: np.ndarray,
+    band_hz: tuple[float, float] = (0.15, 0.40),
+    _setup: tuple[np.ndarray, float, np.ndarray, float] | None = None,
+) -> float:
+    """ln of the power (ms²) in ``band_hz`` of a detrended 2 Hz IBI epoch (Hann-windowed periodogram).
+    ``_setup``: :func:`_hf_setup` of this length and band, when the caller keeps it."""
     x = np.asarray(resid_ms, dtype=np.float64)
     fin = np.isfinite(x)
     if 2 * fin.sum() < len(x) or len(x) < 8:
         return float("nan")
     x = np.where(fin, x, 0.0)
     x = x - x[fin].mean() * fin
-    w = np.hanning(len(x))
-    spec = np.abs(np.fft.rfft(x * w)) ** 2 / (RSA_RATE_HZ * np.sum(w**2))
+    w, scale, sel, df = _setup if _setup is not None else _hf_setup(len(x), band_hz)
+    spec = np.abs(np.fft.rfft(x * w)) ** 2 / scale
     spec[1:-1] *= 2.0  # one-sided
-    f = np.fft.rfftfreq(len(x), 1.0 / RSA_RATE_HZ)
-    sel = (f >= band_hz[0]) & (f <= band_hz[1])
-    p = float(spec[sel].sum() * (f[1] - f[0]))
+    p = float(spec[sel].sum() * df)
     return float(np.log(p)) if p > 0 else float("nan")
 
 
@@ -115,29 +138,23 @@ class HrvStream:
             raise DspError(f"epoch_s={epoch_s!r} must be a whole number of 0.5-s samples, at least 8 s")
         self.epoch_n = int(round(n))  # samples of the 2 Hz series per epoch
         self.hf_band_hz = hf_band_hz
+        self._hf = _hf_setup(self.epoch_n, hf_band_hz)
         self._w = savgol_detrend_coeffs()
-        self._w_rev = self._w[::-1]  # a view, as before (same summation order in np.convolve)
-        self._h = SG_POINTS // 2
-        self._bp = SosFilter(butter_sos(2, rsa_band_hz, RSA_RATE_HZ, "bandpass"))
+        self._sos = butter_sos(2, rsa_band_hz, RSA_RATE_HZ, "bandpass")
+        self._kernel = _hrv.RsaKernel(self.epoch_n, self._w, self._sos)
         self.clock = GridClock(t0_ns)
         self.reset()
 
     def reset(self) -> None:
-        self._bp.reset()
-        self._grid_tail = np.empty(0)  # last 2h values of the 2 Hz IBI series (for the centred detrend)
-        self._k_next: int | None = None  # next 4 Hz grid index expected (set by the first push)
-        self._m_next = 0  # next 2 Hz index (= grid index // 2) expected
-        self._resid: list[float] = []  # detrended values of the current epoch
-        self._band: list[float] = []  # band-passed values of the current epoch
-        self._epoch = 0
-        self._started = False
-        self._beats: list[tuple[float, float, bool]] = []  # (beat_s, ibi_ms, valid) not yet in a closed epoch
+        self._kernel.reset()
+        # beats not yet in a closed epoch
+        self._bt: list[float] = []  # beat time (s)
+        self._bi: list[float] = []  # IBI ending there (ms)
+        self._bv: list[bool] = []  # IBI valid
 
     @property
     def state_nbytes(self) -> int:
-        return int(
-            8 * (len(self._grid_tail) + len(self._resid) + len(self._band) + 3 * len(self._beats)) + 256
-        )
+        return int(self._kernel.state_nbytes + 17 * len(self._bt) + 256)
 
     def push_features(self, f: object) -> list[HrvEpoch]:
         return self.push(f.beat_s, f.ibi_ms, f.ibi_valid, f.index, f.ibi_grid_ms)  # type: ignore[attr-defined]
@@ -150,99 +167,81 @@ class HrvStream:
         grid_index: np.ndarray,
         ibi_grid_ms: np.ndarray,
     ) -> list[HrvEpoch]:
-        if type(grid_index) is not np.ndarray or grid_index.dtype != np.int64:
-            grid_index = np.asarray(grid_index, dtype=np.int64)
+        gi = grid_index
+        if type(gi) is not np.ndarray or gi.dtype != np.int64 or not gi.flags.c_contiguous:
+            gi = np.ascontiguousarray(grid_index, dtype=np.int64)
         g = ibi_grid_ms
-        if type(g) is not np.ndarray or g.dtype != np.float64:
-            g = np.asarray(ibi_grid_ms, dtype=np.float64)
-        if len(grid_index) != len(g):
-            raise DspError(f"grid_index ({len(grid_index)}) and ibi_grid_ms ({len(g)}) differ in length")
-        if not len(grid_index):
-            # no new grid point: nothing to detrend; the beats wait for their epoch
-            if self._k_next is not None:
-                self._add_beats(beat_s, ibi_ms, ibi_valid)
-            return []
-        if self._k_next is None:
-            self._k_next = int(grid_index[0])
-            self._m_next = -(-self._k_next // _STEP)
-            self._epoch = self._m_next // self.epoch_n
-        if len(grid_index) and grid_index[0] != self._k_next:
-            raise DspError(
-                f"IBI grid jumps from index {self._k_next} to {grid_index[0]}: feed every point once"
-            )
-        even = (grid_index % _STEP) == 0
-        g = g[even]  # the 2 Hz series: every other grid point
-        first_new_m = self._m_next
-        if len(g):
-            first_new_m = int(grid_index[even][0]) // _STEP
-        self._k_next += len(grid_index)
-        self._m_next = first_new_m + len(g)
-        self._add_beats(beat_s, ibi_ms, ibi_valid)
-        # centred 21-point cubic detrend: residual for index k needs k + h
-        buf = np.concatenate((self._grid_tail, g))
-        first = self._m_next - len(buf)  # 2 Hz index of buf[0]
-        out: list[HrvEpoch] = []
-        if len(buf) >= SG_POINTS:
-            trend = np.convolve(buf, self._w_rev, mode="valid")  # trend of buf[h : len-h]
-            resid = buf[self._h : len(buf) - self._h] - trend
-            k0 = first + self._h  # 2 Hz index of resid[0]
-            # before the first centred fit (and before the first sample) there is nothing: invalid
-            if not self._started:
-                e_start = self._epoch * self.epoch_n
-                resid = np.concatenate((np.full(k0 - e_start, np.nan), resid))
-                k0 = e_start
-                self._started = True
-            band = self._bp.process(resid)
-            out = self._collect(k0, resid, band)
-            self._grid_tail = buf[len(buf) - 2 * self._h :]
-        else:
-            self._grid_tail = buf
-        return out
+        if type(g) is not np.ndarray or g.dtype != np.float64 or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(ibi_grid_ms, dtype=np.float64)
+        if gi.ndim != 1 or g.ndim != 1:
+            raise DspError(f"grid_index {gi.shape} and ibi_grid_ms {g.shape} must be 1-D")
+        # detrend, band-pass and epoch bookkeeping in the kernel (DspError if the grid jumps)
+        done = self._kernel.push(gi, g)
+        if self._kernel.has_grid:  # beats before the first grid point have no epoch
+            self._add_beats(beat_s, ibi_ms, ibi_valid)
+        return [self._close(e, resid, band) for e, resid, band in done] if done else []
 
     def _add_beats(self, beat_s: object, ibi_ms: object, ibi_valid: object) -> None:
-        if len(beat_s):  # type: ignore[arg-type]
-            self._beats.extend(
-                zip(
-                    np.asarray(beat_s, float).tolist(),
-                    np.asarray(ibi_ms, float).tolist(),
-                    np.asarray(ibi_valid, bool).tolist(),
-                    strict=True,
-                )
-            )
-        elif len(ibi_ms) or len(ibi_valid):  # type: ignore[arg-type]
+        n = len(beat_s)  # type: ignore[arg-type]
+        if len(ibi_ms) != n or len(ibi_valid) != n:  # type: ignore[arg-type]
             raise DspError("beat_s, ibi_ms and ibi_valid differ in length")
+        if n:
+            self._bt += np.asarray(beat_s, dtype=np.float64).tolist()
+            self._bi += np.asarray(ibi_ms, dtype=np.float64).tolist()
+            self._bv += np.asarray(ibi_valid, dtype=bool).tolist()
 
-    def _collect(self, k0: int, resid: np.ndarray, band: np.ndarray) -> list[HrvEpoch]:
-        out: list[HrvEpoch] = []
-        pos = 0
-        while pos < len(resid):
-            end_k = (self._epoch + 1) * self.epoch_n
-            take = min(len(resid) - pos, end_k - (k0 + pos))
-            self._resid.extend(resid[pos : pos + take].tolist())
-            self._band.extend(band[pos : pos + take].tolist())
-            pos += take
-            if k0 + pos == end_k:
-                out.append(self._close())
-        return out
-
-    def _close(self) -> HrvEpoch:
-        e = self._epoch
+    def _close(self, e: int, resid: np.ndarray, band: np.ndarray) -> HrvEpoch:
         start_k = e * self.epoch_n
         end_s = float(self.clock.rel_s((start_k + self.epoch_n) * _STEP))
-        band = np.asarray(self._band)
         fin = np.isfinite(band)
         rsa = (
             float(np.log(np.var(band[fin]))) if 2 * fin.sum() >= len(band) and fin.sum() > 1 else float("nan")
         )
-        hf = hf_power_ln_ms2(np.asarray(self._resid), self.hf_band_hz)
-        mine = [(t, i, v) for t, i, v in self._beats if t < end_s]
-        self._beats = [b for b in self._beats if b[0] >= end_s]
-        ibi = np.array([i for _, i, _ in mine])
-        valid = np.array([v for _, _, v in mine], dtype=bool)
-        rm = rmssd_ms(ibi, valid) if len(ibi) else float("nan")
-        self._resid, self._band = [], []
-        self._epoch += 1
-        return HrvEpoch(e, start_k * _STEP, rm, rsa, hf, len(mine))
+        hf = hf_power_ln_ms2(resid, self.hf_band_hz, self._hf)
+        t = np.array(self._bt, dtype=np.float64)
+        mine = t < end_s
+        later = t >= end_s  # a NaN beat time belongs to no epoch
+        n_mine = int(mine.sum())
+        rm = (
+            rmssd_ms(np.array(self._bi, dtype=np.float64)[mine], np.array(self._bv, dtype=bool)[mine])
+            if n_mine
+            else float("nan")
+        )
+        if n_mine or not later.all():
+            keep = later.tolist()
+            self._bt = [v for v, k in zip(self._bt, keep, strict=True) if k]
+            self._bi = [v for v, k in zip(self._bi, keep, strict=True) if k]
+            self._bv = [v for v, k in zip(self._bv, keep, strict=True) if k]
+        return HrvEpoch(e, start_k * _STEP, rm, rsa, hf, n_mine)
+
+
+def rsa_front_reference(
+    series_2hz: object, first_m: int, epoch_n: int, w: np.ndarray, sos: np.ndarray
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Plain numpy twin of the kernel ``_hrv.RsaKernel`` on a whole 2 Hz IBI series whose first value has
+    2 Hz index ``first_m``: the complete epochs ``(epoch, resid, band)`` (residual from the centred moving
+    cubic with weights ``w``, centred on the middle sample; band-pass ``sos`` with zero-order hold; the
+    first epoch NaN up to the first residual)."""
+    from .filters import sosfilt_reference
+
+    x = np.asarray(series_2hz, dtype=np.float64)
+    h = len(w) // 2
+    epoch = first_m // epoch_n
+    n_out = len(x) - 2 * h
+    if n_out <= 0:
+        return []
+    centre = x[h : h + n_out]
+    acc = np.zeros(n_out)
+    with np.errstate(invalid="ignore"):
+        for i in range(len(w)):
+            acc = acc + w[i] * (x[i : i + n_out] - centre)
+    resid = np.concatenate((np.full(first_m + h - epoch * epoch_n, np.nan), -acc))
+    band = sosfilt_reference(sos, resid)
+    n_ep = len(resid) // epoch_n
+    return [
+        (epoch + e, resid[e * epoch_n : (e + 1) * epoch_n], band[e * epoch_n : (e + 1) * epoch_n])
+        for e in range(n_ep)
+    ]
 
 
 def hrv_epochs(ppg_features: object, **kwargs: object) -> list[HrvEpoch]:

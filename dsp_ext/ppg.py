@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _ppg
+from . import _ibi, _ppg
+from ._arrays import real_1d
 from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
@@ -39,6 +40,7 @@ __all__ = [
     "IBI_MAX_MS",
     "IBI_MIN_MS",
     "IbiCorrector",
+    "IbiCorrectorReference",
     "PpgFeatures",
     "LiveHr",
     "PpgStream",
@@ -174,7 +176,42 @@ class IbiCorrector:
     MISSED — a beat is inserted in the middle of interval j; ECTOPIC, LONG, SHORT — beat j+1 is moved to the
     middle of beats j and j+2. The kind of each output beat names the correction of the interval ending
     there (``KIND_NAMES``).
+
+    The work is done by the Cython kernel ``_ibi.IbiKernel``; :class:`IbiCorrectorReference` is its plain
+    Python twin (the same numbers, tested on adversarial beat sequences).
     """
+
+    def __init__(self, keep: int = _QD_WIN + 8) -> None:
+        if isinstance(keep, bool) or not isinstance(keep, int | np.integer) or keep < _QD_WIN:
+            raise DspError(f"keep must be an integer >= {_QD_WIN} beats, got {keep!r}")
+        self.keep = int(keep)
+        self._kernel = _ibi.IbiKernel(self.keep)
+
+    def reset(self) -> None:
+        self._kernel.reset()
+
+    @property
+    def n_corrected(self) -> int:
+        """Intervals corrected since the last reset."""
+        return int(self._kernel.n_corrected)
+
+    @property
+    def _raw(self) -> range:
+        """Stand-in of the reference's kept beat list: only its length (beats held) is meaningful."""
+        return range(self._kernel.n_kept)
+
+    @property
+    def state_nbytes(self) -> int:
+        return int(self._kernel.state_nbytes)
+
+    def push(self, beats_s: object) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(beat_times_s, kind)`` of beats that became final (the very first beat: NORMAL).
+        ``beats_s``: finite, increasing raw beat times (s)."""
+        return self._kernel.push(real_1d(beats_s, "beat times"))  # DspError on a non-finite time
+
+
+class IbiCorrectorReference:
+    """Plain Python twin of :class:`IbiCorrector` (the reference the Cython kernel is tested against)."""
 
     def __init__(self, keep: int = _QD_WIN + 8) -> None:
         self.keep = keep

@@ -36,7 +36,10 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
 
 
 def _as_series(x: object, name: str) -> np.ndarray:
-    """Validate one input series and return it as a C-contiguous float64 array (never the caller's buffer)."""
+    """Validate one input series and return it as a C-contiguous float64 array (the caller's own array when it
+    already is one: the kernels only read it)."""
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.flags.c_contiguous:
+        return x
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - numpy raises many kinds
@@ -100,9 +103,12 @@ class StreamingWcc:
         c = _as_series(client_chunk, "client_chunk")
         starts, prof, vals = self._eng.push(t, c)
         self.last_profiles = prof
+        if not len(starts):
+            return []
+        # the kernel's rows hold exactly the WINDOW_VALUE_NAMES values, one row per start
         return [
-            (int(s), {name: float(v) for name, v in zip(WINDOW_VALUE_NAMES, row, strict=True)})
-            for s, row in zip(starts, vals, strict=True)
+            (s, dict(zip(WINDOW_VALUE_NAMES, row)))  # noqa: B905
+            for s, row in zip(starts.tolist(), vals.tolist())  # noqa: B905
         ]
 
     def reset(self) -> None:
@@ -117,5 +123,6 @@ class StreamingWcc:
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of state held (ring buffers and per-lag co-moments); constant after construction."""
+        """Bytes of state held (sample buffers at their capacity and per-lag co-moments): two blocks of samples
+        plus the lags, or the largest chunk pushed if that was longer."""
         return int(self._eng.state_nbytes)

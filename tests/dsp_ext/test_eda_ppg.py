@@ -256,7 +256,7 @@ def test_ibi_corrector_sorted_window_equals_plain_thresholds(monkeypatch):
     bad[[120, 240]] -= 0.25  # ectopic-like early beats
 
     def run() -> tuple[np.ndarray, np.ndarray]:
-        c = IbiCorrector()
+        c = ppg_mod.IbiCorrectorReference()
         parts = [c.push(p) for p in np.array_split(bad, 37)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -271,7 +271,7 @@ def test_ibi_corrector_sorted_window_equals_plain_thresholds(monkeypatch):
             ppg_mod._ALPHA * ppg_mod._quartile_dev([v[1] for v in vals]),
         )
 
-    monkeypatch.setattr(IbiCorrector, "_thresholds", plain)
+    monkeypatch.setattr(ppg_mod.IbiCorrectorReference, "_thresholds", plain)
     slow_t, slow_k = run()
     np.testing.assert_array_equal(fast_t, slow_t)
     np.testing.assert_array_equal(fast_k, slow_k)

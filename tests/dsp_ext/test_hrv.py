@@ -6,10 +6,20 @@ import numpy as np
 import pytest
 from scipy.signal import savgol_coeffs
 
+from dsp_ext import _hrv
 from dsp_ext.errors import DspError
-from dsp_ext.hrv import HrvStream, hf_power_ln_ms2, hrv_epochs, rmssd_ms, savgol_detrend_coeffs
+from dsp_ext.filters import butter_sos
+from dsp_ext.hrv import (
+    HrvStream,
+    hf_power_ln_ms2,
+    hrv_epochs,
+    rmssd_ms,
+    rsa_front_reference,
+    savgol_detrend_coeffs,
+)
 from dsp_ext.ppg import ppg_features
 
+from .conftest import KINDS, adversarial
 from .test_eda_ppg import _ppg_signal
 
 
@@ -112,3 +122,57 @@ def test_utc_grid_alignment_lines_epochs_up():
     assert np.isfinite(base[1].rsa_ln_ms2) and base[1].start_index % 120 == 0
     for e in shifted[1:]:
         assert e.start_index % 120 == 0 and 6.0 < e.rsa_ln_ms2 < 8.5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_rsa_kernel_equals_numpy_twin_for_any_chunking(kind, seed):
+    """Detrend + band-pass + epochs of ``_hrv.RsaKernel`` (pushed in random chunks of the 4 Hz grid) against
+    ``rsa_front_reference`` on the 2 Hz series (the even grid points)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([0, 1, 2, 20, 41, 42, 43, 200, 700, 2000]))
+    x = 850.0 + 40.0 * adversarial(rng, n, kind)
+    k_first = int(rng.choice([0, 1, 7, 118, 119, 6_800_000_001]))
+    gi = np.arange(k_first, k_first + n, dtype=np.int64)
+    epoch_n = int(rng.choice([16, 60]))
+    w = savgol_detrend_coeffs()
+    sos = butter_sos(2, (0.12, 0.40), 2.0, "bandpass")
+    before = x.copy()
+    kern = _hrv.RsaKernel(epoch_n, w, sos)
+    cuts = np.sort(rng.integers(0, n + 1, size=int(rng.integers(0, 60))))
+    got = []
+    for gs, xs in zip(np.split(gi, cuts), np.split(x, cuts), strict=True):
+        got += kern.push(gs, np.ascontiguousarray(xs))
+    assert np.array_equal(x, before, equal_nan=True)  # input never mutated
+    even = gi % 2 == 0
+    first_m = -(-k_first // 2)
+    ref = rsa_front_reference(x[even], first_m, epoch_n, w, sos)
+    msg = f"kind={kind} seed={seed} n={n} k_first={k_first} epoch_n={epoch_n} cuts={cuts.tolist()}"
+    assert [e for e, _, _ in got] == [e for e, _, _ in ref], msg
+    for (e, r1, b1), (_, r2, b2) in zip(got, ref, strict=True):
+        for a, b in ((r1, r2), (b1, b2)):
+            assert np.array_equal(np.isfinite(a), np.isfinite(b)), f"{msg} epoch={e}"
+            fin = np.isfinite(a)
+            assert np.array_equal(a[~fin], b[~fin], equal_nan=True), f"{msg} epoch={e}"
+            if fin.any():
+                assert np.max(np.abs(a[fin] - b[fin])) <= 1e-9, f"{msg} epoch={e}"
+    if kind == "constant" and got:  # a constant series has a zero residual once the fit is complete
+        r = np.concatenate([r for _, r, _ in got])
+        assert np.all(r[np.isfinite(r)] == 0.0), msg
+
+
+def test_rsa_kernel_input_checks():
+    w = savgol_detrend_coeffs()
+    sos = butter_sos(2, (0.12, 0.40), 2.0, "bandpass")
+    k = _hrv.RsaKernel(60, w, sos)
+    with pytest.raises(DspError):
+        k.push(np.arange(3, dtype=np.int64), np.ones(3, dtype=np.float32))
+    with pytest.raises(DspError):
+        k.push(np.arange(3, dtype=np.int32), np.ones(3))
+    with pytest.raises(DspError):
+        k.push(np.arange(3, dtype=np.int64), np.ones(4))
+    with pytest.raises(ValueError):
+        _hrv.RsaKernel(60, w[:20], sos)
+    s = HrvStream()
+    with pytest.raises(DspError):
+        s.push(np.array([1.0]), np.empty(0), np.empty(0, dtype=bool), np.array([0, 1]), np.ones(2))

@@ -226,6 +226,21 @@ def test_streaming_equals_batch(uneven):
         assert_same(_stream(p, t2, c2, rng, uneven), wcc(t2, c2, p), f"uneven={uneven} kind={kind}")
 
 
+def test_streaming_small_windows_uneven_chunks_match_reference():
+    """The streaming kernel's sample buffers (append, skip before the first window, trim per block, the
+    running count of non-finite client samples) with small windows, pushed in uneven chunks."""
+    rng = np.random.default_rng(77)
+    for _ in range(40):
+        win, inc, lag = int(rng.integers(2, 13)), int(rng.integers(1, 6)), int(rng.integers(0, 6))
+        pw = int(rng.choice([3, 5, 7]))
+        p = SyncParams(rate_hz=1.0, win_s=win, inc_s=inc, lag_s=lag, peak_window=pw)
+        n = win + 2 * lag + int(rng.integers(0, 120))
+        kt, kc = rng.choice(KINDS, size=2)
+        t, c = adversarial(rng, n, str(kt)), adversarial(rng, n, str(kc))
+        ctx = f"win={win} inc={inc} lag={lag} pw={pw} n={n} kinds=({kt},{kc})"
+        assert_same(_stream(p, t, c, rng, uneven=True), wcc_reference(t, c, p), ctx)
+
+
 def test_streaming_reset_and_state(rng):
     p = SyncParams()
     s = StreamingWcc(p)
