@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from typing import Any
 
 from .errors import ConfigError, SensorError
@@ -25,6 +26,10 @@ class TCA9548A(I2CDriver):
 
     def __init__(self, bus: Any, address: int = 0x70, **io: Any) -> None:
         super().__init__(bus, address, **io)
+        # held from a channel's select to the end of its transaction: the sensors behind one mux are read by
+        # several threads, and a select by one between another's select and transfer would send that transfer
+        # to the wrong channel (to the other participant's chip when both sit at the same address)
+        self.lock = threading.RLock()
         self._selected: int | None = None  # control byte last written successfully; None = unknown
         self.selects = 0
 
@@ -68,8 +73,9 @@ class TCA9548A(I2CDriver):
 class MuxChannelBus:
     """An smbus2-like bus that reaches the chips on one TCA9548A channel.
 
-    Every method selects the channel first (a cached no-op if already selected); any OSError invalidates
-    the cache so the next call re-selects, in case the mux itself missed a write.
+    Every method selects the channel first (a cached no-op if already selected) and runs the transfer with
+    the mux's lock held, so threads sharing the mux cannot interleave a select between them; any OSError
+    invalidates the cache so the next call re-selects, in case the mux itself missed a write.
     """
 
     _METHODS = (
@@ -93,12 +99,15 @@ class MuxChannelBus:
             raise AttributeError(name)
         target = getattr(self.mux.bus, name)
 
+        mux, channel = self.mux, self.channel
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            self.mux.select(self.channel)
-            try:
-                return target(*args, **kwargs)
-            except OSError:
-                self.mux.invalidate()
-                raise
+            with mux.lock:
+                mux.select(channel)
+                try:
+                    return target(*args, **kwargs)
+                except OSError:
+                    mux.invalidate()
+                    raise
 
         return call

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -445,3 +447,47 @@ def test_emulator_datasheet_facts_ads1115_and_tca9548a():
     assert bus.read_byte(0x77) == 0x00  # all channels off at power-on
     bus.write_byte(0x77, 0b1010_0001)
     assert bus.read_byte(0x77) == 0xA1 and tca.control == 0xA1
+
+
+class _YieldingBus:
+    """A bus whose every transfer gives up the GIL first (as smbus2's ioctl does on a Pi), so threads sharing
+    a mux interleave between a channel select and the transfer that follows it."""
+
+    def __init__(self, bus: FakeSMBus) -> None:
+        self._bus = bus
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._bus, name)
+
+        def call(*args, **kwargs):
+            time.sleep(0)
+            return fn(*args, **kwargs)
+
+        return call
+
+
+def test_threads_sharing_a_mux_never_read_the_other_channel(sim):
+    """Therapist and client ADS1115 at the same address on two channels of one TCA9548A, read by two threads:
+    every register read comes from the reading thread's own chip (the channel bus holds the mux lock from the
+    select to the end of the transfer)."""
+    clock, fake = sim
+    mux = fake.attach(TCA9548AEmulator(address=0x70, clock=clock))
+    chips = {ch: mux.attach(ch, ADS1115Emulator({0: lambda t: 1.0}, clock=clock)) for ch in (1, 6)}
+    for ch, chip in chips.items():
+        chip.regs[0x02] = 0x1000 + ch  # Lo_thresh marks the chip
+    tca = TCA9548A(_YieldingBus(fake), 0x70, sleep=clock.sleep, monotonic=clock.now)
+    wrong: list[tuple[int, int]] = []
+
+    def reader(ch: int) -> None:
+        bus = tca.channel_bus(ch)
+        for _ in range(400):
+            raw = bus.read_i2c_block_data(0x48, 0x02, 2)
+            if (raw[0] << 8 | raw[1]) != 0x1000 + ch:
+                wrong.append((ch, raw[0] << 8 | raw[1]))
+
+    threads = [threading.Thread(target=reader, args=(ch,)) for ch in chips]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, f"{len(wrong)} reads came from the other participant's chip, e.g. {wrong[:3]}"
