@@ -128,7 +128,7 @@ def streaming_cost(seconds: int, chunk_s: int = 1) -> tuple[float, int]:
         phase = 2 * np.pi * hz * t_p
         ppg.append(20000 + 500 * np.maximum(np.sin(phase), 0) ** 3 + 5 * rng.standard_normal(n_p))
     eda_s = [EdaStream(eda_rate), EdaStream(eda_rate)]
-    ppg_s = [PpgStream(ppg_rate), PpgStream(ppg_rate)]
+    ppg_s = [PpgStream(ppg_rate, live=True), PpgStream(ppg_rate, live=True)]
     hrv_s = [HrvStream(), HrvStream()]
     sync_eda = StreamingWcc(SyncParams())
     sync_hr = StreamingWcc(SyncParams())
@@ -141,7 +141,7 @@ def streaming_cost(seconds: int, chunk_s: int = 1) -> tuple[float, int]:
         for i in range(2):
             hrv_s[i].push_features(fp[i])
         sync_eda.push(fe[0].eda_us, fe[1].eda_us)
-        sync_hr.push(fp[0].hr_bpm, fp[1].hr_bpm)
+        sync_hr.push(fp[0].live_hr_bpm, fp[1].live_hr_bpm)  # the unit default (dsp.hr_grid = "live")
     per_s = (time.perf_counter() - t0) / seconds
     state = sum(x.state_nbytes for x in (*eda_s, *ppg_s, *hrv_s, sync_eda, sync_hr))
     return per_s, state
