@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -227,6 +228,53 @@ def test_two_max30102_behind_tca9548a(sim):
     clock.advance(0.1)
     assert drivers["therapist"].read_fifo().red[0] - 1000 == t[-1] + 1
     assert mux.writes_to(None)[-1] == (1,)
+
+
+class PreemptingBus:
+    """A bus on which thread "A" is preempted right after its mux select, and thread "B" gets to run its own
+    select and transaction before A's transaction goes out (the worst moment)."""
+
+    def __init__(self, bus, mux_address):
+        self._bus = bus
+        self._mux = mux_address
+        self.a_selected = threading.Event()
+        self.b_done = threading.Event()
+
+    def write_byte(self, addr, value, force=None):
+        self._bus.write_byte(addr, value)
+        if addr == self._mux and threading.current_thread().name == "A":
+            self.a_selected.set()
+            self.b_done.wait(0.3)  # B cannot finish while A holds the mux: then A goes on after 0.3 s
+
+    def __getattr__(self, name):
+        return getattr(self._bus, name)
+
+
+def test_mux_select_and_transaction_are_one_step_across_threads(sim):
+    """Two chips at one address behind the mux, driven from two threads: a thread switching the mux between
+    another thread's select and its transaction must not make that transaction reach the wrong chip."""
+    clock, bus = sim
+    mux = bus.attach(TCA9548AEmulator(clock=clock))
+    mux.attach(0, MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, part_id=0x15))
+    mux.attach(1, MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, part_id=0x16))
+    gate = PreemptingBus(bus, 0x70)
+    tca = TCA9548A(gate)
+    got = {}
+
+    def a():
+        got["A"] = tca.channel_bus(0).read_byte_data(0x57, 0xFF)
+
+    def b():
+        gate.a_selected.wait(2.0)
+        got["B"] = tca.channel_bus(1).read_byte_data(0x57, 0xFF)
+        gate.b_done.set()
+
+    threads = [threading.Thread(target=a, name="A"), threading.Thread(target=b, name="B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+    assert got == {"A": 0x15, "B": 0x16}
 
 
 def test_fifo_read_with_i2c_rdwr_beyond_32_bytes(sim):
