@@ -159,15 +159,20 @@ class ADS1115(I2CDriver):
 
 @dataclass
 class ScanResult:
+    """Per channel: for every scan run, its number ``k`` (scheduled at :meth:`MultiplexedScanner.time_of`),
+    the host time the conversion started and the result in volts (NaN if it failed)."""
+
     times_s: list[float] = field(default_factory=list)
     volts: list[float] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
 
 
 class MultiplexedScanner:
     """Sample several ADS1115 inputs, each at ``rate_hz``, by single-shot conversions on a fixed schedule.
 
-    Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``). A scan that starts more than one
-    period late is skipped and counted in ``missed_scans`` (never silently). Bus errors inside a scan are
+    Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``; :meth:`time_of`). A scan that starts
+    more than one period late is skipped and counted in ``missed_scans`` (never silently; the scan numbers
+    in the results then jump). Bus errors inside a scan are
     retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
     is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
     scan's values are NaN. The scanner itself never raises on bus errors.
@@ -199,6 +204,12 @@ class MultiplexedScanner:
         if self._t0 is None:
             return self.adc.monotonic()
         return self._t0 + self._k / self.rate_hz
+
+    def time_of(self, k: int) -> float:
+        """Scheduled host time of scan ``k`` (after the first poll)."""
+        if self._t0 is None:
+            raise SensorError(errno.EIO, "MultiplexedScanner.time_of before the first poll")
+        return self._t0 + k / self.rate_hz
 
     def poll(self) -> int:
         """Run the scans that are due now; returns how many were run."""
@@ -234,6 +245,7 @@ class MultiplexedScanner:
                 res = self.results[name]
                 res.times_s.append(t)
                 res.volts.append(v)
+                res.index.append(self._k)
             self._k += 1
             ran += 1
             now = self.adc.monotonic()

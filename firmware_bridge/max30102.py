@@ -8,12 +8,22 @@ full FIFO are always the ones *before* the samples read next (the oldest were ov
 ``OVF_COUNTER`` saturates at 31: a read that finds it at 31 lost at least 31 samples and the count is
 flagged inexact (``FifoData.lost_exact``); poll at least every 31 sample periods plus the 32-deep FIFO
 (0.63 s at 100 Hz) to keep the count exact.
+
+A FIFO that fills up *while* it is being read (a drain spread over several transactions, or a read started
+on an almost full FIFO) overwrites samples that the count did not expect, and the next popped sample
+resets ``OVF_COUNTER``: that loss would be silent. Every overwrite also moves ``FIFO_RD_PTR`` on, so the next
+read finds the read pointer further than the samples it popped plus ``OVF_COUNTER`` say; the difference is
+added to the loss (``FifoData.overwritten``; those samples were missing inside the previous drain, not
+before this one). Each drain also reports when its pointer snapshot was taken (``FifoData.snapshot_s``,
+driver clock before and after the pointer read) so that a caller can time the samples by the chip's
+sample clock (:class:`firmware_bridge.fifoclock.FifoClock`) instead of by when the drain happened.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,13 +84,16 @@ REGS = register_map(
 class FifoData:
     """One FIFO drain. ``red``/``ir`` are 18-bit ADC counts (uint32). ``lost_before`` samples were lost
     before these (FIFO overflow); ``lost_exact`` is False when the overflow counter saturated or the chip
-    had to be re-initialised (then ``lost_before`` is a lower bound)."""
+    had to be re-initialised (then ``lost_before`` is a lower bound). ``snapshot_s``: the driver clock just
+before and just after the pointer snapshot the drain is based on."""
 
     red: np.ndarray
     ir: np.ndarray
     lost_before: int = 0
     lost_exact: bool = True
     reinitialised: bool = False
+    snapshot_s: tuple[float, float] = (math.nan, math.nan)  # driver clock before / after the pointer read
+    overwritten: int = 0  # of lost_before: overwritten while the previous drain was being read
 
     @property
     def n(self) -> int:
@@ -148,7 +161,9 @@ class MAX30102(I2CDriver):
         self.lost_samples = 0
         self.lost_inexact_events = 0
         self.overflows = 0
+        self.overwritten = 0  # samples overwritten while a drain was being read (found at the next drain)
         self.samples_read = 0
+        self._expect_rd: int | None = None  # FIFO_RD_PTR after the last drain, if no sample was overwritten
 
     @property
     def output_rate_hz(self) -> float:
@@ -198,6 +213,7 @@ class MAX30102(I2CDriver):
 
     def _clear_fifo(self) -> None:
         self._io("write_i2c_block_data", REGS["FIFO_WR_PTR"].address, [0, 0, 0])  # WR_PTR, OVF, RD_PTR
+        self._expect_rd = 0
 
     def _verify_config(self) -> None:
         want = {
@@ -227,19 +243,26 @@ class MAX30102(I2CDriver):
                 logger.warning("%s; re-initialising", exc)
                 self.initialised = False
         self.counters.reinits += 1
+        self._expect_rd = None
         self.init()
         self.lost_inexact_events += 1
         empty = np.zeros(0, dtype=np.uint32)
         return FifoData(empty, empty, 0, lost_exact=False, reinitialised=True)
 
     def _read_fifo(self) -> FifoData:
+        t0 = self.monotonic()
         wr, ovf, rd = self.read_block(REGS["FIFO_WR_PTR"].address, 3)  # one transaction: consistent snapshot
+        t1 = self.monotonic()
         wr &= 0x1F
         ovf &= 0x1F
         rd &= 0x1F
         n = (wr - rd) % FIFO_DEPTH
         if n == 0 and ovf > 0:
             n = FIFO_DEPTH  # full: the pointers meet
+        overwritten = 0
+        if self._expect_rd is not None and ovf < 0x1F:
+            # each overwrite moved RD_PTR on; the ones OVF_COUNTER no longer counts happened during the last drain
+            overwritten = (rd - self._expect_rd - ovf) % FIFO_DEPTH
         raw = bytearray()
         if self.use_i2c_rdwr and n:
             raw += self._read_rdwr(REGS["FIFO_DATA"].address, n * BYTES_PER_SAMPLE)
@@ -253,14 +276,18 @@ class MAX30102(I2CDriver):
         red = np.ascontiguousarray(values[0::2])
         ir = np.ascontiguousarray(values[1::2])
         exact = ovf < 0x1F
-        if ovf:
+        self._expect_rd = (rd + n) % FIFO_DEPTH
+        lost = ovf + overwritten
+        if lost:
             self.overflows += 1
-            self.lost_samples += ovf
+            self.lost_samples += lost
+            self.overwritten += overwritten
             if not exact:
                 self.lost_inexact_events += 1
-            logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost", self.address, ovf, "" if exact else "+")
+            logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost%s", self.address, lost,
+                           "" if exact else "+", f" ({overwritten} while the last drain was read)" if overwritten else "")
         self.samples_read += n
-        return FifoData(red, ir, ovf, exact)
+        return FifoData(red, ir, lost, exact, snapshot_s=(t0, t1), overwritten=overwritten)
 
     def _read_rdwr(self, reg: int, length: int) -> bytes:
         """One combined write-register/read-n transaction (no 32-byte SMBus limit)."""
@@ -293,6 +320,7 @@ class MAX30102(I2CDriver):
             lost_samples=self.lost_samples,
             lost_inexact_events=self.lost_inexact_events,
             overflows=self.overflows,
+            overwritten=self.overwritten,
             samples_read=self.samples_read,
         )
         return out

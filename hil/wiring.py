@@ -328,27 +328,36 @@ class SimulatedRoom:
             elif kind == "nack_burst" and target in self._chips:
                 self._chips[target].faults.nack_next(int(f.get("count", 1)))
             elif kind == "fifo_stall" and target in self._chip_bus:
-                self._chip_bus[target].stall(float(f["duration_s"]), self._chips[target].address)
+                self._chip_bus[target].stall(float(f["duration_s"]), self._chips[target])
             else:
                 continue
             logger.info("hil: fault %s on %s at %.1f s", kind, target, self.sim_time_s())
 
 
 class _StallableBus:
-    """A bus wrapper whose next transaction blocks for a while (clock stretching by a stuck device): the
-    driver's FIFO read completes late, and meanwhile the sensor's FIFO overflows."""
+    """A bus wrapper whose next transaction reaching a given chip blocks for a while (clock stretching by a
+    stuck device: the whole bus waits): the driver's FIFO read completes late, and meanwhile the sensor's
+    FIFO overflows. Behind a mux, a transaction reaches the chip only while its channel is selected."""
 
     def __init__(self, bus: Any, clock: Any) -> None:
         self.bus = bus
         self.clock = clock
         self._stall_s = 0.0
-        self._stall_addr: int | None = None
+        self._stall_chip: Any = None
         self._lock = threading.Lock()
 
-    def stall(self, duration_s: float, address: int | None = None) -> None:
+    def stall(self, duration_s: float, chip: Any = None) -> None:
         with self._lock:
             self._stall_s = duration_s
-            self._stall_addr = address
+            self._stall_chip = chip
+
+    def _reaches(self, args: tuple) -> bool:
+        if self._stall_chip is None:
+            return True
+        if not args:
+            return False
+        addr = getattr(args[0], "addr", args[0])  # i2c_rdwr passes messages
+        return isinstance(addr, int) and self._stall_chip in self.bus._targets(addr)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.bus, name)
@@ -358,7 +367,7 @@ class _StallableBus:
         def call(*args: Any, **kw: Any) -> Any:
             with self._lock:
                 stall = 0.0
-                if self._stall_s and (self._stall_addr is None or (args and args[0] == self._stall_addr)):
+                if self._stall_s and self._reaches(args):
                     stall, self._stall_s = self._stall_s, 0.0
             if stall:
                 self.clock.sleep(stall)
