@@ -24,6 +24,7 @@ scans, a reopened sensor) are counted as lost (``sample_losses``), and the block
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ from .sources import Source
 logger = logging.getLogger(__name__)
 
 _MUXES: dict[tuple[int, int], Any] = {}  # (id(bus), mux address) -> TCA9548A, shared by sensors on one mux
+_MUXES_LOCK = threading.Lock()  # sensors are opened by their source threads at the same time
 
 
 def _sensor_bus(sensor: Any, hardware: Any) -> Any:
@@ -48,9 +50,10 @@ def _sensor_bus(sensor: Any, hardware: Any) -> Any:
     from firmware_bridge.tca9548a import TCA9548A
 
     key = (id(bus), sensor.mux_address)
-    if key not in _MUXES:
-        _MUXES[key] = TCA9548A(bus, sensor.mux_address)
-    return _MUXES[key].channel_bus(sensor.mux_channel)
+    with _MUXES_LOCK:  # one driver (one lock) per mux: two would let two threads switch it under each other
+        if key not in _MUXES:
+            _MUXES[key] = TCA9548A(bus, sensor.mux_address)
+        return _MUXES[key].channel_bus(sensor.mux_channel)
 
 
 class _Paced(Source):
@@ -172,7 +175,7 @@ class Max30102Source(_Paced):
                 self._restart()
                 return []
             drains.append(again)
-        firsts = [self.fifo_clock.observe(*f.snapshot_s, f.n, f.lost_before, f.lost_exact) for f in drains]
+        firsts = [self.fifo_clock.observe(*f.snapshot_s, f.n, f.lost_before, f.lost_exact, f.queued) for f in drains]
         out: list[SampleBlock] = []
         for f, first in zip(drains, firsts, strict=True):
             if f.n == 0:

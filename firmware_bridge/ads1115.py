@@ -81,6 +81,7 @@ class ADS1115(I2CDriver):
         self.data_rate_sps = data_rate_sps
         self.conversions = 0
         self.timeouts = 0
+        self.last_start_s = math.nan  # driver clock just after the last single-shot conversion was started
         self._continuous_mux: str | None = None
 
     # ---------------------------------------------------------------------------------- registers
@@ -122,8 +123,9 @@ class ADS1115(I2CDriver):
         """One single-shot conversion of ``channel``: start, poll OS until ready, read the code."""
         mux = _mux_name(channel)
         self.write_register(0x01, self._config(mux, "single", start=True))
+        self.last_start_s = self.monotonic()  # the conversion started before this (the config write)
         self._continuous_mux = None
-        deadline = self.monotonic() + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
+        deadline = self.last_start_s + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
         self.sleep(self.conversion_s * (1 + 0.02))
         while not self.read_register(0x01) & 0x8000:
             if self.monotonic() > deadline:
@@ -172,7 +174,9 @@ class MultiplexedScanner:
 
     Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``; :meth:`time_of`). A scan that starts
     more than one period late is skipped and counted in ``missed_scans`` (never silently; the scan numbers
-    in the results then jump). Bus errors inside a scan are
+    in the results then jump); so is a conversion that, though due in time, was only started (its config
+    write done) a period or more after its scheduled time (the thread was preempted in between): every
+    result was sampled less than one period after its scheduled time. Bus errors inside a scan are
     retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
     is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
     scan's values are NaN. The scanner itself never raises on bus errors.
@@ -231,6 +235,7 @@ class MultiplexedScanner:
                     self._needs_init = False
                 except SensorError as exc:
                     logger.warning("ADS1115 re-initialisation failed: %s", exc)
+            late = False
             for name in self.channels:
                 t = self.adc.monotonic()
                 v = math.nan
@@ -240,12 +245,19 @@ class MultiplexedScanner:
                     except SensorError as exc:
                         logger.warning("%s", exc)
                         self._needs_init = True
+                    else:
+                        late = late or self.adc.last_start_s - due >= 1.0 / self.rate_hz
                 if math.isnan(v):
                     self.failed += 1
                 res = self.results[name]
                 res.times_s.append(t)
                 res.volts.append(v)
                 res.index.append(self._k)
+            if late:  # started too late to be this scan: not a sample of it
+                for name in self.channels:
+                    res = self.results[name]
+                    del res.times_s[-1], res.volts[-1], res.index[-1]
+                self.missed_scans += 1
             self._k += 1
             ran += 1
             now = self.adc.monotonic()

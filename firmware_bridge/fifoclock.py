@@ -85,14 +85,15 @@ class FifoClock:
         return self._hi - self._lo if self.synced else math.inf
 
     # ------------------------------------------------------------------------------------------ polls
-    def observe(self, r0: float, r1: float, n: int, lost: int = 0, exact: bool = True) -> int:
+    def observe(self, r0: float, r1: float, n: int, lost: int = 0, exact: bool = True, queued: int = 0) -> int:
         """One FIFO poll: ``n`` samples read after ``lost`` lost ones (a lower bound when not ``exact``), the
-        pointer snapshot taken between host times ``r0`` and ``r1``. Returns the number of the first sample
+        pointer snapshot taken between host times ``r0`` and ``r1``, when ``queued`` more samples had been
+        taken after the ``n`` (a snapshot taken after the drain). Returns the number of the first sample
         read."""
         if not r1 >= r0:
             raise ValueError(f"poll window must have r1 >= r0, got {r0!r}, {r1!r}")
-        if n < 0 or lost < 0:
-            raise ValueError(f"n and lost must be >= 0, got {n}, {lost}")
+        if n < 0 or lost < 0 or queued < 0:
+            raise ValueError(f"n, lost and queued must be >= 0, got {n}, {lost}, {queued}")
         if self._base is None:
             self._base = r0
         x0, x1 = r0 - self._base, r1 - self._base
@@ -100,12 +101,12 @@ class FifoClock:
         if not exact and self._n.size:
             # the newest sample number from the line, as small as the bounds allow; the polls numbered on the
             # old count are set aside until the new ones tell by how many whole periods it was off
-            n_end = max(n_end, math.floor((x0 - self._hi) / self.period_s) + 1)
+            n_end = max(n_end, math.floor((x0 - self._hi) / self.period_s) + 1 - queued)
             self._old = (self._n, self._r0, self._r1, self._lo, self._hi)
             self._since_inexact = 0
             self._n = self._r0 = self._r1 = np.empty(0, dtype=np.float64)
         self.count = n_end
-        self._n = np.append(self._n, float(n_end))
+        self._n = np.append(self._n, float(n_end + queued))
         self._r0 = np.append(self._r0, x0)
         self._r1 = np.append(self._r1, x1)
         old = self._r1 < x1 - self.window_s

@@ -9,14 +9,18 @@ full FIFO are always the ones *before* the samples read next (the oldest were ov
 flagged inexact (``FifoData.lost_exact``); poll at least every 31 sample periods plus the 32-deep FIFO
 (0.63 s at 100 Hz) to keep the count exact.
 
-A FIFO that fills up *while* it is being read (a drain spread over several transactions, or a read started
-on an almost full FIFO) overwrites samples that the count did not expect, and the next popped sample
-resets ``OVF_COUNTER``: that loss would be silent. Every overwrite also moves ``FIFO_RD_PTR`` on, so the next
-read finds the read pointer further than the samples it popped plus ``OVF_COUNTER`` say; the difference is
-added to the loss (``FifoData.overwritten``; those samples were missing inside the previous drain, not
-before this one). Each drain also reports when its pointer snapshot was taken (``FifoData.snapshot_s``,
-driver clock before and after the pointer read) so that a caller can time the samples by the chip's
-sample clock (:class:`firmware_bridge.fifoclock.FifoClock`) instead of by when the drain happened.
+A FIFO that fills up *while* it is being read (a drain started on an almost full FIFO, or a drain delayed
+between the pointer read and the data read) overwrites samples that the count did not expect, and the next
+popped sample resets ``OVF_COUNTER``: that loss would be silent. Every overwrite also moves ``FIFO_RD_PTR``
+on. So when a drain took long enough for the FIFO to fill up, the pointers are read again: the read pointer
+further on than the samples popped plus ``OVF_COUNTER`` say is the number overwritten during the drain,
+added to the loss before it (``FifoData.overwritten``; exact in position with one burst read, where the
+overwrites precede the data; inside the drain with the 5-sample SMBus reads). A drain not checked that way
+is checked by the next one (the loss is then counted one drain late). Each drain also reports its pointer
+snapshot (``FifoData.snapshot_s``, driver clock before and after the pointer read, the second one if
+taken; ``FifoData.queued``: samples taken after the drained ones by then) so that a caller can time the
+samples by the chip's sample clock (:class:`firmware_bridge.fifoclock.FifoClock`) instead of by when the
+drain happened.
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ before and just after the pointer snapshot the drain is based on."""
     lost_exact: bool = True
     reinitialised: bool = False
     snapshot_s: tuple[float, float] = (math.nan, math.nan)  # driver clock before / after the pointer read
-    overwritten: int = 0  # of lost_before: overwritten while the previous drain was being read
+    overwritten: int = 0  # of lost_before: overwritten while a drain was being read
+    queued: int = 0  # samples taken after these by the time of the snapshot (left in the FIFO, or lost after)
 
     @property
     def n(self) -> int:
@@ -277,17 +282,32 @@ class MAX30102(I2CDriver):
         ir = np.ascontiguousarray(values[1::2])
         exact = ovf < 0x1F
         self._expect_rd = (rd + n) % FIFO_DEPTH
-        lost = ovf + overwritten
+        snapshot, queued, during = (t0, t1), 0, 0
+        if n and (self.monotonic() - t0) * self.output_rate_hz >= FIFO_DEPTH - n - 1:
+            # long enough for the FIFO to have filled up during the drain: look again. RD_PTR moved on by every
+            # overwrite; those OVF_COUNTER still counts came after our last pop, the others during the drain
+            # (with one burst read: before the data, i.e. the samples read are that many later ones)
+            t2 = self.monotonic()
+            wr2, ovf2, rd2 = (b & 0x1F for b in self.read_block(REGS["FIFO_WR_PTR"].address, 3))
+            t3 = self.monotonic()
+            during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
+            level = (wr2 - rd2) % FIFO_DEPTH
+            if level == 0 and (ovf2 or (t3 - t0) * self.output_rate_hz >= 0.75 * FIFO_DEPTH):
+                level = FIFO_DEPTH  # the pointers meet: full, not empty (enough time went by to fill it)
+            self._expect_rd = (rd2 - ovf2) % FIFO_DEPTH
+            snapshot, queued = (t2, t3), level + ovf2
+        lost = ovf + overwritten + during
         if lost:
             self.overflows += 1
             self.lost_samples += lost
-            self.overwritten += overwritten
+            self.overwritten += overwritten + during
             if not exact:
                 self.lost_inexact_events += 1
             logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost%s", self.address, lost,
-                           "" if exact else "+", f" ({overwritten} while the last drain was read)" if overwritten else "")
+                           "" if exact else "+", f" ({overwritten + during} while a drain was read)"
+                           if overwritten + during else "")
         self.samples_read += n
-        return FifoData(red, ir, lost, exact, snapshot_s=(t0, t1), overwritten=overwritten)
+        return FifoData(red, ir, lost, exact, snapshot_s=snapshot, overwritten=overwritten + during, queued=queued)
 
     def _read_rdwr(self, reg: int, length: int) -> bytes:
         """One combined write-register/read-n transaction (no 32-byte SMBus limit)."""

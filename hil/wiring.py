@@ -214,6 +214,7 @@ class SimulatedRoom:
         self._chips: dict[str, Any] = {}
         self._chip_bus: dict[str, Any] = {}
         self._fault_thread: threading.Thread | None = None
+        self._lock = threading.RLock()
 
     def sim_time_s(self) -> float:
         """Simulator time now (seconds since ``t0_ns`` on the unit's clock)."""
@@ -228,16 +229,18 @@ class SimulatedRoom:
                                dropped=self.spec.dropped_blocks(sensor.stream, sensor.rate_hz))
 
     def i2c_bus(self, number: int) -> Any:
-        if number not in self._buses:
-            self._buses[number] = self._build_i2c_bus(number)
-            self._start_faults()
-        return self._buses[number]
+        with self._lock:  # the unit's source threads open their sensors at the same time: one bus, one set of chips
+            if number not in self._buses:
+                self._buses[number] = self._build_i2c_bus(number)
+                self._start_faults()
+            return self._buses[number]
 
     def serial_url(self, sensor: Any) -> str:
-        if sensor.name not in self._firmware:
-            self._firmware[sensor.name] = self._start_firmware(sensor)
-            self._start_faults()
-        return self._firmware[sensor.name].path
+        with self._lock:
+            if sensor.name not in self._firmware:
+                self._firmware[sensor.name] = self._start_firmware(sensor)
+                self._start_faults()
+            return self._firmware[sensor.name].path
 
     # ------------------------------------------------------------------------------- emulators
     def _signal(self, stream: str, offset_s: float = 0.0) -> Any:
@@ -370,6 +373,7 @@ class _StallableBus:
                 if self._stall_s and self._reaches(args):
                     stall, self._stall_s = self._stall_s, 0.0
             if stall:
+                logger.info("hil: %s to 0x%02x stalls for %.3f s", name, getattr(args[0], "addr", args[0]), stall)
                 self.clock.sleep(stall)
             return attr(*args, **kw)
 
