@@ -70,8 +70,9 @@ class _Paced(Source):
         self.block_s = sensor.block_s
         self.seq = 0
         self._origin_ns = clock.now_ns()  # the drivers' clock counts seconds from here (float precision)
-        self._t_end_s: float | None = None  # drivers' clock time of the sample after the last one handed out
-        self._lost = 0  # samples missing inside the stream so far
+        self._t_end_s: float | None = None  # drivers' clock time of the sample after the last one stamped
+        self._lost = 0  # samples missing inside the stream so far (before the blocks handed out)
+        self._out: list[tuple[SampleBlock, int]] = []  # stamped blocks not handed out yet, with the loss before
 
     def sample_losses(self) -> dict[str, int]:
         return {self.stream: self._lost}
@@ -79,9 +80,19 @@ class _Paced(Source):
     def _monotonic_s(self) -> float:
         return (self.clock.now_ns() - self._origin_ns) / 1e9
 
-    def _emit(self, values: np.ndarray, t_s: float, gap: int | None, flags: int) -> list[SampleBlock]:
-        """The next samples of the stream, the first one taken at ``t_s`` (drivers' clock), ``gap`` samples
-        after the last one handed out (None: unknown, e.g. the sensor was reopened; then taken from the times).
+    def _hand_out(self) -> list[SampleBlock]:
+        """One stamped block per ``read``: the source thread reports the losses counted so far before the
+        first block it gets, so a loss must not be counted before the blocks ahead of it are out."""
+        if not self._out:
+            return []
+        b, gap = self._out.pop(0)
+        self._lost += gap
+        return [b]
+
+    def _emit(self, values: np.ndarray, t_s: float, gap: int | None, flags: int) -> None:
+        """Stamp the next samples of the stream, the first one taken at ``t_s`` (drivers' clock), ``gap``
+        samples after the last one stamped (None: unknown, e.g. the sensor was reopened; then taken from the
+        times), and queue the block for :meth:`_hand_out`.
 
         The block follows the previous one on its grid, ``gap`` periods on; a time that disagrees with that
         by more than half a period moves the grid by whole periods (more samples lost, or, backwards, the
@@ -106,15 +117,14 @@ class _Paced(Source):
             t0 += drop * period
             gap = 0
             if values.size == 0:
-                return []
+                return
         if gap:
             flags |= BlockFlags.GAP_BEFORE
-            self._lost += gap
         b = SampleBlock(self.stream, self.seq & 0xFFFFFFFF, self._origin_ns + round(t0 * 1e9), self.rate_hz, values,
                         int(flags))
         self.seq += 1
         self._t_end_s = t0 + values.size * period
-        return [b]
+        self._out.append((b, gap))
 
     def _sleep_until(self, t_s: float, deadline_real: float) -> bool:
         """Sleep (unit clock) until drivers' clock time ``t_s``; False (after sleeping to the real-time
@@ -157,6 +167,8 @@ class Max30102Source(_Paced):
         self._next_index = None
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
+        if self._out:
+            return self._hand_out()
         deadline = time.monotonic() + timeout_s
         if self._next_poll_s is not None and not self._sleep_until(self._next_poll_s, deadline):
             return []
@@ -176,15 +188,14 @@ class Max30102Source(_Paced):
                 return []
             drains.append(again)
         firsts = [self.fifo_clock.observe(*f.snapshot_s, f.n, f.lost_before, f.lost_exact, f.queued) for f in drains]
-        out: list[SampleBlock] = []
         for f, first in zip(drains, firsts, strict=True):
             if f.n == 0:
                 continue
             gap = None if self._next_index is None else first - self._next_index
             self._next_index = first + f.n
             flags = BlockFlags.FIFO_OVERFLOW if f.lost_before else 0
-            out += self._emit(f.ir.astype(np.float32), self.fifo_clock.time_of(first), gap, flags)
-        return out
+            self._emit(f.ir.astype(np.float32), self.fifo_clock.time_of(first), gap, flags)
+        return self._hand_out()
 
 
 class Ads1115EdaSource(_Paced):
@@ -209,6 +220,8 @@ class Ads1115EdaSource(_Paced):
         self._n_block = max(1, round(self.block_s * self.rate_hz))
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
+        if self._out:
+            return self._hand_out()
         deadline = time.monotonic() + timeout_s
         while len(self._res.index) < self._n_block:
             if not self._sleep_until(self.scanner.next_due_s(), deadline):
@@ -218,22 +231,21 @@ class Ads1115EdaSource(_Paced):
 
     def _take(self) -> list[SampleBlock]:
         if not self._res.index:
-            return []
+            return self._hand_out()
         index = np.asarray(self._res.index, dtype=np.int64)
         volts = np.asarray(self._res.volts, dtype=np.float64)
         self._res.index.clear()
         self._res.volts.clear()
         self._res.times_s.clear()
         eda_us, invalid = self.front.to_microsiemens(volts)
-        out: list[SampleBlock] = []
         cuts = np.flatnonzero(np.diff(index) != 1) + 1  # missed scans split the block
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, index.size], strict=True):
             first = int(index[a])
             gap = None if self._next_index is None else first - self._next_index
             self._next_index = int(index[b - 1]) + 1
             flags = BlockFlags.INVALID if invalid[a:b].any() else 0
-            out += self._emit(eda_us[a:b].astype(np.float32), self.scanner.time_of(first), gap, flags)
-        return out
+            self._emit(eda_us[a:b].astype(np.float32), self.scanner.time_of(first), gap, flags)
+        return self._hand_out()
 
 
 class SerialFirmwareSource(Source):

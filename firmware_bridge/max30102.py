@@ -290,10 +290,14 @@ class MAX30102(I2CDriver):
             t2 = self.monotonic()
             wr2, ovf2, rd2 = (b & 0x1F for b in self.read_block(REGS["FIFO_WR_PTR"].address, 3))
             t3 = self.monotonic()
-            during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
             level = (wr2 - rd2) % FIFO_DEPTH
             if level == 0 and (ovf2 or (t3 - t0) * self.output_rate_hz >= 0.75 * FIFO_DEPTH):
                 level = FIFO_DEPTH  # the pointers meet: full, not empty (enough time went by to fill it)
+            # the pointers give the overwrites modulo 32; the samples taken in between (from the time) say
+            # which multiple: taken = overwritten + what the FIFO holds now
+            taken = ((t2 + t3) - (t0 + t1)) / 2 * self.output_rate_hz
+            during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
+            during += FIFO_DEPTH * max(0, round((taken - level - ovf2 - during) / FIFO_DEPTH))
             self._expect_rd = (rd2 - ovf2) % FIFO_DEPTH
             snapshot, queued = (t2, t3), level + ovf2
         lost = ovf + overwritten + during

@@ -147,6 +147,41 @@ def test_samples_overwritten_during_a_drain_are_counted_at_the_next(sim):
     assert drv.status()["overwritten"] == emu.samples_lost
 
 
+@pytest.mark.parametrize("delay_s", [0.2, 0.5, 0.8])
+def test_a_drain_delayed_past_a_whole_fifo_counts_every_overwrite(sim, delay_s):
+    """The thread is held up between the pointer read and the burst data read (waiting for a bus another
+    sensor's transaction stalls) long enough for 32 or more overwrites: the read pointer alone counts them
+    modulo 32, the time taken in between tells the multiple."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+
+    class HeldUp:
+        def __init__(self):
+            self.armed = False
+
+        def i2c_rdwr(self, *msgs):
+            if self.armed:
+                self.armed = False
+                clock.advance(delay_s)
+            return bus.i2c_rdwr(*msgs)
+
+        def __getattr__(self, name):
+            return getattr(bus, name)
+
+    held = HeldUp()
+    drv = MAX30102(held, use_i2c_rdwr=True, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.145)  # 14 samples waiting
+    held.armed = True
+    data = drv.read_fifo()
+    assert emu.samples_lost == data.lost_before == data.overwritten
+    # the samples read are the newest ones: exactly lost_before after the 0 read before
+    assert sample_numbers(data)[0] == 1 + data.lost_before
+    clock.advance(0.1)
+    nxt = drv.read_fifo()
+    assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
+
+
 def test_overwrites_a_drain_did_not_check_are_counted_by_the_next(sim):
     """A FIFO that overflows between the pointer read and the data read of a short drain (the thread was
     preempted): OVF_COUNTER is reset by the first pop, the read pointer tells at the next drain."""
