@@ -19,6 +19,8 @@ took it, never when the poll that fetched it happened to run (on a loaded host, 
 Blocks of a stream follow each other on one grid; samples missing between two blocks (overflow, missed
 scans, a reopened sensor) are counted as lost (``sample_losses``), and the block after them is flagged
 ``GAP_BEFORE``. Refinements of a FIFO sensor's time line are applied at most a quarter period per block.
+A ``read`` hands out one block (the source thread reports the losses counted so far before the first block
+it gets, so a loss is counted when the block after it is handed out).
 """
 
 from __future__ import annotations
