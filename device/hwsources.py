@@ -18,7 +18,8 @@ took it, never when the poll that fetched it happened to run (on a loaded host, 
 
 Blocks of a stream follow each other on one grid; samples missing between two blocks (overflow, missed
 scans, a reopened sensor) are counted as lost (``sample_losses``), and the block after them is flagged
-``GAP_BEFORE``. Refinements of a FIFO sensor's time line are applied at most a quarter period per block.
+``GAP_BEFORE``. Refinements of a FIFO sensor's time line are applied at most ``_Paced.SLEW`` (4 %) of a
+period per block.
 A ``read`` hands out one block (the source thread reports the losses counted so far before the first block
 it gets, so a loss is counted when the block after it is handed out).
 """
@@ -61,6 +62,11 @@ def _sensor_bus(sensor: Any, hardware: Any) -> Any:
 class _Paced(Source):
     """Common part of the I2C sources: the unit clock as the drivers' clock, and the grid of a stream."""
 
+    # largest correction of a stream's grid per block, in periods: the pipeline packs the blocks of a raw
+    # block (1 s, ~10 of ours) back to back, so their corrections add up there and must stay below half a
+    # period (a sensor oscillator more than ~0.5 % off nominal is corrected by whole samples now and then)
+    SLEW = 0.04
+
     def __init__(self, sensor: Any, clock: Clock, hardware: Any) -> None:
         self.sensor = sensor
         self.name = sensor.name
@@ -99,7 +105,7 @@ class _Paced(Source):
         The block follows the previous one on its grid, ``gap`` periods on; a time that disagrees with that
         by more than half a period moves the grid by whole periods (more samples lost, or, backwards, the
         samples that would overlap the previous block are dropped); a smaller disagreement is applied at most
-        a quarter period per block, so consecutive blocks never overlap nor leave a fraction of a gap."""
+        ``SLEW`` of a period per block, so consecutive blocks never overlap nor leave a fraction of a gap."""
         period = 1.0 / self.rate_hz
         if self._t_end_s is None:
             t0 = t_s
@@ -111,7 +117,7 @@ class _Paced(Source):
             if abs(delta) > 0.5 * period:
                 gap += round(delta / period)
                 delta = t_s - (self._t_end_s + gap * period)
-            t0 = self._t_end_s + gap * period + max(-0.25 * period, min(0.25 * period, delta))
+            t0 = self._t_end_s + gap * period + max(-self.SLEW * period, min(self.SLEW * period, delta))
         if gap < 0:  # the grid moved back: drop what would overlap the previous block
             drop = min(-gap, values.size)
             logger.warning("%s: %d sample(s) would overlap the previous block; dropped", self.name, drop)

@@ -269,6 +269,7 @@ class MAX30102(I2CDriver):
             # each overwrite moved RD_PTR on; the ones OVF_COUNTER no longer counts happened during the last drain
             overwritten = (rd - self._expect_rd - ovf) % FIFO_DEPTH
         raw = bytearray()
+        t_data = self.monotonic()  # samples arriving from here on stay in the FIFO (or overwrite)
         if self.use_i2c_rdwr and n:
             raw += self._read_rdwr(REGS["FIFO_DATA"].address, n * BYTES_PER_SAMPLE)
         left = 0 if self.use_i2c_rdwr else n
@@ -291,11 +292,12 @@ class MAX30102(I2CDriver):
             wr2, ovf2, rd2 = (b & 0x1F for b in self.read_block(REGS["FIFO_WR_PTR"].address, 3))
             t3 = self.monotonic()
             level = (wr2 - rd2) % FIFO_DEPTH
-            if level == 0 and (ovf2 or (t3 - t0) * self.output_rate_hz >= 0.75 * FIFO_DEPTH):
-                level = FIFO_DEPTH  # the pointers meet: full, not empty (enough time went by to fill it)
-            # the pointers give the overwrites modulo 32; the samples taken in between (from the time) say
-            # which multiple: taken = overwritten + what the FIFO holds now
-            taken = ((t2 + t3) - (t0 + t1)) / 2 * self.output_rate_hz
+            if level == 0 and (ovf2 or (t3 - t_data) * self.output_rate_hz >= 0.5 * FIFO_DEPTH):
+                level = FIFO_DEPTH  # the pointers meet: full, not empty (enough time since the drain to fill it)
+            # the pointers give the overwrites modulo 32; the samples taken between the two snapshots say which
+            # multiple: taken = overwritten + what the FIFO holds now. The first snapshot is taken as late as
+            # t1 (a thread waiting for the bus waits before its transaction, not after)
+            taken = (t2 - t1) * self.output_rate_hz
             during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
             during += FIFO_DEPTH * max(0, round((taken - level - ovf2 - during) / FIFO_DEPTH))
             self._expect_rd = (rd2 - ovf2) % FIFO_DEPTH

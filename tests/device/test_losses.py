@@ -150,15 +150,15 @@ def test_paced_source_keeps_one_grid_and_counts_what_is_missing():
 
     (b0,) = emit(vals, 0.0, None, 0)
     assert b0.t0_ns == T0 and not b0.flags
-    # the next 4 samples, their time 3 ms later than the grid (a refined time line): taken as it is
-    (b1,) = emit(vals, 4 * per + 0.003, 0, 0)
-    assert b1.t0_ns == ns(4 * per + 0.003) and not b1.flags
-    # 9 ms off the grid: at most a quarter period (7.8 ms) is applied per block
-    (b2,) = emit(vals, 8 * per + 0.003 + 0.009, 0, 0)
-    assert b2.t0_ns == ns(8 * per + 0.003 + 0.25 * per)
+    # the next 4 samples, their time 1 ms later than the grid (a refined time line): taken as it is
+    (b1,) = emit(vals, 4 * per + 0.001, 0, 0)
+    assert b1.t0_ns == ns(4 * per + 0.001) and not b1.flags
+    # 9 ms off the grid: at most SLEW (4 %) of a period (1.25 ms) is applied per block
+    (b2,) = emit(vals, 8 * per + 0.001 + 0.009, 0, 0)
+    assert b2.t0_ns == ns(8 * per + 0.001 + src.SLEW * per)
     assert src.sample_losses() == {"therapist/eda": 0}
     # 3 samples lost (missed scans, FIFO overflow): the block is 3 periods further on, GAP_BEFORE
-    t_end = 12 * per + 0.003 + 0.25 * per
+    t_end = 12 * per + 0.001 + src.SLEW * per
     (b3,) = emit(vals, t_end + 3 * per, 3, 0)
     assert b3.flags & BlockFlags.GAP_BEFORE and b3.t0_ns == ns(t_end + 3 * per)
     assert src.sample_losses() == {"therapist/eda": 3}
@@ -170,10 +170,10 @@ def test_paced_source_keeps_one_grid_and_counts_what_is_missing():
     # a reopened sensor (gap unknown) 2 s later on its own grid: the gap comes from the times
     t_end += 6 * per + 1e-4
     (b5,) = emit(vals, t_end + 64.3 * per, None, 0)
-    assert b5.flags & BlockFlags.GAP_BEFORE and b5.t0_ns == ns(t_end + 64.25 * per)
+    assert b5.flags & BlockFlags.GAP_BEFORE and b5.t0_ns == ns(t_end + (64 + src.SLEW) * per)
     assert src.sample_losses() == {"therapist/eda": 69}
     # a time one period before the end of the last block: the overlapping sample is dropped, nothing lost
-    t_end += 68.25 * per
+    t_end += (68 + src.SLEW) * per
     (b6,) = emit(np.arange(4, dtype=np.float32), t_end - per, 0, 0)
     assert b6.n == 3 and b6.values[0] == 1.0 and b6.t0_ns == ns(t_end) and not b6.flags
     assert src.sample_losses() == {"therapist/eda": 69}

@@ -182,6 +182,38 @@ def test_a_drain_delayed_past_a_whole_fifo_counts_every_overwrite(sim, delay_s):
     assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
 
 
+def test_a_drain_that_waited_for_the_bus_before_its_snapshot_is_not_miscounted(sim):
+    """The thread waited 0.5 s for the bus before its pointer read (the driver's clock saw the wait inside the
+    pointer read's window): the FIFO overflowed before the snapshot (counted by OVF_COUNTER), nothing was
+    overwritten during the drain, and the FIFO is empty after it, not full."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+
+    class Waits:
+        armed = False
+
+        def read_i2c_block_data(self, addr, reg, length, force=None):
+            if self.armed and reg == 0x04:
+                self.armed = False
+                clock.advance(0.5)
+            return bus.read_i2c_block_data(addr, reg, length)
+
+        def __getattr__(self, name):
+            return getattr(bus, name)
+
+    w = Waits()
+    drv = MAX30102(w, use_i2c_rdwr=True, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.105)
+    first = drv.read_fifo()
+    clock.advance(0.1)
+    w.armed = True
+    data = drv.read_fifo()
+    assert data.overwritten == 0 and data.lost_before == emu.samples_lost and data.lost_exact
+    assert data.queued == 0 and data.n == 32
+    assert sample_numbers(data)[0] == sample_numbers(first)[-1] + 1 + data.lost_before
+
+
 def test_overwrites_a_drain_did_not_check_are_counted_by_the_next(sim):
     """A FIFO that overflows between the pointer read and the data read of a short drain (the thread was
     preempted): OVF_COUNTER is reset by the first pop, the read pointer tells at the next drain."""
