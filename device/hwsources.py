@@ -3,14 +3,31 @@ dyadsync firmware over a serial URL. The bus objects and URLs come from the hard
 (``device.sources.load_hardware``), so the same code runs on a Pi and against ``hil`` emulators.
 
 Timing: I2C sensors are polled on the injected clock (``clock.now_ns`` as the drivers' ``monotonic``,
-``clock.sleep`` as their ``sleep``), so they run in simulated time too. Sample times are the scheduled
-times of a steady sample grid; when the grid drifts more than ``RESYNC_S`` from the host clock it is
-re-anchored and the block flagged ``GAP_BEFORE``.
+``clock.sleep`` as their ``sleep``), so they run in simulated time too. A sample's time is when the sensor
+took it, never when the poll that fetched it happened to run (on a loaded host, or in simulated time
+``speed`` times faster, that can be tens of milliseconds later):
+
+* MAX30102: the chip samples on its own clock into its FIFO; samples are numbered by the chip's count
+  (read plus exactly counted losses) and timed by :class:`firmware_bridge.fifoclock.FifoClock` from the
+  pointer snapshots of the polls, whose interval is dithered by a fraction of a sample period so that
+  their phases sweep the sample period. A late poll only finds more samples in the FIFO.
+* ADS1115: single-shot conversions on the scanner's fixed schedule; scan ``k`` is stamped at its scheduled
+  time ``t0 + k / rate``; a scan more than one period late is skipped (a lost sample), so a sample is never
+  further than one period from its stamp. The source sleeps until each scan is due and hands out a block
+  per ``block_s``.
+
+Blocks of a stream follow each other on one grid; samples missing between two blocks (overflow, missed
+scans, a reopened sensor) are counted as lost (``sample_losses``), and the block after them is flagged
+``GAP_BEFORE``. Refinements of a FIFO sensor's time line are applied at most ``_Paced.SLEW`` (4 %) of a
+period per block.
+A ``read`` hands out one block (the source thread reports the losses counted so far before the first block
+it gets, so a loss is counted when the block after it is handed out).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -24,8 +41,8 @@ from .sources import Source
 
 logger = logging.getLogger(__name__)
 
-RESYNC_S = 0.5
 _MUXES: dict[tuple[int, int], Any] = {}  # (id(bus), mux address) -> TCA9548A, shared by sensors on one mux
+_MUXES_LOCK = threading.Lock()  # sensors are opened by their source threads at the same time
 
 
 def _sensor_bus(sensor: Any, hardware: Any) -> Any:
@@ -36,13 +53,19 @@ def _sensor_bus(sensor: Any, hardware: Any) -> Any:
     from firmware_bridge.tca9548a import TCA9548A
 
     key = (id(bus), sensor.mux_address)
-    if key not in _MUXES:
-        _MUXES[key] = TCA9548A(bus, sensor.mux_address)
-    return _MUXES[key].channel_bus(sensor.mux_channel)
+    with _MUXES_LOCK:  # one driver (one lock) per mux: two would let two threads switch it under each other
+        if key not in _MUXES:
+            _MUXES[key] = TCA9548A(bus, sensor.mux_address)
+        return _MUXES[key].channel_bus(sensor.mux_channel)
 
 
 class _Paced(Source):
-    """Common pacing: ``read`` waits (on the injected clock) until a block of ``block_s`` is due."""
+    """Common part of the I2C sources: the unit clock as the drivers' clock, and the grid of a stream."""
+
+    # largest correction of a stream's grid per block, in periods: the pipeline packs the blocks of a raw
+    # block (1 s, ~10 of ours) back to back, so their corrections add up there and must stay below half a
+    # period (a sensor oscillator more than ~0.5 % off nominal is corrected by whole samples now and then)
+    SLEW = 0.04
 
     def __init__(self, sensor: Any, clock: Clock, hardware: Any) -> None:
         self.sensor = sensor
@@ -54,77 +77,138 @@ class _Paced(Source):
         self.hardware = hardware
         self.block_s = sensor.block_s
         self.seq = 0
-        self._t_next_ns: int | None = None  # time of the next sample on the grid
-        self._lost = 0  # samples lost inside the stream so far (reported losses + grid re-anchoring jumps)
+        self._origin_ns = clock.now_ns()  # the drivers' clock counts seconds from here (float precision)
+        self._t_end_s: float | None = None  # drivers' clock time of the sample after the last one stamped
+        self._lost = 0  # samples missing inside the stream so far (before the blocks handed out)
+        self._out: list[tuple[SampleBlock, int]] = []  # stamped blocks not handed out yet, with the loss before
 
     def sample_losses(self) -> dict[str, int]:
         return {self.stream: self._lost}
 
     def _monotonic_s(self) -> float:
-        return self.clock.now_ns() / 1e9
+        return (self.clock.now_ns() - self._origin_ns) / 1e9
 
-    def _wait_block(self, timeout_s: float) -> bool:
-        """Sleep until one block is due; False if that is further away than ``timeout_s`` real seconds."""
-        if self._t_next_ns is None:
-            return True
-        due_ns = self._t_next_ns + round(self.block_s * 1e9)
-        wait_s = (due_ns - self.clock.now_ns()) / 1e9
-        if wait_s / self.clock.speed > timeout_s:
-            time.sleep(timeout_s)
-            return False
-        if wait_s > 0:
-            self.clock.sleep(wait_s)
-        return True
+    def _hand_out(self) -> list[SampleBlock]:
+        """One stamped block per ``read``: the source thread reports the losses counted so far before the
+        first block it gets, so a loss must not be counted before the blocks ahead of it are out."""
+        if not self._out:
+            return []
+        b, gap = self._out.pop(0)
+        self._lost += gap
+        return [b]
 
-    def _block(self, values: np.ndarray, flags: int, lost: int = 0) -> SampleBlock:
-        """Stamp ``values`` as the next samples on the grid (after ``lost`` lost ones)."""
-        n = values.size
-        now = self.clock.now_ns()
-        period = 1e9 / self.rate_hz
-        expected_t0 = now - round(n * period)
-        if self._t_next_ns is None or abs(self._t_next_ns + lost * period - expected_t0) > RESYNC_S * 1e9:
-            if self._t_next_ns is not None:
-                flags |= BlockFlags.GAP_BEFORE
-                # the samples the re-anchored grid skips are missing (a jump back loses nothing)
-                self._lost += max(0, round((expected_t0 - self._t_next_ns) / period))
-            self._t_next_ns = expected_t0
+    def _emit(self, values: np.ndarray, t_s: float, gap: int | None, flags: int) -> None:
+        """Stamp the next samples of the stream, the first one taken at ``t_s`` (drivers' clock), ``gap``
+        samples after the last one stamped (None: unknown, e.g. the sensor was reopened; then taken from the
+        times), and queue the block for :meth:`_hand_out`.
+
+        The block follows the previous one on its grid, ``gap`` periods on; a time that disagrees with that
+        by more than half a period moves the grid by whole periods (more samples lost, or, backwards, the
+        samples that would overlap the previous block are dropped); a smaller disagreement is applied at most
+        ``SLEW`` of a period per block, so consecutive blocks never overlap nor leave a fraction of a gap."""
+        period = 1.0 / self.rate_hz
+        if self._t_end_s is None:
+            t0 = t_s
+            gap = 0
         else:
-            self._t_next_ns += round(lost * period)
-            self._lost += lost
-        if lost:
+            if gap is None:
+                gap = round((t_s - self._t_end_s) / period)
+            delta = t_s - (self._t_end_s + gap * period)
+            if abs(delta) > 0.5 * period:
+                gap += round(delta / period)
+                delta = t_s - (self._t_end_s + gap * period)
+            t0 = self._t_end_s + gap * period + max(-self.SLEW * period, min(self.SLEW * period, delta))
+        if gap < 0:  # the grid moved back: drop what would overlap the previous block
+            drop = min(-gap, values.size)
+            logger.warning("%s: %d sample(s) would overlap the previous block; dropped", self.name, drop)
+            values = values[drop:]
+            t0 += drop * period
+            gap = 0
+            if values.size == 0:
+                return
+        if gap:
             flags |= BlockFlags.GAP_BEFORE
-        b = SampleBlock(self.stream, self.seq & 0xFFFFFFFF, self._t_next_ns, self.rate_hz, values, int(flags))
+        b = SampleBlock(self.stream, self.seq & 0xFFFFFFFF, self._origin_ns + round(t0 * 1e9), self.rate_hz, values,
+                        int(flags))
         self.seq += 1
-        self._t_next_ns += round(n * period)
-        return b
+        self._t_end_s = t0 + values.size * period
+        self._out.append((b, gap))
+
+    def _sleep_until(self, t_s: float, deadline_real: float) -> bool:
+        """Sleep (unit clock) until drivers' clock time ``t_s``; False (after sleeping to the real-time
+        ``deadline_real``) if that comes first."""
+        wait_s = t_s - self._monotonic_s()
+        if wait_s <= 0:
+            return True
+        left = deadline_real - time.monotonic()
+        if wait_s / self.clock.speed > left:
+            if left > 0:
+                time.sleep(left)
+            return False
+        self.clock.sleep(wait_s)
+        return True
 
 
 class Max30102Source(_Paced):
-    """MAX30102 PPG: the IR channel in ADC counts; FIFO overflow -> ``FIFO_OVERFLOW`` and the exact loss."""
+    """MAX30102 PPG: the IR channel in ADC counts, timed by the chip's sample clock (module doc); FIFO overflow
+    -> ``FIFO_OVERFLOW`` and the exact loss."""
+
+    DITHER = 0.618  # of a sample period, added to every poll interval: the polls sweep the sample phase
 
     def open(self) -> None:
+        from firmware_bridge.fifoclock import FifoClock
         from firmware_bridge.max30102 import MAX30102
 
         bus = _sensor_bus(self.sensor, self.hardware)
+        root = self.hardware.i2c_bus(self.sensor.i2c_bus)
         self.dev = MAX30102(bus, self.sensor.address or 0x57, sample_rate_hz=int(self.rate_hz),
                             led_red_ma=self.sensor.led_current_ma, led_ir_ma=self.sensor.led_current_ma,
+                            use_i2c_rdwr=callable(getattr(root, "i2c_rdwr", None)),  # the FIFO in one burst
                             sleep=self.clock.sleep, monotonic=self._monotonic_s)
-        self.dev.init()  # the sample grid is kept: the first block after a reopen is re-anchored, GAP_BEFORE
+        self.dev.init()
+        self.fifo_clock = FifoClock(self.rate_hz)  # a new sample clock: the first block's gap comes from times
+        self._next_index: int | None = None
+        self._next_poll_s: float | None = None
+
+    def _restart(self) -> None:
+        self.fifo_clock.reset()
+        self._next_index = None
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
-        if not self._wait_block(timeout_s):
+        if self._out:
+            return self._hand_out()
+        deadline = time.monotonic() + timeout_s
+        if self._next_poll_s is not None and not self._sleep_until(self._next_poll_s, deadline):
             return []
+        now = self._monotonic_s()
+        interval = self.block_s + self.DITHER / self.rate_hz
+        nxt = (now if self._next_poll_s is None else self._next_poll_s) + interval
+        self._next_poll_s = nxt if nxt > now else now + interval  # late: the FIFO just holds more
         fifo = self.dev.read_fifo()
-        if fifo.reinitialised:  # FIFO content lost: the next block is re-anchored and flagged
+        if fifo.reinitialised:  # the chip was reset: FIFO content lost, a new sample clock
+            self._restart()
             return []
-        if fifo.n == 0:
-            return []
-        flags = BlockFlags.FIFO_OVERFLOW if fifo.lost_before else 0
-        return [self._block(fifo.ir.astype(np.float32), flags, fifo.lost_before)]
+        drains = [fifo]
+        if not fifo.lost_exact:  # read again at once: a snapshot with a short window recovers the count
+            again = self.dev.read_fifo()
+            if again.reinitialised:
+                self._restart()
+                return []
+            drains.append(again)
+        firsts = [self.fifo_clock.observe(*f.snapshot_s, f.n, f.lost_before, f.lost_exact, f.queued) for f in drains]
+        for f, first in zip(drains, firsts, strict=True):
+            if f.n == 0:
+                continue
+            gap = None if self._next_index is None else first - self._next_index
+            self._next_index = first + f.n
+            flags = BlockFlags.FIFO_OVERFLOW if f.lost_before else 0
+            self._emit(f.ir.astype(np.float32), self.fifo_clock.time_of(first), gap, flags)
+        return self._hand_out()
 
 
 class Ads1115EdaSource(_Paced):
-    """ADS1115 + GSR front end: single-shot conversions on a fixed schedule, volts -> µS."""
+    """ADS1115 + GSR front end: single-shot conversions on a fixed schedule, volts -> µS, each sample stamped
+    at its scheduled time (module doc)."""
 
     def open(self) -> None:
         from firmware_bridge.ads1115 import ADS1115, DATA_RATES_SPS, MultiplexedScanner
@@ -140,24 +224,36 @@ class Ads1115EdaSource(_Paced):
         g = self.sensor.gsr
         self.front = GsrFrontEnd(calibration_v=g.calibration_v, supply_v=g.supply_v, r_ref_ohm=g.r_ref_ohm)
         self._res = self.scanner.results[self.scanner.channels[0]]
-        self._missed = 0
+        self._next_index: int | None = None  # a new schedule: the first block's gap comes from times
+        self._n_block = max(1, round(self.block_s * self.rate_hz))
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
-        if self._t_next_ns is None:
-            self._t_next_ns = self.clock.now_ns()
-        if not self._wait_block(timeout_s):
-            return []
-        self.scanner.poll()
+        if self._out:
+            return self._hand_out()
+        deadline = time.monotonic() + timeout_s
+        while len(self._res.index) < self._n_block:
+            if not self._sleep_until(self.scanner.next_due_s(), deadline):
+                break
+            self.scanner.poll()
+        return self._take()
+
+    def _take(self) -> list[SampleBlock]:
+        if not self._res.index:
+            return self._hand_out()
+        index = np.asarray(self._res.index, dtype=np.int64)
         volts = np.asarray(self._res.volts, dtype=np.float64)
+        self._res.index.clear()
         self._res.volts.clear()
         self._res.times_s.clear()
-        lost = self.scanner.missed_scans - self._missed
-        self._missed = self.scanner.missed_scans
-        if volts.size == 0:
-            return []
         eda_us, invalid = self.front.to_microsiemens(volts)
-        flags = BlockFlags.INVALID if invalid.any() else 0
-        return [self._block(eda_us.astype(np.float32), flags, lost)]
+        cuts = np.flatnonzero(np.diff(index) != 1) + 1  # missed scans split the block
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, index.size], strict=True):
+            first = int(index[a])
+            gap = None if self._next_index is None else first - self._next_index
+            self._next_index = int(index[b - 1]) + 1
+            flags = BlockFlags.INVALID if invalid[a:b].any() else 0
+            self._emit(eda_us[a:b].astype(np.float32), self.scanner.time_of(first), gap, flags)
+        return self._hand_out()
 
 
 class SerialFirmwareSource(Source):

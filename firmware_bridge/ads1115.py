@@ -81,6 +81,7 @@ class ADS1115(I2CDriver):
         self.data_rate_sps = data_rate_sps
         self.conversions = 0
         self.timeouts = 0
+        self.last_start_s = math.nan  # driver clock just after the last single-shot conversion was started
         self._continuous_mux: str | None = None
 
     # ---------------------------------------------------------------------------------- registers
@@ -122,8 +123,9 @@ class ADS1115(I2CDriver):
         """One single-shot conversion of ``channel``: start, poll OS until ready, read the code."""
         mux = _mux_name(channel)
         self.write_register(0x01, self._config(mux, "single", start=True))
+        self.last_start_s = self.monotonic()  # the conversion started before this (the config write)
         self._continuous_mux = None
-        deadline = self.monotonic() + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
+        deadline = self.last_start_s + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
         self.sleep(self.conversion_s * (1 + 0.02))
         while not self.read_register(0x01) & 0x8000:
             if self.monotonic() > deadline:
@@ -159,15 +161,22 @@ class ADS1115(I2CDriver):
 
 @dataclass
 class ScanResult:
+    """Per channel: for every scan run, its number ``k`` (scheduled at :meth:`MultiplexedScanner.time_of`),
+    the host time the conversion started and the result in volts (NaN if it failed)."""
+
     times_s: list[float] = field(default_factory=list)
     volts: list[float] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
 
 
 class MultiplexedScanner:
     """Sample several ADS1115 inputs, each at ``rate_hz``, by single-shot conversions on a fixed schedule.
 
-    Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``). A scan that starts more than one
-    period late is skipped and counted in ``missed_scans`` (never silently). Bus errors inside a scan are
+    Scan k starts at ``t0 + k / rate_hz`` (host clock ``adc.monotonic``; :meth:`time_of`). A scan that starts
+    more than one period late is skipped and counted in ``missed_scans`` (never silently; the scan numbers
+    in the results then jump); so is a conversion that, though due in time, was only started (its config
+    write done) a period or more after its scheduled time (the thread was preempted in between): every
+    result was sampled less than one period after its scheduled time. Bus errors inside a scan are
     retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
     is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
     scan's values are NaN. The scanner itself never raises on bus errors.
@@ -200,6 +209,12 @@ class MultiplexedScanner:
             return self.adc.monotonic()
         return self._t0 + self._k / self.rate_hz
 
+    def time_of(self, k: int) -> float:
+        """Scheduled host time of scan ``k`` (after the first poll)."""
+        if self._t0 is None:
+            raise SensorError(errno.EIO, "MultiplexedScanner.time_of before the first poll")
+        return self._t0 + k / self.rate_hz
+
     def poll(self) -> int:
         """Run the scans that are due now; returns how many were run."""
         now = self.adc.monotonic()
@@ -220,6 +235,7 @@ class MultiplexedScanner:
                     self._needs_init = False
                 except SensorError as exc:
                     logger.warning("ADS1115 re-initialisation failed: %s", exc)
+            late = False
             for name in self.channels:
                 t = self.adc.monotonic()
                 v = math.nan
@@ -229,11 +245,19 @@ class MultiplexedScanner:
                     except SensorError as exc:
                         logger.warning("%s", exc)
                         self._needs_init = True
+                    else:
+                        late = late or self.adc.last_start_s - due >= 1.0 / self.rate_hz
                 if math.isnan(v):
                     self.failed += 1
                 res = self.results[name]
                 res.times_s.append(t)
                 res.volts.append(v)
+                res.index.append(self._k)
+            if late:  # started too late to be this scan: not a sample of it
+                for name in self.channels:
+                    res = self.results[name]
+                    del res.times_s[-1], res.volts[-1], res.index[-1]
+                self.missed_scans += 1
             self._k += 1
             ran += 1
             now = self.adc.monotonic()

@@ -8,12 +8,26 @@ full FIFO are always the ones *before* the samples read next (the oldest were ov
 ``OVF_COUNTER`` saturates at 31: a read that finds it at 31 lost at least 31 samples and the count is
 flagged inexact (``FifoData.lost_exact``); poll at least every 31 sample periods plus the 32-deep FIFO
 (0.63 s at 100 Hz) to keep the count exact.
+
+A FIFO that fills up *while* it is being read (a drain started on an almost full FIFO, or a drain delayed
+between the pointer read and the data read) overwrites samples that the count did not expect, and the next
+popped sample resets ``OVF_COUNTER``: that loss would be silent. Every overwrite also moves ``FIFO_RD_PTR``
+on. So when a drain took long enough for the FIFO to fill up, the pointers are read again: the read pointer
+further on than the samples popped plus ``OVF_COUNTER`` say is the number overwritten during the drain,
+added to the loss before it (``FifoData.overwritten``; exact in position with one burst read, where the
+overwrites precede the data; inside the drain with the 5-sample SMBus reads). A drain not checked that way
+is checked by the next one (the loss is then counted one drain late). Each drain also reports its pointer
+snapshot (``FifoData.snapshot_s``, driver clock before and after the pointer read, the second one if
+taken; ``FifoData.queued``: samples taken after the drained ones by then) so that a caller can time the
+samples by the chip's sample clock (:class:`firmware_bridge.fifoclock.FifoClock`) instead of by when the
+drain happened.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,13 +88,17 @@ REGS = register_map(
 class FifoData:
     """One FIFO drain. ``red``/``ir`` are 18-bit ADC counts (uint32). ``lost_before`` samples were lost
     before these (FIFO overflow); ``lost_exact`` is False when the overflow counter saturated or the chip
-    had to be re-initialised (then ``lost_before`` is a lower bound)."""
+    had to be re-initialised (then ``lost_before`` is a lower bound). ``snapshot_s``: the driver clock just
+before and just after the pointer snapshot the drain is based on."""
 
     red: np.ndarray
     ir: np.ndarray
     lost_before: int = 0
     lost_exact: bool = True
     reinitialised: bool = False
+    snapshot_s: tuple[float, float] = (math.nan, math.nan)  # driver clock before / after the pointer read
+    overwritten: int = 0  # of lost_before: overwritten while a drain was being read
+    queued: int = 0  # samples taken after these by the time of the snapshot (left in the FIFO, or lost after)
 
     @property
     def n(self) -> int:
@@ -148,7 +166,9 @@ class MAX30102(I2CDriver):
         self.lost_samples = 0
         self.lost_inexact_events = 0
         self.overflows = 0
+        self.overwritten = 0  # samples overwritten while a drain was being read (found at the next drain)
         self.samples_read = 0
+        self._expect_rd: int | None = None  # FIFO_RD_PTR after the last drain, if no sample was overwritten
 
     @property
     def output_rate_hz(self) -> float:
@@ -198,6 +218,7 @@ class MAX30102(I2CDriver):
 
     def _clear_fifo(self) -> None:
         self._io("write_i2c_block_data", REGS["FIFO_WR_PTR"].address, [0, 0, 0])  # WR_PTR, OVF, RD_PTR
+        self._expect_rd = 0
 
     def _verify_config(self) -> None:
         want = {
@@ -227,20 +248,28 @@ class MAX30102(I2CDriver):
                 logger.warning("%s; re-initialising", exc)
                 self.initialised = False
         self.counters.reinits += 1
+        self._expect_rd = None
         self.init()
         self.lost_inexact_events += 1
         empty = np.zeros(0, dtype=np.uint32)
         return FifoData(empty, empty, 0, lost_exact=False, reinitialised=True)
 
     def _read_fifo(self) -> FifoData:
+        t0 = self.monotonic()
         wr, ovf, rd = self.read_block(REGS["FIFO_WR_PTR"].address, 3)  # one transaction: consistent snapshot
+        t1 = self.monotonic()
         wr &= 0x1F
         ovf &= 0x1F
         rd &= 0x1F
         n = (wr - rd) % FIFO_DEPTH
         if n == 0 and ovf > 0:
             n = FIFO_DEPTH  # full: the pointers meet
+        overwritten = 0
+        if self._expect_rd is not None and ovf < 0x1F:
+            # each overwrite moved RD_PTR on; the ones OVF_COUNTER no longer counts happened during the last drain
+            overwritten = (rd - self._expect_rd - ovf) % FIFO_DEPTH
         raw = bytearray()
+        t_data = self.monotonic()  # samples arriving from here on stay in the FIFO (or overwrite)
         if self.use_i2c_rdwr and n:
             raw += self._read_rdwr(REGS["FIFO_DATA"].address, n * BYTES_PER_SAMPLE)
         left = 0 if self.use_i2c_rdwr else n
@@ -253,14 +282,38 @@ class MAX30102(I2CDriver):
         red = np.ascontiguousarray(values[0::2])
         ir = np.ascontiguousarray(values[1::2])
         exact = ovf < 0x1F
-        if ovf:
+        self._expect_rd = (rd + n) % FIFO_DEPTH
+        snapshot, queued, during = (t0, t1), 0, 0
+        if n and (self.monotonic() - t0) * self.output_rate_hz >= FIFO_DEPTH - n - 1:
+            # long enough for the FIFO to have filled up during the drain: look again. RD_PTR moved on by every
+            # overwrite; those OVF_COUNTER still counts came after our last pop, the others during the drain
+            # (with one burst read: before the data, i.e. the samples read are that many later ones)
+            t2 = self.monotonic()
+            wr2, ovf2, rd2 = (b & 0x1F for b in self.read_block(REGS["FIFO_WR_PTR"].address, 3))
+            t3 = self.monotonic()
+            level = (wr2 - rd2) % FIFO_DEPTH
+            if level == 0 and (ovf2 or (t3 - t_data) * self.output_rate_hz >= 0.5 * FIFO_DEPTH):
+                level = FIFO_DEPTH  # the pointers meet: full, not empty (enough time since the drain to fill it)
+            # the pointers give the overwrites modulo 32; the samples taken between the two snapshots say which
+            # multiple: taken = overwritten + what the FIFO holds now. The first snapshot is taken as late as
+            # t1 (a thread waiting for the bus waits before its transaction, not after)
+            taken = (t2 - t1) * self.output_rate_hz
+            during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
+            during += FIFO_DEPTH * max(0, round((taken - level - ovf2 - during) / FIFO_DEPTH))
+            self._expect_rd = (rd2 - ovf2) % FIFO_DEPTH
+            snapshot, queued = (t2, t3), level + ovf2
+        lost = ovf + overwritten + during
+        if lost:
             self.overflows += 1
-            self.lost_samples += ovf
+            self.lost_samples += lost
+            self.overwritten += overwritten + during
             if not exact:
                 self.lost_inexact_events += 1
-            logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost", self.address, ovf, "" if exact else "+")
+            logger.warning("MAX30102 at 0x%02x: FIFO overflow, %d%s samples lost%s", self.address, lost,
+                           "" if exact else "+", f" ({overwritten + during} while a drain was read)"
+                           if overwritten + during else "")
         self.samples_read += n
-        return FifoData(red, ir, ovf, exact)
+        return FifoData(red, ir, lost, exact, snapshot_s=snapshot, overwritten=overwritten + during, queued=queued)
 
     def _read_rdwr(self, reg: int, length: int) -> bytes:
         """One combined write-register/read-n transaction (no 32-byte SMBus limit)."""
@@ -293,6 +346,7 @@ class MAX30102(I2CDriver):
             lost_samples=self.lost_samples,
             lost_inexact_events=self.lost_inexact_events,
             overflows=self.overflows,
+            overwritten=self.overwritten,
             samples_read=self.samples_read,
         )
         return out

@@ -3,6 +3,12 @@
 One control byte, written and read without a register pointer; bit n enables channel n. Two sensors
 with the same address (two MAX30102 at 0x57, one per participant) sit on different channels;
 :meth:`TCA9548A.channel_bus` gives each driver a bus object that selects its channel before every call.
+
+Drivers of the chips behind one mux usually run in different threads (one acquisition thread per sensor),
+so selecting a channel and the transaction that follows must be one step: otherwise another thread can
+switch the mux in between and the transaction reaches the other participant's chip at the same address
+(its FIFO drained into the wrong stream, its conversion register read as ours). :class:`MuxChannelBus`
+holds the mux's lock (:attr:`TCA9548A.lock`) from the select to the end of the transaction.
 """
 
 from __future__ import annotations
@@ -26,12 +32,9 @@ class TCA9548A(I2CDriver):
 
     def __init__(self, bus: Any, address: int = 0x70, **io: Any) -> None:
         super().__init__(bus, address, **io)
-        # held from a channel's select to the end of its transaction: the sensors behind one mux are read by
-        # several threads, and a select by one between another's select and transfer would send that transfer
-        # to the wrong channel (to the other participant's chip when both sit at the same address)
-        self.lock = threading.RLock()
         self._selected: int | None = None  # control byte last written successfully; None = unknown
         self.selects = 0
+        self.lock = threading.RLock()  # held from a channel select to the end of the transaction behind it
 
     def set_control(self, value: int) -> None:
         if not 0 <= value <= 0xFF:
@@ -49,15 +52,18 @@ class TCA9548A(I2CDriver):
         if channel is not None and not 0 <= channel <= 7:
             raise ConfigError(f"TCA9548A channel must be 0..7 or None, got {channel!r}")
         value = 0 if channel is None else 1 << channel
-        if self._selected != value:
-            self.set_control(value)
+        with self.lock:
+            if self._selected != value:
+                self.set_control(value)
 
     def verify(self) -> None:
         """Read back the control byte; a mismatch (mux reset by a glitch) raises SensorError."""
-        got = self.read_control()
-        if self._selected is not None and got != self._selected:
+        with self.lock:
+            got = self.read_control()
             want = self._selected
-            self._selected = None
+            if want is not None and got != want:
+                self._selected = None
+        if want is not None and got != want:
             raise SensorError(errno.EIO, f"TCA9548A at 0x{self.address:02x}: control reads 0x{got:02x}, wrote 0x{want:02x}")
 
     def invalidate(self) -> None:
@@ -73,8 +79,8 @@ class TCA9548A(I2CDriver):
 class MuxChannelBus:
     """An smbus2-like bus that reaches the chips on one TCA9548A channel.
 
-    Every method selects the channel first (a cached no-op if already selected) and runs the transfer with
-    the mux's lock held, so threads sharing the mux cannot interleave a select between them; any OSError
+    Every method selects the channel first (a cached no-op if already selected) and runs the transaction
+    while holding the mux's lock, so threads sharing the mux cannot switch it in between; any OSError
     invalidates the cache so the next call re-selects, in case the mux itself missed a write.
     """
 
@@ -99,15 +105,13 @@ class MuxChannelBus:
             raise AttributeError(name)
         target = getattr(self.mux.bus, name)
 
-        mux, channel = self.mux, self.channel
-
         def call(*args: Any, **kwargs: Any) -> Any:
-            with mux.lock:
-                mux.select(channel)
+            with self.mux.lock:
+                self.mux.select(self.channel)
                 try:
                     return target(*args, **kwargs)
                 except OSError:
-                    mux.invalidate()
+                    self.mux.invalidate()
                     raise
 
         return call

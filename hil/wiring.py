@@ -214,6 +214,7 @@ class SimulatedRoom:
         self._chips: dict[str, Any] = {}
         self._chip_bus: dict[str, Any] = {}
         self._fault_thread: threading.Thread | None = None
+        self._lock = threading.RLock()
 
     def sim_time_s(self) -> float:
         """Simulator time now (seconds since ``t0_ns`` on the unit's clock)."""
@@ -228,16 +229,18 @@ class SimulatedRoom:
                                dropped=self.spec.dropped_blocks(sensor.stream, sensor.rate_hz))
 
     def i2c_bus(self, number: int) -> Any:
-        if number not in self._buses:
-            self._buses[number] = self._build_i2c_bus(number)
-            self._start_faults()
-        return self._buses[number]
+        with self._lock:  # the unit's source threads open their sensors at the same time: one bus, one set of chips
+            if number not in self._buses:
+                self._buses[number] = self._build_i2c_bus(number)
+                self._start_faults()
+            return self._buses[number]
 
     def serial_url(self, sensor: Any) -> str:
-        if sensor.name not in self._firmware:
-            self._firmware[sensor.name] = self._start_firmware(sensor)
-            self._start_faults()
-        return self._firmware[sensor.name].path
+        with self._lock:
+            if sensor.name not in self._firmware:
+                self._firmware[sensor.name] = self._start_firmware(sensor)
+                self._start_faults()
+            return self._firmware[sensor.name].path
 
     # ------------------------------------------------------------------------------- emulators
     def _signal(self, stream: str, offset_s: float = 0.0) -> Any:
@@ -328,27 +331,36 @@ class SimulatedRoom:
             elif kind == "nack_burst" and target in self._chips:
                 self._chips[target].faults.nack_next(int(f.get("count", 1)))
             elif kind == "fifo_stall" and target in self._chip_bus:
-                self._chip_bus[target].stall(float(f["duration_s"]), self._chips[target].address)
+                self._chip_bus[target].stall(float(f["duration_s"]), self._chips[target])
             else:
                 continue
             logger.info("hil: fault %s on %s at %.1f s", kind, target, self.sim_time_s())
 
 
 class _StallableBus:
-    """A bus wrapper whose next transaction blocks for a while (clock stretching by a stuck device): the
-    driver's FIFO read completes late, and meanwhile the sensor's FIFO overflows."""
+    """A bus wrapper whose next transaction reaching a given chip blocks for a while (clock stretching by a
+    stuck device: the whole bus waits): the driver's FIFO read completes late, and meanwhile the sensor's
+    FIFO overflows. Behind a mux, a transaction reaches the chip only while its channel is selected."""
 
     def __init__(self, bus: Any, clock: Any) -> None:
         self.bus = bus
         self.clock = clock
         self._stall_s = 0.0
-        self._stall_addr: int | None = None
+        self._stall_chip: Any = None
         self._lock = threading.Lock()
 
-    def stall(self, duration_s: float, address: int | None = None) -> None:
+    def stall(self, duration_s: float, chip: Any = None) -> None:
         with self._lock:
             self._stall_s = duration_s
-            self._stall_addr = address
+            self._stall_chip = chip
+
+    def _reaches(self, args: tuple) -> bool:
+        if self._stall_chip is None:
+            return True
+        if not args:
+            return False
+        addr = getattr(args[0], "addr", args[0])  # i2c_rdwr passes messages
+        return isinstance(addr, int) and self._stall_chip in self.bus._targets(addr)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.bus, name)
@@ -358,9 +370,10 @@ class _StallableBus:
         def call(*args: Any, **kw: Any) -> Any:
             with self._lock:
                 stall = 0.0
-                if self._stall_s and (self._stall_addr is None or (args and args[0] == self._stall_addr)):
+                if self._stall_s and self._reaches(args):
                     stall, self._stall_s = self._stall_s, 0.0
             if stall:
+                logger.info("hil: %s to 0x%02x stalls for %.3f s", name, getattr(args[0], "addr", args[0]), stall)
                 self.clock.sleep(stall)
             return attr(*args, **kw)
 

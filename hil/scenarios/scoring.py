@@ -15,7 +15,9 @@
   peak lag, ARCHITECTURE §4: tau > 0 = the therapist leads) right in >= 95 % of the windows; per uncoupled segment a circular-shift surrogate test of the stored feature
   series must not be significant (p >= 0.05).
 * health: while a fault lasts the unit's status history (hub DB) and its LED (sysfs tree, polled) show it;
-  after it the unit is back to ``recording``.
+  after it the unit is back to ``recording``. I2C glitches the drivers absorb (NACK bursts, a stalled FIFO
+  read) are no sensor fault: status and LED stay ``recording``, and a stall's overflow shows in the status
+  as the stream's sample loss.
 """
 
 from __future__ import annotations
@@ -437,6 +439,31 @@ def _state_at(rows: list[tuple[int, str]], t: int) -> str | None:
     return before[-1] if before else None
 
 
+def _glitch_health(con, rec: RunRecord, rep: Report, f, status, led, tol: int) -> None:
+    """An I2C glitch the drivers absorb (a NACK burst within the retries, a stalled read whose FIFO overflow
+    is counted) is not a sensor fault: status and LED stay ``recording`` through it; a stall's overflow shows
+    in the status as the stream's sample loss (``lost_samples_<role>_<signal>``) growing within the glitch
+    (+ the detection tolerance)."""
+    u = next(u for u, roles in _unit_roles(rec).items() if f.target.split("/")[0] in roles)
+    a = rec.ns_of_session_s(f.at_s)
+    b = rec.ns_of_session_s(f.end_s) + tol
+    st = _states_between(status[u], a, b) | {_state_at(status[u], a)}
+    lv = _states_between(led.get(u, []), a, b) | {_state_at(led.get(u, []), a)}
+    ok = st == {"recording"} and lv == {"recording"}
+    shown = ""
+    if f.kind == "fifo_stall":
+        key = f"lost_samples_{f.target.replace('/', '_')}"
+        lost = [(int(t), json.loads(pl).get("dropped", {}).get(key, 0)) for t, pl in con.execute(
+            "SELECT time_ns, payload FROM status WHERE unit=? AND state!='offline' ORDER BY time_ns", (u,))]
+        before = max([v for t, v in lost if t <= a] or [0])
+        after = max([v for t, v in lost if t <= b] or [0])
+        ok = ok and after > before
+        shown = f", {key} {before} -> {after}"
+    rep.add("health", f"{f.kind} {f.target} {u}", f"status {'/'.join(sorted(s or '-' for s in st))}, LED "
+            f"{'/'.join(sorted(s or '-' for s in lv))}{shown}",
+            "recording" + (", loss reported" if f.kind == "fifo_stall" else ""), ok)
+
+
 def _health(con, rec: RunRecord, rep: Report) -> None:
     tol = int(max(5.0, 2.0 * rec.speed) * 1e9)  # detection delays are real-time (paho, stale sensor)
     status = {u: [(int(t), s) for t, s in con.execute(
@@ -456,6 +483,9 @@ def _health(con, rec: RunRecord, rep: Report) -> None:
             windows.append((f"contact loss {f.target}", [unit], "sensor_fault", a, b))
         elif f.kind == "unplug":
             windows.append((f"unplug {f.target}", [f.target], "sensor_fault", a, b))
+    for f in rec.scenario.faults:
+        if f.kind in ("nack_burst", "fifo_stall"):
+            _glitch_health(con, rec, rep, f, status, led, tol)
     for (target, a), (_, b) in zip(ev.get("unit_kill", []), ev.get("unit_start", []), strict=False):
         wills = [t for t, s in status[target] if s == "offline" and t < a]
         back = [s for t, s in status[target] if b <= t <= rec.stop_ns]

@@ -134,26 +134,66 @@ class Stub(_Paced):
         return []
 
 
-def test_paced_source_counts_reported_losses_and_grid_reanchoring():
+def test_paced_source_keeps_one_grid_and_counts_what_is_missing():
+    clock = ManualClock()
+    sensor = SimpleNamespace(name="t-eda", stream="therapist/eda", rate_hz=32.0, block_s=0.125)
+    src = Stub(sensor, clock, None)  # the drivers' clock counts seconds from T0
+    vals = np.ones(4, dtype=np.float32)
+    per = 1 / 32.0
+
+    def ns(t_s):
+        return T0 + round(t_s * 1e9)
+
+    def emit(*args):
+        src._emit(*args)
+        return src._hand_out()
+
+    (b0,) = emit(vals, 0.0, None, 0)
+    assert b0.t0_ns == T0 and not b0.flags
+    # the next 4 samples, their time 1 ms later than the grid (a refined time line): taken as it is
+    (b1,) = emit(vals, 4 * per + 0.001, 0, 0)
+    assert b1.t0_ns == ns(4 * per + 0.001) and not b1.flags
+    # 9 ms off the grid: at most SLEW (4 %) of a period (1.25 ms) is applied per block
+    (b2,) = emit(vals, 8 * per + 0.001 + 0.009, 0, 0)
+    assert b2.t0_ns == ns(8 * per + 0.001 + src.SLEW * per)
+    assert src.sample_losses() == {"therapist/eda": 0}
+    # 3 samples lost (missed scans, FIFO overflow): the block is 3 periods further on, GAP_BEFORE
+    t_end = 12 * per + 0.001 + src.SLEW * per
+    (b3,) = emit(vals, t_end + 3 * per, 3, 0)
+    assert b3.flags & BlockFlags.GAP_BEFORE and b3.t0_ns == ns(t_end + 3 * per)
+    assert src.sample_losses() == {"therapist/eda": 3}
+    # the count says 0 lost but the time is 2 periods on (an inexact loss recovered later): 2 more lost
+    t_end += 7 * per
+    (b4,) = emit(vals, t_end + 2 * per + 1e-4, 0, 0)
+    assert b4.flags & BlockFlags.GAP_BEFORE and b4.t0_ns == ns(t_end + 2 * per + 1e-4)
+    assert src.sample_losses() == {"therapist/eda": 5}
+    # a reopened sensor (gap unknown) 2 s later on its own grid: the gap comes from the times
+    t_end += 6 * per + 1e-4
+    (b5,) = emit(vals, t_end + 64.3 * per, None, 0)
+    assert b5.flags & BlockFlags.GAP_BEFORE and b5.t0_ns == ns(t_end + (64 + src.SLEW) * per)
+    assert src.sample_losses() == {"therapist/eda": 69}
+    # a time one period before the end of the last block: the overlapping sample is dropped, nothing lost
+    t_end += (68 + src.SLEW) * per
+    (b6,) = emit(np.arange(4, dtype=np.float32), t_end - per, 0, 0)
+    assert b6.n == 3 and b6.values[0] == 1.0 and b6.t0_ns == ns(t_end) and not b6.flags
+    assert src.sample_losses() == {"therapist/eda": 69}
+    assert [b.seq for b in (b0, b1, b2, b3, b4, b5, b6)] == list(range(7))
+
+
+def test_paced_source_counts_a_loss_only_with_the_block_after_it():
+    """Two blocks stamped in one read (a missed scan splits it): the source thread reports the losses counted
+    so far before the first block it gets, so the second block's loss must wait for the second block."""
     clock = ManualClock()
     sensor = SimpleNamespace(name="t-eda", stream="therapist/eda", rate_hz=32.0, block_s=0.125)
     src = Stub(sensor, clock, None)
     vals = np.ones(4, dtype=np.float32)
-    per = _period_ns()
-    clock.t += round(4 * per)
-    b0 = src._block(vals, 0)
-    clock.t += round(4 * per)
-    src._block(vals, 0)
-    assert src.sample_losses() == {"therapist/eda": 0}
-    clock.t += round(7 * per)  # 3 samples lost (e.g. missed scans), reported by the driver
-    b2 = src._block(vals, 0, lost=3)
-    assert b2.flags & BlockFlags.GAP_BEFORE and b2.t0_ns == b0.t0_ns + round(11 * per)
-    assert src.sample_losses() == {"therapist/eda": 3}
-    clock.t += round(68 * per)  # a 2-s outage the driver knows nothing of: the grid is re-anchored
-    b3 = src._block(vals, 0)
-    assert b3.flags & BlockFlags.GAP_BEFORE
-    assert b3.t0_ns == clock.t - round(4 * per)
-    assert src.sample_losses() == {"therapist/eda": 3 + 64}
+    src._emit(vals, 0.0, None, 0)
+    src._emit(vals, 5 / 32.0, 1, 0)
+    (a,) = src._hand_out()
+    assert a.seq == 0 and src.sample_losses() == {"therapist/eda": 0}
+    (b,) = src._hand_out()
+    assert b.seq == 1 and b.flags & BlockFlags.GAP_BEFORE and src.sample_losses() == {"therapist/eda": 1}
+    assert src._hand_out() == []
 
 
 class Silent(Source):

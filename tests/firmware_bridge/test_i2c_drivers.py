@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import math
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -103,6 +102,146 @@ def test_fifo_overflow_gives_exact_lost_count(sim, stall_s):
     clock.advance(0.1)
     nxt = drv.read_fifo()
     assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
+
+
+class SlowFifoBus:
+    """Each FIFO data transaction takes ``per_read_s`` (a slow or preempted drain): samples keep arriving."""
+
+    def __init__(self, bus, clock, per_read_s):
+        self._bus = bus
+        self._clock = clock
+        self.per_read_s = per_read_s
+
+    def read_i2c_block_data(self, addr, reg, length, force=None):
+        if reg == 0x07:
+            self._clock.advance(self.per_read_s)
+        return self._bus.read_i2c_block_data(addr, reg, length)
+
+    def __getattr__(self, name):
+        return getattr(self._bus, name)
+
+
+def test_samples_overwritten_during_a_drain_are_counted_at_the_next(sim):
+    """A nearly full FIFO drained slowly overflows while it is read; OVF_COUNTER is reset by the next pop, so
+    the loss shows only as a read pointer that moved further: the next drain counts it."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+    slow = SlowFifoBus(bus, clock, 0.0)
+    drv = MAX30102(slow, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.305)  # 30 samples: almost full
+    slow.per_read_s = 0.025  # 7 transactions of 25 ms: ~17 samples arrive during the drain
+    first = drv.read_fifo()
+    # the drain took long enough for the FIFO to fill up: the driver looked again and found the overwrites
+    assert emu.samples_lost > 0 and first.overwritten == first.lost_before == emu.samples_lost
+    assert first.n == 30 and first.lost_exact
+    assert first.snapshot_s[0] == first.snapshot_s[1] == clock.now()  # the second snapshot, after the drain
+    assert first.queued == emu.count  # what the FIFO holds by then
+    slow.per_read_s = 0.0
+    clock.advance(0.05)
+    nxt = drv.read_fifo()
+    assert nxt.lost_before == 0
+    # the numbers: every sample generated is read or counted lost
+    numbers = np.concatenate([sample_numbers(first), sample_numbers(nxt)])
+    assert numbers[-1] == numbers.size + first.lost_before
+    assert drv.status()["overwritten"] == emu.samples_lost
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 0.5, 0.8])
+def test_a_drain_delayed_past_a_whole_fifo_counts_every_overwrite(sim, delay_s):
+    """The thread is held up between the pointer read and the burst data read (waiting for a bus another
+    sensor's transaction stalls) long enough for 32 or more overwrites: the read pointer alone counts them
+    modulo 32, the time taken in between tells the multiple."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+
+    class HeldUp:
+        def __init__(self):
+            self.armed = False
+
+        def i2c_rdwr(self, *msgs):
+            if self.armed:
+                self.armed = False
+                clock.advance(delay_s)
+            return bus.i2c_rdwr(*msgs)
+
+        def __getattr__(self, name):
+            return getattr(bus, name)
+
+    held = HeldUp()
+    drv = MAX30102(held, use_i2c_rdwr=True, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.145)  # 14 samples waiting
+    held.armed = True
+    data = drv.read_fifo()
+    assert emu.samples_lost == data.lost_before == data.overwritten
+    # the samples read are the newest ones: exactly lost_before after the 0 read before
+    assert sample_numbers(data)[0] == 1 + data.lost_before
+    clock.advance(0.1)
+    nxt = drv.read_fifo()
+    assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
+
+
+def test_a_drain_that_waited_for_the_bus_before_its_snapshot_is_not_miscounted(sim):
+    """The thread waited 0.5 s for the bus before its pointer read (the driver's clock saw the wait inside the
+    pointer read's window): the FIFO overflowed before the snapshot (counted by OVF_COUNTER), nothing was
+    overwritten during the drain, and the FIFO is empty after it, not full."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+
+    class Waits:
+        armed = False
+
+        def read_i2c_block_data(self, addr, reg, length, force=None):
+            if self.armed and reg == 0x04:
+                self.armed = False
+                clock.advance(0.5)
+            return bus.read_i2c_block_data(addr, reg, length)
+
+        def __getattr__(self, name):
+            return getattr(bus, name)
+
+    w = Waits()
+    drv = MAX30102(w, use_i2c_rdwr=True, sleep=clock.sleep, monotonic=clock.now)
+    drv.init()
+    clock.advance(0.105)
+    first = drv.read_fifo()
+    clock.advance(0.1)
+    w.armed = True
+    data = drv.read_fifo()
+    assert data.overwritten == 0 and data.lost_before == emu.samples_lost and data.lost_exact
+    assert data.queued == 0 and data.n == 32
+    assert sample_numbers(data)[0] == sample_numbers(first)[-1] + 1 + data.lost_before
+
+
+def test_overwrites_a_drain_did_not_check_are_counted_by_the_next(sim):
+    """A FIFO that overflows between the pointer read and the data read of a short drain (the thread was
+    preempted): OVF_COUNTER is reset by the first pop, the read pointer tells at the next drain."""
+    clock, bus = sim
+    emu = bus.attach(MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock))
+
+    class Preempted(SlowFifoBus):
+        def read_i2c_block_data(self, addr, reg, length, force=None):
+            if reg == 0x07 and self.per_read_s:
+                self._clock.advance(self.per_read_s)  # only before the first data read
+                self.per_read_s = 0.0
+                out = self._bus.read_i2c_block_data(addr, reg, length)
+                self._clock.t_s -= 0.0  # the drain itself is quick
+                return out
+            return self._bus.read_i2c_block_data(addr, reg, length)
+
+    slow = Preempted(bus, clock, 0.0)
+    drv = MAX30102(slow, sleep=clock.sleep, monotonic=lambda: 0.0)  # a clock that does not see the delay
+    drv.init()
+    clock.advance(0.305)
+    slow.per_read_s = 0.05
+    first = drv.read_fifo()
+    assert first.lost_before == 0 and emu.samples_lost > 0
+    clock.advance(0.05)
+    nxt = drv.read_fifo()
+    assert nxt.overwritten == nxt.lost_before == emu.samples_lost
+    numbers = np.concatenate([sample_numbers(first), sample_numbers(nxt)])
+    assert numbers[-1] == numbers.size + nxt.lost_before
 
 
 def test_saturated_overflow_counter_is_flagged_as_lower_bound(sim):
@@ -229,6 +368,53 @@ def test_two_max30102_behind_tca9548a(sim):
     clock.advance(0.1)
     assert drivers["therapist"].read_fifo().red[0] - 1000 == t[-1] + 1
     assert mux.writes_to(None)[-1] == (1,)
+
+
+class PreemptingBus:
+    """A bus on which thread "A" is preempted right after its mux select, and thread "B" gets to run its own
+    select and transaction before A's transaction goes out (the worst moment)."""
+
+    def __init__(self, bus, mux_address):
+        self._bus = bus
+        self._mux = mux_address
+        self.a_selected = threading.Event()
+        self.b_done = threading.Event()
+
+    def write_byte(self, addr, value, force=None):
+        self._bus.write_byte(addr, value)
+        if addr == self._mux and threading.current_thread().name == "A":
+            self.a_selected.set()
+            self.b_done.wait(0.3)  # B cannot finish while A holds the mux: then A goes on after 0.3 s
+
+    def __getattr__(self, name):
+        return getattr(self._bus, name)
+
+
+def test_mux_select_and_transaction_are_one_step_across_threads(sim):
+    """Two chips at one address behind the mux, driven from two threads: a thread switching the mux between
+    another thread's select and its transaction must not make that transaction reach the wrong chip."""
+    clock, bus = sim
+    mux = bus.attach(TCA9548AEmulator(clock=clock))
+    mux.attach(0, MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, part_id=0x15))
+    mux.attach(1, MAX30102Emulator(ramp(1000), ramp(200_000), clock=clock, part_id=0x16))
+    gate = PreemptingBus(bus, 0x70)
+    tca = TCA9548A(gate)
+    got = {}
+
+    def a():
+        got["A"] = tca.channel_bus(0).read_byte_data(0x57, 0xFF)
+
+    def b():
+        gate.a_selected.wait(2.0)
+        got["B"] = tca.channel_bus(1).read_byte_data(0x57, 0xFF)
+        gate.b_done.set()
+
+    threads = [threading.Thread(target=a, name="A"), threading.Thread(target=b, name="B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+    assert got == {"A": 0x15, "B": 0x16}
 
 
 def test_fifo_read_with_i2c_rdwr_beyond_32_bytes(sim):
@@ -448,46 +634,3 @@ def test_emulator_datasheet_facts_ads1115_and_tca9548a():
     bus.write_byte(0x77, 0b1010_0001)
     assert bus.read_byte(0x77) == 0xA1 and tca.control == 0xA1
 
-
-class _YieldingBus:
-    """A bus whose every transfer gives up the GIL first (as smbus2's ioctl does on a Pi), so threads sharing
-    a mux interleave between a channel select and the transfer that follows it."""
-
-    def __init__(self, bus: FakeSMBus) -> None:
-        self._bus = bus
-
-    def __getattr__(self, name: str):
-        fn = getattr(self._bus, name)
-
-        def call(*args, **kwargs):
-            time.sleep(0)
-            return fn(*args, **kwargs)
-
-        return call
-
-
-def test_threads_sharing_a_mux_never_read_the_other_channel(sim):
-    """Therapist and client ADS1115 at the same address on two channels of one TCA9548A, read by two threads:
-    every register read comes from the reading thread's own chip (the channel bus holds the mux lock from the
-    select to the end of the transfer)."""
-    clock, fake = sim
-    mux = fake.attach(TCA9548AEmulator(address=0x70, clock=clock))
-    chips = {ch: mux.attach(ch, ADS1115Emulator({0: lambda t: 1.0}, clock=clock)) for ch in (1, 6)}
-    for ch, chip in chips.items():
-        chip.regs[0x02] = 0x1000 + ch  # Lo_thresh marks the chip
-    tca = TCA9548A(_YieldingBus(fake), 0x70, sleep=clock.sleep, monotonic=clock.now)
-    wrong: list[tuple[int, int]] = []
-
-    def reader(ch: int) -> None:
-        bus = tca.channel_bus(ch)
-        for _ in range(400):
-            raw = bus.read_i2c_block_data(0x48, 0x02, 2)
-            if (raw[0] << 8 | raw[1]) != 0x1000 + ch:
-                wrong.append((ch, raw[0] << 8 | raw[1]))
-
-    threads = [threading.Thread(target=reader, args=(ch,)) for ch in chips]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not wrong, f"{len(wrong)} reads came from the other participant's chip, e.g. {wrong[:3]}"

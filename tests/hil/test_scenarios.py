@@ -23,19 +23,14 @@ pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is n
 
 # Scenarios that do not pass reliably in this build, with the precise reason (not strict: the misses depend
 # on machine load; remove an entry once it passes under load).
-KNOWN_FAILURES: dict[str, str] = {
-    "i2c-glitches": "time: therapist-client alignment missed (41 ms seen) on a loaded 2-core host: the register-level "
-                    "emulation at 3x falls behind, the drivers re-anchor their sample grids (completeness passes: the "
-                    "FIFO overflow and NACK-burst losses are reported exactly in lost_samples_<role>_<signal>)",
-    "room-basic": "time: therapist-client alignment missed (60 ms seen) and the coupled eda segments with it on a "
-                  "loaded 2-core host: the I2C emulation at 3x falls behind (~900 samples per stream lost and "
-                  "reported exactly; completeness passes); load-dependent: it passed in 1 of 2 short runs",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _params(short: bool):
     out = []
     for name, s in catalogue(short).items():
+        if short and name == "room-basic-sim":
+            continue  # run (once, shared with the tamper tests) by test_room_basic_sim_scores
         marks = []
         missing = missing_requirements(s)
         if missing:
@@ -115,8 +110,6 @@ def test_score_misses_a_wrong_leader(basic_run, tmp_path):
 
 @pytest.mark.parametrize("name", _params(short=True))
 def test_scenario_short(name, tmp_path):
-    if name == "room-basic-sim":
-        pytest.skip("run by test_room_basic_sim_scores")
     rep = run_scenario(name, short=True, workdir=tmp_path)
     print(rep.table())
     assert rep.passed, rep.table()
