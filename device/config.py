@@ -193,6 +193,9 @@ class LedConfig(_Strict):
 class OutboxConfig(_Strict):
     quota_mb: Annotated[float, Field(gt=0, le=1_000_000)] = 512.0
     synchronous: Literal["full", "normal"] = "full"
+    #: seconds an acknowledged data message stays as the resend tail (sent again after each reconnect);
+    #: keep it above the hub's Mosquitto ``autosave_interval`` (5 s by default); 0 turns the tail off
+    keep_acked_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
 
 class ClockConfig(_Strict):

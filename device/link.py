@@ -67,6 +67,8 @@ class Link:
         self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (publisher thread only)
         self._early: set[int] = set()  # mids acknowledged before publish() returned
+        self._tail_inflight: dict[int, int] = {}  # mid -> row id of a resent tail row (publisher thread only)
+        self._resend = threading.Event()  # set by each connect: send the resend tail again
         self._cursor = 0  # highest row id handed to paho
         self._thread: threading.Thread | None = None
         self.last_publish_ns = 0
@@ -96,6 +98,7 @@ class Link:
             return
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
+        self._resend.set()
         self._connected.set()
         self.counts["connects"] += 1
         logger.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
@@ -136,17 +139,37 @@ class Link:
                 break
             rid = self._inflight.pop(mid, None)
             if rid is None:
+                rid = self._tail_inflight.pop(mid, None)
+            if rid is None:
                 self._early.add(mid)
             else:
                 done.append(rid)
         for mid in list(self._early):
             rid = self._inflight.pop(mid, None)
+            if rid is None:
+                rid = self._tail_inflight.pop(mid, None)
             if rid is not None:
                 self._early.discard(mid)
                 done.append(rid)
         if done:
-            self.outbox.delete(done)
-            self.counts["acked"] += len(done)
+            self.counts["acked"] += self.outbox.acknowledge(done)
+
+    def _resend_tail(self) -> None:
+        """Publish the resend tail again (once per connect, before anything newer)."""
+        if not self._resend.is_set() or not self._connected.is_set():
+            return
+        self._resend.clear()
+        tail = self.outbox.acked_tail()
+        for q in tail:
+            info = self.client.publish(q.topic, q.payload, qos=q.qos, retain=q.retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+                logger.warning("resend of tail row %d failed: %s", q.id, mqtt.error_string(info.rc))
+                self._resend.set()  # try again at the next wake
+                break
+            self._tail_inflight[info.mid] = q.id
+            self.counts["resent"] += 1
+        if tail:
+            logger.info("resent %d messages the broker had acknowledged before the link went down", len(tail))
 
     def _fill(self) -> None:
         room = self.max_inflight - len(self._inflight)
@@ -159,7 +182,7 @@ class Link:
                 break
             self._cursor = q.id
             if q.qos == 0:
-                self.outbox.delete([q.id])
+                self.outbox.acknowledge([q.id])
             else:
                 self._inflight[info.mid] = q.id
             self.counts["published"] += 1
@@ -171,6 +194,7 @@ class Link:
             self._wake.clear()
             try:
                 self._drain_acks()
+                self._resend_tail()
                 self._fill()
                 self._drain_acks()
             except Exception:  # an outbox error must not kill the publisher: retry on the next wake

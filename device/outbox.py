@@ -1,6 +1,17 @@
 """The durable outbox: every outgoing MQTT message is committed to SQLite (WAL) before it is published
 and deleted only when the broker has acknowledged it (QoS 1 PUBACK).
 
+A broker's PUBACK is not yet the hub's copy: Mosquitto holds what it has acknowledged but not yet handed
+to the recorder in memory and writes it to disk only every ``autosave_interval`` seconds, so a broker
+killed (SIGKILL, hub power cut) loses what it acknowledged in its last seconds. The outbox therefore keeps
+acknowledged data messages (raw, feat, metric) for ``keep_acked_s`` more seconds, counted from their
+PUBACK, as a *resend tail*: the link publishes the tail again after every (re)connect and the hub's
+idempotent store drops the copies. Acknowledgements only arrive while connected, so during an outage
+nothing leaves the tail: after a reconnect it holds the last ``keep_acked_s`` seconds before the link
+went down. Retained messages (status) and command acknowledgements are deleted at their PUBACK (a stale
+retained status sent again would overwrite the current one). Tail rows are not queued messages: they
+count in neither ``depth`` nor ``bytes_queued`` and are the first to go when the quota is reached.
+
 The same file keeps the unit's small persistent state (``state`` table: the open session, per-stream
 sequence counters), written in the *same transaction* as the messages that advance it. So after SIGKILL
 or a power cut the counters and the queued messages agree: nothing committed is lost, no sequence number
@@ -33,12 +44,14 @@ logger = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox(
     id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL, created_ns INTEGER NOT NULL);
+    retain INTEGER NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL, created_ns INTEGER NOT NULL,
+    acked_ns INTEGER);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 EVICTABLE = ("raw", "feat")  # in eviction order
+TAIL_KINDS = frozenset({"raw", "feat", "metric"})  # kept for ``keep_acked_s`` after their PUBACK
 
 
 class OutboxError(DyadsyncError, OSError):
@@ -69,9 +82,13 @@ class Queued:
 class Outbox:
     """Thread-safe SQLite outbox and state store (one connection guarded by a lock)."""
 
-    def __init__(self, path: Path | str, *, quota_bytes: int = 512 * 2**20, synchronous: str = "full") -> None:
+    def __init__(self, path: Path | str, *, quota_bytes: int = 512 * 2**20, synchronous: str = "full",
+                 keep_acked_s: float = 30.0) -> None:
         self.path = Path(path)
         self.quota_bytes = int(quota_bytes)
+        if keep_acked_s < 0:
+            raise ValueError(f"keep_acked_s must be >= 0, got {keep_acked_s}")
+        self.keep_acked_ns = int(keep_acked_s * 1e9)
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,12 +97,17 @@ class Outbox:
             self._con.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             self._con.execute("PRAGMA busy_timeout=10000")
             self._con.executescript(SCHEMA)
+            cols = {r[1] for r in self._con.execute("PRAGMA table_info(outbox)")}
+            if "acked_ns" not in cols:  # an outbox written before the resend tail existed
+                self._con.execute("ALTER TABLE outbox ADD COLUMN acked_ns INTEGER")
+            self._con.execute("CREATE INDEX IF NOT EXISTS outbox_acked ON outbox(acked_ns) WHERE acked_ns IS NOT NULL")
             # Deletions need no fsync: a deletion lost in a power cut only means a resend, which the hub
             # deduplicates. A second connection with synchronous=NORMAL keeps them cheap.
             self._del = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._del.execute("PRAGMA synchronous=NORMAL")
             self._del.execute("PRAGMA busy_timeout=10000")
-            row = self._con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+            row = self._con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox "
+                                    "WHERE acked_ns IS NULL").fetchone()
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
         self._count, self._bytes = int(row[0]), int(row[1])
@@ -135,10 +157,12 @@ class Outbox:
         return ids
 
     def _evict(self, need_bytes: int, dropped: dict[str, int]) -> None:
+        # the resend tail first: the broker has acknowledged it, so it frees space without losing anything
+        self._con.execute("DELETE FROM outbox WHERE acked_ns IS NOT NULL")
         for kind in EVICTABLE:
             while need_bytes > 0:
                 rows = self._con.execute(
-                    "SELECT id, size FROM outbox WHERE kind=? ORDER BY id LIMIT 64", (kind,)
+                    "SELECT id, size FROM outbox WHERE kind=? AND acked_ns IS NULL ORDER BY id LIMIT 64", (kind,)
                 ).fetchall()
                 if not rows:
                     break
@@ -167,36 +191,58 @@ class Outbox:
     def set_state(self, **values: Any) -> None:
         self.put([], state=values)
 
-    def delete(self, ids: Iterable[int]) -> int:
-        """Remove acknowledged messages; returns how many were still queued."""
-        ids = [(int(i),) for i in ids]
+    def acknowledge(self, ids: Iterable[int]) -> int:
+        """The broker acknowledged these rows: delete them, or move data rows to the resend tail; the tail's
+        rows acknowledged more than ``keep_acked_s`` ago are deleted. Returns how many were still queued
+        (a second PUBACK for a row, or the PUBACK of a resent tail row, counts 0 and refreshes its tail time)."""
+        ids = [int(i) for i in ids]
         if not ids:
             return 0
+        now = time.time_ns()
         with self._lock:
             try:
                 self._del.execute("BEGIN IMMEDIATE")
                 removed = 0
-                for (rid,) in ids:
-                    row = self._del.execute("DELETE FROM outbox WHERE id=? RETURNING size", (rid,)).fetchone()
-                    if row is not None:
+                for rid in ids:
+                    row = self._del.execute("SELECT size, kind, retain, acked_ns FROM outbox WHERE id=?",
+                                            (rid,)).fetchone()
+                    if row is None:
+                        continue
+                    size, kind, retain, acked = row
+                    if self.keep_acked_ns > 0 and kind in TAIL_KINDS and not retain:
+                        self._del.execute("UPDATE outbox SET acked_ns=? WHERE id=?", (now, rid))
+                    else:
+                        self._del.execute("DELETE FROM outbox WHERE id=?", (rid,))
+                    if acked is None:
                         removed += 1
-                        self._bytes -= int(row[0])
+                        self._bytes -= int(size)
                 self._count -= removed
+                self._del.execute("DELETE FROM outbox WHERE acked_ns IS NOT NULL AND acked_ns < ?",
+                                  (now - self.keep_acked_ns,))
                 self._del.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 try:
                     self._del.execute("ROLLBACK")
                 except sqlite3.DatabaseError:
                     pass
-                raise OutboxError(f"outbox {self.path}: delete failed: {exc}") from exc
+                raise OutboxError(f"outbox {self.path}: acknowledge failed: {exc}") from exc
         return removed
 
     # ------------------------------------------------------------------------------------- reading
     def pending(self, after_id: int = 0, limit: int = 100) -> list[Queued]:
+        """Queued (not yet acknowledged) messages after row ``after_id``, oldest first."""
         with self._lock:
             rows = self._con.execute(
-                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE id>? ORDER BY id LIMIT ?",
-                (after_id, limit),
+                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE id>? AND acked_ns IS NULL "
+                "ORDER BY id LIMIT ?", (after_id, limit),
+            ).fetchall()
+        return [Queued(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
+
+    def acked_tail(self) -> list[Queued]:
+        """The resend tail: acknowledged data messages kept for ``keep_acked_s``, oldest first."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT id, topic, payload, qos, retain, kind FROM outbox WHERE acked_ns IS NOT NULL ORDER BY id"
             ).fetchall()
         return [Queued(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
 

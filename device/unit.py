@@ -58,7 +58,7 @@ class Unit:
         self.clock_monitor = clock_monitor or ClockMonitor(cfg.clock.check, cfg.clock.command, cfg.clock.interval_s,
                                                            cfg.clock.max_offset_ms)
         self.outbox = Outbox(cfg.db_path, quota_bytes=int(cfg.outbox.quota_mb * 2**20),
-                             synchronous=cfg.outbox.synchronous)
+                             synchronous=cfg.outbox.synchronous, keep_acked_s=cfg.outbox.keep_acked_s)
         self.pipeline = Pipeline(cfg)
         self.queue: queue.Queue = queue.Queue()
         if sources is None:

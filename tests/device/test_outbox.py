@@ -30,13 +30,58 @@ def test_put_pending_delete_and_state_are_atomic(tmp_path):
     assert ids == sorted(ids) and len(ids) == 2
     assert [q.topic for q in box.pending()] == ["t/a", "t/b"]
     assert box.get_state("next_seq") == 2
-    assert box.delete([ids[0]]) == 1
-    assert box.delete([ids[0]]) == 0  # a second PUBACK for the same row changes nothing
+    assert box.acknowledge([ids[0]]) == 1
+    assert box.acknowledge([ids[0]]) == 0  # a second PUBACK for the same row changes nothing
     assert box.depth == 1
     box.close()
     again = Outbox(tmp_path / "o.sqlite")  # reopened: depth and byte count come back from disk
     assert again.depth == 1 and again.bytes_queued == len(b"22") + len("t/b")
     assert [q.payload for q in again.pending()] == [b"22"]
+
+
+def test_acknowledged_data_stays_as_resend_tail_then_expires(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", keep_acked_s=0.3)
+    ids = box.put([OutMsg("t/raw", b"r", "raw"), OutMsg("t/feat", b"f", "feat"), OutMsg("t/m", b"m", "metric"),
+                   OutMsg("t/status", b"s", "status", retain=True), OutMsg("t/ack", b"a", "ack")])
+    assert box.acknowledge(ids) == 5
+    assert box.depth == 0 and box.bytes_queued == 0 and box.pending() == []
+    # data kinds stay for the resend; the retained status and the command ack are gone at their PUBACK
+    assert [q.topic for q in box.acked_tail()] == ["t/raw", "t/feat", "t/m"]
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", keep_acked_s=0.3)  # the tail survives a restart, not as queued
+    assert again.depth == 0 and [q.topic for q in again.acked_tail()] == ["t/raw", "t/feat", "t/m"]
+    assert again.acknowledge([ids[0]]) == 0  # the resent copy's PUBACK refreshes, counts nothing
+    time.sleep(0.35)
+    new = again.put([OutMsg("t/raw", b"r2", "raw")])
+    again.acknowledge(new)  # the next acknowledgement purges what is older than keep_acked_s
+    assert [q.payload for q in again.acked_tail()] == [b"r2"]
+    assert Outbox(tmp_path / "o2.sqlite", keep_acked_s=0).acknowledge(
+        Outbox(tmp_path / "o2.sqlite").put([OutMsg("t", b"x", "raw")])) == 1
+    assert Outbox(tmp_path / "o2.sqlite").acked_tail() == []  # keep_acked_s = 0: deleted at the PUBACK
+
+
+def test_outbox_without_the_tail_column_is_upgraded(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,"
+        " qos INTEGER NOT NULL, retain INTEGER NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,"
+        " created_ns INTEGER NOT NULL);"
+        "INSERT INTO outbox(topic, payload, qos, retain, kind, size, created_ns) VALUES('t', x'01', 1, 0, 'raw', 2, 0);")
+    con.close()
+    box = Outbox(db)
+    assert box.depth == 1 and [q.payload for q in box.pending()] == [b"\x01"]
+    assert box.integrity_check() == "ok"
+
+
+def test_quota_counts_queued_bytes_and_evicts_the_resend_tail_first(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=1000)
+    box.acknowledge(box.put([OutMsg("r", b"x" * 399, "raw") for _ in range(2)]))  # 800 bytes of tail
+    box.put([OutMsg("f", b"y" * 499, "feat") for _ in range(2)])  # the tail is not queued: these fit
+    assert box.counters() == {} and len(box.acked_tail()) == 2 and box.bytes_queued == 1000
+    box.put([OutMsg("m", b"z" * 99, "metric")])  # over quota: the tail goes first, then the oldest feature
+    assert box.acked_tail() == [] and [q.kind for q in box.pending()] == ["feat", "metric"]
+    assert box.counters() == {"dropped_feat": 1}
 
 
 def test_quota_drops_oldest_raw_then_features_never_metrics(tmp_path):
@@ -106,6 +151,62 @@ def test_link_buffers_through_broker_outage(tmp_path, mosquitto, room_auth):
     assert store.gaps(con, SESSION) == []
 
 
+@pytest.mark.parametrize("keep_acked_s", [30.0, 0.0])
+def test_resend_tail_survives_a_broker_killed_before_the_recorder_had_it(tmp_path, room_auth, keep_acked_s):
+    """Mosquitto PUBACKs, then is SIGKILLed before its next autosave with the messages still queued for the
+    (away) recorder: with the resend tail every message reaches the hub; without it (keep_acked_s = 0,
+    the control) they are lost, which shows the fault is real."""
+    from broker.mosquitto import MosquittoProcess, write_broker_files
+
+    files = write_broker_files(tmp_path / "broker", room_auth)
+    files.conf.write_text(files.conf.read_text().replace("autosave_interval 5", "autosave_interval 3600"))
+    broker = MosquittoProcess(files).start()
+    hub = tmp_path / "hub.sqlite"
+    rec_user = room_auth.service_user("recorder")
+    link = None
+    try:
+        rec = Recorder(hub, "room-a", broker.host, broker.port, *rec_user).start()  # returns once subscribed
+        rec.stop()  # the recorder is away; its persistent session queues for it
+        broker.stop()  # a clean stop saves that session to disk
+        broker.start()
+        box = Outbox(tmp_path / "o.sqlite", keep_acked_s=keep_acked_s)
+        topic = wire.feat_topic("room-a", "unit-a", STREAM)
+        link = Link(box, host=broker.host, port=broker.port, client_id="dyadsync-unit-room-a-unit-a",
+                    username="unit-a", password=room_auth.units["unit-a"], reconnect_min_s=0.1,
+                    reconnect_max_s=0.5).start()
+        assert link.wait_connected(10)
+        box.put([OutMsg(topic, wire.encode_block(block_for(s), SESSION), "feat") for s in range(40)])
+        assert link.flush(10), link.stats()  # all PUBACKed: the broker holds them in memory only
+        broker.kill()
+        broker.start()
+        deadline = time.monotonic() + 10
+        while link.stats().get("connects", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.stats().get("connects", 0) >= 2
+        box.put([OutMsg(topic, wire.encode_block(block_for(s), SESSION), "feat") for s in range(40, 50)])
+        assert link.flush(10), link.stats()
+        time.sleep(0.5)
+        rec = Recorder(hub, "room-a", broker.host, broker.port, *rec_user).start()
+        want = 50 if keep_acked_s else 10
+        con = store.connect(hub, readonly=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and store.stored_counts(con, "unit-a")["feat"] < want:
+            time.sleep(0.1)
+        time.sleep(0.5)  # let any further copies land (none may be stored twice)
+        rec.stop()
+        seqs = [r[0] for r in con.execute("SELECT seq FROM blocks WHERE unit='unit-a' ORDER BY seq")]
+        con.close()
+    finally:
+        if link is not None:
+            link.stop()
+        broker.stop()
+    if keep_acked_s:
+        assert seqs == list(range(50)), seqs
+        assert link.stats()["resent"] >= 40
+    else:
+        assert seqs == list(range(40, 50)), seqs  # the 40 acknowledged before the kill are gone
+
+
 def _run_child(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "tests.device.outbox_child", *args], cwd=ROOT, env=env,
@@ -152,7 +253,7 @@ def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path, mosquitt
         np.testing.assert_array_equal(np.frombuffer(data, "<f4"), block_for(seq).values)
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert check.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert check.execute("SELECT COUNT(*) FROM outbox WHERE acked_ns IS NULL").fetchone()[0] == 0
     check.close()
 
 

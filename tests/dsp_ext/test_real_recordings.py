@@ -51,7 +51,8 @@ def load_ppg(package: str, sub: str, name: str) -> tuple[np.ndarray, float]:
     if "timer" in df:  # data2: milliseconds
         rate = 1000.0 / float(np.mean(np.diff(df["timer"].to_numpy())))
     else:  # data3: datetime stamps
-        t_s = pd.to_datetime(df["datetime"], format="mixed").astype("int64").to_numpy() / 1e9
+        t = pd.to_datetime(df["datetime"], format="mixed")  # pandas 3 parses to datetime64[us], 2.x to [ns]
+        t_s = ((t - t.iloc[0]) / pd.Timedelta(seconds=1)).to_numpy()
         rate = 1.0 / float(np.mean(np.diff(t_s)))
     return df["hr"].to_numpy(dtype=np.float64), rate
 
