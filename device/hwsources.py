@@ -20,6 +20,8 @@ Blocks of a stream follow each other on one grid; samples missing between two bl
 scans, a reopened sensor) are counted as lost (``sample_losses``), and the block after them is flagged
 ``GAP_BEFORE``. Refinements of a FIFO sensor's time line are applied at most ``_Paced.SLEW`` (4 %) of a
 period per block.
+The serial firmware's blocks are kept on a grid numbered by the firmware's sample index the same way
+(see :class:`SerialFirmwareSource`).
 A ``read`` hands out one block (the source thread reports the losses counted so far before the first block
 it gets, so a loss is counted when the block after it is handed out).
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -257,8 +260,20 @@ class Ads1115EdaSource(_Paced):
 
 
 class SerialFirmwareSource(Source):
-    """The dyadsync firmware over a pyserial URL (``firmware_bridge.link.SerialLink``); its blocks are
-    already stamped in UTC by the link's clock mapping."""
+    """The dyadsync firmware over a pyserial URL (``firmware_bridge.link.SerialLink``).
+
+    The link stamps each block in UTC through its clock mapping, and numbers its samples by the firmware's
+    sample index. The source puts a stream's blocks on one grid numbered by that index: a block's time is
+    predicted from the previous block and the exact index difference (lost samples included), then moved
+    towards the link's stamp by at most ``SLEW`` of a period per block. So a clock-fit step after a
+    reconnect (a few ms at 5x simulated speed) is slewed in instead of shifting the whole block, and the
+    time gap across an unplug is exactly the lost samples times the period, as the index says. A new clock
+    segment (device reboot), a new link, an unsynchronised stamp or a disagreement above ``STEP_S`` starts
+    the grid again at the link's stamp.
+    """
+
+    SLEW = _Paced.SLEW
+    STEP_S = 0.1
 
     def __init__(self, sensor: Any, clock: Clock, hardware: Any) -> None:
         self.sensor = sensor
@@ -268,6 +283,8 @@ class SerialFirmwareSource(Source):
         self.link: Any = None
         self._lost: dict[str, int] = {}  # per stream, over all links opened
         self._link_lost: dict[str, int] = {}  # the current link's counts already added
+        self._grid: dict[str, tuple[int, int, int]] = {}  # stream -> (segment, first index, t0 ns) of the last block
+        self.grid_steps = 0  # grid restarts after a disagreement above STEP_S (a clock step)
 
     def sample_losses(self) -> dict[str, int]:
         if self.link is not None:  # samples the firmware numbered but the link never delivered
@@ -291,18 +308,40 @@ class SerialFirmwareSource(Source):
                                    handshake_timeout_s=1.0 * speed, silence_timeout_s=2.0 * speed).start()
 
     def read(self, timeout_s: float) -> list[SampleBlock]:
-        first = self.link.get(timeout_s)
+        first = self.link.get_delivery(timeout_s)
         if first is None:
             if self.link.refused:
                 raise SensorError(f"{self.name}: firmware refused: {self.link.refused}")
             return []
-        return [first, *(d.block for d in self.link.drain())]
+        return [self._on_grid(d) for d in (first, *self.link.drain())]
+
+    def _on_grid(self, d: Any) -> SampleBlock:
+        b = d.block
+        if b.flags & BlockFlags.CLOCK_UNSYNCED:
+            self._grid.pop(b.stream, None)
+            return b
+        period_ns = 1e9 / b.rate_hz
+        g = self._grid.get(b.stream)
+        t0 = b.t0_ns  # integers throughout: a float64 holds UTC nanoseconds only to ~256 ns
+        if g is not None and g[0] == d.segment:
+            predicted = g[2] + round((d.first_index - g[1]) * period_ns)
+            err = b.t0_ns - predicted
+            if abs(err) <= self.STEP_S * 1e9:
+                step = int(self.SLEW * period_ns)
+                t0 = predicted + min(max(err, -step), step)
+            else:
+                self.grid_steps += 1
+                logger.warning("sensor %s: %s stamp %.1f ms off its sample grid: grid restarted", self.name,
+                               b.stream, err / 1e6)
+        self._grid[b.stream] = (d.segment, d.first_index, t0)
+        return b if t0 == b.t0_ns else replace(b, t0_ns=t0)
 
     def close(self) -> None:
         if self.link is not None:
             self.sample_losses()  # keep what this link counted
             self.link.stop()
             self.link = None
+        self._grid.clear()  # a new link numbers (and maps) anew
 
 
 def make_source(sensor: Any, clock: Clock, hardware: Any) -> Source:

@@ -64,14 +64,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         state = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM state")}
-        depth, nbytes = con.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        cols = {r[1] for r in con.execute("PRAGMA table_info(outbox)")}
+        queued = "WHERE acked_ns IS NULL" if "acked_ns" in cols else ""  # older files have no resend tail
+        depth, nbytes = con.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox {queued}").fetchone()
+        tail = con.execute("SELECT COUNT(*) FROM outbox WHERE acked_ns IS NOT NULL").fetchone()[0] if queued else 0
         counters = dict(con.execute("SELECT name, value FROM counters"))
     finally:
         con.close()
     session = (state.get("session") or {}).get("session")
     info = {
         "room": cfg.room, "unit": cfg.unit, "database": str(db),
-        "session": session, "queued_messages": depth, "queued_bytes": nbytes,
+        "session": session, "queued_messages": depth, "queued_bytes": nbytes, "resend_tail_messages": tail,
         "quota_bytes": int(cfg.outbox.quota_mb * 2**20), "dropped": counters,
         "last_status": state.get("last_status"),
     }
@@ -83,7 +86,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  session:  {session['id']} (open; participants {session['participants']})")
     else:
         print("  session:  none")
-    print(f"  outbox:   {depth} messages, {nbytes} bytes queued (quota {info['quota_bytes']} bytes)")
+    print(f"  outbox:   {depth} messages, {nbytes} bytes queued (quota {info['quota_bytes']} bytes); "
+          f"{tail} acknowledged kept to resend after a reconnect")
     print(f"  dropped:  {counters or 'none'}")
     last = state.get("last_status")
     if last:

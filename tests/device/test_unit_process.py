@@ -70,12 +70,13 @@ def test_sigterm_notify_and_clean_shutdown(tmp_path, unit_toml, console, mosquit
     assert final is not None and final.session == "s-term" and final.buffer_depth == 0
     db = load_config(config).db_path
     con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0  # flushed before exit
+    assert con.execute("SELECT COUNT(*) FROM outbox WHERE acked_ns IS NULL").fetchone()[0] == 0  # flushed
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # the CLI status shows the open session and the empty outbox
     out = subprocess.run([sys.executable, "-m", "device.cli", "unit", "status", "--config", config], cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, check=True)
     assert "s-term (open" in out.stdout and "0 messages" in out.stdout
+    assert "acknowledged kept to resend" in out.stdout
 
 
 def test_sigkill_sends_will_and_session_resumes(tmp_path, unit_toml, console, mosquitto, room_auth):
