@@ -220,9 +220,18 @@ class _Anchored:
     """Adapter base for dsp_ext streams, whose grid index k means ``k / 4`` s after the stream's first
     sample: the first sample's UTC time anchors it to the shared grid (to the nearest bin, an error below
     half a raw sample). Raw gaps up to ``MAX_FILL_S`` are filled with NaN samples so the stream stays
-    contiguous; a longer gap (or a time jump backwards) restarts the stream at a new anchor."""
+    contiguous; a longer gap (or a time jump backwards) restarts the stream at a new anchor.
+
+    A gap of at most ``BRIDGE_S`` between two finite samples is bridged by linear interpolation instead
+    (``bridged_samples`` counts them). The dsp_ext streams treat a NaN as an artefact and invalidate the
+    features for their settling guard after it (0.5 s for EDA), so one missed ADC scan a second — common
+    when a Python thread polls an ADS1115 under load — would invalidate half of the 4 Hz EDA grid. A
+    missing sample is not an artefact: over 0.25 s skin conductance (3 Hz low-pass, responses rising over
+    >= 0.5 s) is as good as linear. Only the feature path is bridged; the raw stream keeps its gap, counted.
+    """
 
     MAX_FILL_S = 3600.0
+    BRIDGE_S = 0.0  # raw gaps up to this long are interpolated (per extractor; 0: always NaN)
 
     def __init__(self, rate_hz: float, factory, origin_bin: int | None = None, align_bins: int = 1) -> None:
         self.rate_hz = rate_hz
@@ -233,6 +242,8 @@ class _Anchored:
         self.anchor_ns: int | None = None
         self.next_ns: int | None = None
         self.k_next: int | None = None
+        self._last = math.nan  # the previous block's last raw value
+        self.bridged_samples = 0
 
     def _feed(self, block: SampleBlock) -> tuple[np.ndarray, int]:
         """Values to push (with NaN gap filling) and the anchor bin; restarts the stream if needed."""
@@ -245,7 +256,15 @@ class _Anchored:
                 self.anchor_ns = None
                 self._restarted()
             elif missing > 0:
-                x = np.concatenate([np.full(missing, np.nan), x])
+                if missing <= self.BRIDGE_S * self.rate_hz and x.size and math.isfinite(self._last) \
+                        and math.isfinite(x[0]):
+                    fill = self._last + (x[0] - self._last) * (np.arange(1, missing + 1) / (missing + 1))
+                    self.bridged_samples += missing
+                else:
+                    fill = np.full(missing, np.nan)
+                x = np.concatenate([fill, x])
+        if block.n:
+            self._last = float(block.values[-1])
         if self.anchor_ns is None:
             if self.origin_bin is None:
                 self.anchor_ns = block.t0_ns
@@ -266,6 +285,7 @@ class DspEdaExtractor(_Anchored):
     """``dsp_ext.eda.EdaStream`` (artefact rejection, 3 Hz low-pass, grid interpolation) on the UTC grid."""
 
     channel = "eda"
+    BRIDGE_S = 0.25  # at most 8 samples at 32 Hz (see _Anchored)
 
     def __init__(self, rate_hz: float, origin_bin: int | None = None) -> None:
         from dsp_ext.eda import EdaStream

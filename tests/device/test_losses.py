@@ -288,3 +288,60 @@ def test_source_without_loss_report_still_delivers():
     finally:
         th.stop()
     assert [(k, b.seq) for k, _, b in evs] == [("block", 0), ("block", 1)]
+
+
+def _eda_blocks(drop_every: int = 0, long_gap_at: int | None = None):
+    """60 s of smooth skin conductance at 32 Hz in 4-sample blocks, stamped on UTC; one sample dropped
+    every ``drop_every`` samples (a missed ADS1115 scan), a 1-s hole at sample ``long_gap_at``."""
+    rate, n = 32.0, 32 * 60
+    t = np.arange(n) / rate
+    x = (5.0 + 0.5 * np.sin(2 * np.pi * 0.05 * t) + 0.3 * np.exp(-((t - 30.0) / 2.0) ** 2)).astype(np.float32)
+    keep = np.ones(n, dtype=bool)
+    if drop_every:
+        keep[drop_every // 2::drop_every] = False
+    if long_gap_at is not None:
+        keep[long_gap_at:long_gap_at + 32] = False
+    blocks, run, seq = [], [], 0
+    for i in range(n + 1):
+        if i < n and keep[i] and (not run or run[-1] == i - 1) and len(run) < 4:
+            run.append(i)
+            continue
+        if run:
+            blocks.append(SampleBlock("client/eda", seq, T0 + round(run[0] * 1e9 / rate), rate, x[run], 0))
+            seq += 1
+        run = [i] if i < n and keep[i] else []
+    return blocks, int((~keep).sum())
+
+
+def _eda_features(blocks, bridge_s=None):
+    from device.features import DspEdaExtractor
+
+    ex = DspEdaExtractor(32.0)
+    if bridge_s is not None:
+        ex.BRIDGE_S = bridge_s
+    out = {}
+    for b in blocks:
+        out.update(ex.push(b))
+    return ex, out
+
+
+def test_missed_eda_scans_are_bridged_not_invalidating_the_grid():
+    """One missed scan a second: bridged (linear over one sample), the 4 Hz EDA stays valid and within
+    0.005 µS of the loss-free features; without the bridge (the control) the NaN's settling guard
+    invalidates most of the grid; a 1-s hole is never bridged."""
+    full_ex, full = _eda_features(_eda_blocks()[0])
+    blocks, dropped = _eda_blocks(drop_every=32)
+    ex, gapped = _eda_features(blocks)
+    assert ex.bridged_samples == dropped == 60
+    k0 = min(full)  # the first sample's grid bin (UTC)
+    ks = [k for k in full if k >= k0 + 8 and np.isfinite(full[k])]  # after the first 2 s
+    ok = [k for k in ks if np.isfinite(gapped.get(k, np.nan))]
+    assert len(ok) >= 0.99 * len(ks), (len(ok), len(ks))
+    assert max(abs(gapped[k] - full[k]) for k in ok) < 0.005
+    _, unbridged = _eda_features(blocks, bridge_s=0.0)
+    assert np.mean([np.isfinite(unbridged.get(k, np.nan)) for k in ks]) < 0.6
+    hole, _ = _eda_blocks(long_gap_at=32 * 20)
+    ex2, holed = _eda_features(hole)
+    assert ex2.bridged_samples == 0
+    assert not np.isfinite(holed[k0 + 4 * 20 + 2])  # inside the hole: invalid, not invented
+    assert np.isfinite(holed[k0 + 4 * 25])  # and valid again after it
