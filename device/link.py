@@ -130,6 +130,11 @@ class Link:
             logger.exception("handler for %s failed", str(msg.topic)[:200])
 
     # ---------------------------------------------------------------------------- publisher thread
+    def _row_of(self, mid: int) -> int | None:
+        """The outbox row a PUBACK's mid belongs to (a queued row or a resent tail row), forgotten once found."""
+        rid = self._inflight.pop(mid, None)
+        return self._tail_inflight.pop(mid, None) if rid is None else rid
+
     def _drain_acks(self) -> None:
         done: list[int] = []
         while True:
@@ -137,17 +142,13 @@ class Link:
                 mid = self._acked.get_nowait()
             except queue.Empty:
                 break
-            rid = self._inflight.pop(mid, None)
-            if rid is None:
-                rid = self._tail_inflight.pop(mid, None)
+            rid = self._row_of(mid)
             if rid is None:
                 self._early.add(mid)
             else:
                 done.append(rid)
         for mid in list(self._early):
-            rid = self._inflight.pop(mid, None)
-            if rid is None:
-                rid = self._tail_inflight.pop(mid, None)
+            rid = self._row_of(mid)
             if rid is not None:
                 self._early.discard(mid)
                 done.append(rid)
