@@ -173,7 +173,7 @@ def main() -> int:
         if emu_file.exists():  # register-level emulators in the process: the target applies to the unit's part
             rows = [
                 ("CPU / wall, whole process incl. emulated chips", f"{cpu_pct:.2f} %", "", True),
-                ("CPU / wall inside the emulated I2C bus", f"{emu_pct:.2f} %", "", True),
+                ("CPU / wall inside the emulated I2C bus (+ meter)", f"{emu_pct:.2f} %", "", True),
                 ("CPU / wall, the unit (process - emulation)", f"{own_pct:.2f} %", "<= 5 %", own_pct <= 5.0),
             ]
         else:

@@ -14,7 +14,8 @@ took it, never when the poll that fetched it happened to run (on a loaded host, 
 * ADS1115: single-shot conversions on the scanner's fixed schedule; scan ``k`` is stamped at its scheduled
   time ``t0 + k / rate``; a scan more than one period late is skipped (a lost sample), so a sample is never
   further than one period from its stamp. The source sleeps until each scan is due and hands out a block
-  per ``block_s``.
+  per ``block_s``. With its one input the scans are pipelined (a conversion is read when the next one is
+  started, one wake-up per sample: ``firmware_bridge.ads1115.MultiplexedScanner``).
 
 Blocks of a stream follow each other on one grid; samples missing between two blocks (overflow, missed
 scans, a reopened sensor) are counted as lost (``sample_losses``), and the block after them is flagged
@@ -243,19 +244,26 @@ class Ads1115EdaSource(_Paced):
     def _take(self) -> list[SampleBlock]:
         if not self._res.index:
             return self._hand_out()
-        index = np.asarray(self._res.index, dtype=np.int64)
-        volts = np.asarray(self._res.volts, dtype=np.float64)
+        index = self._res.index[:]
+        # a few samples per block: float arithmetic per sample is cheaper than a dozen numpy calls
+        us = self.front.microsiemens_of
+        eda_us = [us(v) for v in self._res.volts]
         self._res.index.clear()
         self._res.volts.clear()
         self._res.times_s.clear()
-        eda_us, invalid = self.front.to_microsiemens(volts)
-        cuts = np.flatnonzero(np.diff(index) != 1) + 1  # missed scans split the block
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, index.size], strict=True):
-            first = int(index[a])
+        n = len(index)
+        if index[-1] - index[0] == n - 1:  # no scan missed (the usual case)
+            spans = [(0, n)]
+        else:  # missed scans split the block
+            cuts = [i for i in range(1, n) if index[i] != index[i - 1] + 1]
+            spans = list(zip([0, *cuts], [*cuts, n], strict=True))
+        for a, b in spans:
+            first = index[a]
             gap = None if self._next_index is None else first - self._next_index
-            self._next_index = int(index[b - 1]) + 1
-            flags = BlockFlags.INVALID if invalid[a:b].any() else 0
-            self._emit(eda_us[a:b].astype(np.float32), self.scanner.time_of(first), gap, flags)
+            self._next_index = index[b - 1] + 1
+            values = np.array(eda_us[a:b], dtype=np.float32)
+            flags = BlockFlags.INVALID if np.isnan(values).any() else 0
+            self._emit(values, self.scanner.time_of(first), gap, flags)
         return self._hand_out()
 
 

@@ -68,6 +68,8 @@ class Unit:
         self.bad_commands = 0
         self._contact_lost: dict[str, set[str]] = {}
         self._lost_before: dict[str, int] = {}  # stream -> samples lost before its next block (``lost`` events)
+        self._held: list[OutMsg] = []  # raw and feature messages not committed yet (COMMIT_EVERY_S)
+        self._held_since = 0.0
         self.fatal: str | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -118,7 +120,11 @@ class Unit:
                 self.fatal = repr(exc)
                 self._stop.wait(1.0)
 
-    def _work_once(self, timeout_s: float) -> None:
+    # Raw and feature blocks are committed together at most this often (each commit is one fsync of the WAL,
+    # ~10 a second otherwise); a metric, a status or a command ack is committed at once, with whatever is held.
+    COMMIT_EVERY_S = 0.25
+
+    def _work_once(self, timeout_s: float, commit: bool = False) -> None:
         try:
             events = [self.queue.get(timeout=timeout_s)]
         except queue.Empty:
@@ -142,16 +148,25 @@ class Unit:
                 self.sensors[a] = b
             elif kind == "mqtt":
                 extra += self._handle_mqtt(a, b)
-        msgs = self.pipeline.drain() + extra
+        msgs = self.pipeline.drain()
+        status = self._status_if_due()
+        now = time.monotonic()
+        if msgs and not self._held:
+            self._held_since = now
+        self._held += msgs
+        urgent = commit or extra or status is not None or any(m.kind == "metric" for m in msgs)
+        if not (self._held or extra or status is not None):
+            return
+        if not urgent and now - self._held_since < self.COMMIT_EVERY_S:
+            return  # the pipeline's state is committed with its messages, so a crash loses both together
+        msgs, self._held = self._held + extra, []
         state = self.pipeline.state()
         if extra:
             state["acks"] = self._acks
-        status = self._status_if_due()
         if status is not None:
             msgs.append(status)
             state["last_status"] = json.loads(status.payload)
-        if msgs or extra:
-            self.outbox.put(msgs, state=state)
+        self.outbox.put(msgs, state=state)
 
     def _contact(self, name: str, block: Any) -> None:
         """A sensor whose blocks say CONTACT_LOST (electrode or finger off) is shown as ``contact_lost``,
@@ -312,7 +327,7 @@ class Unit:
         if self._worker is not None:
             self._worker.join(5)
         try:
-            self._work_once(0)  # whatever the sources queued last
+            self._work_once(0, commit=True)  # whatever the sources queued last, and what was held
             self.pipeline.shutdown_flush()
             msgs = self.pipeline.drain()
             if msgs:

@@ -83,6 +83,7 @@ class ADS1115(I2CDriver):
         self.timeouts = 0
         self.last_start_s = math.nan  # driver clock just after the last single-shot conversion was started
         self._continuous_mux: str | None = None
+        self._config_words: dict[tuple[str, str, bool], int] = {}
 
     # ---------------------------------------------------------------------------------- registers
     def read_register(self, reg: int) -> int:
@@ -93,9 +94,13 @@ class ADS1115(I2CDriver):
         self._io("write_i2c_block_data", reg, [(value >> 8) & 0xFF, value & 0xFF])
 
     def _config(self, mux: str, mode: str, start: bool) -> int:
-        return REGS["CONFIG"].compose(
-            os=int(start), mux=mux, pga=self.fsr_v, mode=mode, dr=self.data_rate_sps, comp_que=0b11
-        )
+        key = (mux, mode, start)
+        word = self._config_words.get(key)
+        if word is None:  # composed once per (input, mode): a scan writes the same few words all day
+            word = self._config_words[key] = REGS["CONFIG"].compose(
+                os=int(start), mux=mux, pga=self.fsr_v, mode=mode, dr=self.data_rate_sps, comp_que=0b11
+            )
+        return word
 
     def init(self) -> None:
         """Put the ADC in power-down single-shot mode with comparator off and check it reads back."""
@@ -121,12 +126,23 @@ class ADS1115(I2CDriver):
 
     def read_raw(self, channel: int | str) -> int:
         """One single-shot conversion of ``channel``: start, poll OS until ready, read the code."""
+        mux = self.start_conversion(channel)
+        self.sleep(self.conversion_s * (1 + 0.02))
+        return self.finish_conversion(mux)
+
+    def start_conversion(self, channel: int | str) -> str:
+        """Start one single-shot conversion of ``channel`` (the chip must be idle) and return its input name;
+        :attr:`last_start_s` is the driver clock just after the start. Read it with :meth:`finish_conversion`."""
         mux = _mux_name(channel)
         self.write_register(0x01, self._config(mux, "single", start=True))
         self.last_start_s = self.monotonic()  # the conversion started before this (the config write)
         self._continuous_mux = None
+        return mux
+
+    def finish_conversion(self, mux: str) -> int:
+        """The code of the conversion started last: poll OS until ready (SensorTimeout if the chip has not
+        finished within three conversion times (+10 ms) of the start), then read the conversion register."""
         deadline = self.last_start_s + self.conversion_s * (1 + CONVERSION_MARGIN) * 3 + 0.01
-        self.sleep(self.conversion_s * (1 + 0.02))
         while not self.read_register(0x01) & 0x8000:
             if self.monotonic() > deadline:
                 self.timeouts += 1
@@ -180,6 +196,11 @@ class MultiplexedScanner:
     retried by the driver; a conversion that still fails gives NaN, is counted in ``failed``, and the chip
     is re-initialised before the next scan (counted in ``adc.counters.reinits``); while that fails, the
     scan's values are NaN. The scanner itself never raises on bus errors.
+
+    With one input the scans are pipelined: scan k's conversion is started at its scheduled time and read
+    at scan k + 1's, a period later (long finished), so the host wakes once per sample instead of twice and
+    the result comes one period later; :meth:`flush` reads the last one. With several inputs each scan
+    converts them one after the other and waits for each.
     """
 
     def __init__(self, adc: ADS1115, channels: list[int | str], rate_hz: float) -> None:
@@ -200,9 +221,13 @@ class MultiplexedScanner:
         self.results = {name: ScanResult() for name in names}
         self.missed_scans = 0
         self.failed = 0
+        self.pipelined = len(names) == 1
         self._needs_init = False
         self._t0: float | None = None
         self._k = 0
+        # pipelined: the conversion started and not read yet, as (scan number or None if it started too late
+        # to be recorded, host time just before its start)
+        self._pending: tuple[int | None, float] | None = None
 
     def next_due_s(self) -> float:
         if self._t0 is None:
@@ -221,13 +246,16 @@ class MultiplexedScanner:
         if self._t0 is None:
             self._t0 = now
         ran = 0
-        while self._t0 + self._k / self.rate_hz <= now:
+        period = 1.0 / self.rate_hz
+        while self._t0 + self._k / self.rate_hz <= now:  # the same expression as next_due_s (to the last bit)
             due = self._t0 + self._k / self.rate_hz
-            if now - due >= 1.0 / self.rate_hz:
+            if now - due >= period:
                 behind = int(math.floor((now - due) * self.rate_hz))
                 self.missed_scans += behind
                 self._k += behind
                 continue
+            if self.pipelined:
+                self.flush()  # the previous scan's conversion, started a period ago
             if self._needs_init:
                 self.adc.counters.reinits += 1
                 try:
@@ -235,36 +263,84 @@ class MultiplexedScanner:
                     self._needs_init = False
                 except SensorError as exc:
                     logger.warning("ADS1115 re-initialisation failed: %s", exc)
-            late = False
-            for name in self.channels:
-                t = self.adc.monotonic()
-                v = math.nan
-                if not self._needs_init:
-                    try:
-                        v = self.adc.read_volts(name)
-                    except SensorError as exc:
-                        logger.warning("%s", exc)
-                        self._needs_init = True
-                    else:
-                        late = late or self.adc.last_start_s - due >= 1.0 / self.rate_hz
-                if math.isnan(v):
-                    self.failed += 1
-                res = self.results[name]
-                res.times_s.append(t)
-                res.volts.append(v)
-                res.index.append(self._k)
-            if late:  # started too late to be this scan: not a sample of it
-                for name in self.channels:
-                    res = self.results[name]
-                    del res.times_s[-1], res.volts[-1], res.index[-1]
-                self.missed_scans += 1
+            if self.pipelined:
+                self._start(due)
+            else:
+                self._scan(due)
             self._k += 1
             ran += 1
             now = self.adc.monotonic()
         return ran
+
+    def _record(self, name: str, t: float, v: float, k: int) -> None:
+        if math.isnan(v):
+            self.failed += 1
+        res = self.results[name]
+        res.times_s.append(t)
+        res.volts.append(v)
+        res.index.append(k)
+
+    def _scan(self, due: float) -> None:
+        """Every input in turn, each conversion waited for."""
+        late = False
+        values = []
+        for name in self.channels:
+            t = self.adc.monotonic()
+            v = math.nan
+            if not self._needs_init:
+                try:
+                    v = self.adc.read_volts(name)
+                except SensorError as exc:
+                    logger.warning("%s", exc)
+                    self._needs_init = True
+                else:
+                    late = late or self.adc.last_start_s - due >= 1.0 / self.rate_hz
+            values.append((name, t, v))
+        if late:  # started too late to be this scan: not a sample of it
+            self.missed_scans += 1
+            return
+        for name, t, v in values:
+            self._record(name, t, v, self._k)
+
+    def _start(self, due: float) -> None:
+        """Pipelined: start this scan's conversion; it is read by :meth:`flush` (at the next scan)."""
+        name = self.channels[0]
+        t = self.adc.monotonic()
+        if self._needs_init:
+            self._record(name, t, math.nan, self._k)
+            return
+        try:
+            self.adc.start_conversion(name)
+        except SensorError as exc:
+            logger.warning("%s", exc)
+            self._needs_init = True
+            self._record(name, t, math.nan, self._k)
+            return
+        if self.adc.last_start_s - due >= 1.0 / self.rate_hz:  # started too late to be this scan
+            self.missed_scans += 1
+            self._pending = (None, t)  # still read (and dropped), so that no start meets a busy chip
+        else:
+            self._pending = (self._k, t)
+
+    def flush(self) -> None:
+        """Pipelined: read the conversion started last, if any (it waits for the chip if it is not done)."""
+        if self._pending is None:
+            return
+        k, t = self._pending
+        self._pending = None
+        name = self.channels[0]
+        v = math.nan
+        try:
+            v = float(self.adc.code_to_volts(self.adc.finish_conversion(name)))
+        except SensorError as exc:
+            logger.warning("%s", exc)
+            self._needs_init = True
+        if k is not None:
+            self._record(name, t, v, k)
 
     def run_until(self, t_end_s: float) -> None:
         """Poll and sleep (``adc.sleep``) until the host clock reaches ``t_end_s``."""
         while self.adc.monotonic() < t_end_s:
             self.poll()
             self.adc.sleep(max(0.0, min(self.next_due_s(), t_end_s) - self.adc.monotonic()))
+        self.flush()

@@ -68,7 +68,11 @@ class FifoClock:
         self.count = 0  # samples taken (read or lost) up to the last snapshot: the number of the next one
         self.period_s = self.nominal_period_s
         self._base: float | None = None  # host time origin of the stored polls (numerical conditioning)
-        self._n = self._r0 = self._r1 = np.empty(0, dtype=np.float64)
+        # the polls kept: rows [_start, _end) of one buffer (columns n, r0, r1), appended in place;
+        # _n, _r0, _r1 are views of them
+        self._buf = np.empty((3, 256), dtype=np.float64)
+        self._start = self._end = 0
+        self._views()
         self._old: tuple | None = None  # set aside at an inexact loss
         self._since_inexact = 0
         self._lo = self._hi = math.nan  # bounds of the phase (relative to _base)
@@ -102,21 +106,48 @@ class FifoClock:
             # the newest sample number from the line, as small as the bounds allow; the polls numbered on the
             # old count are set aside until the new ones tell by how many whole periods it was off
             n_end = max(n_end, math.floor((x0 - self._hi) / self.period_s) + 1 - queued)
-            self._old = (self._n, self._r0, self._r1, self._lo, self._hi)
+            self._old = (self._n.copy(), self._r0.copy(), self._r1.copy(), self._lo, self._hi)
             self._since_inexact = 0
-            self._n = self._r0 = self._r1 = np.empty(0, dtype=np.float64)
+            self._start = self._end = 0
         self.count = n_end
-        self._n = np.append(self._n, float(n_end + queued))
-        self._r0 = np.append(self._r0, x0)
-        self._r1 = np.append(self._r1, x1)
-        old = self._r1 < x1 - self.window_s
-        if old.any() or self._n.size > self.max_polls:
-            keep = max(int(np.argmin(old)) if old.any() else 0, self._n.size - self.max_polls)
-            self._n, self._r0, self._r1 = self._n[keep:], self._r0[keep:], self._r1[keep:]
+        self._append(float(n_end + queued), x0, x1)
+        # forget polls older than the window (poll times only grow: the oldest are first) and beyond max_polls
+        r1, start, cut = self._buf[2], self._start, x1 - self.window_s
+        while start < self._end - 1 and r1[start] < cut:
+            start += 1
+        self._start = max(start, self._end - self.max_polls)
+        self._views()
         self._update(x1)
         if self._old is not None:
             self._renumber()
         return n_end - n
+
+    def _views(self) -> None:
+        self._n, self._r0, self._r1 = self._buf[:, self._start:self._end]
+
+    def _append(self, n: float, r0: float, r1: float) -> None:
+        if self._end == self._buf.shape[1]:  # full: move the kept polls to the front, or grow
+            size = self._end - self._start
+            if size * 2 > self._buf.shape[1]:
+                grown = np.empty((3, 2 * self._buf.shape[1]), dtype=np.float64)
+                grown[:, :size] = self._buf[:, self._start:self._end]
+                self._buf = grown
+            else:
+                self._buf[:, :size] = self._buf[:, self._start:self._end].copy()
+            self._start, self._end = 0, size
+        b, e = self._buf, self._end
+        b[0, e], b[1, e], b[2, e] = n, r0, r1
+        self._end = e + 1
+
+    def _set_polls(self, n: np.ndarray, r0: np.ndarray, r1: np.ndarray) -> None:
+        """Replace the kept polls (renumbered or trimmed)."""
+        size = len(n)
+        if size > self._buf.shape[1]:
+            self._buf = np.empty((3, 2 * size), dtype=np.float64)
+        rows = np.stack([n, r0, r1])  # a copy first: the arguments may be views of the buffer
+        self._buf[:, :size] = rows
+        self._start, self._end = 0, size
+        self._views()
 
     def time_of(self, index: int | float) -> float:
         """Host time of sample number ``index`` (the middle of the band)."""
@@ -129,23 +160,34 @@ class FifoClock:
         n = self._n if n is None else n
         r0 = self._r0 if r0 is None else r0
         r1 = self._r1 if r1 is None else r1
-        hi = float(np.min(r1 - (n - 1.0) * p))
-        lo = float(np.max(r0 - n * p))
+        np_ = n * p
+        hi = float((r1 - np_).min()) + p  # min of r1 - (n - 1) p
+        lo = float((r0 - np_).max())
         return lo, hi
 
+    FIT_ITERATIONS = 40  # golden-section steps: the slope to 0.618^40 (4e-9) of the ±max_rate_error range
+
     def _fit_period(self) -> float:
-        """The slope leaving the widest band (the band width is concave in p: ternary search)."""
+        """The slope leaving the widest band (the band width is concave in p: golden-section search, one
+        evaluation of the bounds per step)."""
+        def width(p: float) -> float:
+            lo, hi = self._bounds(p)
+            return hi - lo
+
+        g = 0.5 * (math.sqrt(5.0) - 1.0)
         a = self.nominal_period_s * (1.0 - self.max_rate_error)
         b = self.nominal_period_s * (1.0 + self.max_rate_error)
-        for _ in range(60):
-            m1 = a + (b - a) / 3.0
-            m2 = b - (b - a) / 3.0
-            lo1, hi1 = self._bounds(m1)
-            lo2, hi2 = self._bounds(m2)
-            if hi1 - lo1 < hi2 - lo2:
-                a = m1
+        m1, m2 = b - g * (b - a), a + g * (b - a)
+        w1, w2 = width(m1), width(m2)
+        for _ in range(self.FIT_ITERATIONS):
+            if w1 < w2:  # the widest band lies right of m1
+                a, m1, w1 = m1, m2, w2
+                m2 = a + g * (b - a)
+                w2 = width(m2)
             else:
-                b = m2
+                b, m2, w2 = m2, m1, w1
+                m1 = b - g * (b - a)
+                w1 = width(m1)
         return 0.5 * (a + b)
 
     def _update(self, now: float) -> None:
@@ -164,7 +206,8 @@ class FifoClock:
             agree = self._n.size if ok.all() else max(1, int(np.argmin(ok)))
             keep = self._n.size - agree
             self.dropped_polls += keep
-            self._n, self._r0, self._r1 = self._n[keep:], self._r0[keep:], self._r1[keep:]
+            self._start += keep
+            self._views()
             lo, hi = self._bounds(p)
         self._lo, self._hi = lo, hi
 
@@ -191,7 +234,8 @@ class FifoClock:
             if lo < hi:
                 fits.append((k, n, r0, r1, lo, hi))
         if len(fits) == 1:
-            k, self._n, self._r0, self._r1, self._lo, self._hi = fits[0]
+            k, n, r0, r1, self._lo, self._hi = fits[0]
+            self._set_polls(n, r0, r1)
             self.recounted += k
             self._old = None
         elif not fits or self._since_inexact > self.PENDING_POLLS:

@@ -50,6 +50,16 @@ class GsrFrontEnd:
         g_us = np.where(invalid, np.nan, g_us)
         return g_us, invalid
 
+    def microsiemens_of(self, volts: float) -> float:
+        """:meth:`to_microsiemens` of one reading in plain float arithmetic (the same operations, so the same
+        number; NaN where invalid), for the few samples of a block read one by one."""
+        k = 1024.0 / self.supply_v
+        x = volts * k
+        x_cal = self.calibration_v * k
+        if not (math.isfinite(volts) and volts >= 0 and x < x_cal):
+            return math.nan
+        return 1e6 * (x_cal - x) / ((1024.0 + 2.0 * x) * self.r_ref_ohm)
+
     def volts_for(self, eda_us: float) -> float:
         """Inverse: the ADC volts a conductance of ``eda_us`` (> 0) produces (for emulators and tests)."""
         if not eda_us > 0:

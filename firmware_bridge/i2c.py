@@ -146,13 +146,22 @@ class I2CDriver:
     def _io(self, method: str, *args: Any) -> Any:
         """Call ``bus.<method>(address, *args)``, retrying OSErrors; SensorError after the last retry."""
         fn = getattr(self.bus, method)
-        return self._io_call(lambda addr: fn(addr, *args), method)
+        try:  # the first attempt without the retry loop's set-up (a sensor polled at 32-100 Hz all day)
+            return fn(self.address, *args)
+        except SensorError:
+            raise
+        except OSError as exc:
+            return self._io_call(lambda addr: fn(addr, *args), method, first_error=exc)
 
-    def _io_call(self, op: Callable[[int], Any], what: str) -> Any:
-        """Run ``op(address)``, retrying OSErrors with exponential backoff; SensorError after the last."""
+    def _io_call(self, op: Callable[[int], Any], what: str, first_error: OSError | None = None) -> Any:
+        """Run ``op(address)``, retrying OSErrors with exponential backoff; SensorError after the last.
+        ``first_error``: the first attempt was already made and failed with it."""
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
+                if first_error is not None:
+                    exc, first_error = first_error, None
+                    raise exc
                 return op(self.address)
             except SensorError:
                 raise

@@ -114,4 +114,5 @@ class MuxChannelBus:
                     self.mux.invalidate()
                     raise
 
+        self.__dict__[name] = call  # made once per method: the next lookups find it without __getattr__
         return call

@@ -155,3 +155,53 @@ def test_two_unit_room_partner_feature_stream(tmp_path, unit_toml, console, reco
     assert len(finite) >= 8
     finite.sort()
     assert abs(finite[len(finite) // 2] - 2.0) <= 0.5, finite
+
+
+@pytest.mark.parametrize("every_s", [Unit.COMMIT_EVERY_S, 0.0])
+def test_raw_and_feature_messages_are_committed_together(tmp_path, unit_toml, console, recorder, monkeypatch,
+                                                         every_s):
+    """Raw and feature messages wait at most ``COMMIT_EVERY_S`` for one outbox commit (one fsync) with the
+    others; a metric is committed in the pass that made it; nothing held is lost at shutdown. The control
+    (``COMMIT_EVERY_S = 0``) commits every pass that made a message: more commits for the same messages."""
+    monkeypatch.setattr(Unit, "COMMIT_EVERY_S", every_s)
+    unit = Unit(load_config(unit_toml(speed=4.0)))
+    made: dict[int, tuple[float, str]] = {}
+    alive: list = []
+    commits: list[list[int]] = []
+    delays: dict[str, list[float]] = {"raw": [], "feat": [], "metric": []}
+    drain, put = unit.pipeline.drain, unit.outbox.put
+
+    def drain_stamped():
+        msgs = drain()
+        alive.extend(msgs)  # ids stay unique while the messages live
+        for m in msgs:
+            made[id(m)] = (time.monotonic(), m.kind)
+        return msgs
+
+    def put_recorded(msgs, state=None):
+        now = time.monotonic()
+        commits.append([id(m) for m in msgs if id(m) in made])
+        for m in msgs:
+            if id(m) in made and m.kind in delays:
+                delays[m.kind].append(now - made[id(m)][0])
+        return put(msgs, state=state)
+
+    unit.pipeline.drain = drain_stamped
+    unit.outbox.put = put_recorded
+    run = Running(unit)
+    try:
+        assert console.wait_status("unit-a", lambda s: s.state == "idle"), console.status
+        start_cmd(console, "s1")
+        assert _wait(lambda: len(delays["metric"]) >= 3, 60.0), {k: len(v) for k, v in delays.items()}
+    finally:
+        run.close()
+    committed = [i for c in commits for i in c]
+    assert sorted(committed) == sorted(made) and len(set(committed)) == len(committed)  # all, once
+    assert max(delays["metric"]) < 0.05  # committed in the pass that made it
+    assert max(delays["raw"] + delays["feat"]) < every_s + 0.3  # + one worker pass (0.25 s at most)
+    n_data = sum(1 for _, kind in made.values() if kind in ("raw", "feat"))
+    commits_with_data = sum(1 for c in commits if any(made[i][1] in ("raw", "feat") for i in c))
+    if every_s:
+        assert commits_with_data < 0.6 * n_data, (commits_with_data, n_data)
+    else:
+        assert commits_with_data > 0.7 * n_data, (commits_with_data, n_data)

@@ -595,6 +595,70 @@ def test_ads1115_scanner_survives_unplug_and_nack_bursts():
     assert drv.status()["reinits"] >= 1
 
 
+def test_ads1115_one_input_scans_are_pipelined_one_wake_per_sample():
+    """One input: scan k's conversion is started at its time and read at scan k + 1's, so the host sleeps once
+    per sample (twice with the wait-for-each path). The values, times and the late-start rule are the same;
+    a conversion started too late is read and dropped, never taken for the next scan's."""
+    def run(channels, seconds=5.0):
+        clock, bus, emu, drv = adc_setup(data_rate_sps=128)
+        sleeps = []
+        drv.sleep = lambda dt: (sleeps.append(dt), clock.sleep(dt))
+        scan = MultiplexedScanner(drv, channels, rate_hz=32.0)
+        scan.run_until(seconds)
+        return clock, emu, drv, scan, sleeps
+
+    clock, emu, drv, scan, sleeps = run([0])
+    assert scan.pipelined and scan.missed_scans == 0 and scan.failed == 0
+    res = scan.results["AIN0"]
+    assert len(res.index) == 160 and res.index == list(range(160))  # the last one read by run_until's flush
+    assert np.allclose(np.diff(res.times_s), 1 / 32.0, atol=1e-9)
+    c = 1 / 128.0  # a delta-sigma result averages its conversion: the input half a conversion after the start
+    want = [1.0 + 0.5 * math.sin(2 * math.pi * 0.3 * (t + c / 2)) for t in res.times_s]
+    assert np.max(np.abs(np.array(res.volts) - want)) < 2e-4
+    assert len(emu.conversions) == 160 and drv.timeouts == 0
+    # every conversion was started on an idle chip: one finished per start, each before the next start
+    assert np.all(np.diff([t for t, _, _ in emu.conversions]) > 1 / 32.0 - 1e-9)
+    assert len(sleeps) <= 161
+    _, _, _, scan2, sleeps2 = run([0, 3])
+    assert not scan2.pipelined and len(sleeps2) >= 3 * 160  # per scan: the schedule + a wait per input
+    assert len(scan2.results["AIN0"].index) == 160
+
+    # a start delayed by more than a period (the thread preempted between the due time and the config write)
+    clock, bus, emu, drv = adc_setup(data_rate_sps=128)
+    scan = MultiplexedScanner(drv, [0], rate_hz=32.0)
+    real_start = drv.start_conversion
+    calls = []
+
+    def start(channel):
+        calls.append(1)
+        if len(calls) == 20:
+            clock.advance(1.2 / 32.0)
+        return real_start(channel)
+
+    drv.start_conversion = start
+    scan.run_until(2.0)
+    res = scan.results["AIN0"]
+    assert scan.missed_scans >= 1 and 19 not in res.index and len(res.index) == 64 - scan.missed_scans
+    want = [1.0 + 0.5 * math.sin(2 * math.pi * 0.3 * (t + c / 2)) for t in res.times_s]
+    assert np.max(np.abs(np.array(res.volts) - want)) < 2e-4  # no result belongs to another conversion
+    assert len(emu.conversions) == len(calls)  # no start met a busy chip (it would be ignored: OS write)
+
+    # unplugged, and back: NaN for the outage, counted in failed, then values again on the same schedule
+    clock, bus, emu, drv = adc_setup(data_rate_sps=128)
+    scan = MultiplexedScanner(drv, [0], rate_hz=32.0)
+    scan.run_until(1.0)
+    emu.faults.unplugged = True
+    scan.run_until(2.0)
+    emu.faults.unplugged = False
+    scan.run_until(3.0)
+    res = scan.results["AIN0"]
+    v, t = np.array(res.volts), np.array(res.times_s)
+    assert res.index == list(range(96)) and scan.missed_scans == 0
+    bad = np.isnan(v)
+    assert scan.failed == bad.sum() and 28 <= bad.sum() <= 34 and not bad[t < 0.95].any() and not bad[t > 2.1].any()
+    assert drv.status()["reinits"] >= 1
+
+
 # --------------------------------------------------------------------------------------------- GSR
 def test_gsr_front_end():
     fe = GsrFrontEnd(calibration_v=1.65, supply_v=3.3)
@@ -605,6 +669,11 @@ def test_gsr_front_end():
     assert list(bad) == [True, True, True, True, True, False]
     assert np.all(np.isnan(eda[:5])) and eda[5] > 0
     assert not np.any(eda[np.isfinite(eda)] < 0)
+    # the per-sample form (the ADS1115 source) gives the same numbers, NaN where invalid
+    v = np.r_[np.linspace(-0.2, 3.5, 997), np.nan, np.inf, 1.65]
+    ref, bad = fe.to_microsiemens(v)
+    one = np.array([fe.microsiemens_of(float(x)) for x in v])
+    assert np.array_equal(np.isnan(one), bad) and np.array_equal(one[~bad], ref[~bad])
     with pytest.raises(ConfigError, match="calibration_v"):
         GsrFrontEnd(calibration_v=0.0)
     with pytest.raises(ConfigError, match="calibration_v"):
