@@ -30,3 +30,28 @@ class ElgendiDetector:
     def push_decided(
         self, y: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+
+class LiveHrKernel:
+    rate_hz: float
+    offset_s: float
+    first_index: int
+    k_next: int
+    def __init__(
+        self,
+        rate_hz: float,
+        offset_s: float,
+        first_index: int,
+        delay_s: float,
+        hold_s: float,
+        history: int,
+        min_history: int,
+        max_rel_dev: float,
+        max_rejects: int,
+        ibi_min_ms: float,
+        ibi_max_ms: float,
+    ) -> None: ...
+    @property
+    def state_nbytes(self) -> int: ...
+    def push(
+        self, beats: npt.NDArray[np.float64], decided: npt.NDArray[np.int64], n_done: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...

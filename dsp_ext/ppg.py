@@ -43,6 +43,7 @@ __all__ = [
     "IbiCorrectorReference",
     "PpgFeatures",
     "LiveHr",
+    "LiveHrReference",
     "PpgStream",
     "lipponen_classify",
     "ppg_features",
@@ -388,7 +389,8 @@ class PpgStream:
 
     @property
     def state_nbytes(self) -> int:
-        return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16))
+        live = self._live.state_nbytes if self._live is not None else 0
+        return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16) + live)
 
     def push_block(self, block: object) -> PpgFeatures:
         """Push a ``SampleBlock`` of raw counts: lost samples become NaN (``CONTACT_LOST`` blocks too), and —
@@ -417,82 +419,32 @@ class PpgStream:
             raw, decided = self._det.push_decided(y)
             live_k, live_hr = self._live.push(raw, decided, self._n)
         beat_s, kind = self._ibi.push(raw / self.rate_hz)
-        # intervals ending at each final beat
+        # intervals ending at each final beat, and HR / IBI on the grid up to the newest one
         if not len(beat_s):
             return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F,
                                live_index=live_k, live_hr_bpm=live_hr)
-        if len(beat_s) <= 4:  # the streaming case: scalar arithmetic, the same operations as below
-            beats = beat_s.tolist()
-            prev_b = self._last_beat_s if self._last_beat_s is not None else math.nan
-            ibi_l: list[float] = []
-            for b in beats:
-                ibi_l.append((b - prev_b) * 1000.0)
-                prev_b = b
-            valid_l = [IBI_MIN_MS <= i <= IBI_MAX_MS for i in ibi_l]
-            ibi = np.array(ibi_l, dtype=np.float64)
-            valid = np.array(valid_l, dtype=bool)
-            k, hr, ibi_g = self._grid_few(beats, ibi_l, valid_l)
-        else:
-            prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
-            ibi = np.diff(prev) * 1000.0
-            valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
-            k, hr, ibi_g = self._grid(beat_s, ibi, valid)
-        if len(beat_s):
-            self._last_beat_s = float(beat_s[-1])
+        clock = self.clock
+        lb = self._last_beat_s
+        ibi, valid, k, hr, ibi_g, self._last_hr, self._last_ibi = _ppg.beat_grid(
+            beat_s, math.nan if lb is None else lb, self._last_hr, self._last_ibi, clock.offset_s,
+            clock.first_index, self._k_next, IBI_MIN_MS, IBI_MAX_MS)
+        self._k_next += len(k)
+        self._last_beat_s = float(beat_s[-1])
         return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g, live_index=live_k, live_hr_bpm=live_hr)
 
-    def _grid_few(self, beats: list[float], ibi: list[float], valid: list[bool]) -> tuple[np.ndarray, ...]:
-        """:meth:`_grid` for the streaming case (a beat or two per push) in scalar arithmetic: the same
-        operations in the same order, so the same numbers, without the cost of a dozen tiny numpy calls."""
-        lb = self._last_beat_s
-        t_b = [lb if lb is not None else math.nan, *beats]
-        hr_b = [self._last_hr]
-        ibi_b = [self._last_ibi]
-        for i, ok in zip(ibi, valid, strict=True):
-            hr_b.append(60000.0 / i if ok else math.nan)
-            ibi_b.append(i if ok else math.nan)
-        clock = self.clock
-        k_next = self._k_next
-        k_end = max(clock.last_index_at_or_before(beats[-1]) + 1, k_next)
-        hr: list[float] = []
-        ig: list[float] = []
-        nb = len(t_b)
-        t0_finite = math.isfinite(t_b[0])
-        for kk in range(k_next, k_end):
-            tk = clock.offset_s + (kk - clock.first_index) / FEATURE_RATE_HZ
-            # first s with t_b[s] >= tk (t_b[0] may be NaN: then the point is before any interval)
-            if t0_finite:
-                s = bisect.bisect_left(t_b, tk)
-            else:
-                s = bisect.bisect_left(t_b, tk, 1)
-                if s == 1:
-                    s = 0
-            if not 1 <= s < nb:
-                hr.append(math.nan)
-                ig.append(math.nan)
-                continue
-            t0, t1 = t_b[s - 1], t_b[s]
-            if not (math.isfinite(hr_b[s]) and math.isfinite(t0)):
-                hr.append(math.nan)
-                ig.append(math.nan)
-                continue
-            w = (tk - t0) / (t1 - t0)
-            h0, h1 = hr_b[s - 1], hr_b[s]
-            hr.append(h0 + w * (h1 - h0) if math.isfinite(h0) else h1)
-            i0, i1 = ibi_b[s - 1], ibi_b[s]
-            ig.append(i0 + w * (i1 - i0) if math.isfinite(i0) else i1)
-        self._k_next = k_end
-        self._last_hr = float(hr_b[-1])
-        self._last_ibi = float(ibi_b[-1])
-        return np.arange(k_next, k_end, dtype=np.int64), np.array(hr, dtype=np.float64), np.array(ig, dtype=np.float64)
-
-    def _grid(self, beat_s: np.ndarray, ibi: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
-        """HR and IBI on grid points up to the newest final beat, linear between beats; NaN before the first
-        interval and inside invalid intervals."""
+    def _grid_reference(self, beat_s: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Numpy twin of the kernel ``_ppg.beat_grid`` (what :meth:`push` does with its final beats):
+        ``(ibi_ms, valid, grid_index, hr_bpm, ibi_grid_ms)``; HR and IBI on grid points up to the newest final
+        beat, linear between beats; NaN before the first interval and inside invalid intervals. Updates
+        the stream's grid state as :meth:`push` does."""
+        prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
+        ibi = np.diff(prev) * 1000.0
+        valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
         if not len(beat_s):
-            return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
-        t_b = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
-        hr_b = np.concatenate(([self._last_hr], np.where(valid, 60000.0 / ibi, np.nan)))
+            return ibi, valid, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+        t_b = prev
+        with np.errstate(invalid="ignore"):
+            hr_b = np.concatenate(([self._last_hr], np.where(valid, 60000.0 / ibi, np.nan)))
         ibi_b = np.concatenate(([self._last_ibi], np.where(valid, ibi, np.nan)))
         k_end = self.clock.last_index_at_or_before(float(beat_s[-1])) + 1
         k = np.arange(self._k_next, max(k_end, self._k_next), dtype=np.int64)
@@ -516,27 +468,13 @@ class PpgStream:
         self._k_next = max(k_end, self._k_next)
         self._last_hr = float(hr_b[-1])
         self._last_ibi = float(ibi_b[-1])
-        return k, hr, ig
+        self._last_beat_s = float(beat_s[-1])
+        return ibi, valid, k, hr, ig
 
 
-class LiveHr:
-    """Live heart rate on the 4 Hz grid: causal, with no look-ahead, for synchrony that must keep up with the
-    room (issue #5: a window's metric at the broker within 200 ms of its last sample).
-
-    Grid point k (time ``t_k``) gets the heart rate ``60000 / IBI`` of the newest *accepted* interval among
-    the beats the detector had decided by the sample at ``t_k`` (zero-order hold), and is emitted as soon
-    as that sample has been pushed. The Lipponen–Tarvainen correction needs two later beats, so it cannot be
-    used here; instead an interval is accepted if it lies within the hard limits (300–2000 ms) and, once
-    ``MIN_HISTORY`` intervals have been accepted, within ``MAX_REL_DEV`` (20 %) of the median of the last
-    ``HISTORY`` (11, the Lipponen–Tarvainen median window) accepted intervals — an extra or a missed beat
-    changes the interval by ~50 % and is held over. After ``MAX_REJECTS`` (3) rejections in a row the
-    history restarts (a real change of rate is followed). A point whose held value was decided more than
-    ``HOLD_S`` (3 s) earlier is NaN (no beat: contact loss, flat signal).
-
-    The value trails the true instantaneous rate by the detector's decision delay (about ``w2 / 2`` plus the
-    rest of the pulse, ≈ 0.5 s) and half an interval on average; therapist and client trail alike, so the
-    synchrony lag is not biased. The corrected, interpolated series (``PpgFeatures.hr_bpm``) stays the
-    reference for offline analysis and HRV. Results do not depend on how the samples are chunked."""
+class LiveHrReference:
+    """Plain-Python twin of :class:`LiveHr` (the same rules, operation by operation): the reference its
+    Cython kernel ``_ppg.LiveHrKernel`` is tested against."""
 
     HOLD_S = 3.0
     DELAY_S = 1.0
@@ -617,6 +555,51 @@ class LiveHr:
             k += 1
         self._k_next = k
         return np.array(ks, dtype=np.int64), np.array(out, dtype=np.float64)
+
+
+class LiveHr:
+    """Live heart rate on the 4 Hz grid: causal, with no look-ahead, for synchrony that must keep up with the
+    room (issue #5: a window's metric at the broker within 200 ms of its last sample).
+
+    Grid point k (time ``t_k``) gets the heart rate ``60000 / IBI`` of the newest *accepted* interval among
+    the beats the detector had decided by the sample at ``t_k`` (zero-order hold), and is emitted as soon
+    as that sample has been pushed. The Lipponen–Tarvainen correction needs two later beats, so it cannot be
+    used here; instead an interval is accepted if it lies within the hard limits (300–2000 ms) and, once
+    ``MIN_HISTORY`` intervals have been accepted, within ``MAX_REL_DEV`` (20 %) of the median of the last
+    ``HISTORY`` (11, the Lipponen–Tarvainen median window) accepted intervals — an extra or a missed beat
+    changes the interval by ~50 % and is held over. After ``MAX_REJECTS`` (3) rejections in a row the
+    history restarts (a real change of rate is followed). A point whose held value was decided more than
+    ``HOLD_S`` (3 s) earlier is NaN (no beat: contact loss, flat signal).
+
+    The value trails the true instantaneous rate by the detector's decision delay (about ``w2 / 2`` plus the
+    rest of the pulse, ≈ 0.5 s) and half an interval on average; therapist and client trail alike, so the
+    synchrony lag is not biased. The corrected, interpolated series (``PpgFeatures.hr_bpm``) stays the
+    reference for offline analysis and HRV. Results do not depend on how the samples are chunked."""
+
+    HOLD_S = LiveHrReference.HOLD_S
+    DELAY_S = LiveHrReference.DELAY_S
+    HISTORY = LiveHrReference.HISTORY
+    MIN_HISTORY = LiveHrReference.MIN_HISTORY
+    MAX_REL_DEV = LiveHrReference.MAX_REL_DEV
+    MAX_REJECTS = LiveHrReference.MAX_REJECTS
+
+    def __init__(self, rate_hz: float, clock: GridClock) -> None:
+        self.rate_hz = float(rate_hz)
+        self.clock = clock
+        self._kernel = _ppg.LiveHrKernel(
+            self.rate_hz, float(clock.offset_s), int(clock.first_index), self.DELAY_S, self.HOLD_S,
+            self.HISTORY, self.MIN_HISTORY, self.MAX_REL_DEV, self.MAX_REJECTS, IBI_MIN_MS, IBI_MAX_MS,
+        )
+
+    @property
+    def state_nbytes(self) -> int:
+        return int(self._kernel.state_nbytes)
+
+    def push(self, beats: np.ndarray, decided: np.ndarray, n_done: int) -> tuple[np.ndarray, np.ndarray]:
+        """Beats (fractional sample indices, float64) with the samples that decided them (int64), and the
+        number of samples pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time
+        has been reached."""
+        return self._kernel.push(beats, decided, n_done)
 
 
 def ppg_features(counts: object, rate_hz: float, **kwargs: object) -> PpgFeatures:

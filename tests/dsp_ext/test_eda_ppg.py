@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dsp_ext import _ppg
 from dsp_ext import ppg as ppg_mod
 from dsp_ext.eda import EdaStream, eda_features
 from dsp_ext.errors import DspError
@@ -12,6 +13,8 @@ from dsp_ext.filters import butter_sos, sosfilt
 from dsp_ext.ppg import (
     ECTOPIC,
     EXTRA,
+    IBI_MAX_MS,
+    IBI_MIN_MS,
     MISSED,
     NORMAL,
     SHORT,
@@ -326,3 +329,36 @@ def test_ppg_push_block_equals_push():
     exp = ppg_features(x.astype(np.float32).astype(np.float64), rate, t0_ns=t0)
     np.testing.assert_array_equal(np.concatenate([g.index for g in got]), exp.index)
     np.testing.assert_array_equal(np.concatenate([g.hr_bpm for g in got]), exp.hr_bpm)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_beat_grid_kernel_equals_numpy_twin(seed):
+    """``PpgStream.push``'s grid stage (Cython ``_ppg.beat_grid``) against its numpy twin
+    (``PpgStream._grid_reference``), bit for bit, pushing adversarial final beats in random groups (one beat,
+    several, none): intervals outside the limits (NaN HR inside them), beats closer than a grid step, long
+    gaps, the first interval (no previous beat), a UTC grid."""
+    rng = np.random.default_rng(100 + seed)
+    ibi = rng.choice([0.8, 0.31, 0.25, 2.5, 0.05], p=[0.75, 0.08, 0.07, 0.05, 0.05], size=600)
+    beats = np.cumsum(ibi * (1 + 0.05 * rng.standard_normal(600))) + rng.uniform(0, 3)
+    t0_ns = None if seed % 2 else 1_764_000_000_000_000_000 + int(rng.integers(0, 10**9))
+    fast, ref = PpgStream(100.0, t0_ns=t0_ns), PpgStream(100.0, t0_ns=t0_ns)
+    cuts = np.unique(rng.integers(0, beats.size, size=200))
+    n_points = 0
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, beats.size], strict=True):
+        part = beats[a:b].copy()
+        if not part.size:
+            continue
+        clock = fast.clock
+        lb = fast._last_beat_s
+        got = _ppg.beat_grid(part, np.nan if lb is None else lb, fast._last_hr, fast._last_ibi, clock.offset_s,
+                             clock.first_index, fast._k_next, IBI_MIN_MS, IBI_MAX_MS)
+        fast._k_next += len(got[2])
+        fast._last_beat_s, fast._last_hr, fast._last_ibi = float(part[-1]), got[5], got[6]
+        want = ref._grid_reference(part)
+        for g, w in zip(got[:5], want, strict=True):
+            np.testing.assert_array_equal(g, w)
+            assert g.dtype == w.dtype
+        assert (fast._k_next, fast._last_hr, fast._last_ibi) == (ref._k_next, ref._last_hr, ref._last_ibi) or \
+            (np.isnan(fast._last_hr) and np.isnan(ref._last_hr))
+        n_points += len(got[2])
+    assert n_points > 1000

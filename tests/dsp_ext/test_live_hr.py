@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsp_ext.ppg import LiveHr, PpgStream, ppg_features
+from dsp_ext.grid import GridClock
+from dsp_ext.ppg import LiveHr, LiveHrReference, PpgStream, ppg_features
 from dsp_ext.synchrony import wcc
 
 from .test_eda_ppg import _beats, _ppg_signal
@@ -134,3 +135,39 @@ def test_live_hr_recovers_leader_like_the_corrected_series():
             assert abs(np.median(lags) - expected) <= 0.25, (name, mode, np.median(lags))
             side[name] = np.mean(np.sign(lags) == np.sign(expected))
         assert side["live"] >= 0.9 and side["live"] >= side["corrected"] - 0.05, side
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_equals_its_python_twin(seed):
+    """``LiveHr`` (Cython kernel) against ``LiveHrReference`` (plain Python), exactly, on adversarial beat
+    streams: jittered rates, extra and missed beats, rate jumps (history restarts), long gaps (hold), bursts
+    of beats in one push, empty pushes, NaN beats, a UTC grid far from zero, and random chunkings."""
+    rng = np.random.default_rng(seed)
+    rate = [100.0, 64.0, 250.0][seed % 3]
+    n = 40_000
+    ibi = rng.choice([0.8, 0.5, 1.3], p=[0.7, 0.2, 0.1]) * rate * (1 + 0.05 * rng.standard_normal(400))
+    ibi[rng.random(400) < 0.05] *= 0.5  # extra beats
+    ibi[rng.random(400) < 0.05] *= 2.0  # missed beats
+    ibi[rng.random(400) < 0.02] += 5 * rate  # gaps longer than HOLD_S
+    beats = np.cumsum(np.abs(ibi))
+    beats = beats[beats < n - 1]
+    beats[rng.random(beats.size) < 0.01] = np.nan
+    decided = np.minimum(np.nan_to_num(beats, nan=0.0).astype(np.int64) + rng.integers(0, 80, beats.size), n - 1)
+    decided = np.maximum.accumulate(decided)
+    t0_ns = None if seed % 2 else 1_764_000_000_123_456_789 + seed * 37_000_000
+    clock = GridClock(t0_ns)
+    cuts = np.unique(rng.integers(0, n, size=rng.integers(5, 400)))
+    ref, fast = LiveHrReference(rate, clock), LiveHr(rate, clock)
+    got_r, got_f = [], []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+        sel = (decided >= a) & (decided < b)
+        for impl, out in ((ref, got_r), (fast, got_f)):
+            out.append(impl.push(beats[sel].copy(), decided[sel].copy(), int(b)))
+    k_r = np.concatenate([k for k, _ in got_r])
+    k_f = np.concatenate([k for k, _ in got_f])
+    h_r = np.concatenate([h for _, h in got_r])
+    h_f = np.concatenate([h for _, h in got_f])
+    np.testing.assert_array_equal(k_f, k_r)
+    np.testing.assert_array_equal(h_f, h_r)  # NaN where NaN, and bit-identical values elsewhere
+    assert np.isfinite(h_r).mean() > 0.5 and np.isnan(h_r).any()
+    assert all(k.dtype == np.int64 and h.dtype == np.float64 for k, h in got_f)
