@@ -30,6 +30,7 @@ it gets, so a loss is counted when the block after it is handed out).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import replace
@@ -225,6 +226,12 @@ class Ads1115EdaSource(_Paced):
                            sleep=self.clock.sleep, monotonic=self._monotonic_s)
         self.adc.init()
         self.scanner = MultiplexedScanner(self.adc, [self.sensor.ads_channel], self.rate_hz)
+        # scans on the UTC grid of the sample period: every ADS1115 source at this rate scans at the same
+        # instants, so their threads wake together (one wake-up from idle instead of one each)
+        period_ns = 1e9 / self.rate_hz
+        now_ns = self.clock.now_ns()
+        first_ns = math.ceil(now_ns / period_ns) * period_ns
+        self.scanner.start_at((first_ns - self._origin_ns) / 1e9)
         g = self.sensor.gsr
         self.front = GsrFrontEnd(calibration_v=g.calibration_v, supply_v=g.supply_v, r_ref_ohm=g.r_ref_ohm)
         self._res = self.scanner.results[self.scanner.channels[0]]

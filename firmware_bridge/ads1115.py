@@ -229,6 +229,12 @@ class MultiplexedScanner:
         # to be recorded, host time just before its start)
         self._pending: tuple[int | None, float] | None = None
 
+    def start_at(self, t0_s: float) -> None:
+        """Put scan 0 at host time ``t0_s`` (before the first poll; otherwise the first poll's time)."""
+        if self._t0 is not None:
+            raise SensorError(errno.EIO, "MultiplexedScanner.start_at after the first poll")
+        self._t0 = float(t0_s)
+
     def next_due_s(self) -> float:
         if self._t0 is None:
             return self.adc.monotonic()

@@ -114,6 +114,9 @@ def test_i2c_sources_stamp_samples_by_the_chips_clock_under_gil_contention():
         missing = int(np.sum(np.round(d / period_eda) - 1))
         assert missing == sources[2 + i].sample_losses()[f"{role}/eda"]
         assert np.allclose(d[d < 1.5 * period_eda], period_eda, atol=2)
+        # scans on the UTC grid of the period (both sources wake at the same instants)
+        off = np.mod(t, period_eda)
+        assert np.all(np.minimum(off, period_eda - off) < 1e3), off[:5]
 
 
 def test_sensors_opened_at_once_share_one_mux_driver(monkeypatch):
