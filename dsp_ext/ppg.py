@@ -44,6 +44,7 @@ __all__ = [
     "PpgFeatures",
     "LiveHr",
     "LiveHrReference",
+    "elgendi_reference",
     "PpgStream",
     "lipponen_classify",
     "ppg_features",
@@ -600,6 +601,89 @@ class LiveHr:
         number of samples pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time
         has been reached."""
         return self._kernel.push(beats, decided, n_done)
+
+
+def elgendi_reference(
+    y: np.ndarray,
+    rate_hz: float,
+    w1_s: float = 0.111,
+    w2_s: float = 0.667,
+    beta: float = 0.02,
+    block_s: float = 1.0,
+    n_blocks: int = 10,
+    min_delay_s: float = 0.3,
+    max_block_s: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain numpy twin of the Cython detector ``_ppg.ElgendiDetector`` on a whole band-passed record:
+    ``(beats, decided)`` — refined beat positions (fractional sample indices) and the index of the sample
+    whose arrival decided each. The same rules and the same arithmetic order (moving sums added in index
+    order, block sums accumulated sample by sample), so the same beats; the kernel is tested against it."""
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    h1 = max(1, int(w1_s * rate_hz + 0.5) // 2)
+    h2 = max(h1 + 1, int(w2_s * rate_hz + 0.5) // 2)
+    block_len = max(1, int(block_s * rate_hz + 0.5))
+    n_blocks = max(1, n_blocks)
+    max_block = max(2 * h1 + 1, int(max_block_s * rate_hz + 0.5))
+    min_delay = int(min_delay_s * rate_hz + 0.5)
+    finite = np.isfinite(y)
+    with np.errstate(invalid="ignore"):
+        z = np.where(finite & (y > 0.0), y * y, 0.0)
+    # the rolling level after each sample: the mean so far until a block is complete, then the median of
+    # the means of the last n_blocks complete blocks
+    level = np.empty(n)
+    means: list[float] = []
+    lv = 0.0
+    for b0 in range(0, n, block_len):
+        c = np.cumsum(z[b0 : b0 + block_len])  # sequential sums, as the kernel adds them
+        if not means:
+            part = c / np.arange(1, c.size + 1)
+            level[b0 : b0 + c.size] = part
+            lv = float(part[-1])
+        else:
+            level[b0 : b0 + c.size] = lv
+        if c.size == block_len:
+            means.append(float(c[-1]) / block_len)
+            lv = _median(means[-n_blocks:])
+            level[b0 + block_len - 1] = lv
+    # centred moving sums, each added in index order from the window's first sample (as the kernel's ring)
+    m = np.arange(h2, n - h2)
+    sum1 = np.zeros(m.size)
+    for j in range(-h1, h1 + 1):
+        sum1 = sum1 + z[m + j]
+    sum2 = np.zeros(m.size)
+    for j in range(-h2, h2 + 1):
+        sum2 = sum2 + z[m + j]
+    ma_peak = sum1 / (2 * h1 + 1)
+    thr = sum2 / (2 * h2 + 1) + beta * level[m + h2] if m.size else np.zeros(0)
+    above = (ma_peak > thr) & (ma_peak > 0.0)
+    beats: list[float] = []
+    decided: list[int] = []
+    in_block, start, bad, last = False, 0, False, -1e300
+    for i, mm in enumerate(m.tolist()):
+        ab = bool(above[i])
+        if not finite[mm] and in_block:
+            bad = True
+        if ab and not in_block:
+            in_block, start, bad = True, mm, not finite[mm]
+        elif in_block and (not ab or mm - start >= max_block):
+            in_block = False
+            if not ab and not bad and mm - start >= 2 * h1 + 1:
+                seg = y[start:mm]
+                pk = start + int(np.argmax(seg))  # the first maximum (no NaN inside a good block)
+                delta = 0.0
+                if pk - 1 >= 0:
+                    ym, yp, yn = y[pk - 1], y[pk], y[pk + 1]
+                    den = ym - 2.0 * yp + yn
+                    if np.isfinite(den) and den < 0.0:
+                        delta = 0.5 * (ym - yn) / den
+                        if abs(delta) > 0.5:
+                            delta = 0.0
+                if pk + delta - last >= min_delay:
+                    beats.append(pk + delta)
+                    decided.append(mm + h2)
+                    last = pk + delta
+    return np.array(beats, dtype=np.float64), np.array(decided, dtype=np.int64)
 
 
 def ppg_features(counts: object, rate_hz: float, **kwargs: object) -> PpgFeatures:
