@@ -122,6 +122,8 @@ class Unit:
 
     # Raw and feature blocks are committed together at most this often (each commit is one fsync of the WAL,
     # ~10 a second otherwise); a metric, a status or a command ack is committed at once, with whatever is held.
+    # Both are seconds of the unit's clock: in simulated time (``hardware.speed``) they shrink with it, so a
+    # scenario at 25x sees the same delays in simulated seconds as a room does in real ones.
     COMMIT_EVERY_S = 0.25
 
     # The worker takes what the sources queued every WORK_TICK_S instead of waking for each event (~40 blocks
@@ -132,7 +134,7 @@ class Unit:
     def _work_once(self, timeout_s: float, commit: bool = False) -> None:
         events: list[tuple[str, Any, Any]] = []
         if timeout_s > 0 and self.WORK_TICK_S > 0:
-            time.sleep(self.WORK_TICK_S)
+            time.sleep(self.WORK_TICK_S / self.clock.speed)
         elif timeout_s > 0:
             try:
                 events.append(self.queue.get(timeout=timeout_s))
@@ -166,7 +168,7 @@ class Unit:
         urgent = commit or extra or status is not None or any(m.kind == "metric" for m in msgs)
         if not (self._held or extra or status is not None):
             return
-        if not urgent and now - self._held_since < self.COMMIT_EVERY_S:
+        if not urgent and now - self._held_since < self.COMMIT_EVERY_S / self.clock.speed:
             return  # the pipeline's state is committed with its messages, so a crash loses both together
         msgs, self._held = self._held + extra, []
         state = self.pipeline.state()

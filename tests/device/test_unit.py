@@ -166,11 +166,14 @@ def test_raw_and_feature_messages_are_committed_together(tmp_path, unit_toml, co
     (``COMMIT_EVERY_S = 0``) commits every pass that made a message: more commits for the same messages.
     With the worker's tick (``WORK_TICK_S``) it makes at most one pass per tick instead of one per event (the
     sources hand out blocks four times faster here, at 4x simulated speed)."""
+    # the unit runs at 4x simulated speed and the two intervals are seconds of its clock: set them to 4x the
+    # real-time defaults, so that in real seconds they are the defaults
+    speed = 4.0
     every_s = Unit.COMMIT_EVERY_S if mode == "grouped" else 0.0
     tick_s = Unit.WORK_TICK_S if mode == "tick" else 0.0
-    monkeypatch.setattr(Unit, "COMMIT_EVERY_S", every_s)
-    monkeypatch.setattr(Unit, "WORK_TICK_S", tick_s)
-    unit = Unit(load_config(unit_toml(speed=4.0)))
+    monkeypatch.setattr(Unit, "COMMIT_EVERY_S", every_s * speed)
+    monkeypatch.setattr(Unit, "WORK_TICK_S", tick_s * speed)
+    unit = Unit(load_config(unit_toml(speed=speed)))
     passes: list[float] = []
     made: dict[int, tuple[float, str]] = {}
     alive: list = []
