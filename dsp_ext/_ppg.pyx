@@ -193,22 +193,6 @@ cdef class ElgendiDetector:
         return nb
 
 
-cdef double _median_of(const double* x, Py_ssize_t n, double* buf) noexcept nogil:
-    """Median of x[:n] (n small) by insertion sort into buf: the order statistics of Python's ``sorted``."""
-    cdef Py_ssize_t i, j
-    cdef double v
-    for i in range(n):
-        v = x[i]
-        j = i - 1
-        while j >= 0 and buf[j] > v:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = v
-    if n % 2:
-        return buf[n // 2]
-    return 0.5 * (buf[n // 2 - 1] + buf[n // 2])
-
-
 cdef class LiveHrKernel:
     """The loop of ``dsp_ext.ppg.LiveHr`` (its docstring has the rules), with the same operations in the same
     order as its plain-Python twin ``dsp_ext.ppg.LiveHrReference``, so the same numbers."""
@@ -262,7 +246,7 @@ cdef class LiveHrKernel:
         if not (self.ibi_min <= ibi_ms <= self.ibi_max):
             return False
         if self.n_hist >= self.min_history:
-            med = _median_of(&self.hist[0], self.n_hist, &self.sort_buf[0])
+            med = _median(self.hist, self.n_hist, self.sort_buf)  # the order statistics of Python's sorted
             if fabs(ibi_ms - med) > self.max_rel_dev * med:
                 self.rejects += 1
                 if self.rejects >= self.max_rejects:
