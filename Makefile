@@ -12,7 +12,7 @@ MINUTES ?= 10
 $(VENV)/.installed: pyproject.toml setup.py $(PYX)
 	@bash tools/ensure-venv.sh $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[unit,hub,lab]'
 	touch $@
 
 # The same plus the test extra and the real recordings used for validation (installed without their deps).
@@ -34,6 +34,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test mosquitto chromium
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow"
 
 test-long: $(VENV)/.installed-test mosquitto
@@ -41,6 +42,7 @@ test-long: $(VENV)/.installed-test mosquitto
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-test mosquitto
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

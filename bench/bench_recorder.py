@@ -38,7 +38,7 @@ from broker import store, wire  # noqa: E402
 from broker.auth import RoomAuth  # noqa: E402
 from broker.mosquitto import MosquittoProcess, write_broker_files  # noqa: E402
 from broker.recorder import Recorder  # noqa: E402
-from firmware_bridge import SampleBlock  # noqa: E402
+from firmware_bridge.block import SampleBlock  # noqa: E402
 
 ROOM = "bench"
 T0_NS = 1_790_000_000_000_000_000

@@ -141,7 +141,7 @@ def main() -> int:
                 return 0.0
 
         log = open(d / "unit.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "device.cli", "unit", "run", "--config", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "dyadsync", "unit", "run", "--config", str(cfg)],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             time.sleep(3.0)  # start-up (imports, connect) is not part of the steady state

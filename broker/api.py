@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 from . import export, store
 

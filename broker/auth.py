@@ -14,7 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 from . import wire
 

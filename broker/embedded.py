@@ -14,7 +14,7 @@ import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
-from firmware_bridge.errors import BrokerError
+from broker.errors import BrokerError
 
 from .auth import RoomAuth
 from .mosquitto import free_port

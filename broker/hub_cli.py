@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 from . import wire
 

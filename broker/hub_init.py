@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 from . import tlsgen
 from .auth import LabAuth, RoomAuth, mosquitto_acl, mosquitto_password_file

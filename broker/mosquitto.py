@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_bridge.errors import BrokerError
+from broker.errors import BrokerError
 
 from .auth import RoomAuth, mosquitto_acl, mosquitto_password_file
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from firmware_bridge.errors import BrokerError, WireError
+from broker.errors import BrokerError, WireError
+from broker.mqtt import make_client
 
 from . import store, wire
 
@@ -88,22 +89,11 @@ class Recorder:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._writer: threading.Thread | None = None
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"dyadsync-recorder-{'all' if room == '+' else room}",
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
-        self._client.username_pw_set(username, password)
-        if tls_ca:
-            self._client.tls_set(ca_certs=tls_ca)
-        self._client.manual_ack_set(True)
-        self._client.reconnect_delay_set(0.2, 5)
-        self._client.max_inflight_messages_set(100)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        self._client = make_client(
+            client_id or f"dyadsync-recorder-{'all' if room == '+' else room}", username=username,
+            password=password, clean_session=False, tls_ca=tls_ca, manual_ack=True, reconnect_min_s=0.2,
+            reconnect_max_s=5, max_inflight=100, errors=self.counts, on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect, on_subscribe=self._on_subscribe, on_message=self._on_message)
 
     # ---------------------------------------------------------------------------------- network thread
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:

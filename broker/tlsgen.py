@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

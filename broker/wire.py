@@ -38,8 +38,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from broker.errors import WireError
 from firmware_bridge.block import BlockError, SampleBlock, check_stream
-from firmware_bridge.errors import WireError
 
 PREFIX = "dyadsync"
 VERSION = "v1"

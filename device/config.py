@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/dyadsync/unit.toml")
 

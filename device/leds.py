@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from firmware_bridge.errors import ConfigError, DyadsyncError
+from core.errors import ConfigError, DyadsyncError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from broker.mqtt import make_client
 
 from .outbox import Outbox
 
@@ -72,21 +73,11 @@ class Link:
         self._cursor = 0  # highest row id handed to paho
         self._thread: threading.Thread | None = None
         self.last_publish_ns = 0
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                        protocol=mqtt.MQTTv311)
-        if username is not None:
-            c.username_pw_set(username, password)
-        if tls_ca:
-            c.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED)
-        if will is not None:
-            c.will_set(will[0], will[1], qos=1, retain=True)
-        c.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
-        c.max_inflight_messages_set(max_inflight)
-        c.max_queued_messages_set(0)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_message = self._on_message
+        c = make_client(client_id, username=username, password=password, clean_session=False, tls_ca=tls_ca,
+                        tls_cert=tls_cert, tls_key=tls_key, will=will, reconnect_min_s=reconnect_min_s,
+                        reconnect_max_s=reconnect_max_s, max_inflight=max_inflight, max_queued=0,
+                        errors=self.counts, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                        on_publish=self._on_publish, on_message=self._on_message)
         self.client = c
         outbox.listeners.append(self._wake.set)
 

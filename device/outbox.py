@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.errors import DyadsyncError
+from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from firmware_bridge.block import SampleBlock
-from firmware_bridge.errors import ConfigError, SensorError
+from firmware_bridge.errors import SensorError
 
 from .clock import Clock
 

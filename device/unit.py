@@ -27,8 +27,9 @@ import time
 from typing import Any
 
 from broker import wire
+from broker.errors import WireError
+from core.errors import DyadsyncError
 from firmware_bridge.block import BlockFlags
-from firmware_bridge.errors import DyadsyncError, WireError
 
 from . import __version__
 from .clock import Clock, make_clock

@@ -1,12 +1,8 @@
-"""Errors raised by dsp_ext on bad input; rooted in the project's :class:`DyadsyncError`.
-
-``firmware_bridge.errors`` is a dependency-free module holding the project's exception root, so importing it
-from here does not pull in any hardware code.
-"""
+"""Errors raised by dsp_ext on bad input; rooted in the project's :class:`core.errors.DyadsyncError`."""
 
 from __future__ import annotations
 
-from firmware_bridge.errors import DyadsyncError
+from core.errors import DyadsyncError
 
 
 class DspError(DyadsyncError, ValueError):

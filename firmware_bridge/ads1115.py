@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, SensorError, SensorTimeout
+from core.errors import ConfigError
+
+from .errors import SensorError, SensorTimeout
 from .i2c import BitField, I2CDriver, Register, register_map
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DyadsyncError
+from core.errors import DyadsyncError
 
 ROLES = ("therapist", "client")
 SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DyadsyncError
+from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 

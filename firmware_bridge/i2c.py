@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import ConfigError, SensorError
+from core.errors import ConfigError
+
+from .errors import SensorError
 
 logger = logging.getLogger(__name__)
 

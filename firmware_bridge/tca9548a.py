@@ -18,7 +18,9 @@ import logging
 import threading
 from typing import Any
 
-from .errors import ConfigError, SensorError
+from core.errors import ConfigError
+
+from .errors import SensorError
 from .i2c import I2CDriver
 
 logger = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from broker import store, wire
 from broker.auth import RoomAuth
 from broker.embedded import start_room_broker
+from broker.errors import BrokerError
 from broker.recorder import Recorder
-from firmware_bridge import SampleBlock
-from firmware_bridge.errors import BrokerError
+from firmware_bridge.block import SampleBlock
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy.optimize import brentq
 
-from firmware_bridge.errors import ConfigError, DyadsyncError
+from core.errors import ConfigError, DyadsyncError
 
 logger = logging.getLogger(__name__)
 

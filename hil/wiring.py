@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from firmware_bridge.block import BlockFlags, SampleBlock
-from firmware_bridge.errors import ConfigError, SensorError
+from firmware_bridge.errors import SensorError
 
 logger = logging.getLogger(__name__)
 

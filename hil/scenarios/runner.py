@@ -4,10 +4,10 @@ Sequence (all times simulated unless said otherwise; ``speed`` simulated seconds
 
 1. Room credentials (:class:`broker.auth.RoomAuth`), the generated authenticated Mosquitto config
    (:func:`broker.mosquitto.write_broker_files`) and Mosquitto on a free loopback port.
-2. The hub recorder: ``python -m device.cli hub run --db ... --credentials ... --room ...``.
+2. The hub recorder: ``python -m dyadsync hub run --db ... --credentials ... --room ...``.
 3. Per unit a config (emulated hardware ``hil.wiring:make_hardware``, LED on a temporary sysfs tree,
    ``--speed``, one ``--sim-epoch-ns`` for all) and the :class:`hil.wiring.HilSpec` in its data dir;
-   ``python -m device.cli unit run --config ...``.
+   ``python -m dyadsync unit run --config ...``.
 4. ``lead_s`` after the epoch (real start-up time x speed; the simulator's time 0 is ``PRE_S`` before
    that, so the simulated dyad is the same at every speed) the console (``svc-console``) sends ``start``; the fault timeline runs
    (broker killed/restarted, units SIGKILLed/restarted, ...); at ``lead_s + session_s`` it sends ``stop``.
@@ -35,9 +35,9 @@ import paho.mqtt.client as mqtt
 from broker import store, wire
 from broker.auth import RoomAuth
 from broker.mosquitto import MosquittoProcess, write_broker_files
+from core.errors import ConfigError, DyadsyncError
 from device.clock import ScaledClock
 from device.leds import PATTERNS
-from firmware_bridge.errors import ConfigError, DyadsyncError
 
 from ..wiring import SPEC_FILE, HilSpec
 from .catalogue import Scenario, UnitPlan
@@ -253,7 +253,7 @@ class Runner:
     def _popen(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in _cleanup
         self._logs.append(log)
-        cmd = [sys.executable, "-m", "device.cli", *(["-v"] if self.verbose else []), *args]
+        cmd = [sys.executable, "-m", "dyadsync", *(["-v"] if self.verbose else []), *args]
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})}, cwd=self.workdir)
 

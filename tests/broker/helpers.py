@@ -10,7 +10,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from broker import wire
-from firmware_bridge import SampleBlock
+from firmware_bridge.block import SampleBlock
 
 T0_NS = 1_790_000_000_000_000_000
 

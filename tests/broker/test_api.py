@@ -16,9 +16,9 @@ import pytest
 
 from broker import wire
 from broker.api import ApiServer
-from broker.puller import LabPuller, PullError
 from broker.recorder import Recorder
-from device.cli import main as cli_main
+from dyadsync.cli import main as cli_main
+from lab.puller import LabPuller, PullError
 
 from ..conftest import ROOM
 from .helpers import T0_NS, client, close, make_blocks, publish_all, start_cmd, wait

@@ -28,13 +28,13 @@ def test_hub_run_and_serve_processes(hub_factory, tmp_path):
     cfg, layout, proc = hub_factory(name="hub")
     api_port = free_port()
     conf = _toml(cfg.out_dir, proc, api_port)  # the same out_dir: init keeps the passwords Mosquitto uses
-    assert subprocess.run([sys.executable, "-m", "device.cli", "hub", "init", "-c", str(conf)],
+    assert subprocess.run([sys.executable, "-m", "dyadsync", "hub", "init", "-c", str(conf)],
                           capture_output=True, timeout=60).returncode == 0
     proc.stop()
     proc.start()  # reload the regenerated files
-    run = subprocess.Popen([sys.executable, "-m", "device.cli", "hub", "run", "-c", str(conf)],
+    run = subprocess.Popen([sys.executable, "-m", "dyadsync", "hub", "run", "-c", str(conf)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    serve = subprocess.Popen([sys.executable, "-m", "device.cli", "hub", "serve", "-c", str(conf)],
+    serve = subprocess.Popen([sys.executable, "-m", "dyadsync", "hub", "serve", "-c", str(conf)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     unit = console = None
     try:

@@ -21,8 +21,8 @@ from broker import wire
 from broker.hub_config import load_hub_config, parse_hub_config
 from broker.hub_init import init_hub
 from broker.mosquitto import MosquittoProcess, free_port
-from device.cli import main as cli_main
-from firmware_bridge.errors import ConfigError
+from core.errors import ConfigError
+from dyadsync.cli import main as cli_main
 
 from ..conftest import ROOM
 

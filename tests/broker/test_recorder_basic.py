@@ -9,7 +9,7 @@ import numpy as np
 
 from broker import store, wire
 from broker.recorder import Recorder
-from firmware_bridge import SampleBlock
+from firmware_bridge.block import SampleBlock
 
 from ..conftest import ROOM
 

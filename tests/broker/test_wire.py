@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker import wire
-from firmware_bridge import SampleBlock, WireError
-from firmware_bridge.errors import DyadsyncError
+from broker.errors import WireError
+from core.errors import DyadsyncError
+from firmware_bridge.block import SampleBlock
 
 streams = st.sampled_from(["therapist", "client"]).flatmap(
     lambda role: st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True).map(lambda s: f"{role}/{s}")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from broker import wire
+from broker.console import RoomConsole
 
 SENSORS_BOTH = """
 [[sensors]]
@@ -57,65 +55,25 @@ def unit_toml(tmp_path, mosquitto, room_auth):
     return make
 
 
-class Console:
-    """The room console (svc-console): sends commands and collects acks and statuses."""
+class Console(RoomConsole):
+    """The room console (svc-console) of room-a, with the per-unit waits these tests use."""
 
     def __init__(self, host: str, port: int, user: str, password: str) -> None:
-        self.acks: list[wire.Ack] = []
-        self.status: dict[str, wire.Status] = {}
-        self.cond = threading.Condition()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-{uuid.uuid4().hex[:6]}")
-        self.c.username_pw_set(user, password)
-        self.c.on_message = self._on_message
-        self.connected = threading.Event()
-        self.c.on_connect = self._on_connect
-        self.c.on_disconnect = lambda *a: self.connected.clear()
-        self.c.reconnect_delay_set(0.1, 1.0)
-        self.c.connect(host, port)
-        self.c.loop_start()
-        assert self.wait_connected()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.subscribe("dyadsync/v1/room-a/+/ack", qos=1)
-        client.subscribe("dyadsync/v1/room-a/+/status", qos=1)
-        time.sleep(0.1)  # let the SUBACKs come back before commands are sent
-        self.connected.set()
-
-    def wait_connected(self, timeout_s: float = 20) -> bool:
-        return self.connected.wait(timeout_s)
-
-    def _on_message(self, client, userdata, msg) -> None:
-        t = wire.parse_topic(msg.topic)
-        with self.cond:
-            if t.kind == "ack":
-                self.acks.append(wire.Ack.decode(msg.payload))
-            elif t.kind == "status" and msg.payload:
-                self.status[t.unit] = wire.Status.decode(msg.payload)
-            self.cond.notify_all()
+        super().__init__(host, port, "room-a", user, password)
 
     def send(self, cmd: str, session: str, *, cid: str | None = None, **kw) -> str:
-        cid = cid or f"c-{uuid.uuid4().hex[:8]}"
-        c = wire.Command(id=cid, cmd=cmd, session=session, time_ns=time.time_ns(), **kw)
-        self.c.publish(wire.cmd_topic("room-a"), c.encode(), qos=1)
-        return cid
-
-    def send_raw(self, payload: bytes) -> None:
-        self.c.publish(wire.cmd_topic("room-a"), payload, qos=1)
+        return super().send(cmd, session, cid=cid or f"c-{uuid.uuid4().hex[:8]}", **kw)
 
     def wait_ack(self, cid: str, unit: str = "unit-a", n: int = 1, timeout_s: float = 20) -> list[wire.Ack]:
         with self.cond:
             self.cond.wait_for(lambda: len([a for a in self.acks if a.id == cid and a.unit == unit]) >= n, timeout_s)
             return [a for a in self.acks if a.id == cid and a.unit == unit]
 
-    def wait_status(self, unit: str, pred, timeout_s: float = 20) -> wire.Status | None:
+    def wait_status(self, unit: str, pred, timeout_s: float = 20) -> wire.Status | None:  # type: ignore[override]
         with self.cond:
             self.cond.wait_for(lambda: unit in self.status and pred(self.status[unit]), timeout_s)
             s = self.status.get(unit)
             return s if s is not None and pred(s) else None
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device.cli import main
+from dyadsync.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "unit.toml"
 

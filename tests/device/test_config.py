@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from device.config import load_config, parse_config
-from firmware_bridge.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "unit.toml"
 

@@ -178,8 +178,8 @@ def test_unsynced_clock_flags_blocks_and_quota_drops_are_reported(tmp_path, unit
 
 
 def test_emulated_hardware_factory_is_used(tmp_path, unit_toml, console):
+    from core.errors import ConfigError
     from device.sources import load_hardware
-    from firmware_bridge.errors import ConfigError
 
     from . import fake_hw
 

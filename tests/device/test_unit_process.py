@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _spawn(config: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "device.cli", "unit", "run", "--config", config], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "dyadsync", "unit", "run", "--config", config], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -73,7 +73,7 @@ def test_sigterm_notify_and_clean_shutdown(tmp_path, unit_toml, console, mosquit
     assert con.execute("SELECT COUNT(*) FROM outbox WHERE acked_ns IS NULL").fetchone()[0] == 0  # flushed
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     # the CLI status shows the open session and the empty outbox
-    out = subprocess.run([sys.executable, "-m", "device.cli", "unit", "status", "--config", config], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "dyadsync", "unit", "status", "--config", config], cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, check=True)
     assert "s-term (open" in out.stdout and "0 messages" in out.stdout
     assert "acknowledged kept to resend" in out.stdout

@@ -7,8 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
+from core.errors import DyadsyncError
 from dsp_ext import _wcc_np
-from dsp_ext.errors import DspError, DyadsyncError
+from dsp_ext.errors import DspError
 from dsp_ext.reference import corr_reference, wcc_reference, window_values_reference
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, StreamingWcc, SyncParams, WccResult, wcc
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from firmware_bridge import BlockFlags, DyadsyncError, SampleBlock
-from firmware_bridge.block import BlockError
+from core.errors import DyadsyncError
+from firmware_bridge.block import BlockError, BlockFlags, SampleBlock
 
 
 def test_block_normalises_and_freezes():

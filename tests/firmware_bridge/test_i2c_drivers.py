@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from smbus2 import i2c_msg
 
-from firmware_bridge import ConfigError, SensorError, SensorTimeout
+from core.errors import ConfigError
 from firmware_bridge.ads1115 import ADS1115, MultiplexedScanner
+from firmware_bridge.errors import SensorError, SensorTimeout
 from firmware_bridge.gsr import GsrFrontEnd
 from firmware_bridge.max30102 import MAX30102
 from firmware_bridge.tca9548a import TCA9548A

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import ProtocolError
+from firmware_bridge.errors import ProtocolError
 from firmware_bridge.protocol import (
     HEADER,
     MAX_SAMPLES_PER_FRAME,

@@ -12,7 +12,7 @@ from broker.mosquitto import find_mosquitto
 
 
 def _run(args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "device.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dyadsync", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
-from firmware_bridge.errors import ConfigError, DyadsyncError
+from core.errors import ConfigError, DyadsyncError
 from hil.physiology import (
     AUX_STREAMS,
     STREAMS,

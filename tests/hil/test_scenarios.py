@@ -123,12 +123,12 @@ def test_scenario_full(name, tmp_path):
 
 
 def test_cli_list_and_unknown_scenario():
-    out = subprocess.run([sys.executable, "-m", "device.cli", "hil", "list"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "dyadsync", "hil", "list"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     for name in catalogue():
         assert name in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "device.cli", "hil", "run", "no-such-room"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "dyadsync", "hil", "run", "no-such-room"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2
     assert "unknown scenario 'no-such-room'" in bad.stderr
@@ -163,7 +163,7 @@ def test_lost_blocks_are_injected_exactly():
 
 
 def test_bad_spec_is_a_clear_error(tmp_path, monkeypatch):
-    from firmware_bridge.errors import ConfigError
+    from core.errors import ConfigError
     from hil.wiring import SPEC_ENV, HilSpec, find_spec
 
     p = tmp_path / "spec.json"

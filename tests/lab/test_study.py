@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from broker.study import StudyError, fit_models, tables_from_records
+from lab.study import StudyError, fit_models, tables_from_records
 
 from .conftest import REPO
 from .simstudy import export_folder, simulate_records, simulated_study, write_hub_db
@@ -89,7 +89,7 @@ def test_study_cli_on_a_hub_database_and_a_pulled_folder(tmp_path):
     for s in more:
         export_folder(second, s, lab)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "device.cli", "study", str(db), str(lab), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "dyadsync", "study", str(db), str(lab), "--out", str(out),
                            "--surrogates", "10", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "study of 12 sessions in 6 dyads" in proc.stdout
@@ -110,7 +110,7 @@ def test_study_cli_on_a_hub_database_and_a_pulled_folder(tmp_path):
     # no sessions at all: clear error, exit 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "device.cli", "study", str(empty), "--quiet"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "dyadsync", "study", str(empty), "--quiet"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no sessions found" in proc.stderr
 

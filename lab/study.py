@@ -1,7 +1,7 @@
 """``dyadsync study``: does therapist autonomic regulation go with stronger, therapist-led client synchrony?
 
 All sessions found in the sources (hub databases, pulled folders) are analysed like ``dyadsync report``
-does (:func:`broker.analysis.compute.analyse_session`) and reduced to three tables:
+does (:func:`lab.analysis.compute.analyse_session`) and reduced to three tables:
 
 * **sessions** — one row per session: dyad (therapist code + client code), order within the dyad,
   per channel the mean therapist-led / client-led z, in-phase and anti-phase peak z, the surrogate effect

@@ -7,7 +7,7 @@ status changes).
 
 * Hub database (``broker.store`` schema): streams are read block by block; a missing ``seq`` leaves NaN
   samples at the place the block should have been (``t0_ns`` keeps the time axis honest).
-* Pulled folder (``broker.puller`` layout ``DEST/<room>/<session>/``; the files of ``broker.export``): the
+* Pulled folder (``lab.puller`` layout ``DEST/<room>/<session>/``; the files of ``broker.export``): the
   BIDS-physio ``*_physio.tsv.gz`` with its JSON sidecar (``StartTimeUTCns``, ``SamplingFrequency``), with
   ``n/a`` rows where blocks were lost, ``metrics.csv`` (full-precision ``repr`` floats) and
   ``session.json``. Values written with 9 significant digits round-trip every float32, so a folder gives
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.errors import DyadsyncError
+from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 

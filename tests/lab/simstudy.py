@@ -4,7 +4,7 @@ Each dyad has its own coupling gain and therapist (RSA level and stability vary 
 from session to session); every session is one :class:`hil.physiology.DyadSimulator` whose whole length is a
 therapist-led segment. Features are taken straight from the simulator's truth (noise-free EDA and beat-to-beat
 heart rate on the 4 Hz grid, RSA per 30-s epoch) — fast, and what an ideal front end would measure — and go
-through the same synchrony kernel (dsp_ext.synchrony.wcc) and study code (broker.study) as recorded sessions.
+through the same synchrony kernel (dsp_ext.synchrony.wcc) and study code (lab.study) as recorded sessions.
 ``regulation_effect`` is the simulator's hypothesis knob (Fisher z of coupling per unit of therapist regulation).
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from broker.study import StudyModels, fit_models, record_from_arrays, tables_from_records
 from dsp_ext.synchrony import SyncParams, wcc
 from hil.physiology import DyadSimulator, Segment, SimConfig
+from lab.study import StudyModels, fit_models, record_from_arrays, tables_from_records
 
 PARAMS = SyncParams()
 
@@ -68,7 +68,7 @@ def write_hub_db(path, *, seed: int, regulation_effect: float, n_dyads: int, n_s
     """Store simulated sessions in a real hub SQLite the way the recorder does (start command with participant
     codes, 4 Hz EDA and HR feature blocks of 1 s, stop command). Features from the simulator's truth."""
     from broker import store, wire
-    from firmware_bridge import SampleBlock
+    from firmware_bridge.block import SampleBlock
 
     rng = np.random.default_rng(seed)
     con = store.connect(path)

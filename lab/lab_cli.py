@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
-    from .hub_init import init_lab_broker
+    from broker.hub_init import init_lab_broker
 
     rooms = [r.strip() for r in args.rooms.split(",") if r.strip()]
     layout = init_lab_broker(args.out_dir, rooms, host=args.host, port=args.port, run_as_user=args.user)
@@ -38,7 +38,8 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .api import read_token
+    from broker.api import read_token
+
     from .puller import LabPuller
 
     with LabPuller(args.hub, read_token(args.token_file), args.dest, progress=not args.no_progress) as puller:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.report import write_report
+from lab.report import write_report
 
 PROBE = """<script>
 window.__errs = [];

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from firmware_bridge.errors import DyadsyncError
+from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from firmware_bridge.errors import DyadsyncError
+from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from broker import store
-from broker.analysis.source import (
+from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, wcc
+from firmware_bridge.block import BlockFlags
+from lab.analysis.source import (
     IncompleteSession,
     SessionNotFound,
     SourceError,
     load_from_db,
     load_from_folder,
 )
-from broker.report import write_report
-from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, wcc
-from firmware_bridge.block import BlockFlags
+from lab.report import write_report
 
 from .conftest import REPO
 
@@ -139,7 +139,7 @@ def test_losses_and_markers_are_shown_and_lost_windows_not_compared(demo_copy, t
 def test_report_from_a_pulled_folder_equals_the_database(demo_db, tmp_path):
     """Pull the session through the real HTTP pull API, then report from the folder: same series, same numbers."""
     from broker.api import ApiServer
-    from broker.puller import LabPuller
+    from lab.puller import LabPuller
 
     db, session = demo_db
     with ApiServer(db, "tok-analysis") as srv, LabPuller(srv.url, "tok-analysis", tmp_path / "lab",
@@ -175,7 +175,7 @@ def test_recompute_from_raw_with_other_parameters(demo_db, tmp_path):
 
 
 def _cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "device.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dyadsync", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 
