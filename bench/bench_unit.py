@@ -50,8 +50,8 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_config(d: Path, host: str, port: int, password: str, factory: str | None, hr_method: str,
-                 emulated: bool, eda_method: str = "auto", hr_grid: str = "live") -> Path:
+def write_config(d: Path, host: str, port: int, password: str, factory: str | None,
+                 emulated: bool, hr_grid: str = "live") -> Path:
     sensors = ""
     if emulated:  # register-level I2C emulators behind a TCA9548A, driven by the real drivers
         from tests.device import emu_hw
@@ -68,7 +68,7 @@ def write_config(d: Path, host: str, port: int, password: str, factory: str | No
     cfg.write_text(
         f'room = "{ROOM}"\nunit = "{UNIT}"\ndata_dir = "{d / "data"}"\n'
         f'[broker]\nurl = "mqtt://{host}:{port}"\nusername = "{UNIT}"\npassword = "{password}"\n'
-        f'[clock]\ncheck = "chronyc"\n[dsp]\nhr_method = "{hr_method}"\neda_method = "{eda_method}"\n'
+        f'[clock]\ncheck = "chronyc"\n[dsp]\n'
         f'hr_grid = "{hr_grid}"\n{hw}\n{sensors}'
     )
     return cfg
@@ -80,9 +80,7 @@ def main() -> int:
     ap.add_argument("--factory", default=None, help="hardware.factory 'module:function' for emulated sensors")
     ap.add_argument("--emulated", action="store_true",
                     help="hil register-level emulators (TCA9548A, ADS1115, MAX30102) instead of synthetic sensors")
-    ap.add_argument("--hr-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.hr_method")
     ap.add_argument("--hr-grid", default="live", choices=["live", "corrected"], help="dsp.hr_grid")
-    ap.add_argument("--eda-method", default="auto", choices=["auto", "dsp_ext", "fast"], help="dsp.eda_method")
     args = ap.parse_args()
     import subprocess
 
@@ -94,13 +92,9 @@ def main() -> int:
         counts = {"metrics": 0, "feat": 0, "raw": 0}
         lock = threading.Lock()
         lag_ns = 10 * 10**9
-        from device.features import GRID_NS, _dsp_available
+        from dsp_ext.grid import GRID_NS
 
-        def uses_dsp(signal: str, method: str) -> bool:
-            return method == "dsp_ext" or (method == "auto" and _dsp_available(f"dsp_ext.{signal}"))
-
-        last_point_ns = {"eda": GRID_NS if uses_dsp("eda", args.eda_method) else 0,
-                         "hr": GRID_NS if uses_dsp("ppg", args.hr_method) else 0}
+        last_point_ns = {"eda": GRID_NS, "hr": GRID_NS}
 
         def on_message(client, userdata, msg):
             now = time.time_ns()
@@ -127,8 +121,8 @@ def main() -> int:
         con.username_pw_set(*auth.service_user("console"))
         con.connect(broker.host, broker.port)
         con.loop_start()
-        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory, args.hr_method,
-                           args.emulated, args.eda_method, args.hr_grid)
+        cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory,
+                           args.emulated, args.hr_grid)
         # the environment of device/systemd/dyadsync-unit.service (MALLOC_ARENA_MAX keeps glibc from giving
         # every thread its own malloc arena)
         emu_file = d / "emu-cpu.txt"
@@ -186,7 +180,7 @@ def main() -> int:
             p50, p99, mx = (np.percentile(lat, 50), np.percentile(lat, 99), lat.max()) if lat.size else (np.nan,) * 3
             # with hr_grid = "corrected" the HR series itself is final only ~2 beats after its grid time (the
             # dsp_ext IBI correction): its latency is reported, the 200 ms target is checked on the other rows
-            target = name == "sync_eda" or args.hr_method == "fast" or args.hr_grid == "live"
+            target = name == "sync_eda" or args.hr_grid == "live"
             rows += [
                 (f"{name}: window -> metric at broker, p50", f"{p50:.1f} ms", "", True),
                 (f"{name}: window -> metric at broker, p99", f"{p99:.1f} ms", "<= 200 ms" if target else "",
@@ -199,7 +193,7 @@ def main() -> int:
         ]
         print(f"\nbench_unit: {args.minutes:g} min at real time, 2 x EDA 32 Hz + 2 x PPG 100 Hz, "
               f"{'I2C emulators' if args.emulated else ('factory ' + args.factory if args.factory else 'synthetic sensors')}"
-              f", eda_method {args.eda_method}, hr_method {args.hr_method}, hr_grid {args.hr_grid}, "
+              f", hr_grid {args.hr_grid}, "
               f"unit exit {proc.returncode}")
         print(f"{'measure':<48} {'value':>22} {'target':>10}  ok")
         for name, value, target, ok in rows:

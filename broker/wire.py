@@ -39,20 +39,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from broker.errors import WireError
+from core.vocab import CODE_RE, ID_RE, LED_STATES, NAME_RE, OFFLINE, ROLES, SESSION_RE
 from firmware_bridge.block import BlockError, SampleBlock, check_stream
 
 PREFIX = "dyadsync"
 VERSION = "v1"
 SCHEMA = 1
-
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-"""Room and unit ids: lower-case letters, digits, '_' and '-', 1-32 characters."""
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-"""Metric names."""
-SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""Session ids."""
-CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-"""Pseudonymous participant codes (e.g. ``P017``). Never a name: no spaces, at most 32 characters."""
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_SAMPLES = 1 << 20
@@ -283,7 +275,7 @@ class Status(_Message):
     """Retained unit status. ``state`` is a LED state name or ``offline`` (the will)."""
 
     KIND: ClassVar[str] = "status"
-    STATES: ClassVar[tuple[str, ...]] = ("booting", "idle", "recording", "buffering", "sensor_fault", "fatal", "offline")
+    STATES: ClassVar[tuple[str, ...]] = (*LED_STATES, OFFLINE)
     FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"unit", "state", "time_ns", "version", "session", "sensors", "buffer_depth", "dropped", "clock_synced"}
     )
@@ -406,7 +398,7 @@ class Command(_Message):
         _check_id("command id", self.id, SESSION_RE)
         _check_id("session", self.session, SESSION_RE)
         for role, code in self.participants.items():
-            if role not in ("therapist", "client"):
+            if role not in ROLES:
                 raise WireError(f"participant role {role!r} is not therapist or client")
             _check_id(f"{role} participant code", code, CODE_RE)
         if self.cmd == "start" and set(self.participants) != {"therapist", "client"}:

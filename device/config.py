@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from core.vocab import ID_RE
 
 DEFAULT_PATH = Path("/etc/dyadsync/unit.toml")
 
-ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+ID_PATTERN = ID_RE.pattern
 ROLE = Literal["therapist", "client"]
 
 
@@ -155,17 +156,12 @@ class SensorConfig(_Strict):
 class DspConfig(_Strict):
     """Feature extraction and windowed synchrony (ARCHITECTURE §4 defaults)."""
 
-    feature_rate_hz: Literal[4.0] = 4.0
     win_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     inc_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     lag_s: Annotated[float, Field(ge=0, le=120)] = 10.0
     peak_window: Annotated[int, Field(ge=3, le=41)] = 5
     channels: list[Literal["eda", "hr"]] = ["eda", "hr"]
     regulation_epoch_s: Annotated[float, Field(ge=5, le=600)] = 30.0
-    # feature extraction: dsp_ext streams (artefact handling, IBI correction for HRV), the plain 'fast'
-    # fallbacks (one 250 ms bin of latency), or 'auto' (dsp_ext when installed)
-    eda_method: Literal["auto", "dsp_ext", "fast"] = "auto"
-    hr_method: Literal["auto", "dsp_ext", "fast"] = "auto"
     # the heart-rate feature stream of dsp_ext: 'live' (causal, no look-ahead, a constant 1 s delay: metrics
     # within ~100 ms of their window) or 'corrected' (Lipponen-Tarvainen corrected beats, final ~3 s late)
     hr_grid: Literal["live", "corrected"] = "live"
@@ -258,10 +254,6 @@ class UnitConfig(_Strict):
         if self.dyad.partner == self.unit:
             raise ValueError("dyad.partner is this unit itself")
         return self
-
-    @property
-    def local_roles(self) -> set[str]:
-        return {s.role for s in self.sensors if s.role}
 
     @property
     def db_path(self) -> Path:

@@ -1,6 +1,6 @@
 """Sources on real (or emulated) hardware: I2C sensors through the :mod:`firmware_bridge` drivers, and the
 dyadsync firmware over a serial URL. The bus objects and URLs come from the hardware provider
-(``device.sources.load_hardware``), so the same code runs on a Pi and against ``hil`` emulators.
+(``device.hardware.load_hardware``), so the same code runs on a Pi and against ``hil`` emulators.
 
 Timing: I2C sensors are polled on the injected clock (``clock.now_ns`` as the drivers' ``monotonic``,
 ``clock.sleep`` as their ``sleep``), so they run in simulated time too. A sample's time is when the sensor
@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from firmware_bridge.block import BlockFlags, SampleBlock
+from core.vocab import BlockFlags
+from firmware_bridge.block import SampleBlock
 from firmware_bridge.errors import SensorError
 
 from .clock import Clock

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import ConfigError, DyadsyncError
+from core.vocab import LED_STATES
 
 logger = logging.getLogger(__name__)
 
-STATES = ("booting", "idle", "recording", "buffering", "sensor_fault", "fatal")
+STATES = LED_STATES
 PATTERNS: dict[str, tuple[int, int] | None] = {
     "booting": (250, 250),
     "idle": (100, 2900),

@@ -255,17 +255,5 @@ class Link:
         if self._wake.set in self.outbox.listeners:
             self.outbox.listeners.remove(self._wake.set)
 
-    def abandon(self) -> None:
-        """Stop without a DISCONNECT (the broker will send the will), as a crash would."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        try:
-            self.client.socket().close() if self.client.socket() else None
-        except OSError:
-            pass
-        self.client.loop_stop()
-
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "inflight": self.inflight, **self.counts}

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from broker import wire
-from firmware_bridge.block import BlockFlags, SampleBlock
+from core.vocab import FEATURE_RATE_HZ, GRID_NS, BlockFlags
+from firmware_bridge.block import SampleBlock
 
-from .features import FEATURE_RATE_HZ, GRID_NS, make_extractor
+from .features import make_extractor
 from .outbox import OutMsg
 from .sources import block_gap
 
@@ -240,7 +241,7 @@ class Pipeline:
             if block.signal not in SIGNAL_CHANNEL:
                 return
             ex = self._extractors[stream] = make_extractor(
-                block.signal, block.rate_hz, self.feature_method(block.signal), self.session.k0, self._epoch_bins,
+                block.signal, block.rate_hz, self.session.k0, self._epoch_bins,
                 hr_grid=self.dsp.hr_grid)
         role = block.role
         channel = ex.channel
@@ -335,9 +336,6 @@ class Pipeline:
             m = wire.Metric(self.session.id, seq, f"sync_{channel}", ws, we, values)
             self._out.append(OutMsg(wire.metric_topic(self.room, self.unit, m.name), m.encode(), "metric"))
             self.metrics_emitted += 1
-
-    def feature_method(self, signal: str) -> str:
-        return self.dsp.eda_method if signal == "eda" else self.dsp.hr_method
 
     @property
     def _epoch_bins(self) -> int:

@@ -14,23 +14,19 @@ just before the block that follows the loss.
 
 Sources by config ``kind``: ``synthetic`` (built-in, below), ``ads1115``/``max30102`` (I2C drivers of
 :mod:`firmware_bridge` on the bus object the hardware provider gives), ``serial`` (the firmware over a
-pyserial URL). The hardware provider is the seam for emulation: see :func:`load_hardware`.
+pyserial URL). The hardware provider is the seam for emulation: see :func:`device.hardware.load_hardware`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import math
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError
 from firmware_bridge.block import SampleBlock
 from firmware_bridge.errors import SensorError
 
@@ -211,72 +207,8 @@ class SourceThread:
             self._thread.join(timeout_s)
 
 
-# ------------------------------------------------------------------------------------ hardware seam
-class RealHardware:
-    """The Pi's hardware: ``smbus2.SMBus(n)`` for I2C, the configured URL for serial sensors."""
-
-    def __init__(self) -> None:
-        self._buses: dict[int, Any] = {}
-
-    def i2c_bus(self, number: int) -> Any:
-        if number not in self._buses:
-            import smbus2
-
-            try:
-                self._buses[number] = smbus2.SMBus(number)
-            except OSError as exc:
-                raise SensorError(f"cannot open I2C bus {number}: {exc}") from exc
-        return self._buses[number]
-
-    def serial_url(self, sensor: Any) -> str:
-        return sensor.url
-
-    def source(self, sensor: Any, clock: Clock) -> Source | None:
-        return None
-
-
-def load_hardware(cfg: Any, clock: Clock) -> Any:
-    """The hardware provider: :class:`RealHardware`, or ``factory(config, clock)`` for ``mode='emulated'``.
-
-    A provider has ``i2c_bus(n)`` (an smbus2-like object), ``serial_url(sensor)`` and ``source(sensor,
-    clock)`` (a whole :class:`Source` to use instead of the built-in one, or None).
-    """
-    if cfg.hardware.mode == "real":
-        return RealHardware()
-    mod_name, _, func_name = cfg.hardware.factory.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"hardware.factory {cfg.hardware.factory!r} cannot be loaded: {exc}") from exc
-    return factory(cfg, clock)
-
-
-def build_sources(cfg: Any, clock: Clock, hardware: Any) -> list[Source]:
-    """One :class:`Source` per configured sensor."""
-    out: list[Source] = []
-    for s in cfg.sensors:
-        custom = getattr(hardware, "source", None)
-        src = custom(s, clock) if custom else None
-        if src is None:
-            src = _builtin_source(s, clock, hardware)
-        out.append(src)
-    return out
-
-
-def _builtin_source(s: Any, clock: Clock, hardware: Any) -> Source:
-    if s.kind == "synthetic":
-        return SyntheticSource(s.name, s.stream, s.rate_hz, clock, block_s=s.block_s, seed=s.seed)
-    from . import hwsources
-
-    return hwsources.make_source(s, clock, hardware)
-
-
 def block_gap(prev_seq: int | None, seq: int) -> int:
     """Blocks lost between two consecutive sequence numbers (uint32 wrap aware)."""
     if prev_seq is None:
         return 0
     return (seq - prev_seq - 1) & 0xFFFFFFFF if seq != prev_seq else 0
-
-
-def expected_samples(duration_s: float, rate_hz: float) -> int:
-    return int(math.floor(duration_s * rate_hz + 1e-9))

@@ -29,16 +29,17 @@ from typing import Any
 from broker import wire
 from broker.errors import WireError
 from core.errors import DyadsyncError
-from firmware_bridge.block import BlockFlags
+from core.vocab import BlockFlags
 
 from . import __version__
 from .clock import Clock, make_clock
+from .hardware import build_sources, load_hardware
 from .leds import StatusLed, make_led, resolve_state
 from .link import Link
 from .outbox import Outbox, OutMsg
 from .pipeline import Pipeline
 from .service import ClockMonitor, Notifier
-from .sources import Source, SourceThread, build_sources, load_hardware
+from .sources import Source, SourceThread
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DspError
+from core.vocab import BlockFlags, samples_between
 
-CONTACT_LOST = 1 << 1
+from .errors import DspError
 
 
 class BlockTimeline:
@@ -38,12 +38,12 @@ class BlockTimeline:
             raise DspError(f"block values must be 1-D, got shape {values.shape}")
         if abs(rate - self.rate_hz) > 1e-6 * self.rate_hz:
             raise DspError(f"block rate {rate} Hz differs from the stream's {self.rate_hz} Hz")
-        contact = np.full(len(values), not (flags & CONTACT_LOST), dtype=bool)
+        contact = np.full(len(values), not (flags & BlockFlags.CONTACT_LOST), dtype=bool)
         if self.t_first_ns is None:
             self.t_first_ns = t0_ns
         else:
             expected = self.t_first_ns + self.n * 1e9 / self.rate_hz
-            offset = int(round((t0_ns - expected) * self.rate_hz / 1e9))
+            offset = samples_between(expected, t0_ns, self.rate_hz)
             if offset > 0:  # samples were lost: fill with NaN (invalid, never zero)
                 values = np.concatenate((np.full(offset, np.nan), values))
                 contact = np.concatenate((np.ones(offset, dtype=bool), contact))

@@ -17,10 +17,9 @@ import math
 
 import numpy as np
 
-from .errors import DspError
+from core.vocab import FEATURE_RATE_HZ, GRID_NS
 
-FEATURE_RATE_HZ = 4.0
-GRID_NS = 250_000_000
+from .errors import DspError
 
 __all__ = ["FEATURE_RATE_HZ", "GRID_NS", "GridClock", "GridResampler"]
 

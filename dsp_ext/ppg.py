@@ -384,11 +384,6 @@ class PpgStream:
         self._live = LiveHr(self.rate_hz, self.clock) if self.live else None
 
     @property
-    def latency_s(self) -> float:
-        """Detector latency (beats are also final only two beats later)."""
-        return self._det.latency_samples / self.rate_hz
-
-    @property
     def state_nbytes(self) -> int:
         live = self._live.state_nbytes if self._live is not None else 0
         return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16) + live)

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.errors import DyadsyncError
+from core.vocab import ROLES, SIGNAL_RE, BlockFlags
 
-ROLES = ("therapist", "client")
-SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
 UINT32_MAX = 0xFFFFFFFF
-
-
-class BlockFlags(enum.IntFlag):
-    """Bit field carried by every block. Bits 0-7 are defined here; the rest are reserved (must be 0)."""
-
-    NONE = 0
-    SATURATED = 1 << 0  # at least one sample hit the ADC range
-    CONTACT_LOST = 1 << 1  # the sensor reported loss of skin contact
-    FIFO_OVERFLOW = 1 << 2  # the sensor FIFO overflowed before this block (samples were lost)
-    INTERPOLATED = 1 << 3  # some samples were interpolated, not measured
-    GAP_BEFORE = 1 << 4  # samples were lost between the previous block of this stream and this one
-    CLOCK_UNSYNCED = 1 << 5  # host clock not synchronised (chrony) when the block was stamped
-    INVALID = 1 << 6  # some samples are NaN because they were judged invalid (artefact, out of range)
-    PARTIAL = 1 << 7  # shorter than the stream's nominal block length (e.g. session end)
 
 
 KNOWN_FLAGS = int(

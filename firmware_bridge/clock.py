@@ -103,10 +103,6 @@ class ClockMapper:
         return self._synced
 
     @property
-    def slope_ns_per_us(self) -> float:
-        return self._slope
-
-    @property
     def drift_ppm(self) -> float:
         """Device clock rate error relative to ``nominal_ns_per_us`` in ppm (positive: device fast)."""
         return (self.nominal_ns_per_us / self._slope - 1.0) * 1e6

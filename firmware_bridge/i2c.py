@@ -12,20 +12,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from core.errors import ConfigError
 
 from .errors import SensorError
 
 logger = logging.getLogger(__name__)
-
-
-class SMBusLike(Protocol):
-    def read_byte_data(self, i2c_addr: int, register: int) -> int: ...
-    def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None: ...
-    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]: ...
-    def write_i2c_block_data(self, i2c_addr: int, register: int, data: list[int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -195,11 +188,3 @@ class I2CDriver:
                 errno.EIO, f"{self.CHIP} at 0x{self.address:02x}: asked {length} bytes from 0x{reg:02x}, got {len(data)}"
             )
         return data
-
-    def update_field(self, register: Register, **values: Any) -> int:
-        """Read-modify-write of named fields (masked); returns the value written."""
-        old = self.read_reg(register.address)
-        new = register.compose(old, **values)
-        if new != old:
-            self.write_reg(register.address, new)
-        return new

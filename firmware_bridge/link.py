@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import serial
 
-from .block import BlockFlags, SampleBlock
+from core.vocab import BlockFlags
+
+from .block import SampleBlock
 from .clock import ClockMapper, ClockNotSynced
 from .errors import ProtocolError, SensorTimeout
 from .protocol import (

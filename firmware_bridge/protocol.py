@@ -22,7 +22,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .block import ROLES, SIGNAL_RE
+from core.vocab import ROLES, SIGNAL_RE
+
 from .errors import ProtocolError
 
 logger = logging.getLogger(__name__)

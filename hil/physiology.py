@@ -51,10 +51,10 @@ from scipy import signal as sps
 from scipy.optimize import brentq
 
 from core.errors import ConfigError, DyadsyncError
+from core.vocab import FEATURE_RATE_HZ, ROLES
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("therapist", "client")
 SIGNALS = ("eda", "ppg")
 STREAMS = tuple(f"{role}/{sig}" for role in ROLES for sig in SIGNALS)
 # extra signals value_at() also serves (not returned by read()): the red LED channel of a MAX30102
@@ -63,7 +63,6 @@ MODES = ("uncoupled", "therapist_led", "client_led", "in_phase", "anti_phase")
 CHANNELS = ("eda", "hr", "both")
 EVENT_KINDS = ("contact_loss", "saturation", "motion")
 
-FEATURE_RATE_HZ = 4.0  # the shared feature grid (ARCHITECTURE §3)
 LATENT_RATE_HZ = 20.0  # internal grid of the slow, smooth components (interpolated linearly)
 MARGIN_S = 10.0  # value_at() is defined this far before 0 and after duration_s
 EPOCH_S = 30.0  # RSA epoch length (ARCHITECTURE §4)

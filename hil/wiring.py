@@ -5,7 +5,7 @@ calls :func:`make_hardware` once with its config and clock. The factory reads a 
 from ``$DYADSYNC_HIL_SPEC`` or ``<data_dir>/hil-spec.json``, rebuilds the same
 :class:`hil.physiology.DyadSimulator` the scenario runner scores against (same seed, same schedule: the
 simulator is deterministic), and returns a provider with the three seam methods of
-``device.sources.load_hardware``:
+``device.hardware.load_hardware``:
 
 * ``source(sensor, clock)``: for sensors of kind ``synthetic`` a :class:`SimulatedSensor` (below); for the
   hardware kinds ``None`` (the unit then builds its own driver-based source on the two other seams).
@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from firmware_bridge.block import BlockFlags, SampleBlock
+from core.vocab import BlockFlags
+from firmware_bridge.block import SampleBlock
 from firmware_bridge.errors import SensorError
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class SimulatedSensor:
 
 
 class SimulatedRoom:
-    """The provider returned by :func:`make_hardware` (the three seams of ``device.sources.load_hardware``)."""
+    """The provider returned by :func:`make_hardware` (the three seams of ``device.hardware.load_hardware``)."""
 
     def __init__(self, cfg: Any, clock: Any, spec: HilSpec) -> None:
         self.cfg = cfg

@@ -93,7 +93,7 @@ def features_from_raw(data: SessionData) -> SessionData:
                 raise IncompleteSession(f"session {data.session}: --recompute needs the raw {role}/{raw_name} stream")
             vals = _held(raw.values)
             if signal == "eda":
-                from firmware_bridge.block import BlockFlags
+                from core.vocab import BlockFlags
 
                 v = _eda_grid(vals, raw.rate_hz, ((raw.flags & BlockFlags.CONTACT_LOST) == 0) & ~raw.lost)
             else:

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from broker import store
+from core.vocab import GRID_NS
 
 from .runner import RunRecord
 
 logger = logging.getLogger(__name__)
 
 FEATURE_BLOCK_NS = 1_000_000_000
-GRID_NS = 250_000_000
 ALIGN_TOL_S = 0.010
 LAG_TOL_S = 0.25
 LEADER_MIN = 0.95

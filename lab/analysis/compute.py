@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.vocab import GRID_NS, ROLES
 from dsp_ext.stats import (
     CouplingResult,
     LeadershipEpochs,
@@ -35,12 +36,11 @@ from dsp_ext.stats import (
 )
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, WccResult, wcc
 
-from .source import GRID_NS, IncompleteSession, SessionData, aligned_features, aligned_lost
+from .source import IncompleteSession, SessionData, aligned_features, aligned_lost
 
 logger = logging.getLogger(__name__)
 
 SIGNALS = ("eda", "hr")
-ROLES = ("therapist", "client")
 #: (statistic, alternative) tested against surrogates for every channel.
 SURROGATE_STATS = (("inphase_z", "greater"), ("therapist_led", "greater"), ("client_led", "greater"),
                    ("antiphase_z", "less"))
@@ -222,7 +222,7 @@ def artefacts(data: SessionData) -> dict[str, dict[str, int]]:
     PPG (:mod:`dsp_ext.ppg`, Lipponen & Tarvainen 2019 correction): beats, intervals outside 300–2000 ms,
     and corrected beats by kind (ectopic, long, short, missed, extra). EDA (:mod:`dsp_ext.eda`): raw samples
     judged invalid (out of range, too steep, contact lost per the block flags, lost) and invalid 4 Hz bins."""
-    from firmware_bridge.block import BlockFlags
+    from core.vocab import BlockFlags
 
     out: dict[str, dict[str, int]] = {}
     for role in ROLES:

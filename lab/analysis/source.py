@@ -31,7 +31,6 @@ from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
 
-GRID_NS = 250_000_000  # the shared 4 Hz feature grid (ARCHITECTURE §3)
 
 
 class AnalysisError(DyadsyncError, ValueError):
@@ -331,7 +330,7 @@ def load_session(session: str | None, *, db: Path | str | None = None, folder: P
 
 def _quality(streams: dict[tuple[str, str], Series], metrics: dict[str, list[MetricRow]],
              status: list[tuple[int, str, str]], unit_dropped: int) -> dict:
-    from firmware_bridge.block import BlockFlags
+    from core.vocab import BlockFlags
 
     per_stream = []
     for (kind, stream), s in sorted(streams.items()):

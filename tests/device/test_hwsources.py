@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from core.vocab import BlockFlags
 from device import hwsources
 from device.clock import ScaledClock
 from device.sources import SourceThread
-from firmware_bridge.block import BlockFlags
 from hil.emulators import ADS1115Emulator, FakeSMBus, MAX30102Emulator, TCA9548AEmulator
 
 SPEED = 3.0

@@ -12,12 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from core.vocab import BlockFlags
 from device.config import load_config
 from device.hwsources import _Paced
 from device.pipeline import Pipeline
 from device.sources import Source, SourceThread
 from device.unit import Unit
-from firmware_bridge.block import BlockFlags, SampleBlock
+from firmware_bridge.block import SampleBlock
 
 T0 = 1_700_000_000_000_000_000
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 
 from broker import store
+from core.vocab import BlockFlags
 from device.clock import ScaledClock
 from device.config import load_config
 from device.sources import Source, SyntheticSource
 from device.unit import Unit
-from firmware_bridge.block import BlockFlags
 from firmware_bridge.errors import SensorError
 
 from .conftest import start_cmd
@@ -179,7 +179,7 @@ def test_unsynced_clock_flags_blocks_and_quota_drops_are_reported(tmp_path, unit
 
 def test_emulated_hardware_factory_is_used(tmp_path, unit_toml, console):
     from core.errors import ConfigError
-    from device.sources import load_hardware
+    from device.hardware import load_hardware
 
     from . import fake_hw
 

@@ -292,7 +292,8 @@ def _blocks(stream: str, x: np.ndarray, rate: float, t0_ns: int, n_per: int) -> 
 
 
 def test_push_block_fills_gaps_and_uses_utc_grid():
-    from firmware_bridge.block import BlockFlags, SampleBlock
+    from core.vocab import BlockFlags
+    from firmware_bridge.block import SampleBlock
 
     rate, t0 = 32.0, 1_700_000_000_123_000_000
     x = _eda_signal(rate, 60.0, [(20.0, 0.3)]).astype(np.float32).astype(np.float64)

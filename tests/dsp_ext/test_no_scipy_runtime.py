@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
     sosfilt(butter_sos(3, 5.0, 100.0, "high"), np.ones(10), init="first")
     SosFilter(butter_sos(2, (1.0, 2.0), 10.0, "bandpass"), init="first").process(np.ones(5))
     for name in ("eda", "ppg"):
-        ex = device.features.make_extractor(name, 32.0 if name == "eda" else 100.0, method="dsp_ext")
+        ex = device.features.make_extractor(name, 32.0 if name == "eda" else 100.0)
     loaded = sorted(m for m in sys.modules if m == "scipy" or m.startswith("scipy."))
     print("SCIPY:" + ",".join(loaded))
     """

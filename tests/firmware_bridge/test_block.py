@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from core.errors import DyadsyncError
-from firmware_bridge.block import BlockError, BlockFlags, SampleBlock
+from core.vocab import BlockFlags
+from firmware_bridge.block import BlockError, SampleBlock
 
 
 def test_block_normalises_and_freezes():

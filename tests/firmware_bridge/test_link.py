@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from firmware_bridge.block import BlockFlags
+from core.vocab import BlockFlags
 from firmware_bridge.link import SerialLink
 from firmware_bridge.protocol import HEADER, ChannelInfo, Config, Hello, StatusBits, cobs_encode
 

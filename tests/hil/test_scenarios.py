@@ -34,7 +34,7 @@ def _params(short: bool):
         marks = []
         missing = missing_requirements(s)
         if missing:
-            marks.append(pytest.mark.skip(reason=f"needs {', '.join(missing)} (emulators/drivers not on main yet)"))
+            marks.append(pytest.mark.skip(reason=f"needs {', '.join(missing)}"))
         elif name in KNOWN_FAILURES:
             # not strict: the remaining misses depend on machine load (they pass on a quiet machine)
             marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from broker import store
+from core.vocab import BlockFlags
 from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, wcc
-from firmware_bridge.block import BlockFlags
 from lab.analysis.source import (
     IncompleteSession,
     SessionNotFound,
