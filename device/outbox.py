@@ -288,9 +288,9 @@ class QueueAccount:
     queued: int = 0  # waiting for the broker's acknowledgement
     tail: int = 0  # acknowledged, kept to resend after a reconnect
     bytes_queued: int = 0
-    first_seq: int | None = None
+    first_seq: int | None = None  # of the queued messages
     last_seq: int | None = None
-    duplicates: int = 0  # the same sequence number held twice
+    duplicates: int = 0  # the same sequence number held twice (queued or in the tail)
 
 
 @dataclass
@@ -379,8 +379,9 @@ def check_outbox(path: Path | str) -> OutboxCheck:
                 if seq in ids:
                     acc.duplicates += 1
                 ids.add(seq)
-                acc.first_seq = seq if acc.first_seq is None else min(acc.first_seq, seq)
-                acc.last_seq = seq if acc.last_seq is None else max(acc.last_seq, seq)
+                if acked_ns is None:  # the range of what waits; tail rows were delivered already
+                    acc.first_seq = seq if acc.first_seq is None else min(acc.first_seq, seq)
+                    acc.last_seq = seq if acc.last_seq is None else max(acc.last_seq, seq)
         state = {}
         for key, value in con.execute("SELECT key, value FROM state"):
             try:

@@ -133,6 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_outbox(db)
     if args.json:
         print(json.dumps({**dataclasses.asdict(report), "damaged": report.damaged, "queued": report.queued,
+                          "dropped": report.dropped,
                           "bytes_queued": report.bytes_queued, "quota_bytes": quota}, indent=2, sort_keys=True))
     else:
         print("\n".join(describe_outbox_check(report, quota)))
