@@ -282,7 +282,7 @@ def _json_depth(text: str, limit: int) -> int:
 
 _JSON_SPECIAL_RE = re.compile(r'["\[\]{}]')
 _JSON_STRING_END_RE = re.compile(r'(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_INT_DIGITS = len(str(INT64_MAX)) + 1  # a longer literal cannot be an int64, whatever its leading zeros
+_INT_DIGITS = len(str(INT64_MAX))  # JSON has no leading zeros: a longer literal cannot be an int64
 
 
 def _parse_int(literal: str) -> int:
