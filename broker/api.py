@@ -35,7 +35,9 @@ from . import export, store
 
 logger = logging.getLogger(__name__)
 
-_RANGE_RE = re.compile(r"^bytes=(\d+)-$")
+_RANGE_RE = re.compile(r"^bytes=(\d{1,19})-$")  # at most 19 digits: an int64, never a 4300-digit int()
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
 
 
 def read_token(path: Path | str) -> str:
@@ -99,9 +101,10 @@ def create_app(db_path: Path | str, token: str) -> FastAPI:
 
     @app.get("/v1/sessions", dependencies=deps, summary="List sessions changed after since_ns (paged)")
     def list_sessions(
-        since_ns: int | None = Query(None, description="only sessions whose updated_ns is greater"),  # noqa: B008
+        since_ns: int | None = Query(None, ge=INT64_MIN, le=INT64_MAX,  # noqa: B008
+                                     description="only sessions whose updated_ns is greater (UTC ns, int64)"),
         limit: int = Query(100, ge=1, le=1000),  # noqa: B008
-        offset: int = Query(0, ge=0),  # noqa: B008
+        offset: int = Query(0, ge=0, le=INT64_MAX),  # noqa: B008
         con: sqlite3.Connection = Depends(db),  # noqa: B008
     ) -> dict:
         rows = store.list_sessions(con, since_ns=since_ns, limit=limit, offset=offset)

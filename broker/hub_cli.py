@@ -14,6 +14,8 @@ from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+_SCHEMA_VERSION = 2  # broker.store.SCHEMA_VERSION, not imported here to keep `dyadsync --help` light
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     hub = subparsers.add_parser("hub", help="room hub: Mosquitto config, recorder, pull API")
@@ -39,6 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="bind address (default from config, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default from config, else 8080)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="check a hub database: integrity, and every stream's gaps and duplicates",
+                       description="Check a hub database without changing it: SQLite's integrity check, required "
+                       "values, and for every session and stream how many blocks arrived, which are missing "
+                       "and whether any is stored twice. Exit status 0: intact (missing data is described); "
+                       "1: damaged (or, with --strict, data missing); 2: not a readable hub database.")
+    p.add_argument("--config", "-c", type=Path, help="hub TOML config (its recorder database)")
+    p.add_argument("--db", type=Path, help="SQLite file (overrides the config)")
+    p.add_argument("--strict", action="store_true", help="exit 1 also when blocks or metrics are missing")
+    p.add_argument("--migrate", action="store_true", help="first convert a file written before layout version "
+                   f"{_SCHEMA_VERSION} (once; keeps every row; stop the recorder first)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -130,3 +145,147 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(db, read_token(token_file))
     uvicorn.run(app, host=host or "127.0.0.1", port=port or 8080, log_level="info")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from . import store
+
+    db = args.db
+    if db is None and args.config:
+        from .hub_config import load_hub_config
+
+        cfg = load_hub_config(args.config)
+        db = cfg.path(cfg.recorder.db)
+    if db is None:
+        raise ConfigError("hub check needs --db FILE or --config hub.toml")
+    if args.migrate:
+        if not Path(db).is_file():
+            raise store.StoreError(f"{db}: no such file")
+        con = store.connect(db)
+        con.close()
+    report = store.check_database(db)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(report), "damaged": report.damaged, "incomplete": report.incomplete,
+                          "false_null_reports": report.false_null_reports}, indent=2, sort_keys=True))
+    else:
+        print("\n".join(describe_check(report)))
+    return 1 if report.damaged or (args.strict and report.incomplete) else 0
+
+
+def _utc(ns: int | None) -> str:
+    import datetime as dt
+
+    if ns is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _ranges(ranges: list[tuple[int, int]], total: int) -> str:
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
+    more = total - sum(b - a + 1 for a, b in ranges)
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+_UNIT_WORDS = (
+    ("outbox_", "{n} {what} messages dropped from its outbox (disk quota)"),
+    ("lost_samples_", "{n} samples of {what} lost between sensor and unit"),
+    ("lost_", "{n} blocks of {what} lost between sensor and unit"),
+)
+
+
+def _unit_report(name: str, n: int) -> str:
+    for prefix, words in _UNIT_WORDS:
+        if name.startswith(prefix):
+            return words.format(n=n, what=name.removeprefix(prefix).replace("_", "/", 1))
+    if name == "bad_commands":
+        return f"{_plural(n, 'malformed command')} refused"
+    return f"{name}: {n}"
+
+
+def describe_check(r) -> list[str]:
+    """A :class:`broker.store.HubCheck` in words a lab understands."""
+    out = [f"Hub database {r.path} (SQLite {r.sqlite_version}, layout version {r.layout_version})"]
+    if r.integrity_ok and not any(r.nulls.values()):
+        out.append("Integrity: intact. SQLite's integrity check says 'ok' and no required value is missing.")
+    elif r.false_null_reports:
+        out.append(f"Integrity: intact, but SQLite {r.sqlite_version} wrongly reports missing values "
+                   f"({len(r.integrity)} 'NULL value' lines) in {', '.join(r.old_layout)}: a direct count finds "
+                   "none. This is a known SQLite 3.40 misreport for the table layout used before version 2. "
+                   f"Convert the file once (keeps every row; stop the recorder first): "
+                   f"dyadsync hub check --db {r.path} --migrate")
+    else:
+        out.append("Integrity: DAMAGED. Keep a copy of the file as it is; `sqlite3 FILE .recover` can often "
+                   "rescue the rows that are still readable into a new file.")
+        lines = [x for entry in r.integrity if entry != "ok" for x in entry.splitlines()]
+        out += [f"  SQLite: {line}" for line in lines[:12]]
+        if len(lines) > 12:
+            out.append(f"  SQLite: ... and {len(lines) - 12} more lines")
+        out += [f"  {n} rows lack a value in {col}" for col, n in r.nulls.items() if n]
+    if r.unreadable:
+        out.append(f"Reading stopped part way ({r.unreadable}): the accounting below is incomplete.")
+    out.append(f"Sessions: {len(r.sessions)}")
+    by_session: dict[str, list] = {}
+    for s in r.streams:
+        by_session.setdefault(s.session, []).append(s)
+    known = {s["session"] for s in r.sessions}
+    for meta in r.sessions + [{"session": k} for k in by_session if k not in known]:
+        sid = meta["session"]
+        who = (f"therapist {meta.get('therapist_code')}, client {meta.get('client_code')}"
+               if meta.get("therapist_code") else "no start command recorded")
+        out.append(f"  Session {sid} (room {meta.get('room') or '-'}): {who}; started {_utc(meta.get('started_ns'))}, "
+                   f"stopped {_utc(meta.get('stopped_ns'))}")
+        streams = by_session.get(sid, [])
+        if not streams:
+            out.append("    stored data could not be read" if r.unreadable else "    no data stored")
+        for s in streams:
+            if s.kind == "metric":
+                what = f"{_plural(s.count, 'window')} (seq {s.first_seq}-{s.last_seq})"
+            else:
+                secs = (s.t_end_ns - s.t_start_ns) / 1e9
+                what = (f"{_plural(s.count, 'block')} (seq {s.first_seq}-{s.last_seq}), {s.samples} samples at "
+                        f"{s.rate_hz:g} Hz over {secs:.1f} s")
+            notes = []
+            unit_word = "window" if s.kind == "metric" else "block"
+            if s.missing:
+                notes.append(f"{_plural(s.missing, unit_word)} missing (seq {_ranges(s.gap_ranges, s.missing)})")
+            if s.duplicates:
+                notes.append(f"{s.duplicates} stored twice")
+            if s.overlaps:
+                notes.append(f"{_plural(s.overlaps, unit_word)} overlapping the previous one in time")
+            kind = {"raw": "raw", "feat": "feature", "metric": "metric"}[s.kind]
+            out.append(f"    {s.unit} {kind} {s.stream}: {what}; " + ("; ".join(notes) if notes else "complete"))
+    c = r.counters
+    if r.unreadable:
+        pass
+    elif c:
+        rows = r.table_rows
+        agree = all(c.get(f"stored_{k}") in (None, rows[k]) for k in rows)
+        out.append(f"Recorder: stored {rows['raw']} raw blocks, {rows['feat']} feature blocks and {rows['metric']} "
+                   f"metrics" + (", as it counted" if agree else " - NOT what it counted (see below)") + "; "
+                   f"{_plural(c.get('duplicate', 0), 'redelivered copy')} recognised and not stored twice; "
+                   f"{_plural(c.get('malformed', 0), 'malformed message')} and "
+                   f"{_plural(c.get('unauthorized', 0), 'unauthorized message')} refused "
+                   f"({r.rejects} kept in the rejects table).".replace("copys", "copies"))
+    else:
+        out.append("Recorder: no counters (this database was not written by the recorder).")
+    for unit, dropped in r.unit_reports.items():
+        words = ", ".join(_unit_report(k, v) for k, v in sorted(dropped.items())) or "nothing dropped or lost"
+        room, _, name = unit.partition("/")
+        out.append(f"Unit {name} (room {room}) reported in its last status: {words}.")
+    missing = sum(s.missing for s in r.streams)
+    gappy = sum(1 for s in r.streams if s.missing)
+    if r.damaged:
+        out.append("Result: DAMAGED - " + "; ".join(r.problems) + ".")
+    elif missing:
+        out.append(f"Result: intact; {missing} blocks or metric windows missing in {_plural(gappy, 'stream')} "
+                   "(lost before they reached the hub; listed above).")
+    else:
+        out.append("Result: intact and complete: every stream is gap-free and nothing is stored twice.")
+    return out

@@ -1,6 +1,8 @@
 """The hub configuration (TOML, validated with pydantic). See ``docs/hub.md`` for an annotated example.
 
-Every error names the file and the key (``bridge.port: Input should be less than or equal to 65535``).
+Every error names the file, the line and the key, like the unit's config
+(``hub.toml:14: key 'bridge.port': Input should be less than or equal to 65535 (found 70000)``). Unknown
+keys are errors and values are strict: ``require_certificate = "yes"`` is refused, not read as true.
 """
 
 from __future__ import annotations
@@ -8,17 +10,22 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core import configtext
 from core.errors import ConfigError
 
 from . import wire
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+FilePath = Annotated[Path, Field(strict=False)]
+"""A path: TOML gives a string, strict mode alone would want a ``Path`` object."""
 
 
 class ListenerConfig(_Strict):
@@ -53,9 +60,9 @@ class BridgeConfig(_Strict):
     address: str
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
-    password_file: Path | None = None
+    password_file: FilePath | None = None
     """File holding the lab broker password for ``username`` (kept out of the hub TOML)."""
-    cafile: Path | None = None
+    cafile: FilePath | None = None
     """CA file to verify the lab broker (turns TLS on for the bridge)."""
     direction: Literal["out", "both"] = "out"
     restart_timeout_s: int = Field(5, ge=1, le=3600)
@@ -64,7 +71,7 @@ class BridgeConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not wire.ID_RE.match(v):
+        if not wire.ID_RE.fullmatch(v):
             raise ValueError(f"must match {wire.ID_RE.pattern}")
         return v
 
@@ -85,7 +92,7 @@ class ChronyConfig(_Strict):
 
 
 class RecorderConfig(_Strict):
-    db: Path = Path("hub.sqlite")
+    db: FilePath = Path("hub.sqlite")
     batch_size: int = Field(1000, ge=1, le=100000)
     batch_interval_s: float = Field(0.02, gt=0, le=5)
 
@@ -93,14 +100,14 @@ class RecorderConfig(_Strict):
 class APIConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    token_file: Path = Path("api/token")
+    token_file: FilePath = Path("api/token")
 
 
 class HubConfig(_Strict):
     room: str
     units: list[str] = Field(min_length=1)
     partners: dict[str, str] = Field(default_factory=dict)
-    out_dir: Path = Path(".")
+    out_dir: FilePath = Path(".")
     """Where init writes everything; relative paths below are taken relative to it."""
     autosave_interval_s: int = Field(5, ge=1, le=3600)
     mosquitto_user: str = "mosquitto"
@@ -115,7 +122,7 @@ class HubConfig(_Strict):
     @field_validator("room")
     @classmethod
     def _room(cls, v: str) -> str:
-        if not wire.ID_RE.match(v):
+        if not wire.ID_RE.fullmatch(v):
             raise ValueError(f"must match {wire.ID_RE.pattern}")
         return v
 
@@ -123,10 +130,11 @@ class HubConfig(_Strict):
     @classmethod
     def _units(cls, v: list[str]) -> list[str]:
         for u in v:
-            if not wire.ID_RE.match(u) or u == "cmd" or u.startswith("svc-"):
+            if not wire.ID_RE.fullmatch(u) or u == "cmd" or u.startswith("svc-"):
                 raise ValueError(f"unit id {u!r} must match {wire.ID_RE.pattern}, not be 'cmd' nor start with 'svc-'")
-        if len(set(v)) != len(v):
-            raise ValueError("unit ids must be unique")
+        dup = sorted({u for u in v if v.count(u) > 1})
+        if dup:
+            raise ValueError(f"unit ids must be unique; listed more than once: {', '.join(dup)}")
         return v
 
     @model_validator(mode="after")
@@ -140,20 +148,14 @@ class HubConfig(_Strict):
         return p if p.is_absolute() else (self.out_dir / p)
 
 
-def _format(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        parts.append(f"{key}: {err['msg']}")
-    return f"{source}: " + "; ".join(parts)
-
-
-def parse_hub_config(data: dict, source: str = "hub config", base_dir: Path | None = None) -> HubConfig:
-    """Validate a dict (e.g. parsed TOML); relative ``out_dir`` is resolved against ``base_dir``."""
+def parse_hub_config(data: dict, source: str = "hub config", base_dir: Path | None = None,
+                     text: str = "") -> HubConfig:
+    """Validate a dict (e.g. parsed TOML); relative ``out_dir`` is resolved against ``base_dir``. ``text``,
+    the TOML the dict came from, lets errors carry line numbers (``source:line: key '...': ...``)."""
     try:
         cfg = HubConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(configtext.format_errors(source, text, exc.errors(), "hub config")) from None
     if base_dir is not None and not cfg.out_dir.is_absolute():
         cfg = cfg.model_copy(update={"out_dir": (base_dir / cfg.out_dir).resolve()})
     return cfg
@@ -162,9 +164,12 @@ def parse_hub_config(data: dict, source: str = "hub config", base_dir: Path | No
 def load_hub_config(path: Path | str) -> HubConfig:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read hub config {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_hub_config(data, str(path), base_dir=path.parent.resolve())
+    return parse_hub_config(data, str(path), base_dir=path.parent.resolve(), text=text)

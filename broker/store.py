@@ -7,15 +7,24 @@ seq). A redelivered message changes nothing; a missing seq stays visible as a ga
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .errors import BrokerError
 from .wire import Ack, Command, Metric, Status
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of the current layout. 2: plain rowid tables with UNIQUE keys (version 1, until
+2026-12, used WITHOUT ROWID tables, which Debian 12's SQLite 3.40.1 - the one Raspberry Pi OS's Python and
+``sqlite3`` use - misreports in ``PRAGMA integrity_check`` as "NULL value in <table>.<column>")."""
 
 SCHEMA_SQL = """
 PRAGMA journal_mode=WAL;
@@ -26,17 +35,17 @@ CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_ns);
 CREATE TABLE IF NOT EXISTS units(
     room TEXT NOT NULL, unit TEXT NOT NULL, first_seen_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL,
     last_state TEXT, version TEXT, last_session TEXT, dropped_json TEXT,
-    PRIMARY KEY(room, unit)) WITHOUT ROWID;
+    UNIQUE(room, unit));
 CREATE TABLE IF NOT EXISTS blocks(
     unit TEXT NOT NULL, kind TEXT NOT NULL, stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
     t0_ns INTEGER NOT NULL, rate_hz REAL NOT NULL, flags INTEGER NOT NULL, n INTEGER NOT NULL,
     data BLOB NOT NULL, received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY(session, room, unit, kind, stream, seq)) WITHOUT ROWID;
+    UNIQUE(session, room, unit, kind, stream, seq));
 CREATE TABLE IF NOT EXISTS metrics(
     unit TEXT NOT NULL, name TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
     window_start_ns INTEGER NOT NULL, window_end_ns INTEGER NOT NULL, values_json TEXT NOT NULL,
     received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY(session, room, unit, name, seq)) WITHOUT ROWID;
+    UNIQUE(session, room, unit, name, seq));
 CREATE TABLE IF NOT EXISTS commands(
     cmd_id TEXT NOT NULL, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT, time_ns INTEGER NOT NULL,
     payload TEXT NOT NULL, received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
@@ -46,25 +55,92 @@ CREATE VIEW IF NOT EXISTS markers AS
 CREATE TABLE IF NOT EXISTS status(
     unit TEXT NOT NULL, time_ns INTEGER NOT NULL, state TEXT NOT NULL, session TEXT, payload TEXT NOT NULL,
     received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY(room, unit, time_ns, state)) WITHOUT ROWID;
+    UNIQUE(room, unit, time_ns, state));
 CREATE TABLE IF NOT EXISTS acks(
     unit TEXT NOT NULL, cmd_id TEXT NOT NULL, ok INTEGER NOT NULL, error TEXT, time_ns INTEGER NOT NULL,
     room TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY(room, unit, cmd_id)) WITHOUT ROWID;
+    UNIQUE(room, unit, cmd_id));
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejects(
     received_ns INTEGER NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL, payload_head BLOB);
 """
 
+KEYS = {
+    "units": ("room", "unit"),
+    "blocks": ("session", "room", "unit", "kind", "stream", "seq"),
+    "metrics": ("session", "room", "unit", "name", "seq"),
+    "status": ("room", "unit", "time_ns", "state"),
+    "acks": ("room", "unit", "cmd_id"),
+}
+"""The idempotency key of each table that version 1 kept WITHOUT ROWID (now a UNIQUE constraint)."""
+
+
+class StoreError(BrokerError):
+    """The hub database cannot be opened, migrated or read as a hub database."""
+
+
+def _table_sql(con: sqlite3.Connection) -> dict[str, str]:
+    return {name: sql or "" for name, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'")}
+
+
+def old_layout_tables(con: sqlite3.Connection) -> list[str]:
+    """Tables still in the version-1 layout (WITHOUT ROWID), which SQLite 3.40.x misreports."""
+    sql = _table_sql(con)
+    return sorted(t for t in KEYS if "WITHOUT ROWID" in sql.get(t, "").upper())
+
+
+def _table_ddl(table: str) -> str:
+    start = SCHEMA_SQL.index(f"CREATE TABLE IF NOT EXISTS {table}(")
+    return SCHEMA_SQL[start : SCHEMA_SQL.index(";", start) + 1]
+
+
+def migrate(con: sqlite3.Connection) -> list[str]:
+    """Convert version-1 tables to the current layout in one transaction (every row kept, keys unique as
+    before); returns the tables converted. Safe to run again; a failure leaves the file as it was."""
+    old = old_layout_tables(con)
+    if not old:
+        return []
+    logger.warning("hub database: converting %s to the layout SQLite 3.40 checks correctly (once; keeps every "
+                   "row)", ", ".join(old))
+    fresh = sqlite3.connect(":memory:")
+    try:
+        fresh.executescript(SCHEMA_SQL)
+        info = {t: [(r[1], bool(r[3]) and r[4] is None) for r in fresh.execute(f"PRAGMA table_info({t})")]
+                for t in old}
+    finally:
+        fresh.close()
+    steps = ["BEGIN IMMEDIATE;"]
+    for t in old:
+        cols = {r[1] for r in con.execute(f"PRAGMA table_info({t})")}
+        lacking = [c for c, required in info[t] if required and c not in cols]
+        if lacking:
+            raise StoreError(f"hub database: table {t} lacks the required columns {lacking}; it is not a dyadsync "
+                             "hub database this version can convert (the file is unchanged)")
+        keep = ", ".join(c for c, _ in info[t] if c in cols)
+        steps += [f"ALTER TABLE {t} RENAME TO {t}_v1;", _table_ddl(t),
+                  f"INSERT INTO {t}({keep}) SELECT {keep} FROM {t}_v1;", f"DROP TABLE {t}_v1;"]
+    steps += [f"PRAGMA user_version={SCHEMA_VERSION};", "COMMIT;"]
+    try:
+        con.executescript("\n".join(steps))
+    except sqlite3.DatabaseError as exc:
+        if con.in_transaction:
+            con.rollback()
+        raise StoreError(f"hub database: converting {', '.join(old)} failed, the file is unchanged: {exc}") from exc
+    return old
+
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the hub database (creating the schema unless ``readonly``)."""
+    """Open the hub database (creating the schema, or converting a version-1 file, unless ``readonly``)."""
     if readonly:
         con = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, check_same_thread=False)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(str(path), check_same_thread=False)
+        con.execute("PRAGMA busy_timeout=10000")
+        migrate(con)
         con.executescript(SCHEMA_SQL)
+        if con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         con.execute("PRAGMA synchronous=NORMAL")
     con.execute("PRAGMA busy_timeout=10000")
     return con
@@ -364,3 +440,187 @@ def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = T
                                "hub_unauthorized": hub.get("unauthorized", 0),
                                "hub_duplicates": hub.get("duplicate", 0)})
     return out
+
+
+# ------------------------------------------------------------------------------------------- checking
+@dataclass
+class StreamAccount:
+    """One stored stream (raw or feature blocks, or a metric series) of one unit in one session."""
+
+    room: str
+    unit: str
+    session: str
+    kind: str  # raw, feat or metric
+    stream: str  # "<role>/<signal>", or the metric name
+    count: int
+    first_seq: int
+    last_seq: int
+    missing: int  # sequence numbers absent between first_seq and last_seq
+    gap_ranges: list[tuple[int, int]]  # (first missing, last missing), at most MAX_LISTED
+    duplicates: int  # rows sharing a sequence number (impossible while the UNIQUE key holds)
+    overlaps: int = 0  # blocks whose samples start before the previous block's samples end
+    samples: int = 0
+    rate_hz: float = 0.0
+    t_start_ns: int = 0
+    t_end_ns: int = 0
+
+
+@dataclass
+class HubCheck:
+    """What :func:`check_database` found; ``damaged`` and ``incomplete`` sum it up."""
+
+    path: str
+    sqlite_version: str
+    layout_version: int
+    old_layout: list[str]
+    integrity: list[str]  # PRAGMA integrity_check lines ("ok" alone when intact)
+    nulls: dict[str, int]  # "table.column" -> rows with NULL in a NOT NULL column (counted directly)
+    sessions: list[dict]
+    streams: list[StreamAccount]
+    counters: dict[str, int]
+    table_rows: dict[str, int]  # raw, feat, metric rows
+    rejects: int
+    unit_reports: dict[str, dict[str, int]]  # "room/unit" -> dropped counts from its last status
+    problems: list[str] = field(default_factory=list)  # the reasons for ``damaged``, in words
+
+    @property
+    def integrity_ok(self) -> bool:
+        return self.integrity == ["ok"]
+
+    @property
+    def false_null_reports(self) -> bool:
+        """integrity_check complains only of NULLs that a direct count does not find, in old-layout tables:
+        the SQLite 3.40.x misreport, not damage."""
+        return (not self.integrity_ok and bool(self.old_layout) and not any(self.nulls.values())
+                and all(line.startswith("NULL value in ") and line[14:].split(".")[0] in self.old_layout
+                        for line in self.integrity))
+
+    unreadable: str = ""  # the error that stopped reading part way (a damaged file)
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def incomplete(self) -> bool:
+        return any(s.missing for s in self.streams)
+
+
+MAX_LISTED = 20
+
+
+def _not_null_columns(con: sqlite3.Connection) -> dict[str, list[str]]:
+    out = {}
+    for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"):
+        out[table] = [r[1] for r in con.execute(f"PRAGMA table_info({table})") if r[3]]
+    return out
+
+
+def _accounts(con: sqlite3.Connection) -> list[StreamAccount]:
+    accounts: dict[tuple, StreamAccount] = {}
+    for room, unit, session, kind, stream, cnt, distinct, lo, hi, samples, rate, t0, t1 in con.execute(
+        "SELECT room, unit, session, kind, stream, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq), SUM(n), "
+        "MIN(rate_hz), MIN(t0_ns), MAX(t0_ns + CAST(ROUND(n * 1e9 / rate_hz) AS INTEGER)) FROM blocks "
+        "GROUP BY session, room, unit, kind, stream ORDER BY session, room, unit, kind, stream"
+    ):
+        accounts[(session, room, unit, kind, stream)] = StreamAccount(
+            room, unit, session, kind, stream, cnt, lo, hi, hi - lo + 1 - distinct, [], cnt - distinct,
+            samples=samples or 0, rate_hz=rate, t_start_ns=t0, t_end_ns=t1)
+    for room, unit, session, name, cnt, distinct, lo, hi in con.execute(
+        "SELECT room, unit, session, name, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM metrics "
+        "GROUP BY session, room, unit, name ORDER BY session, room, unit, name"
+    ):
+        accounts[(session, room, unit, "metric", name)] = StreamAccount(
+            room, unit, session, "metric", name, cnt, lo, hi, hi - lo + 1 - distinct, [], cnt - distinct)
+    gap_sql = (
+        "SELECT session, room, unit, {kind}, {name}, seq, nxt FROM (SELECT *, LEAD(seq) OVER (PARTITION BY "
+        "session, room, unit, {kind}, {name} ORDER BY seq) AS nxt FROM {table}) WHERE nxt > seq + 1 "
+        "ORDER BY session, room, unit, {kind}, {name}, seq"
+    )
+    for sql in (gap_sql.format(kind="kind", name="stream", table="blocks"),
+                gap_sql.format(kind="'metric'", name="name", table="metrics")):
+        for session, room, unit, kind, name, seq, nxt in con.execute(sql):
+            acc = accounts[(session, room, unit, kind, name)]
+            if len(acc.gap_ranges) < MAX_LISTED:
+                acc.gap_ranges.append((seq + 1, nxt - 1))
+    for session, room, unit, kind, stream, n in con.execute(
+        "SELECT session, room, unit, kind, stream, COUNT(*) FROM (SELECT session, room, unit, kind, stream, t0_ns, "
+        "LAG(t0_ns + CAST(ROUND((n - 0.5) * 1e9 / rate_hz) AS INTEGER)) OVER (PARTITION BY session, room, unit, "
+        "kind, stream ORDER BY seq) AS prev_end FROM blocks) WHERE t0_ns < prev_end "
+        "GROUP BY session, room, unit, kind, stream"
+    ):
+        accounts[(session, room, unit, kind, stream)].overlaps = n
+    return list(accounts.values())
+
+
+def check_database(path: Path | str) -> HubCheck:
+    """Check a hub database file without changing it: SQLite's own ``PRAGMA integrity_check``, a direct
+    count of NULLs in required columns, and the accounting of every stream (stored blocks, missing and
+    duplicate sequence numbers, overlapping blocks), of the recorder's counters against the stored rows,
+    and of what the units reported dropping. Raises :class:`StoreError` if the file is not a hub database."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    try:
+        con = connect(path, readonly=True)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot open as SQLite: {exc}") from exc
+    unreadable = ""
+    try:
+        tables = _table_sql(con)
+        missing = [t for t in ("sessions", "blocks", "metrics", "counters") if t not in tables]
+        if missing:
+            raise StoreError(f"{path}: not a dyadsync hub database (no table {', '.join(missing)})")
+        report = HubCheck(
+            path=str(path), sqlite_version=sqlite3.sqlite_version,
+            layout_version=con.execute("PRAGMA user_version").fetchone()[0], old_layout=old_layout_tables(con),
+            integrity=[], nulls={}, sessions=[], streams=[], counters={}, table_rows={"raw": 0, "feat": 0, "metric": 0},
+            rejects=0, unit_reports={})
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise StoreError(f"{path}: cannot read as SQLite: {exc}") from exc
+    try:
+        report.integrity = [r[0] for r in con.execute("PRAGMA integrity_check(100)").fetchall()]
+    except sqlite3.DatabaseError as exc:  # some damage stops the check itself
+        report.integrity = [f"the integrity check itself failed: {exc}"]
+    try:  # a damaged file may fail part way: what was read is kept and the failure is reported
+        for table, cols in _not_null_columns(con).items():
+            for col in cols:
+                report.nulls[f"{table}.{col}"] = con.execute(
+                    f'SELECT COUNT(*) FROM "{table}" WHERE "{col}" IS NULL').fetchone()[0]
+        report.sessions = [dict(zip(SESSION_COLUMNS, r, strict=True)) for r in con.execute(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions ORDER BY created_ns, session")]
+        report.counters = counters(con)
+        report.table_rows.update(con.execute("SELECT kind, COUNT(*) FROM blocks GROUP BY kind"))
+        report.table_rows["metric"] = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+        if "rejects" in tables:
+            report.rejects = con.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
+        if "units" in tables:
+            for room, unit, dropped_json in con.execute("SELECT room, unit, dropped_json FROM units ORDER BY room, unit"):
+                try:
+                    dropped = json.loads(dropped_json or "{}")
+                except ValueError:
+                    dropped = {}
+                report.unit_reports[f"{room}/{unit}"] = {k: v for k, v in dropped.items() if isinstance(v, int) and v}
+        report.streams = _accounts(con)
+    except sqlite3.DatabaseError as exc:
+        unreadable = str(exc)
+    finally:
+        con.close()
+    if unreadable:
+        report.unreadable = unreadable
+        report.problems.append(f"reading the data failed part way ({unreadable})")
+    if not report.integrity_ok and not report.false_null_reports:
+        report.problems.append("SQLite's integrity check reports damage")
+    for col, n in report.nulls.items():
+        if n:
+            report.problems.append(f"{n} rows have no value in the required column {col}")
+    for s in report.streams:
+        if s.duplicates:
+            report.problems.append(f"{s.duplicates} duplicate rows in {s.unit} {s.kind} {s.stream} (session {s.session})")
+    for kind in ("raw", "feat", "metric"):
+        counted = report.counters.get(f"stored_{kind}")
+        if not unreadable and counted is not None and counted != report.table_rows[kind]:
+            report.problems.append(f"the recorder counted {counted} stored {kind} messages but the database holds "
+                                   f"{report.table_rows[kind]}")
+    return report

@@ -25,12 +25,20 @@ Binary sample block, little-endian (all offsets in bytes)::
 
 Every decoder is strict: anything unexpected raises :class:`WireError` with a message saying what was
 wrong. The recorder catches it, logs it, counts it and drops the message.
+
+JSON payloads are bounded before and while they are parsed, so no input can raise anything but
+:class:`WireError` (no ``RecursionError``, ``OverflowError`` or ``MemoryError`` from a hostile payload):
+at most :data:`MAX_JSON_BYTES` bytes, containers nested at most :data:`MAX_JSON_DEPTH` deep, every
+integer within int64 (counters and sequence numbers within their own contract range), every number
+finite (``NaN``, ``Infinity`` and overflowing literals such as ``1e400`` are refused), no key twice in an
+object, strings and maps of bounded length.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 import struct
 from dataclasses import asdict, dataclass, field
@@ -47,7 +55,17 @@ VERSION = "v1"
 SCHEMA = 1
 
 MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of JSON arrays/objects accepted (v1 messages use 2: an object holding maps)."""
+MAX_TEXT = 256
+"""Longest free-text field (status version, map keys, sensor states) in characters."""
+MAX_ERROR_TEXT = 1000
+"""An acknowledgement's error text is cut to this many characters (encode) and refused beyond (decode)."""
+MAX_MAP_ENTRIES = 256
+"""Most entries in a map field (status sensors and dropped counts, metric values)."""
 MAX_SAMPLES = 1 << 20
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+UINT32_MAX = (1 << 32) - 1
 
 BLOCK_MAGIC = b"DYSB"
 BLOCK_VERSION = 1
@@ -55,9 +73,28 @@ _HEADER = struct.Struct("<4sBBBBIqdII")
 HEADER_SIZE = _HEADER.size  # 36
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about hostile input."""
+    text = repr(value) if len(str(value)) <= 4 * limit else repr(str(value)[: 4 * limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_id(kind: str, value: str, pattern: re.Pattern[str] = ID_RE) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
-        raise WireError(f"invalid {kind} {value!r}: must match {pattern.pattern}")
+    if not isinstance(value, str) or not pattern.fullmatch(value):  # fullmatch: "$" would allow a final "\n"
+        raise WireError(f"invalid {kind} {_short(value)}: must match {pattern.pattern}")
+    return value
+
+
+def _check_int(what: str, value: int, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+    """``value`` as an int within ``lo..hi`` (numpy integers accepted); else :class:`WireError`."""
+    if isinstance(value, bool):
+        raise WireError(f"{what} must be an integer, got a boolean")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise WireError(f"{what} must be an integer, got {type(value).__name__}") from None
+    if not lo <= value <= hi:
+        raise WireError(f"{what} {_short(value, 40)} is outside {lo}..{hi}")
     return value
 
 
@@ -100,9 +137,12 @@ def metric_topic(room: str, unit: str, name: str) -> str:
 
 def _stream_ok(stream: str) -> tuple[str, str]:
     try:
-        return check_stream(stream)
+        parts = check_stream(stream)
     except BlockError as exc:
         raise WireError(str(exc)) from None
+    if not stream.isprintable():  # SIGNAL_RE ends in "$", which lets a final "\n" through
+        raise WireError(f"stream {_short(stream)} holds a control character")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -213,6 +253,67 @@ def _finite_or_none(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _json_depth(text: str, limit: int) -> int:
+    """Nesting depth of ``[``/``{`` in JSON ``text`` (brackets inside strings do not count), scanned in
+    linear time without recursion; stops as soon as it exceeds ``limit``. On malformed text the answer is
+    only a bound: the parser, run next, reports what is wrong."""
+    depth = deepest = 0
+    pos = 0
+    search, string_end = _JSON_SPECIAL_RE.search, _JSON_STRING_END_RE.match
+    while (m := search(text, pos)) is not None:
+        ch = m.group()
+        if ch == '"':
+            end = string_end(text, m.end())
+            if end is None:  # an unterminated string runs to the end: no bracket after it counts
+                break
+            pos = end.end()
+            continue
+        pos = m.end()
+        if ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        else:
+            depth -= 1
+    return deepest
+
+
+_JSON_SPECIAL_RE = re.compile(r'["\[\]{}]')
+_JSON_STRING_END_RE = re.compile(r'(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_INT_DIGITS = len(str(INT64_MAX))  # JSON has no leading zeros: a longer literal cannot be an int64
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > _INT_DIGITS:
+        raise ValueError(f"integer of {len(literal)} characters is outside int64")
+    value = int(literal)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer {literal} is outside int64 ({INT64_MIN}..{INT64_MAX})")
+    return value
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:40]} is not a finite float64 (use null for a missing value)")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite constant {name} is not allowed (use null)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"key {_short(dup)} appears twice in one object")
+    return obj
+
+
 def _load_json(payload: bytes, what: str) -> dict[str, Any]:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise WireError(f"{what} payload must be bytes, got {type(payload).__name__}")
@@ -223,20 +324,42 @@ def _load_json(payload: bytes, what: str) -> dict[str, Any]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError(f"{what} payload is not valid UTF-8: {exc}") from None
+    if _json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise WireError(f"{what} payload nests arrays/objects more than {MAX_JSON_DEPTH} deep")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, ValueError) as exc:
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant,
+                         object_pairs_hook=_unique_keys)
+    except RecursionError:  # cannot happen after the depth check; kept so no input can escape as another type
+        raise WireError(f"{what} payload nests too deep to parse") from None
+    except json.JSONDecodeError as exc:
         raise WireError(f"{what} payload is not valid JSON: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # from the hooks above (numbers, duplicate keys)
+        raise WireError(f"{what} payload refused: {exc}") from None
     if not isinstance(obj, dict):
         raise WireError(f"{what} payload must be a JSON object, got {type(obj).__name__}")
+    bad = _unencodable(obj)
+    if bad is not None:
+        raise WireError(f"{what} payload holds a string that is not valid Unicode (lone surrogate): {_short(bad)}")
     schema = obj.get("schema")
-    if schema != SCHEMA:
-        raise WireError(f"{what} schema {schema!r} is unknown (this decoder reads schema {SCHEMA})")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema != SCHEMA:
+        raise WireError(f"{what} schema {_short(schema)} is unknown (this decoder reads schema {SCHEMA})")
     return obj
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite constant {name} is not allowed (use null)")
+def _unencodable(obj: Any) -> str | None:
+    """The first string (key or value) in a parsed JSON value that cannot be UTF-8 encoded, e.g. a lone
+    ``\\ud800`` escape, which would fail later in SQLite or a log file. Depth is bounded before parsing."""
+    items: Any = obj.items() if isinstance(obj, dict) else (enumerate(obj) if isinstance(obj, list) else ())
+    for k, v in items:
+        for x in (k, v):
+            if isinstance(x, str):
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    return x
+            elif isinstance(x, dict | list) and (bad := _unencodable(x)) is not None:
+                return bad
+    return None
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: str, optional: bool = False) -> Any:
@@ -250,6 +373,29 @@ def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], what: 
     if not isinstance(value, types):
         raise WireError(f"{what} field {key!r} must be {types}, got {type(value).__name__}")
     return value
+
+
+def _text(obj: dict[str, Any], key: str, what: str, limit: int = MAX_TEXT, optional: bool = False) -> str | None:
+    value = _field(obj, key, str, what, optional=optional)
+    if value is not None and len(value) > limit:
+        raise WireError(f"{what} field {key!r} is {len(value)} characters long (at most {limit})")
+    return value
+
+
+def _map(obj: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    value = _field(obj, key, dict, what, optional=True) or {}
+    if len(value) > MAX_MAP_ENTRIES:
+        raise WireError(f"{what} field {key!r} has {len(value)} entries (at most {MAX_MAP_ENTRIES})")
+    for k in value:
+        if not k or len(k) > MAX_TEXT:
+            raise WireError(f"{what} field {key!r} has a key of {len(k)} characters (1..{MAX_TEXT} allowed)")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, what: str, lo: int = INT64_MIN, hi: int = INT64_MAX,
+         optional: bool = False) -> int | None:
+    value = _field(obj, key, int, what, optional=optional)
+    return None if value is None else _check_int(f"{what} field {key!r}", value, lo, hi)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -292,27 +438,32 @@ class Status(_Message):
 
     def __post_init__(self) -> None:
         if self.state not in self.STATES:
-            raise WireError(f"status state {self.state!r} is not one of {self.STATES}")
+            raise WireError(f"status state {_short(self.state)} is not one of {self.STATES}")
+        _check_int("status time_ns", self.time_ns)
+        _check_int("status buffer_depth", self.buffer_depth, 0)
+        for name, n in self.dropped.items():
+            _check_int(f"status dropped count {_short(name)}", n, 0)
 
     @classmethod
     def decode(cls, payload: bytes) -> Status:
         obj = _load_json(payload, "status")
         cls._unknown(obj)
         w = "status"
-        sensors = _field(obj, "sensors", dict, w, optional=True) or {}
-        dropped = _field(obj, "dropped", dict, w, optional=True) or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in sensors.items()):
-            raise WireError("status field 'sensors' must map names to state strings")
-        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in dropped.items()):
-            raise WireError("status field 'dropped' must map names to integer counts")
+        sensors = _map(obj, "sensors", w)
+        dropped = _map(obj, "dropped", w)
+        if not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in sensors.values()):
+            raise WireError(f"status field 'sensors' must map names to state strings of at most {MAX_TEXT} characters")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT64_MAX for v in dropped.values()):
+            raise WireError("status field 'dropped' must map names to integer counts >= 0")
+        session = _field(obj, "session", str, w, optional=True)
         return cls(
             unit=_check_id("unit", _field(obj, "unit", str, w)),
             state=_field(obj, "state", str, w),
-            time_ns=_field(obj, "time_ns", int, w),
-            version=_field(obj, "version", str, w, optional=True) or "",
-            session=_field(obj, "session", str, w, optional=True),
+            time_ns=_int(obj, "time_ns", w),
+            version=_text(obj, "version", w, optional=True) or "",
+            session=None if session is None else _check_id("session", session, SESSION_RE),
             sensors=sensors,
-            buffer_depth=_field(obj, "buffer_depth", int, w, optional=True) or 0,
+            buffer_depth=_int(obj, "buffer_depth", w, 0, optional=True) or 0,
             dropped=dropped,
             clock_synced=_field(obj, "clock_synced", bool, w, optional=True),
         )
@@ -331,6 +482,11 @@ class Metric(_Message):
     window_start_ns: int
     window_end_ns: int
     values: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_int("metric seq", self.seq, 0, UINT32_MAX)
+        _check_int("metric window_start_ns", self.window_start_ns)
+        _check_int("metric window_end_ns", self.window_end_ns)
 
     def encode(self) -> bytes:
         _check_id("session", self.session, SESSION_RE)
@@ -352,13 +508,14 @@ class Metric(_Message):
         cls._unknown(obj)
         w = "metric"
         seq = _field(obj, "seq", int, w)
-        if not 0 <= seq <= 0xFFFFFFFF:
-            raise WireError(f"metric seq {seq} is not a uint32")
-        start = _field(obj, "window_start_ns", int, w)
-        end = _field(obj, "window_end_ns", int, w)
+        if not 0 <= seq <= UINT32_MAX:
+            raise WireError(f"metric seq {_short(seq, 40)} is not a uint32")
+        start = _int(obj, "window_start_ns", w)
+        end = _int(obj, "window_end_ns", w)
         if end < start:
             raise WireError(f"metric window ends ({end}) before it starts ({start})")
-        raw_values = _field(obj, "values", dict, w)
+        _field(obj, "values", dict, w)
+        raw_values = _map(obj, "values", w)
         values: dict[str, float] = {}
         for k, v in raw_values.items():
             if v is None:
@@ -366,7 +523,7 @@ class Metric(_Message):
             elif isinstance(v, int | float) and not isinstance(v, bool):
                 values[k] = float(v)
             else:
-                raise WireError(f"metric value {k!r} must be a number or null, got {type(v).__name__}")
+                raise WireError(f"metric value {_short(k)} must be a number or null, got {type(v).__name__}")
         return cls(
             session=_check_id("session", _field(obj, "session", str, w), SESSION_RE),
             seq=seq,
@@ -394,34 +551,49 @@ class Command(_Message):
 
     def __post_init__(self) -> None:
         if self.cmd not in self.CMDS:
-            raise WireError(f"command {self.cmd!r} is not one of {self.CMDS}")
+            raise WireError(f"command {_short(self.cmd)} is not one of {self.CMDS}")
         _check_id("command id", self.id, SESSION_RE)
         _check_id("session", self.session, SESSION_RE)
         for role, code in self.participants.items():
             if role not in ROLES:
-                raise WireError(f"participant role {role!r} is not therapist or client")
+                raise WireError(f"participant role {_short(role)} is not therapist or client")
             _check_id(f"{role} participant code", code, CODE_RE)
         if self.cmd == "start" and set(self.participants) != {"therapist", "client"}:
             raise WireError("a start command needs participant codes for both therapist and client")
         if len(self.label) > 200:
             raise WireError("marker label longer than 200 characters")
+        _check_int("command time_ns", self.time_ns)
 
     @classmethod
     def decode(cls, payload: bytes) -> Command:
         obj = _load_json(payload, "cmd")
         cls._unknown(obj)
         w = "cmd"
-        participants = _field(obj, "participants", dict, w, optional=True) or {}
+        participants = _map(obj, "participants", w)
         if not all(isinstance(v, str) for v in participants.values()):
             raise WireError("cmd participant codes must be strings")
         return cls(
             id=_field(obj, "id", str, w),
             cmd=_field(obj, "cmd", str, w),
             session=_field(obj, "session", str, w),
-            time_ns=_field(obj, "time_ns", int, w),
+            time_ns=_int(obj, "time_ns", w),
             participants=participants,
             label=_field(obj, "label", str, w, optional=True) or "",
         )
+
+
+def command_id(payload: bytes) -> str | None:
+    """The ``id`` of a command payload that failed to decode, when one can be read safely (to address the
+    NACK); ``None`` otherwise. Never raises: the same bounded parse as the decoders, without the schema."""
+    try:
+        text = bytes(payload).decode("utf-8")
+        if len(text) > MAX_JSON_BYTES or _json_depth(text, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            return None
+        obj = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    cid = obj.get("id") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, str) and SESSION_RE.fullmatch(cid) else None
 
 
 @dataclass(frozen=True)
@@ -437,6 +609,11 @@ class Ack(_Message):
     time_ns: int
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_int("ack time_ns", self.time_ns)
+        if self.error is not None and len(self.error) > MAX_ERROR_TEXT:  # a NACK quoting hostile input
+            object.__setattr__(self, "error", self.error[: MAX_ERROR_TEXT - 3] + "...")
+
     @classmethod
     def decode(cls, payload: bytes) -> Ack:
         obj = _load_json(payload, "ack")
@@ -446,6 +623,6 @@ class Ack(_Message):
             id=_field(obj, "id", str, w),
             unit=_check_id("unit", _field(obj, "unit", str, w)),
             ok=_field(obj, "ok", bool, w),
-            time_ns=_field(obj, "time_ns", int, w),
-            error=_field(obj, "error", str, w, optional=True),
+            time_ns=_int(obj, "time_ns", w),
+            error=_text(obj, "error", w, MAX_ERROR_TEXT, optional=True),
         )

@@ -1,20 +1,22 @@
 """The unit configuration (``/etc/dyadsync/unit.toml``), validated by a strict pydantic schema.
 
-Every section forbids unknown keys, so a misspelt key is reported instead of silently ignored. A bad file
+Every section forbids unknown keys, so a misspelt key is reported instead of silently ignored, and values
+are strict: ``publish_raw = "yes"`` or ``keepalive_s = "30"`` is an error, not a guess (TOML has real
+booleans and numbers; an integer is still accepted where a float is expected). A bad file
 raises :class:`ConfigError` whose message names the file, the dotted key (and its line when it can be
 found), what was expected and what was found. ``examples/unit.toml`` is the annotated reference.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core import configtext
 from core.errors import ConfigError
 from core.vocab import ID_RE
 
@@ -25,7 +27,11 @@ ROLE = Literal["therapist", "client"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
+
+
+FilePath = Annotated[Path, Field(strict=False)]
+"""A path: TOML gives a string, strict mode alone would want a ``Path`` object."""
 
 
 class BrokerConfig(_Strict):
@@ -34,10 +40,10 @@ class BrokerConfig(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str
     password: str | None = None
-    password_file: Path | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    password_file: FilePath | None = None
+    tls_ca: FilePath | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
@@ -179,7 +185,7 @@ class DyadConfig(_Strict):
 
 class LedConfig(_Strict):
     backend: Literal["sysfs", "gpiod", "none"] = "none"
-    sysfs_root: Path = Path("/sys/class/leds")
+    sysfs_root: FilePath = Path("/sys/class/leds")
     name: str = "dyadsync:status"
     gpio_chip: str = "/dev/gpiochip0"
     gpio_line: Annotated[int, Field(ge=0, le=1023)] = 17
@@ -228,7 +234,7 @@ class WatchdogConfig(_Strict):
 class UnitConfig(_Strict):
     room: Annotated[str, Field(pattern=ID_PATTERN)]
     unit: Annotated[str, Field(pattern=ID_PATTERN)]
-    data_dir: Path = Path("/var/lib/dyadsync")
+    data_dir: FilePath = Path("/var/lib/dyadsync")
     broker: BrokerConfig
     sensors: list[SensorConfig] = []
     dsp: DspConfig = DspConfig()
@@ -261,58 +267,9 @@ class UnitConfig(_Strict):
 
 
 # ------------------------------------------------------------------------------------------- loading
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _find_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best-effort line number of the key at ``loc`` in the TOML text (sections and ``[[arrays]]`` followed)."""
-    pos = 0
-    keys = list(loc)
-    for i, part in enumerate(keys):
-        if not isinstance(part, str):
-            continue
-        nxt = keys[i + 1] if i + 1 < len(keys) else None
-        if isinstance(nxt, int):  # array of tables: the (nxt+1)-th [[part]] header
-            hits = list(re.finditer(rf"^\s*\[\[\s*{re.escape(part)}\s*\]\]", text[pos:], re.MULTILINE))
-            if len(hits) > nxt:
-                pos += hits[nxt].end()
-                continue
-            return None
-        m = re.search(rf"^\s*(?:\"{re.escape(part)}\"|{re.escape(part)})\s*=|^\s*\[\s*(?:[\w.-]+\.)?{re.escape(part)}\s*\]",
-                      text[pos:], re.MULTILINE)
-        if m is None:
-            return None
-        pos += m.start() if i == len(keys) - 1 else m.end()
-    return text.count("\n", 0, pos) + 1 if pos else None
-
-
-def _loc_str(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
 def format_errors(path: str, text: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-        key = _loc_str(loc)
-        line = _find_line(text, loc)
-        where = f"{path}:{line}" if line else path
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key '{key}' (found {_describe(err.get('input'))}); check the spelling")
-        elif err["type"] == "missing":
-            lines.append(f"{where}: missing required key '{key}'")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: key '{key}': {msg} (found {_describe(err.get('input'))})")
-    return "invalid unit config:\n  " + "\n  ".join(lines)
+    """The validation errors of ``text`` (read from ``path``), one line each with file, line and key."""
+    return configtext.format_errors(path, text, exc.errors(), "unit config")
 
 
 def parse_config(text: str, path: str = "<string>") -> UnitConfig:

@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +275,146 @@ class Outbox:
                 logger.debug("outbox checkpoint at close failed", exc_info=True)
             self._con.close()
             self._del.close()
+
+
+# ------------------------------------------------------------------------------------------- checking
+@dataclass
+class QueueAccount:
+    """The messages of one stream (or metric, or other kind) held in the outbox."""
+
+    kind: str  # raw, feat, metric, status, ack
+    name: str  # stream "<role>/<signal>", metric name, or the topic for other kinds
+    session: str
+    queued: int = 0  # waiting for the broker's acknowledgement
+    tail: int = 0  # acknowledged, kept to resend after a reconnect
+    bytes_queued: int = 0
+    first_seq: int | None = None  # of the queued messages
+    last_seq: int | None = None
+    duplicates: int = 0  # the same sequence number held twice (queued or in the tail)
+
+
+@dataclass
+class OutboxCheck:
+    """What :func:`check_outbox` found; ``problems`` lists, in words, what makes it ``damaged``."""
+
+    path: str
+    sqlite_version: str
+    integrity: list[str]
+    nulls: dict[str, int]
+    accounts: list[QueueAccount]
+    counters: dict[str, int]
+    session: str | None
+    next_seq: dict[str, int]  # the open session's next raw sequence number per stream
+    undecodable: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def queued(self) -> int:
+        return sum(a.queued for a in self.accounts)
+
+    @property
+    def bytes_queued(self) -> int:
+        return sum(a.bytes_queued for a in self.accounts)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return {k.removeprefix("dropped_"): v for k, v in self.counters.items() if k.startswith("dropped_") and v}
+
+
+def check_outbox(path: Path | str) -> OutboxCheck:
+    """Check a unit's outbox file without changing it: SQLite's ``PRAGMA integrity_check``, a direct count
+    of NULLs in required columns, and the accounting of what it holds: per stream the queued and resend-tail
+    messages, their sequence numbers, any sequence number held twice or not below the open session's
+    counter (it would be reused), payloads that do not decode, and the quota drop counters."""
+    from broker import wire  # only here: the outbox itself stores opaque bytes
+
+    path = Path(path)
+    if not path.is_file():
+        raise OutboxError(f"{path}: no such file")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise OutboxError(f"{path}: cannot open as SQLite: {exc}") from exc
+    accounts: dict[tuple[str, str, str], QueueAccount] = {}
+    seen: dict[tuple[str, str, str], set[int]] = {}
+    undecodable = 0
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"outbox", "state", "counters"} <= tables:
+            raise OutboxError(f"{path}: not a dyadsync unit outbox (tables outbox, state, counters expected)")
+        integrity = [r[0] for r in con.execute("PRAGMA integrity_check(100)")]
+        nulls = {}
+        for table in ("outbox", "state", "counters"):
+            for col in [r[1] for r in con.execute(f"PRAGMA table_info({table})") if r[3]]:
+                nulls[f"{table}.{col}"] = con.execute(f"SELECT COUNT(*) FROM {table} WHERE {col} IS NULL").fetchone()[0]
+        cols = {r[1] for r in con.execute("PRAGMA table_info(outbox)")}
+        acked = "acked_ns" if "acked_ns" in cols else "NULL"
+        for topic, payload, kind, size, acked_ns in con.execute(
+            f"SELECT topic, payload, kind, size, {acked} FROM outbox ORDER BY id"
+        ):
+            name, session, seq = topic, "", None
+            try:
+                if kind in ("raw", "feat"):
+                    block, session = wire.decode_block(bytes(payload))
+                    name, seq = block.stream, block.seq
+                elif kind == "metric":
+                    m = wire.Metric.decode(bytes(payload))
+                    name, session, seq = m.name, m.session, m.seq
+            except (wire.WireError, TypeError):
+                undecodable += 1
+                continue
+            key = (kind, name, session)
+            acc = accounts.setdefault(key, QueueAccount(kind, name, session))
+            if acked_ns is None:
+                acc.queued += 1
+                acc.bytes_queued += int(size or 0)
+            else:
+                acc.tail += 1
+            if seq is not None:
+                ids = seen.setdefault(key, set())
+                if seq in ids:
+                    acc.duplicates += 1
+                ids.add(seq)
+                if acked_ns is None:  # the range of what waits; tail rows were delivered already
+                    acc.first_seq = seq if acc.first_seq is None else min(acc.first_seq, seq)
+                    acc.last_seq = seq if acc.last_seq is None else max(acc.last_seq, seq)
+        state = {}
+        for key, value in con.execute("SELECT key, value FROM state"):
+            try:
+                state[key] = json.loads(value)
+            except ValueError:
+                undecodable += 1
+        counters = dict(con.execute("SELECT name, value FROM counters"))
+    except sqlite3.DatabaseError as exc:
+        raise OutboxError(f"{path}: cannot read: {exc}") from exc
+    finally:
+        con.close()
+    open_session = state.get("session") if isinstance(state.get("session"), dict) else None
+    session_id = None
+    next_seq: dict[str, int] = {}
+    if open_session:
+        info = open_session.get("session")
+        session_id = info.get("id") if isinstance(info, dict) else None
+        next_seq = {k: v for k, v in (open_session.get("raw_seq") or {}).items() if isinstance(v, int)}
+    report = OutboxCheck(str(path), sqlite3.sqlite_version, integrity, nulls,
+                         sorted(accounts.values(), key=lambda a: (a.session, a.kind, a.name)), counters,
+                         session_id, next_seq, undecodable)
+    if integrity != ["ok"]:
+        report.problems.append("SQLite's integrity check reports damage")
+    report.problems += [f"{n} rows have no value in the required column {col}" for col, n in nulls.items() if n]
+    if undecodable:
+        report.problems.append(f"{undecodable} stored messages or state values cannot be decoded")
+    for a in report.accounts:
+        if a.duplicates:
+            report.problems.append(f"{a.kind} {a.name} of session {a.session} holds {a.duplicates} sequence "
+                                   "numbers twice")
+        nxt = next_seq.get(a.name)
+        if a.kind == "raw" and a.session == session_id and nxt is not None and a.last_seq is not None \
+                and a.last_seq >= nxt:
+            report.problems.append(f"raw {a.name}: seq {a.last_seq} is queued but the session's counter is at {nxt}"
+                                   " (a sequence number would be used twice)")
+    return report

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -178,10 +179,15 @@ class ChannelInfo:
             raise ProtocolError(f"channel id must be 0..255, got {self.channel}")
         if self.role not in ROLES:
             raise ProtocolError(f"channel {self.channel}: role must be one of {ROLES}, got {self.role!r}")
-        if not SIGNAL_RE.match(self.signal):
+        if not SIGNAL_RE.fullmatch(self.signal):  # fullmatch: the pattern's "$" would allow a final "\n"
             raise ProtocolError(f"channel {self.channel}: bad signal name {self.signal!r}")
         if not (self.rate_hz > 0 and self.rate_hz < 1e6):
             raise ProtocolError(f"channel {self.channel}: rate_hz must be in (0, 1e6), got {self.rate_hz}")
+        if not (math.isfinite(self.scale) and math.isfinite(self.offset)):
+            raise ProtocolError(f"channel {self.channel}: scale and offset must be finite, got "
+                                f"{self.scale!r} and {self.offset!r}")
+        if not self.units.isprintable():
+            raise ProtocolError(f"channel {self.channel}: units {self.units!r} hold a control character")
 
     @property
     def stream(self) -> str:
@@ -382,6 +388,8 @@ class Config:
     TYPE = MsgType.CONFIG
 
     def encode_payload(self) -> bytes:
+        if not math.isfinite(self.value):
+            raise ProtocolError(f"CONFIG {self.key!r}: value must be finite, got {self.value!r}")
         return bytes([self.channel]) + _pack_str(self.key) + struct.pack("<d", self.value)
 
     @classmethod
@@ -391,6 +399,8 @@ class Config:
         key = r.string("key")
         (val,) = r.take("<d", "value")
         r.end()
+        if not math.isfinite(val):
+            raise ProtocolError(f"CONFIG {key!r}: value must be finite, got {val!r}")
         return cls(ch, key, val)
 
 
@@ -475,7 +485,12 @@ def encode_frame(
 
 def decode_frame(encoded: bytes) -> Frame:
     """Decode the bytes between two delimiters. Raises :class:`ProtocolError` (CRC, layout) or
-    :class:`UnsupportedVersionError` (unknown major version, checked after the CRC)."""
+    :class:`UnsupportedVersionError` (unknown major version, checked after the CRC), whatever the bytes."""
+    if not isinstance(encoded, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a frame must be bytes, got {type(encoded).__name__}")
+    encoded = bytes(encoded)
+    if len(encoded) > StreamDecoder.MAX_ENCODED:  # COBS decoding never shrinks by more than this
+        raise ProtocolError(f"encoded frame of {len(encoded)} bytes exceeds {StreamDecoder.MAX_ENCODED}")
     body = cobs_decode(encoded)
     if len(body) < MIN_FRAME:
         raise ProtocolError(f"frame too short: {len(body)} bytes < {MIN_FRAME}")
@@ -492,7 +507,10 @@ def decode_frame(encoded: bytes) -> Frame:
     cls = MESSAGE_CLASSES.get(mtype)
     if cls is None:
         raise ProtocolError(f"unknown message type 0x{mtype:02x}")
-    msg = cls.decode_payload(body[HEADER_SIZE:-CRC_SIZE])
+    try:
+        msg = cls.decode_payload(body[HEADER_SIZE:-CRC_SIZE])
+    except struct.error as exc:  # the readers check lengths first; this is a second net, not the rule
+        raise ProtocolError(f"{cls.__name__} payload malformed: {exc}") from None
     return Frame(msg, seq, dev_us, major, minor, flags)
 
 

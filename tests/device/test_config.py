@@ -84,3 +84,47 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text("room = [\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_config(bad)
+
+
+def test_key_right_after_its_table_header_is_on_its_own_line():
+    """The line search must not let a header's newline count as the key's leading whitespace."""
+    text = MINIMAL + "\n[dsp]\nlag_s = -3\n[outbox]\n  keep_acked_s = -1\n"
+    msg = _error(text)
+    lines = text.splitlines()
+    assert f"unit.toml:{lines.index('lag_s = -3') + 1}: key 'dsp.lag_s'" in msg
+    assert f"unit.toml:{lines.index('  keep_acked_s = -1') + 1}: key 'outbox.keep_acked_s'" in msg
+    first = MINIMAL.replace('\nroom = "room-a"', 'room = "Room A"')  # a key on line 1
+    assert "unit.toml:1: key 'room'" in _error(first)
+
+
+def test_keys_in_inline_tables_and_table_rules_point_at_their_line():
+    text = MINIMAL.replace('kind = "synthetic"\nrole = "therapist"\nsignal = "eda"',
+                           'kind = "ads1115"\nrole = "therapist"\ngsr = { supply_v = 3.3, calibration_v = -1 }')
+    msg = _error(text)
+    assert f"unit.toml:{text.splitlines().index('gsr = { supply_v = 3.3, calibration_v = -1 }') + 1}: " \
+           "key 'sensors[0].gsr.calibration_v'" in msg
+    msg = _error(MINIMAL.replace('password = "pw"', ""))  # a rule of the [broker] table: its header's line
+    assert f"unit.toml:{MINIMAL.splitlines().index('[broker]') + 1}: key 'broker'" in msg
+
+
+@pytest.mark.parametrize("table, key, value, expected", [
+    ("dsp", "publish_raw", '"yes"', "valid boolean"), ("dsp", "publish_raw", "1", "valid boolean"),
+    ("dyad", "compute", '"false"', "valid boolean"), ("leds", "active_low", '"no"', "valid boolean"),
+    ("clock", "flag_unknown", "0", "valid boolean"), ("broker", "keepalive_s", '"30"', "valid integer"),
+    ("dsp", "peak_window", "5.0", "valid integer"),
+])
+def test_values_are_strict(table, key, value, expected):
+    if table == "broker":
+        text = MINIMAL.replace('password = "pw"', f'password = "pw"\n{key} = {value}')
+    else:
+        text = MINIMAL + f"\n[{table}]\n{key} = {value}\n"
+    msg = _error(text)
+    line = text.splitlines().index(f"{key} = {value}") + 1
+    assert f"unit.toml:{line}: key '{table}.{key}': Input should be a {expected}" in msg, msg
+
+
+def test_real_booleans_paths_and_int_for_float_still_accepted():
+    text = MINIMAL.replace('unit = "unit-a"', 'unit = "unit-a"\ndata_dir = "/tmp/x"')
+    cfg = parse_config(text + "\n[dsp]\npublish_raw = false\nwin_s = 20\n[dyad]\ncompute = true\n")
+    assert cfg.dsp.publish_raw is False and cfg.dsp.win_s == 20.0 and cfg.dyad.compute is True
+    assert cfg.data_dir == Path("/tmp/x")
