@@ -17,15 +17,18 @@ FEATURE_RATE_HZ = 4.0
 GRID_NS = 250_000_000
 """Grid point ``k`` of the shared 4 Hz feature grid is UTC ``k * GRID_NS`` nanoseconds."""
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+"""The room/unit id rule as text, for validators that take a pattern (pydantic's Rust engine: ``$`` is the
+end of the text there, while Python's ``re`` lets ``$`` match before a final newline, hence ``\\Z`` below)."""
+ID_RE = re.compile(ID_PATTERN[:-1] + r"\Z")
 """Room and unit ids: lower-case letters, digits, '_' and '-', 1-32 characters."""
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}\Z")
 """Metric names."""
-SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 """Session ids."""
-CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 """Pseudonymous participant codes (e.g. ``P017``). Never a name: no spaces, at most 32 characters."""
-SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
+SIGNAL_RE = re.compile(r"^[a-z][a-z0-9_]{0,23}\Z")
 """Signal names (``eda``, ``ppg``, ``hr``)."""
 
 LED_STATES: tuple[str, ...] = ("booting", "idle", "recording", "buffering", "sensor_fault", "fatal")

@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core import configtext
 from core.errors import ConfigError
-from core.vocab import ID_RE
+from core.vocab import ID_PATTERN
 
 DEFAULT_PATH = Path("/etc/dyadsync/unit.toml")
 
-ID_PATTERN = ID_RE.pattern
 ROLE = Literal["therapist", "client"]
 
 
