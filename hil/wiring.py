@@ -2,7 +2,9 @@
 
 A unit configured with ``hardware.mode = "emulated"`` and ``hardware.factory = "hil.wiring:make_hardware"``
 calls :func:`make_hardware` once with its config and clock. The factory reads a :class:`HilSpec` (JSON)
-from ``$DYADSYNC_HIL_SPEC`` or ``<data_dir>/hil-spec.json``, rebuilds the same
+from ``$DYADSYNC_HIL_SPEC`` or ``<data_dir>/hil-spec.json`` (with ``$DYADSYNC_HIL_SPEC_WAIT_S`` set it
+waits that long for the file to appear, after writing ``<spec>.waiting``: the demo starts a unit first and
+fixes the simulated time line once the unit process is up, see :mod:`hil.demo`), rebuilds the same
 :class:`hil.physiology.DyadSimulator` the scenario runner scores against (same seed, same schedule: the
 simulator is deterministic), and returns a provider with the three seam methods of
 ``device.hardware.load_hardware``:
@@ -47,6 +49,8 @@ from firmware_bridge.errors import SensorError
 logger = logging.getLogger(__name__)
 
 SPEC_ENV = "DYADSYNC_HIL_SPEC"
+SPEC_WAIT_ENV = "DYADSYNC_HIL_SPEC_WAIT_S"
+WAITING_SUFFIX = ".waiting"
 SPEC_FILE = "hil-spec.json"
 SPEC_VERSION = 1
 
@@ -136,9 +140,30 @@ def block_samples(block_s: float, rate_hz: float) -> int:
 def find_spec(cfg: Any) -> HilSpec:
     env = os.environ.get(SPEC_ENV)
     path = Path(env) if env else Path(cfg.data_dir) / SPEC_FILE
+    try:
+        wait_s = float(os.environ.get(SPEC_WAIT_ENV) or 0.0)
+    except ValueError:
+        raise ConfigError(f"${SPEC_WAIT_ENV} must be a number of seconds, got {os.environ[SPEC_WAIT_ENV]!r}") from None
+    if not path.exists() and wait_s > 0:
+        marker = path.with_name(path.name + WAITING_SUFFIX)
+        marker.write_text(f"{os.getpid()}\n")
+        logger.info("hil: waiting up to %g s for the HIL spec %s", wait_s, path)
+        deadline = time.monotonic() + wait_s
+        try:
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            marker.unlink(missing_ok=True)
     if not path.exists():
-        raise ConfigError(f"hil.wiring: no HIL spec: set ${SPEC_ENV} or write {path}")
+        raise ConfigError(f"hil.wiring: no HIL spec: set ${SPEC_ENV} or write {path}"
+                          + (f" (waited {wait_s:g} s for it)" if wait_s > 0 else ""))
     return HilSpec.read(path)
+
+
+def spec_waiter(path: Path | str) -> Path:
+    """The file a unit process writes while it waits for its spec at ``path`` (see :func:`find_spec`)."""
+    path = Path(path)
+    return path.with_name(path.name + WAITING_SUFFIX)
 
 
 class SimulatedSensor:
@@ -384,6 +409,8 @@ class _StallableBus:
 
 def make_hardware(cfg: Any, clock: Any) -> SimulatedRoom:
     """``hardware.factory = "hil.wiring:make_hardware"``: the simulated room for this unit."""
+    import hil.physiology  # noqa: F401 - imported (scipy, ~1 s) before waiting for a spec, not after
+
     spec = find_spec(cfg)
     room = SimulatedRoom(cfg, clock, spec)
     logger.info("hil: simulated room, seed %s, t0 %d ns, %d sensor(s)", spec.sim.get("seed"), spec.t0_ns,
