@@ -39,7 +39,7 @@ from device.clock import ScaledClock
 from device.outbox import Outbox
 
 from .room import RoomError, RoomProcesses, RoomTimeout, led_tree, read_led, sensors_toml, unit_toml
-from .wiring import SPEC_FILE, SPEC_WAIT_ENV, HilSpec, spec_waiter
+from .wiring import SPEC_FILE, HilSpec, t0_file, waiting_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ UNIT = "unit1"
 GRID_NS = 250_000_000  # the shared 4 Hz UTC feature grid
 PRE_S = 30.0  # simulated seconds of the dyad before the session starts (filters settle)
 TAIL_S = 40.0  # simulated seconds after the session end
-LEAD_REAL_S = 3.0  # real seconds from fixing the time line (the unit process is up) to the planned start
+LEAD_REAL_S = 1.5  # real seconds from fixing the time line (the unit process is up) to the planned start
 LATE_REAL_S = 10.0  # real seconds a unit may be later than that (the session then starts late)
 DATA_KINDS = ("raw", "feat", "metric")
 # The demo counts what the unit sent from its outbox's resend tail (data messages the broker acknowledged):
@@ -127,8 +127,16 @@ def run_demo(args: argparse.Namespace) -> int:
     unit_dir = data_dir / UNIT
     unit_dir.mkdir(exist_ok=True)
     spec_path = unit_dir / SPEC_FILE
-    spec_path.unlink(missing_ok=True)  # a previous run's time line must not be used
-    epoch_ns = time.time_ns()
+    for stale in (spec_path, t0_file(spec_path), waiting_file(spec_path)):
+        stale.unlink(missing_ok=True)  # a previous run's time line must not be used
+    # The simulated dyad: PRE_S before the session, the schedule from the planned start, and long enough for a
+    # unit that is LATE_REAL_S late. Its time line (t0) is fixed once the unit process is up (below).
+    schedule = demo_schedule(session_s)
+    sim = {"seed": args.seed, "duration_s": PRE_S + session_s + TAIL_S + LATE_REAL_S * args.speed,
+           "schedule": [{"start_s": PRE_S + g.start_s, "end_s": PRE_S + g.end_s, "mode": g.mode,
+                         "lag_s": g.lag_s, "gain": g.gain, "channel": g.channel} for g in schedule]}
+    HilSpec(sim=sim, t0_ns=None, block_s=1.0).write(spec_path)
+    epoch_ns = time.time_ns()  # the shared anchor of simulated time (the unit's hardware.sim_epoch_ns)
     clock = ScaledClock(args.speed, epoch_ns)
     console: RoomConsole | None = None
     try:
@@ -141,22 +149,21 @@ def run_demo(args: argparse.Namespace) -> int:
             password=auth.units[UNIT], led_root=data_dir / "leds", speed=args.speed, epoch_ns=epoch_ns,
             sensors=sensors_toml(UNIT, ("therapist", "client"), args.wiring),
             outbox={"keep_acked_s": KEEP_ACKED_S}))
-        procs.start_unit(UNIT, cfg_path, env={SPEC_WAIT_ENV: "120"})
+        procs.start_unit(UNIT, cfg_path)
         procs.start_recorder(db_path, auth)
         print(f"  hub recorder: {db_path}")
-        procs.wait_for(lambda: spec_waiter(spec_path).exists() or spec_path.exists(), 120,
+        procs.wait_for(waiting_file(spec_path).exists, 120,
                        f"unit {UNIT} to start (its log: {data_dir / f'unit-{UNIT}.log'})")
 
-        # The unit process is up: fix the simulated time line. The session is planned LEAD_REAL_S from now, on a
-        # whole second; the simulated dyad starts PRE_S before it and runs the schedule from the planned start.
-        # A unit slower than that to be ready starts the session late (up to LATE_REAL_S): the simulation
-        # runs long enough, and the by-segment table places the segments on the simulated time line.
+        # The unit process is up and its simulator built: fix the time line. The session is planned LEAD_REAL_S
+        # from now, on a whole second; the simulated dyad starts PRE_S before it. A unit slower than that to be
+        # ready starts the session late (up to LATE_REAL_S); the by-segment table places the segments on the
+        # simulated time line.
         plan_ns = -(-(clock.now_ns() + round(LEAD_REAL_S * args.speed * 1e9)) // 1_000_000_000) * 1_000_000_000
-        schedule = demo_schedule(session_s)
-        sim = {"seed": args.seed, "duration_s": PRE_S + session_s + TAIL_S + LATE_REAL_S * args.speed,
-               "schedule": [{"start_s": PRE_S + g.start_s, "end_s": PRE_S + g.end_s, "mode": g.mode,
-                             "lag_s": g.lag_s, "gain": g.gain, "channel": g.channel} for g in schedule]}
-        HilSpec(sim=sim, t0_ns=plan_ns - round(PRE_S * 1e9), block_s=1.0).write(spec_path)
+        tmp = spec_path.with_name("t0.tmp")
+        tmp.write_text(f"{plan_ns - round(PRE_S * 1e9)}\n")
+        tmp.replace(t0_file(spec_path))
+        logger.info("demo: session planned at %d ns (simulated)", plan_ns)
 
         console = RoomConsole(broker.host, broker.port, ROOM, *auth.service_user("console"))
         ready_s = (plan_ns - clock.now_ns()) / 1e9 / args.speed + LATE_REAL_S

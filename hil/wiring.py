@@ -2,9 +2,7 @@
 
 A unit configured with ``hardware.mode = "emulated"`` and ``hardware.factory = "hil.wiring:make_hardware"``
 calls :func:`make_hardware` once with its config and clock. The factory reads a :class:`HilSpec` (JSON)
-from ``$DYADSYNC_HIL_SPEC`` or ``<data_dir>/hil-spec.json`` (with ``$DYADSYNC_HIL_SPEC_WAIT_S`` set it
-waits that long for the file to appear, after writing ``<spec>.waiting``: the demo starts a unit first and
-fixes the simulated time line once the unit process is up, see :mod:`hil.demo`), rebuilds the same
+from ``$DYADSYNC_HIL_SPEC`` or ``<data_dir>/hil-spec.json``, rebuilds the same
 :class:`hil.physiology.DyadSimulator` the scenario runner scores against (same seed, same schedule: the
 simulator is deterministic), and returns a provider with the three seam methods of
 ``device.hardware.load_hardware``:
@@ -18,7 +16,10 @@ simulator is deterministic), and returns a provider with the three seam methods 
 
 Simulated time: the simulator's ``t = 0`` is UTC ``spec.t0_ns``; an emulator asks for the signal at
 ``t = (clock.now_ns() - t0_ns) / 1e9`` of the unit's (scaled) clock, so the unit, its sensors and the
-runner share one time line.
+runner share one time line. A spec without ``t0_ns`` (null) leaves it to be fixed once the unit process is
+up: the factory builds the simulator, writes ``<spec>.waiting`` and waits (``t0_wait_s``) for
+``<spec>.t0`` (UTC ns as text). The demo starts that way, so the session can begin a moment after the unit
+is ready whatever its start-up took (:mod:`hil.demo`); the HIL runner fixes ``t0_ns`` in advance.
 
 :class:`SimulatedSensor` is a sensor with a block-oriented interface (like a firmware that sends sample
 blocks): sample ``k`` of a stream is taken at UTC ``t0_ns + k / rate`` exactly, blocks carry their block
@@ -49,8 +50,6 @@ from firmware_bridge.errors import SensorError
 logger = logging.getLogger(__name__)
 
 SPEC_ENV = "DYADSYNC_HIL_SPEC"
-SPEC_WAIT_ENV = "DYADSYNC_HIL_SPEC_WAIT_S"
-WAITING_SUFFIX = ".waiting"
 SPEC_FILE = "hil-spec.json"
 SPEC_VERSION = 1
 
@@ -71,12 +70,13 @@ class HilSpec:
     """
 
     sim: dict[str, Any]
-    t0_ns: int
+    t0_ns: int | None
     drops: dict[str, list[list[float]]] = field(default_factory=dict)
     block_s: float = 0.1
     i2c: dict[str, Any] = field(default_factory=dict)
     serial: dict[str, Any] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    t0_wait_s: float = 120.0
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -137,33 +137,44 @@ def block_samples(block_s: float, rate_hz: float) -> int:
     return max(1, round(block_s * rate_hz))
 
 
-def find_spec(cfg: Any) -> HilSpec:
+def spec_path(cfg: Any) -> Path:
     env = os.environ.get(SPEC_ENV)
-    path = Path(env) if env else Path(cfg.data_dir) / SPEC_FILE
-    try:
-        wait_s = float(os.environ.get(SPEC_WAIT_ENV) or 0.0)
-    except ValueError:
-        raise ConfigError(f"${SPEC_WAIT_ENV} must be a number of seconds, got {os.environ[SPEC_WAIT_ENV]!r}") from None
-    if not path.exists() and wait_s > 0:
-        marker = path.with_name(path.name + WAITING_SUFFIX)
-        marker.write_text(f"{os.getpid()}\n")
-        logger.info("hil: waiting up to %g s for the HIL spec %s", wait_s, path)
-        deadline = time.monotonic() + wait_s
-        try:
-            while not path.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            marker.unlink(missing_ok=True)
+    return Path(env) if env else Path(cfg.data_dir) / SPEC_FILE
+
+
+def find_spec(cfg: Any) -> HilSpec:
+    path = spec_path(cfg)
     if not path.exists():
-        raise ConfigError(f"hil.wiring: no HIL spec: set ${SPEC_ENV} or write {path}"
-                          + (f" (waited {wait_s:g} s for it)" if wait_s > 0 else ""))
+        raise ConfigError(f"hil.wiring: no HIL spec: set ${SPEC_ENV} or write {path}")
     return HilSpec.read(path)
 
 
-def spec_waiter(path: Path | str) -> Path:
-    """The file a unit process writes while it waits for its spec at ``path`` (see :func:`find_spec`)."""
-    path = Path(path)
-    return path.with_name(path.name + WAITING_SUFFIX)
+def t0_file(spec: Path | str) -> Path:
+    """Where the simulator's time 0 (UTC ns) is written for a spec without ``t0_ns``."""
+    return Path(str(spec) + ".t0")
+
+
+def waiting_file(spec: Path | str) -> Path:
+    """What a unit process writes while it waits for :func:`t0_file` (it is ready but for the time line)."""
+    return Path(str(spec) + ".waiting")
+
+
+def _wait_t0(path: Path, wait_s: float) -> int:
+    marker, t0 = waiting_file(path), t0_file(path)
+    marker.write_text(f"{os.getpid()}\n")
+    logger.info("hil: simulator built; waiting up to %g s for its time line (%s)", wait_s, t0)
+    deadline = time.monotonic() + wait_s
+    try:
+        while not t0.exists():
+            if time.monotonic() > deadline:
+                raise ConfigError(f"hil.wiring: {t0} did not appear within {wait_s:g} s")
+            time.sleep(0.01)
+    finally:
+        marker.unlink(missing_ok=True)
+    try:
+        return int(t0.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"hil.wiring: {t0} must hold UTC nanoseconds: {exc}") from None
 
 
 class SimulatedSensor:
@@ -409,10 +420,10 @@ class _StallableBus:
 
 def make_hardware(cfg: Any, clock: Any) -> SimulatedRoom:
     """``hardware.factory = "hil.wiring:make_hardware"``: the simulated room for this unit."""
-    import hil.physiology  # noqa: F401 - imported (scipy, ~1 s) before waiting for a spec, not after
-
     spec = find_spec(cfg)
     room = SimulatedRoom(cfg, clock, spec)
+    if spec.t0_ns is None:
+        spec.t0_ns = room.t0_ns = _wait_t0(spec_path(cfg), spec.t0_wait_s)
     logger.info("hil: simulated room, seed %s, t0 %d ns, %d sensor(s)", spec.sim.get("seed"), spec.t0_ns,
                 len(cfg.sensors))
     return room
