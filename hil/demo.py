@@ -62,6 +62,11 @@ class DemoError(RoomError):
     """The demo could not run (its message says why and where the logs are)."""
 
 
+def unit_data_dir(data_dir: Path, session: str) -> Path:
+    """The unit's data directory of one demo session (its outbox is ``unit-unit1.sqlite`` there)."""
+    return Path(data_dir) / "units" / session
+
+
 def demo_schedule(duration_s: float) -> list:
     """Uncoupled, therapist-led, client-led, anti-phase and uncoupled again, in equal parts."""
     from hil.physiology import Segment
@@ -124,11 +129,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     procs = RoomProcesses(data_dir, ROOM, verbose=args.verbose > 0)
     db_path = data_dir / "hub.sqlite"
-    unit_dir = data_dir / UNIT
-    unit_dir.mkdir(exist_ok=True)
+    # The unit's data directory (outbox, simulator spec) is the session's own: a data directory reused for
+    # several sessions (a simulated study) does not make each new unit resend the previous units' outboxes.
+    unit_dir = unit_data_dir(data_dir, session)
+    unit_dir.mkdir(parents=True)
     spec_path = unit_dir / SPEC_FILE
-    for stale in (spec_path, t0_file(spec_path), waiting_file(spec_path)):
-        stale.unlink(missing_ok=True)  # a previous run's time line must not be used
     # The simulated dyad: PRE_S before the session, the schedule from the planned start, and long enough for a
     # unit that is LATE_REAL_S late. Its time line (t0) is fixed once the unit process is up (below).
     schedule = demo_schedule(session_s)
@@ -143,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
         broker = procs.start_broker(auth, prefer=args.broker)
         print(f"  broker: {broker.kind} on {broker.host}:{broker.port} (anonymous clients refused)")
         led_dir = led_tree(data_dir / "leds")
-        cfg_path = data_dir / f"{UNIT}.toml"
+        cfg_path = unit_dir / f"{UNIT}.toml"
         cfg_path.write_text(unit_toml(
             room=ROOM, unit=UNIT, data_dir=unit_dir, host=broker.host, port=broker.port,
             password=auth.units[UNIT], led_root=data_dir / "leds", speed=args.speed, epoch_ns=epoch_ns,
@@ -235,7 +240,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _print_table(expected, stored, summary, n_gaps, malformed, queued)
     _print_segments(segments)
     print(f"\nData: hub database {db_path}\n      unit {UNIT}: outbox {unit_dir / f'unit-{UNIT}.sqlite'}, "
-          f"config {data_dir / f'{UNIT}.toml'}, log {data_dir / f'unit-{UNIT}.log'}\n"
+          f"config {unit_dir / f'{UNIT}.toml'}, log {data_dir / f'unit-{UNIT}.log'}\n"
           f"      broker files {data_dir / 'broker'}")
     print("Result: " + ("OK, the hub stored every message the unit sent." if ok else "FAILED: the hub is missing messages."))
     print(f"\nNext: the session's report (HTML):\n  dyadsync report {session} --db {shlex.quote(str(db_path))} "

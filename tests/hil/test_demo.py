@@ -19,7 +19,7 @@ from broker import store, wire
 from broker.mosquitto import find_mosquitto
 from device import __version__ as unit_version
 from device.outbox import Outbox
-from hil.demo import UNIT
+from hil.demo import UNIT, unit_data_dir
 
 
 def _run(args, env=None, timeout=300, cwd=None, prefix=()):
@@ -90,16 +90,17 @@ def test_demo_as_a_normal_user_without_mosquitto(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "broker: embedded" in out.stdout
     assert "seed 4" in out.stdout
-    _check_summary(out.stdout, data / "hub.sqlite", "T07", "C-12")
+    session = _check_summary(out.stdout, data / "hub.sqlite", "T07", "C-12")
     if prefix:
-        assert (data / "hub.sqlite").stat().st_uid == (data / UNIT / f"unit-{UNIT}.sqlite").stat().st_uid != 0
+        outbox = unit_data_dir(data, session) / f"unit-{UNIT}.sqlite"
+        assert (data / "hub.sqlite").stat().st_uid == outbox.stat().st_uid != 0
 
 
 def _assert_hub_holds_the_units_outbox(data_dir, session: str) -> None:
     """What the hub stored is what the unit daemon queued: every raw and feature block (samples, times,
     sequence numbers) and every metric equal a row of the unit's durable outbox (device.outbox, filled by
     device.pipeline), nothing more; the statuses carry the unit's version and its configured sensor names."""
-    ob = Outbox(data_dir / UNIT / f"unit-{UNIT}.sqlite")
+    ob = Outbox(unit_data_dir(data_dir, session) / f"unit-{UNIT}.sqlite")
     try:
         assert not ob.pending(), "the unit left messages unsent"
         tail = ob.acked_tail()
