@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 ROOM = "demo-room"
 UNIT = "unit1"
-GRID_NS = 250_000_000  # the shared 4 Hz UTC feature grid
 PRE_S = 30.0  # simulated seconds of the dyad before the session starts (filters settle)
 TAIL_S = 40.0  # simulated seconds after the session end
 LEAD_REAL_S = 1.5  # real seconds from fixing the time line (the unit process is up) to the planned start
@@ -226,9 +225,7 @@ def run_demo(args: argparse.Namespace) -> int:
             malformed = store.counters(con).get("malformed", 0)
         finally:
             con.close()
-    except RoomError as exc:
-        raise DemoError(f"{exc}\nthe demo's files and logs are in {data_dir}") from None
-    except DyadsyncError as exc:
+    except DyadsyncError as exc:  # a process that failed (RoomError), a broker that refused (BrokerError), ...
         raise DemoError(f"{exc}\nthe demo's files and logs are in {data_dir}") from None
     finally:
         if console is not None:
