@@ -24,12 +24,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from broker import store, wire  # noqa: E402
 from broker.auth import RoomAuth  # noqa: E402
 from broker.mosquitto import MosquittoProcess, write_broker_files  # noqa: E402
+from broker.mqtt import client_id, make_client  # noqa: E402
 from broker.recorder import Recorder  # noqa: E402
 from firmware_bridge.block import SampleBlock  # noqa: E402
 
@@ -81,10 +80,7 @@ def generator(host: str, port: int, creds: dict[str, str], seconds: int, speed: 
     """Publish every unit's schedule, paced at ``speed`` x real time; report (sent, elapsed_s)."""
     clients = {}
     for unit, pw in creds.items():
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{unit}-{uuid.uuid4().hex[:6]}")
-        c.username_pw_set(unit, pw)
-        c.max_inflight_messages_set(200)
-        c.max_queued_messages_set(0)
+        c = make_client(client_id(f"bench-{unit}"), username=unit, password=pw, max_inflight=200, max_queued=0)
         c.connect(host, port)
         c.loop_start()
         clients[unit] = c

@@ -21,18 +21,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from broker import wire  # noqa: E402
 from broker.auth import RoomAuth  # noqa: E402
+from broker.console import RoomConsole  # noqa: E402
 from broker.mosquitto import MosquittoProcess, write_broker_files  # noqa: E402
+from broker.mqtt import client_id, make_client  # noqa: E402
 
 ROOM, UNIT = "room-bench", "unit-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -111,16 +111,12 @@ def main() -> int:
                 elif t.kind in ("feat", "raw"):
                     counts[t.kind] += 1
 
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
-        sub.username_pw_set(*auth.service_user("recorder"))
-        sub.on_message = on_message
+        user, pw = auth.service_user("recorder")
+        sub = make_client(client_id("bench"), username=user, password=pw, on_message=on_message)
         sub.connect(broker.host, broker.port)
         sub.loop_start()
         sub.subscribe(f"{wire.unit_prefix(ROOM, UNIT)}/#", qos=1)
-        con = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"console-{uuid.uuid4().hex[:6]}")
-        con.username_pw_set(*auth.service_user("console"))
-        con.connect(broker.host, broker.port)
-        con.loop_start()
+        con = RoomConsole(broker.host, broker.port, ROOM, *auth.service_user("console"))
         cfg = write_config(d, broker.host, broker.port, auth.units[UNIT], args.factory,
                            args.emulated, args.hr_grid)
         # the environment of device/systemd/dyadsync-unit.service (MALLOC_ARENA_MAX keeps glibc from giving
@@ -139,16 +135,13 @@ def main() -> int:
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             time.sleep(3.0)  # start-up (imports, connect) is not part of the steady state
-            start = wire.Command(id="bench-start", cmd="start", session="bench", time_ns=time.time_ns(),
-                                 participants={"therapist": "T01", "client": "C01"})
-            con.publish(wire.cmd_topic(ROOM), start.encode(), qos=1)
+            con.send("start", "bench", cid="bench-start", participants={"therapist": "T01", "client": "C01"})
             time.sleep(1.0)
             c0, w0, e0 = cpu_s(proc.pid), time.monotonic(), emu_cpu_s()
             time.sleep(args.minutes * 60)
             c1, w1, e1 = cpu_s(proc.pid), time.monotonic(), emu_cpu_s()
             rss = vm_hwm_mb(proc.pid)
-            stop = wire.Command(id="bench-stop", cmd="stop", session="bench", time_ns=time.time_ns())
-            con.publish(wire.cmd_topic(ROOM), stop.encode(), qos=1)
+            con.send("stop", "bench", cid="bench-stop")
             time.sleep(1.0)
             proc.terminate()
             proc.wait(30)
@@ -158,8 +151,7 @@ def main() -> int:
             log.close()
             sub.disconnect()
             sub.loop_stop()
-            con.disconnect()
-            con.loop_stop()
+            con.close()
             broker.stop()
         cpu_pct = 100.0 * (c1 - c0) / (w1 - w0)
         emu_pct = 100.0 * (e1 - e0) / (w1 - w0)

@@ -41,7 +41,9 @@ class EmbeddedBroker:
         from pwdlib.hashers.argon2 import Argon2Hasher
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        hasher = PasswordHash((Argon2Hasher(),))
+        # The room's passwords are random (RoomAuth.generate, ~140 bits): a cheap argon2 setting protects them as
+        # well as the default one, which costs ~0.5 s of CPU per connection on a small machine.
+        hasher = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8 * 1024, parallelism=1),))
         pw = self.directory / "passwd.argon2"
         pw.write_text("".join(f"{u}:{hasher.hash(p)}\n" for u, p in sorted(self.auth.users().items())))
         pw.chmod(0o600)
@@ -91,6 +93,14 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def log_tail(self, n: int = 20) -> str:
+        """The embedded broker logs through Python's logging, into its host process's log."""
+        return "(the embedded broker logs into the log of the process that runs it)"
+
+    def kill(self) -> None:
+        """Stop at once (the embedded broker keeps nothing on disk, so this is :meth:`stop`)."""
+        self.stop(timeout_s=1.0)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._loop is None:
             return
@@ -114,14 +124,17 @@ class EmbeddedBroker:
         self.stop()
 
 
-def start_room_broker(directory: Path, auth: RoomAuth, prefer: str = "auto", host: str = "127.0.0.1"):
-    """Start a broker for ``auth``'s room: ``mosquitto`` (a child process), ``embedded`` or ``auto``
-    (Mosquitto when its binary is installed, else embedded). Returns an object with host, port, kind, stop()."""
+def start_room_broker(directory: Path, auth: RoomAuth, prefer: str = "auto", host: str = "127.0.0.1",
+                      port: int | None = None):
+    """Start a broker for ``auth``'s room: ``mosquitto`` (a child process, see :mod:`broker.mosquitto`),
+    ``embedded`` or ``auto`` (Mosquitto when its binary is installed, else embedded) on ``port`` (default: a
+    free one). Returns an object with host, port, kind, running, log_tail(), start(), kill() and stop();
+    raises :class:`BrokerError` with the broker's own words when it cannot start."""
     from .mosquitto import MosquittoProcess, find_mosquitto, write_broker_files
 
     if prefer not in ("auto", "mosquitto", "embedded"):
         raise BrokerError(f"broker must be auto, mosquitto or embedded, not {prefer!r}")
     if prefer == "mosquitto" or (prefer == "auto" and find_mosquitto()):
-        files = write_broker_files(Path(directory), auth, host=host)
+        files = write_broker_files(Path(directory), auth, host=host, port=port)
         return MosquittoProcess(files).start()
-    return EmbeddedBroker(Path(directory), auth, host=host).start()
+    return EmbeddedBroker(Path(directory), auth, host=host, port=port).start()

@@ -1,14 +1,25 @@
-"""Mosquitto configuration and a managed Mosquitto child process.
+"""Mosquitto configuration and a managed Mosquitto child process: the one place dyadsync starts Mosquitto.
 
 ``write_broker_files`` renders a room's ``mosquitto.conf``, password file and ACL file into a
-directory; ``MosquittoProcess`` runs ``mosquitto -c`` on it and waits until the listener accepts
-connections. The demo and the tests use these on a free loopback port; ``dyadsync hub init`` uses the
-same renderer for the installed hub.
+directory; ``MosquittoProcess`` runs ``mosquitto -c`` on it and waits until Mosquitto says it is running
+(its log) and the listener accepts connections, or stops at once with Mosquitto's own words when it
+exits instead (a port already taken, a file it cannot read). The demo, the HIL runner, the tests and the
+benchmarks use these on a free loopback port; ``dyadsync hub init`` uses the same renderer for the
+installed hub (which runs as the ``mosquitto`` user on files it owns).
+
+Who the child broker runs as: Mosquitto started as root drops to the user named by ``user`` in its
+config (``mosquitto`` when none is named) before it reads the password file, the ACL and the log. A
+child broker's files sit in the caller's working directory, which may be private (a temporary directory
+is mode 0700), so the child broker runs as whoever runs dyadsync: ``write_broker_files`` writes
+``user root`` when the process's effective uid is 0 (Mosquitto then keeps root and warns that it does),
+and no ``user`` line otherwise (a non-root Mosquitto cannot change user). The decision is taken from the
+effective uid, never from ``$USER``/``$LOGNAME``: after ``su`` those still name the previous user, and a
+broker told to drop to that user cannot read root's 0700 directory. No file is made world-readable; the
+password file stays 0600.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import shutil
@@ -57,6 +68,11 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def child_broker_user() -> str | None:
+    """The ``user`` line of a child-process broker's config: ``root`` when running as root, else none."""
+    return "root" if os.geteuid() == 0 else None
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,7 @@ def write_broker_files(
 ) -> BrokerFiles:
     """Write conf, password and ACL files for ``auth`` into ``directory`` (for a child-process broker).
 
-    The broker runs as the current user, so the files need no ownership change.
+    The broker runs as the current user (:func:`child_broker_user`), so the files need no ownership change.
     """
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -137,11 +153,20 @@ def write_broker_files(
         render_conf(
             host=host, port=port, password_file=pw, acl_file=acl,
             persistence_dir=pdir if persistence else None, log_file=log,
-            run_as_user=getpass.getuser(), extra=extra_conf,
+            run_as_user=child_broker_user(), extra=extra_conf,
         )
     )
     return BrokerFiles(conf=conf, password_file=pw, acl_file=acl, log_file=log, persistence_dir=pdir,
                        host=host, port=port)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 class MosquittoProcess:
@@ -159,19 +184,47 @@ class MosquittoProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> MosquittoProcess:
+        """Start and wait until Mosquitto runs; raise :class:`BrokerError` with its log if it exits or hangs."""
         if self.running:
             return self
+        log = self.files.log_file
+        offset = log.stat().st_size if log.exists() else 0
         stderr_path = self.files.conf.with_name("mosquitto.stderr")
+        err_offset = stderr_path.stat().st_size if stderr_path.exists() else 0
         with open(stderr_path, "ab") as err:
             self._proc = subprocess.Popen(
                 [self.binary, "-c", str(self.files.conf)], stdout=err, stderr=err, stdin=subprocess.DEVNULL,
             )
-        if not wait_for_port(self.host, self.port, timeout_s) or self._proc.poll() is not None:
-            tail = self.log_tail()
-            self.stop()
-            raise BrokerError(f"mosquitto did not start on {self.host}:{self.port}; log:\n{tail}")
+        t0 = time.monotonic()
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                tail = self._new_lines(offset, err_offset)
+                self._proc = None
+                raise BrokerError(f"mosquitto exited with status {rc} instead of listening on {self.host}:"
+                                  f"{self.port} (config {self.files.conf}); its log:\n{tail}")
+            said_running = " running" in _read_from(log, offset)  # "mosquitto version X running"
+            waited = time.monotonic() - t0
+            # Without its own "running" line the port could be someone else's: trust the port alone only
+            # when Mosquitto writes no log at all.
+            if (said_running or (waited > 1.0 and not _read_from(log, offset))) and wait_for_port(
+                    self.host, self.port, 0.2):
+                break
+            if waited > timeout_s:
+                tail = self._new_lines(offset, err_offset)
+                self.stop()
+                raise BrokerError(f"mosquitto did not start listening on {self.host}:{self.port} within "
+                                  f"{timeout_s:g} s (config {self.files.conf}); its log:\n{tail}")
+            time.sleep(0.05)
         logger.info("mosquitto running on %s:%d (pid %d)", self.host, self.port, self._proc.pid)
         return self
+
+    def _new_lines(self, log_offset: int, err_offset: int, n: int = 20) -> str:
+        """What Mosquitto wrote since this start (log file and stderr), last ``n`` lines of each."""
+        out = []
+        for path, off in ((self.files.log_file, log_offset), (self.files.conf.with_name("mosquitto.stderr"), err_offset)):
+            out.extend(_read_from(path, off).splitlines()[-n:])
+        return "\n".join(out) or "(mosquitto wrote nothing)"
 
     @property
     def running(self) -> bool:

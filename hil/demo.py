@@ -1,10 +1,17 @@
 """``dyadsync demo``: a simulated therapy room, end to end, on one machine.
 
 It starts a room broker (Mosquitto as a child process when installed, else an embedded broker), the hub
-recorder writing to SQLite, and one simulated unit that reads a simulated dyad (therapist and client EDA
-and PPG), computes 4 Hz features and windowed synchrony, and publishes raw blocks, features and metrics
-at QoS 1. A 10-minute session runs faster than real time; a summary then compares what the unit sent
-(acknowledged by the broker) with what the hub stored. Exit status 0 only if every message was stored.
+recorder writing to SQLite, and one unit: the unit daemon itself (``dyadsync unit run``, the code a
+Raspberry Pi runs) with a simulated dyad (therapist and client EDA and PPG, known coupling) plugged in
+at its hardware seams, a simulated status LED and a clock running faster than real time. The room
+console starts a session with the given participant codes, the unit computes 4 Hz features and windowed
+synchrony and publishes raw blocks, features and metrics at QoS 1 from its durable outbox, and the console
+stops the session. A summary then compares what the unit sent (the rows of its outbox the broker
+acknowledged) with what the hub stored, and names the command that shows the session's report.
+Exit status 0 only if the hub stored every message the unit sent.
+
+Several runs with the same --data-dir add sessions to one hub database (a simulated study: give each
+dyad its own --therapist/--client codes and --seed).
 """
 
 from __future__ import annotations
@@ -13,31 +20,50 @@ import argparse
 import datetime as dt
 import logging
 import math
+import shlex
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 from tqdm import tqdm
 
 from broker import store, wire
 from broker.auth import RoomAuth
-from broker.embedded import start_room_broker
-from broker.errors import BrokerError
-from broker.recorder import Recorder
-from firmware_bridge.block import SampleBlock
+from broker.console import RoomConsole
+from core.errors import DyadsyncError
+from device.clock import ScaledClock
+from device.outbox import Outbox
+
+from .room import RoomError, RoomProcesses, RoomTimeout, led_tree, read_led, sensors_toml, unit_toml
+from .wiring import SPEC_FILE, HilSpec, t0_file, waiting_file
 
 logger = logging.getLogger(__name__)
 
 ROOM = "demo-room"
 UNIT = "unit1"
-FEATURE_RATE_HZ = 4.0
-GRID_NS = 250_000_000  # the shared 4 Hz UTC feature grid
+PRE_S = 30.0  # simulated seconds of the dyad before the session starts (filters settle)
+TAIL_S = 40.0  # simulated seconds after the session end
+LEAD_REAL_S = 1.5  # real seconds from fixing the time line (the unit process is up) to the planned start
+LATE_REAL_S = 10.0  # real seconds a unit may be later than that (the session then starts late)
+DATA_KINDS = ("raw", "feat", "metric")
+# The demo counts what the unit sent from its outbox's resend tail (data messages the broker acknowledged):
+# the unit keeps that tail this many real seconds (the config's maximum), so a demo may last at most ~this long.
+KEEP_ACKED_S = 3600.0
+MAX_REAL_S = 3000.0
+WIRING_MAX_SPEED = {"sim": 10_000.0, "i2c": 3.0, "serial": 5.0}  # beyond: the emulated hardware falls behind
+
+
+class DemoError(RoomError):
+    """The demo could not run (its message says why and where the logs are)."""
+
+
+def unit_data_dir(data_dir: Path, session: str) -> Path:
+    """The unit's data directory of one demo session (its outbox is ``unit-unit1.sqlite`` there)."""
+    return Path(data_dir) / "units" / session
 
 
 def demo_schedule(duration_s: float) -> list:
@@ -51,236 +77,187 @@ def demo_schedule(duration_s: float) -> list:
 
 
 @dataclass
-class _Publisher:
-    """QoS 1 publishing with counts of what the broker acknowledged (PUBACK).
+class Sent:
+    """What the unit's outbox holds of one session: data messages acknowledged by the broker, and queued."""
 
-    paho calls ``on_publish`` from its network thread while holding its own lock, so ``publish`` must not
-    hold ours across ``client.publish`` (that would deadlock); a PUBACK that overtakes the registration
-    of its message id is remembered in ``early``.
-    """
-
-    client: mqtt.Client
-    sent: Counter = field(default_factory=Counter)
-    pending: dict = field(default_factory=dict)
-    early: dict = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self.lock:
-            kind = self.pending.pop(mid, None)
-            if kind is None:
-                self.early[mid] = not reason_code.is_failure
-            elif not reason_code.is_failure:
-                self.sent[kind] += 1
-
-    def publish(self, topic: str, payload: bytes, kind: str, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-        with self.lock:
-            if info.mid in self.early:
-                if self.early.pop(info.mid):
-                    self.sent[kind] += 1
-            else:
-                self.pending[info.mid] = kind
-
-    def wait_all_acked(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if not self.pending:
-                    return True
-            time.sleep(0.02)
-        return False
+    acked: Counter
+    queued: Counter
 
 
-def _connect(host: str, port: int, user: str, password: str, client_id: str, will: bytes | None = None,
-             will_topic: str | None = None) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    c.username_pw_set(user, password)
-    c.max_inflight_messages_set(100)
-    c.max_queued_messages_set(0)
-    if will is not None:
-        c.will_set(will_topic, will, qos=1, retain=True)
-    connected = threading.Event()
-    failed: list = []
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        (failed.append(reason_code) if reason_code.is_failure else connected.set())
-
-    c.on_connect = on_connect
-    c.connect(host, port)
-    c.loop_start()
-    deadline = time.monotonic() + 10
-    while not connected.is_set() and not failed and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not connected.is_set():
-        c.loop_stop()
-        raise BrokerError(f"{user} could not connect to {host}:{port}: {failed[0] if failed else 'timeout'}")
-    return c
+def outbox_counts(db_path: Path, session: str) -> Sent:
+    """Count the session's raw, feature and metric messages in a unit's outbox (after the unit stopped):
+    the resend tail holds every data message the broker acknowledged (``keep_acked_s`` long)."""
+    ob = Outbox(db_path, keep_acked_s=KEEP_ACKED_S)
+    try:
+        acked, queued = Counter(), Counter()
+        for rows, into in ((ob.acked_tail(), acked), (_all_pending(ob), queued)):
+            for q in rows:
+                if q.kind in DATA_KINDS and _session_of(q.kind, q.payload) == session:
+                    into[q.kind] += 1
+        return Sent(acked, queued)
+    finally:
+        ob.close()
 
 
-class _FeaturePairs:
-    """4 Hz features of both people from the unit's own extractors (``device.features``: dsp_ext EDA and
-    PPG streams on the shared UTC grid), paired bin by bin for the synchrony kernel.
-
-    Features are rounded to float32 before synchrony, as the hub stores them, so the live metrics can be
-    recomputed exactly from what the hub keeps."""
-
-    def __init__(self, origin_bin: int, eda_rate_hz: float, ppg_rate_hz: float) -> None:
-        from device.features import make_extractor
-
-        self.extractors = {
-            f"{role}/{signal}": make_extractor(signal, rate, origin_bin=origin_bin)
-            for role in ("therapist", "client")
-            for signal, rate in (("eda", eda_rate_hz), ("ppg", ppg_rate_hz))
-        }
-        self.pending: dict[str, dict[int, float]] = {f"{r}/{c}": {} for r in ("therapist", "client") for c in ("eda", "hr")}
-        self.next_bin = {"eda": origin_bin, "hr": origin_bin}
-
-    def push(self, block: SampleBlock) -> tuple[str, list[tuple[int, float]]]:
-        """Raw block in; (feature stream name, [(grid bin, value), ...]) out."""
-        ex = self.extractors[block.stream]
-        out = [(k, float(np.float32(v))) for k, v in ex.push(block)]
-        name = f"{block.role}/{ex.channel}"
-        self.pending[name].update(out)
-        return name, out
-
-    def pairs(self, channel: str) -> tuple[int, np.ndarray, np.ndarray]:
-        """Bins ready for both people: (first bin, therapist values, client values)."""
-        t, c = self.pending[f"therapist/{channel}"], self.pending[f"client/{channel}"]
-        first = k = self.next_bin[channel]
-        tv, cv = [], []
-        while True:
-            if k in t and k in c:
-                tv.append(t.pop(k))
-                cv.append(c.pop(k))
-            elif t and c and max(t) > k + 8 and max(c) > k + 8:  # a bin one side will never emit: invalid
-                tv.append(t.pop(k, math.nan))
-                cv.append(c.pop(k, math.nan))
-            else:
-                break
-            k += 1
-        self.next_bin[channel] = k
-        return first, np.asarray(tv), np.asarray(cv)
+def _all_pending(ob: Outbox) -> list:
+    out, after = [], 0
+    while True:
+        rows = ob.pending(after, 1000)
+        if not rows:
+            return out
+        out += rows
+        after = rows[-1].id
 
 
-def _runs(points: list[tuple[int, float]]) -> list[tuple[int, np.ndarray]]:
-    """Split (bin, value) points into runs of consecutive bins."""
-    runs: list[tuple[int, list[float]]] = []
-    for k, v in points:
-        if runs and runs[-1][0] + len(runs[-1][1]) == k:
-            runs[-1][1].append(v)
-        else:
-            runs.append((k, [v]))
-    return [(k, np.asarray(v)) for k, v in runs]
+def _session_of(kind: str, payload: bytes) -> str | None:
+    try:
+        return wire.Metric.decode(payload).session if kind == "metric" else wire.decode_block(payload)[1]
+    except wire.WireError:
+        return None
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from dsp_ext.synchrony import StreamingWcc, SyncParams
-    from hil.physiology import DyadSimulator, SimConfig
-
     data_dir = Path(args.data_dir or f"demo-data/{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    duration_s = int(round(args.minutes * 60))
+    session_s = round(args.minutes * 60)
     session = f"demo-{uuid.uuid4().hex[:8]}"
+    codes = {"therapist": args.therapist, "client": args.client}
     auth = RoomAuth.generate(ROOM, [UNIT])
-    print(f"dyadsync demo: room {ROOM}, session {session}, {args.minutes:g} simulated minutes at {args.speed:g}x")
+    print(f"dyadsync demo: room {ROOM}, session {session} (therapist {codes['therapist']}, client "
+          f"{codes['client']}), {args.minutes:g} simulated minutes at {args.speed:g}x, seed {args.seed}")
 
-    broker = start_room_broker(data_dir / "broker", auth, prefer=args.broker)
-    print(f"  broker: {broker.kind} on {broker.host}:{broker.port} (anonymous clients refused)")
+    procs = RoomProcesses(data_dir, ROOM, verbose=args.verbose > 0)
     db_path = data_dir / "hub.sqlite"
-    recorder = Recorder(db_path, ROOM, broker.host, broker.port, *auth.service_user("recorder")).start()
-    unit_client = None
-    console = None
+    # The unit's data directory (outbox, simulator spec) is the session's own: a data directory reused for
+    # several sessions (a simulated study) does not make each new unit resend the previous units' outboxes.
+    unit_dir = unit_data_dir(data_dir, session)
+    unit_dir.mkdir(parents=True)
+    spec_path = unit_dir / SPEC_FILE
+    # The simulated dyad: PRE_S before the session, the schedule from the planned start, and long enough for a
+    # unit that is LATE_REAL_S late. Its time line (t0) is fixed once the unit process is up (below).
+    schedule = demo_schedule(session_s)
+    sim = {"seed": args.seed, "duration_s": PRE_S + session_s + TAIL_S + LATE_REAL_S * args.speed,
+           "schedule": [{"start_s": PRE_S + g.start_s, "end_s": PRE_S + g.end_s, "mode": g.mode,
+                         "lag_s": g.lag_s, "gain": g.gain, "channel": g.channel} for g in schedule]}
+    HilSpec(sim=sim, t0_ns=None, block_s=1.0).write(spec_path)
+    epoch_ns = time.time_ns()  # the shared anchor of simulated time (the unit's hardware.sim_epoch_ns)
+    clock = ScaledClock(args.speed, epoch_ns)
+    console: RoomConsole | None = None
     try:
-        offline = wire.Status(unit=UNIT, state="offline", time_ns=time.time_ns()).encode()
-        unit_client = _connect(broker.host, broker.port, UNIT, auth.units[UNIT], f"dyadsync-{UNIT}",
-                               will=offline, will_topic=wire.status_topic(ROOM, UNIT))
-        pub = _Publisher(unit_client)
-        unit_client.on_publish = pub.on_publish
-        console = _connect(broker.host, broker.port, *auth.service_user("console"), "dyadsync-console")
-        t_start_ns = time.time_ns() // GRID_NS * GRID_NS  # the session starts on the 4 Hz UTC grid
-        start = wire.Command(id=f"start-{session}", cmd="start", session=session, time_ns=t_start_ns,
-                             participants={"therapist": "T01", "client": "C01"})
-        console.publish(wire.cmd_topic(ROOM), start.encode(), qos=1).wait_for_publish(10)
+        broker = procs.start_broker(auth, prefer=args.broker)
+        print(f"  broker: {broker.kind} on {broker.host}:{broker.port} (anonymous clients refused)")
+        led_dir = led_tree(data_dir / "leds")
+        cfg_path = unit_dir / f"{UNIT}.toml"
+        cfg_path.write_text(unit_toml(
+            room=ROOM, unit=UNIT, data_dir=unit_dir, host=broker.host, port=broker.port,
+            password=auth.units[UNIT], led_root=data_dir / "leds", speed=args.speed, epoch_ns=epoch_ns,
+            sensors=sensors_toml(UNIT, ("therapist", "client"), args.wiring),
+            outbox={"keep_acked_s": KEEP_ACKED_S}))
+        procs.start_unit(UNIT, cfg_path)
+        procs.start_recorder(db_path, auth)
+        print(f"  hub recorder: {db_path}")
+        procs.wait_for(waiting_file(spec_path).exists, 120,
+                       f"unit {UNIT} to start (its log: {data_dir / f'unit-{UNIT}.log'})")
 
-        def status(state: str) -> None:
-            s = wire.Status(unit=UNIT, state=state, time_ns=time.time_ns(), version="demo", session=session,
-                            sensors={"therapist/eda": "ok", "therapist/ppg": "ok", "client/eda": "ok", "client/ppg": "ok"},
-                            buffer_depth=len(pub.pending), clock_synced=None)
-            pub.publish(wire.status_topic(ROOM, UNIT), s.encode(), "status", retain=True)
+        # The unit process is up and its simulator built: fix the time line. The session is planned LEAD_REAL_S
+        # from now, on a whole second; the simulated dyad starts PRE_S before it. A unit slower than that to be
+        # ready starts the session late (up to LATE_REAL_S); the by-segment table places the segments on the
+        # simulated time line.
+        plan_ns = -(-(clock.now_ns() + round(LEAD_REAL_S * args.speed * 1e9)) // 1_000_000_000) * 1_000_000_000
+        tmp = spec_path.with_name("t0.tmp")
+        tmp.write_text(f"{plan_ns - round(PRE_S * 1e9)}\n")
+        tmp.replace(t0_file(spec_path))
+        logger.info("demo: session planned at %d ns (simulated)", plan_ns)
 
-        status("recording")
-        sim = DyadSimulator(SimConfig(seed=args.seed, duration_s=duration_s, schedule=demo_schedule(duration_s)))
-        params = SyncParams()
-        wcc = {"eda": StreamingWcc(params), "hr": StreamingWcc(params)}
-        origin_bin = t_start_ns // GRID_NS
-        features = _FeaturePairs(origin_bin, sim.config.eda_rate_hz, sim.config.ppg_rate_hz)
-        seqs: Counter = Counter()
-        metric_seq: Counter = Counter()
-        t_wall0 = time.monotonic()
-        for sec in tqdm(range(duration_s), desc="simulated session", unit="s", disable=args.quiet):
-            chunk = sim.read(1.0)
-            t0_ns = t_start_ns + sec * 1_000_000_000
-            for stream, values in chunk.items():
-                rate = sim.config.eda_rate_hz if stream.endswith("/eda") else sim.config.ppg_rate_hz
-                block = SampleBlock(stream, seqs[("raw", stream)], t0_ns, rate, values)
-                seqs[("raw", stream)] += 1
-                pub.publish(wire.raw_topic(ROOM, UNIT, stream), wire.encode_block(block, session), "raw")
-                feat_stream, points = features.push(block)
-                for k, vals in _runs(points):
-                    fb = SampleBlock(feat_stream, seqs[("feat", feat_stream)], k * GRID_NS, FEATURE_RATE_HZ, vals)
-                    seqs[("feat", feat_stream)] += 1
-                    pub.publish(wire.feat_topic(ROOM, UNIT, feat_stream), wire.encode_block(fb, session), "feat")
-            for signal, w in wcc.items():
-                first_bin, tv, cv = features.pairs(signal)
-                if not tv.size:
-                    continue
-                for start_idx, values in w.push(tv, cv):
-                    ws = t_start_ns + start_idx * GRID_NS
-                    name = f"sync_{signal}"
-                    m = wire.Metric(session=session, seq=metric_seq[name], name=name, window_start_ns=ws,
-                                    window_end_ns=ws + int(params.win_s * 1e9), values=values)
-                    metric_seq[name] += 1
-                    pub.publish(wire.metric_topic(ROOM, UNIT, name), m.encode(), "metric")
-            if sec % 10 == 0:
-                status("recording")
-            lag = t_wall0 + (sec + 1) / args.speed - time.monotonic()
-            if lag > 0:
-                time.sleep(lag)
-        status("idle")
-        stop = wire.Command(id=f"stop-{session}", cmd="stop", session=session, time_ns=time.time_ns())
-        console.publish(wire.cmd_topic(ROOM), stop.encode(), qos=1).wait_for_publish(10)
-        all_acked = pub.wait_all_acked(30)
-        expected = {k: pub.sent[k] for k in ("raw", "feat", "metric")}
-        deadline = time.monotonic() + 60
+        console = RoomConsole(broker.host, broker.port, ROOM, *auth.service_user("console"))
+        ready_s = (plan_ns - clock.now_ns()) / 1e9 / args.speed + LATE_REAL_S
+        try:
+            procs.wait_for(lambda: console.status.get(UNIT) is not None and console.status[UNIT].state == "idle",
+                           max(ready_s, 0.5), f"unit {UNIT} to be ready")
+        except RoomTimeout:
+            st = console.status.get(UNIT)
+            raise DemoError(f"unit {UNIT} was not ready (status {st.state if st else 'none'}) "
+                            f"{LEAD_REAL_S + LATE_REAL_S:g} s after it started: the machine is busy; try a lower "
+                            f"--speed (its log: {data_dir / f'unit-{UNIT}.log'})") from None
+        start_ns = max(plan_ns, -(-clock.now_ns() // 1_000_000_000) * 1_000_000_000)  # ready late: next second
+        if start_ns > plan_ns:
+            print(f"  the unit was ready {(start_ns - plan_ns) / 1e9:g} simulated s late: the session starts "
+                  "that much later in the simulated schedule")
+        _sleep_until(procs, clock, start_ns, args.speed)
+        cid = console.send("start", session, time_ns=start_ns, cid=f"start-{session}", participants=codes)
+        _wait_ack(procs, console, cid)
+
+        stop_ns = start_ns + session_s * 1_000_000_000
+        with tqdm(total=session_s, desc="simulated session", unit="s", disable=args.quiet,
+                  bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]") as bar:
+            while clock.now_ns() < stop_ns:
+                procs.sleep(min(0.1, (stop_ns - clock.now_ns()) / 1e9 / args.speed + 0.001))
+                bar.n = min(session_s, (clock.now_ns() - start_ns) / 1e9)
+                st = console.status.get(UNIT)
+                bar.set_postfix_str(f"unit {st.state if st else '?'}, LED {read_led(led_dir) or '?'}", refresh=False)
+                bar.refresh()
+        cid = console.send("stop", session, time_ns=clock.now_ns(), cid=f"stop-{session}")
+        _wait_ack(procs, console, cid)
+        rc = procs.terminate(f"unit-{UNIT}", 60.0)  # SIGTERM: the unit flushes its outbox, publishes offline
+        if rc != 0:
+            raise DemoError(procs.children[f"unit-{UNIT}"].failure())
+        sent = outbox_counts(unit_dir / f"unit-{UNIT}.sqlite", session)
+        expected = {k: sent.acked[k] for k in DATA_KINDS}
+
+        def stored_all() -> bool:
+            con = store.connect(db_path, readonly=True)
+            try:
+                return store.stored_counts(con, UNIT, session) == expected
+            finally:
+                con.close()
+
+        try:
+            procs.wait_for(stored_all, 60, "the hub to store what the unit sent")
+        except RoomTimeout:
+            pass  # the table shows what is missing
+        procs.terminate("recorder", 30.0)
         con = store.connect(db_path, readonly=True)
-        while time.monotonic() < deadline:
+        try:
             stored = store.stored_counts(con, UNIT, session)
-            if stored == expected and recorder.pending() == 0:
-                break
-            time.sleep(0.1)
-        stored = store.stored_counts(con, UNIT, session)
-        summary = _summary(con, session)
-        segments = _by_segment(con, session, t_start_ns, sim.config.schedule, params.win_s)
-        n_gaps = len(store.gaps(con, session))
-        malformed = recorder.counts["malformed"]
-        con.close()
+            summary = _summary(con, session)
+            segments = _by_segment(con, session, plan_ns, schedule, 30.0)
+            n_gaps = len(store.gaps(con, session))
+            malformed = store.counters(con).get("malformed", 0)
+        finally:
+            con.close()
+    except DyadsyncError as exc:  # a process that failed (RoomError), a broker that refused (BrokerError), ...
+        raise DemoError(f"{exc}\nthe demo's files and logs are in {data_dir}") from None
     finally:
-        for c in (unit_client, console):
-            if c is not None:
-                c.disconnect()
-                c.loop_stop()
-        recorder.stop()
-        broker.stop()
+        if console is not None:
+            console.close()
+        procs.close()
 
-    ok = all_acked and stored == expected and n_gaps == 0 and malformed == 0
-    _print_table(expected, stored, summary, n_gaps, malformed)
+    queued = sum(sent.queued.values())
+    ok = queued == 0 and stored == expected and n_gaps == 0 and malformed == 0
+    _print_table(expected, stored, summary, n_gaps, malformed, queued)
     _print_segments(segments)
-    print(f"\nData: hub database {db_path}\n      broker files {data_dir / 'broker'}")
+    print(f"\nData: hub database {db_path}\n      unit {UNIT}: outbox {unit_dir / f'unit-{UNIT}.sqlite'}, "
+          f"config {unit_dir / f'{UNIT}.toml'}, log {data_dir / f'unit-{UNIT}.log'}\n"
+          f"      broker files {data_dir / 'broker'}")
     print("Result: " + ("OK, the hub stored every message the unit sent." if ok else "FAILED: the hub is missing messages."))
+    print(f"\nNext: the session's report (HTML):\n  dyadsync report {session} --db {shlex.quote(str(db_path))} "
+          f"--out {shlex.quote(str(data_dir / f'report-{session}.html'))}")
     return 0 if ok else 1
+
+
+def _sleep_until(procs: RoomProcesses, clock: ScaledClock, ns: int, speed: float) -> None:
+    while (left := (ns - clock.now_ns()) / 1e9 / speed) > 0:
+        procs.sleep(min(left, 0.2))
+
+
+def _wait_ack(procs: RoomProcesses, console: RoomConsole, cid: str) -> None:
+    try:
+        procs.wait_for(lambda: bool(console.acks_for(cid)), 30, f"unit {UNIT} to acknowledge {cid}")
+    except RoomTimeout:
+        raise DemoError(f"unit {UNIT} did not acknowledge {cid} within 30 s") from None
+    ack = console.acks_for(cid)[0]
+    if not ack.ok:
+        raise DemoError(f"unit {UNIT} refused {cid}: {ack.error}")
 
 
 def _summary(con, session: str) -> dict[str, dict[str, float]]:
@@ -296,7 +273,8 @@ def _summary(con, session: str) -> dict[str, dict[str, float]]:
 
 
 def _by_segment(con, session: str, t_start_ns: int, schedule, win_s: float) -> list[tuple]:
-    """Mean therapist-led and client-led z of the windows that lie wholly inside each simulated segment."""
+    """Mean therapist-led and client-led z of the windows that lie wholly inside each simulated segment
+    (``t_start_ns``: where the schedule's time 0 is on the simulated time line)."""
     rows = []
     for signal in ("eda", "hr"):
         metrics = [(ws, v) for _, ws, _, v in store.read_metrics(con, session, f"sync_{signal}")]
@@ -318,12 +296,14 @@ def _print_segments(rows) -> None:
         print(f"  {signal:<4}{seg.start_s:>5.0f}-{seg.end_s:<5.0f}s {truth:<22}{n:>8}{tl:>15.3f}{cl:>12.3f}  {side}")
 
 
-def _print_table(expected, stored, summary, n_gaps, malformed) -> None:
+def _print_table(expected, stored, summary, n_gaps, malformed, queued) -> None:
     print("\n  messages      sent (acked)   stored at hub")
-    for kind in ("raw", "feat", "metric"):
+    for kind in DATA_KINDS:
         mark = "" if expected[kind] == stored[kind] else "   <-- MISMATCH"
         print(f"  {kind:<12}{expected[kind]:>14}{stored[kind]:>16}{mark}")
     print(f"  {'total':<12}{sum(expected.values()):>14}{sum(stored.values()):>16}")
+    print(f"  sent: the session's messages in the unit's outbox that the broker acknowledged; "
+          f"still queued: {queued}")
     print(f"  gaps in sequence numbers: {n_gaps}; malformed messages: {malformed}")
     print("\n  synchrony (mean Fisher z)  windows  therapist-led  client-led  in-phase peak  anti-phase peak")
     for signal, s in summary.items():
@@ -341,15 +321,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="simulated session length in minutes (default 10)")
     p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall-clock second (default 60)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated dyad (default 1)")
-    p.add_argument("--data-dir", help="where the hub database and broker files go (default demo-data/<time>)")
+    p.add_argument("--therapist", default="T01", help="the therapist's pseudonymous code (default T01)")
+    p.add_argument("--client", default="C01", help="the client's pseudonymous code (default C01)")
+    p.add_argument("--data-dir", help="where the hub database, the unit's files, broker files and logs go "
+                                      "(default demo-data/<time>; reuse one to collect several sessions)")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
                    help="auto: Mosquitto if installed, else the embedded broker (default auto)")
+    p.add_argument("--wiring", choices=tuple(WIRING_MAX_SPEED), default="sim",
+                   help="how the simulated sensors reach the unit: sim (simulated sensors, any speed), i2c "
+                        "(register-level ADS1115/MAX30102 behind a TCA9548A on an emulated bus, up to 3x) or "
+                        "serial (an emulated firmware on a pseudo-terminal, up to 5x) (default sim)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    if args.minutes <= 0 or args.speed <= 0:
-        print("dyadsync demo: --minutes and --speed must be positive", file=sys.stderr)
+    def bad(msg: str) -> int:
+        print(f"dyadsync demo: {msg}", file=sys.stderr)
         return 2
+
+    if not (args.minutes > 0 and args.speed > 0):
+        return bad("--minutes and --speed must be positive")
+    if args.speed > WIRING_MAX_SPEED["sim"]:
+        return bad(f"--speed can be at most {WIRING_MAX_SPEED['sim']:g}")
+    if args.speed > WIRING_MAX_SPEED[args.wiring]:
+        return bad(f"--wiring {args.wiring} keeps up with at most {WIRING_MAX_SPEED[args.wiring]:g}x real time "
+                   f"(the emulated hardware is polled in real time); use a lower --speed or --wiring sim")
+    if args.minutes * 60 / args.speed > MAX_REAL_S:
+        return bad(f"a demo may last at most {MAX_REAL_S / 60:g} real minutes (it compares the hub with the unit's "
+                   f"outbox, which keeps sent messages for {KEEP_ACKED_S / 60:g} minutes): raise --speed")
+    for role in ("therapist", "client"):
+        if not wire.CODE_RE.match(getattr(args, role)):
+            return bad(f"--{role} {getattr(args, role)!r}: a pseudonymous code is 1-32 letters, digits, '_' or '-' "
+                       "starting with a letter or digit")
     return run_demo(args)

@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, help="simulated seconds per real second (default: the scenario's)")
     p.add_argument("--seed", type=int, help="seed of the simulated dyad (default: the scenario's)")
     p.add_argument("--short", action="store_true", help="the short variant the default test run uses")
-    p.add_argument("--workdir", type=Path, help="keep broker files, hub database, unit data and logs here")
+    p.add_argument("--workdir", type=Path,
+                   help="keep broker files, hub database, unit data and logs here (default: a new temporary "
+                        "directory, removed when every score passes, kept and named when not)")
+    p.add_argument("--broker-port", type=int, help="Mosquitto's loopback port (default: a free one)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_run)
 
@@ -44,6 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("dyadsync hil run: --speed must be > 0", file=sys.stderr)
         return 2
     rep = run_scenario(args.scenario, short=args.short, speed=args.speed, seed=args.seed, workdir=args.workdir,
-                       verbose=args.verbose > 0)
+                       verbose=args.verbose > 0, broker_port=args.broker_port)
     print(json.dumps(rep.to_json(), indent=1) if args.json else rep.table())
+    if args.json and rep.workdir:
+        print(f"work directory (kept): {rep.workdir}", file=sys.stderr)
     return 0 if rep.passed else 1

@@ -16,7 +16,10 @@ simulator is deterministic), and returns a provider with the three seam methods 
 
 Simulated time: the simulator's ``t = 0`` is UTC ``spec.t0_ns``; an emulator asks for the signal at
 ``t = (clock.now_ns() - t0_ns) / 1e9`` of the unit's (scaled) clock, so the unit, its sensors and the
-runner share one time line.
+runner share one time line. A spec without ``t0_ns`` (null) leaves it to be fixed once the unit process is
+up: the factory builds the simulator, writes ``<spec>.waiting`` and waits (``t0_wait_s``) for
+``<spec>.t0`` (UTC ns as text). The demo starts that way, so the session can begin a moment after the unit
+is ready whatever its start-up took (:mod:`hil.demo`); the HIL runner fixes ``t0_ns`` in advance.
 
 :class:`SimulatedSensor` is a sensor with a block-oriented interface (like a firmware that sends sample
 blocks): sample ``k`` of a stream is taken at UTC ``t0_ns + k / rate`` exactly, blocks carry their block
@@ -67,12 +70,13 @@ class HilSpec:
     """
 
     sim: dict[str, Any]
-    t0_ns: int
+    t0_ns: int | None
     drops: dict[str, list[list[float]]] = field(default_factory=dict)
     block_s: float = 0.1
     i2c: dict[str, Any] = field(default_factory=dict)
     serial: dict[str, Any] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    t0_wait_s: float = 120.0
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -133,12 +137,44 @@ def block_samples(block_s: float, rate_hz: float) -> int:
     return max(1, round(block_s * rate_hz))
 
 
-def find_spec(cfg: Any) -> HilSpec:
+def spec_path(cfg: Any) -> Path:
     env = os.environ.get(SPEC_ENV)
-    path = Path(env) if env else Path(cfg.data_dir) / SPEC_FILE
+    return Path(env) if env else Path(cfg.data_dir) / SPEC_FILE
+
+
+def find_spec(cfg: Any) -> HilSpec:
+    path = spec_path(cfg)
     if not path.exists():
         raise ConfigError(f"hil.wiring: no HIL spec: set ${SPEC_ENV} or write {path}")
     return HilSpec.read(path)
+
+
+def t0_file(spec: Path | str) -> Path:
+    """Where the simulator's time 0 (UTC ns) is written for a spec without ``t0_ns``."""
+    return Path(str(spec) + ".t0")
+
+
+def waiting_file(spec: Path | str) -> Path:
+    """What a unit process writes while it waits for :func:`t0_file` (it is ready but for the time line)."""
+    return Path(str(spec) + ".waiting")
+
+
+def _wait_t0(path: Path, wait_s: float) -> int:
+    marker, t0 = waiting_file(path), t0_file(path)
+    marker.write_text(f"{os.getpid()}\n")
+    logger.info("hil: simulator built; waiting up to %g s for its time line (%s)", wait_s, t0)
+    deadline = time.monotonic() + wait_s
+    try:
+        while not t0.exists():
+            if time.monotonic() > deadline:
+                raise ConfigError(f"hil.wiring: {t0} did not appear within {wait_s:g} s")
+            time.sleep(0.01)
+    finally:
+        marker.unlink(missing_ok=True)
+    try:
+        return int(t0.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"hil.wiring: {t0} must hold UTC nanoseconds: {exc}") from None
 
 
 class SimulatedSensor:
@@ -386,6 +422,8 @@ def make_hardware(cfg: Any, clock: Any) -> SimulatedRoom:
     """``hardware.factory = "hil.wiring:make_hardware"``: the simulated room for this unit."""
     spec = find_spec(cfg)
     room = SimulatedRoom(cfg, clock, spec)
+    if spec.t0_ns is None:
+        spec.t0_ns = room.t0_ns = _wait_t0(spec_path(cfg), spec.t0_wait_s)
     logger.info("hil: simulated room, seed %s, t0 %d ns, %d sensor(s)", spec.sim.get("seed"), spec.t0_ns,
                 len(cfg.sensors))
     return room

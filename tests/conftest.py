@@ -4,13 +4,13 @@ MQTT client factories, temp data dirs. Every fixture tears down what it started.
 from __future__ import annotations
 
 import threading
-import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from broker.auth import RoomAuth
-from broker.mosquitto import MosquittoProcess, find_mosquitto, write_broker_files
+from broker.mosquitto import MosquittoProcess, child_broker_user, find_mosquitto, write_broker_files
+from broker.mqtt import client_id, make_client
 
 ROOM = "room-a"
 UNITS = ["unit-a", "unit-b"]
@@ -61,17 +61,14 @@ def mqtt_client(mosquitto):
     def make(username: str | None, password: str | None, protocol=mqtt.MQTTv311, wait: bool = True):
         connected = threading.Event()
         result: dict = {}
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}", protocol=protocol)
-        if username is not None:
-            c.username_pw_set(username, password)
-
         def on_connect(client, userdata, flags, reason_code, properties):
             result["rc"] = reason_code
             connected.set()
 
-        c.on_connect = on_connect
-        c.collector = Collector()
-        c.on_message = c.collector.on_message
+        collector = Collector()
+        c = make_client(client_id("test"), username=username, password=password, protocol=protocol,
+                        on_connect=on_connect, on_message=collector.on_message)
+        c.collector = collector
         c.connect(mosquitto.host, mosquitto.port)
         c.loop_start()
         clients.append(c)
@@ -105,9 +102,7 @@ def hub_factory(tmp_path):
                 "out_dir": str(tmp_path / name), "listener": {"host": "127.0.0.1", "port": free_port()}}
         data.update(overrides)
         cfg = parse_hub_config(data)
-        import getpass
-
-        layout = init_hub(cfg, run_as_user=getpass.getuser())
+        layout = init_hub(cfg, run_as_user=child_broker_user())  # Mosquitto stays whoever runs the tests
         proc = MosquittoProcess(layout.broker)
         if start:
             proc.start()

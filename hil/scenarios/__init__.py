@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .catalogue import FAULT_KINDS, Fault, Scenario, SegmentPlan, UnitPlan, catalogue, missing_requirements
@@ -24,11 +25,20 @@ def get(name: str, short: bool = False) -> Scenario:
 
 
 def run_scenario(name: str | Scenario, *, short: bool = False, speed: float | None = None, seed: int | None = None,
-                 workdir: Path | str | None = None, verbose: bool = False) -> Report:
-    """Run a scenario end to end and score it. Raises :class:`ScenarioError` if it cannot run at all."""
+                 workdir: Path | str | None = None, verbose: bool = False, broker_port: int | None = None) -> Report:
+    """Run a scenario end to end and score it. Raises :class:`ScenarioError` if it cannot run at all (its
+    message names the cause and the work directory, which is kept).
+
+    Without ``workdir`` the run uses a new private temporary directory, removed after a run whose every
+    score passed and kept otherwise (``Report.workdir`` names it); a given ``workdir`` is always kept.
+    """
     s = name if isinstance(name, Scenario) else get(name, short)
     missing = missing_requirements(s)
     if missing:
         raise ScenarioError(f"scenario {s.name} needs {', '.join(missing)}, not in this build")
-    rec = Runner(s, speed=speed, seed=seed, workdir=workdir, verbose=verbose).run()
-    return score(rec)
+    runner = Runner(s, speed=speed, seed=seed, workdir=workdir, verbose=verbose, broker_port=broker_port)
+    rep = score(runner.run())
+    if workdir is None and rep.passed:
+        shutil.rmtree(runner.workdir, ignore_errors=True)
+        rep.workdir = ""
+    return rep

@@ -1,28 +1,32 @@
-"""Run a scenario: real Mosquitto, the hub recorder and the unit daemon(s) as separate processes.
+"""Run a scenario: Mosquitto, the hub recorder and the unit daemon(s) as separate processes.
 
-Sequence (all times simulated unless said otherwise; ``speed`` simulated seconds per real second):
+Sequence (all times simulated unless said otherwise; ``speed`` simulated seconds per real second). The
+processes are started and watched by :class:`hil.room.RoomProcesses`: one that fails to start or dies
+(when no fault asked for it) stops the run at once with the last lines of its log.
 
 1. Room credentials (:class:`broker.auth.RoomAuth`), the generated authenticated Mosquitto config
-   (:func:`broker.mosquitto.write_broker_files`) and Mosquitto on a free loopback port.
+   (:func:`broker.mosquitto.write_broker_files`) and Mosquitto on a free loopback port (or ``broker_port``).
 2. The hub recorder: ``python -m dyadsync hub run --db ... --credentials ... --room ...``.
-3. Per unit a config (emulated hardware ``hil.wiring:make_hardware``, LED on a temporary sysfs tree,
-   ``--speed``, one ``--sim-epoch-ns`` for all) and the :class:`hil.wiring.HilSpec` in its data dir;
-   ``python -m dyadsync unit run --config ...``.
+3. Per unit a config (:func:`hil.room.unit_toml`: emulated hardware ``hil.wiring:make_hardware``, LED on
+   a simulated sysfs tree, ``hardware.speed``, one ``sim_epoch_ns`` for all) and the
+   :class:`hil.wiring.HilSpec` in its data dir; ``python -m dyadsync unit run --config ...``.
 4. ``lead_s`` after the epoch (real start-up time x speed; the simulator's time 0 is ``PRE_S`` before
-   that, so the simulated dyad is the same at every speed) the console (``svc-console``) sends ``start``; the fault timeline runs
+   that, so the simulated dyad is the same at every speed) the room console
+   (:class:`broker.console.RoomConsole`, account ``svc-console``) sends ``start``; the fault timeline runs
    (broker killed/restarted, units SIGKILLed/restarted, ...); at ``lead_s + session_s`` it sends ``stop``.
 5. Units get SIGTERM (they flush their outbox and publish ``offline``), the recorder is stopped after it
    stored everything, then Mosquitto.
 6. :mod:`hil.scenarios.scoring` scores the hub database, the LED log and the unit logs against the truth.
+
+Work directory: ``workdir``, or a new private directory under the system's temporary directory that the
+runner keeps (:func:`hil.scenarios.run_scenario` removes it after a run that passed and names it after one
+that did not). Mosquitto runs as whoever runs the scenario (:func:`broker.mosquitto.child_broker_user`), so
+a private directory works as root and as a normal user.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,29 +34,25 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from broker import store, wire
 from broker.auth import RoomAuth
-from broker.mosquitto import MosquittoProcess, write_broker_files
+from broker.console import RoomConsole
 from core.errors import ConfigError, DyadsyncError
 from device.clock import ScaledClock
-from device.leds import PATTERNS
 
+from ..room import RoomError, RoomProcesses, RoomTimeout, led_tree, read_led, sensors_toml, unit_toml
 from ..wiring import SPEC_FILE, HilSpec
 from .catalogue import Scenario, UnitPlan
 
 logger = logging.getLogger(__name__)
 
 ROOM = "hil-room"
-LED_NAME = "dyadsync:status"
 TAIL_S = 40.0  # simulator margin after the session
 PRE_S = 30.0  # simulator time before the session start (the simulated dyad does not depend on the speed)
-PATTERN_STATE = {v: k for k, v in PATTERNS.items()}
 
 
-class ScenarioError(DyadsyncError, RuntimeError):
-    """The scenario could not be run (a process did not start, a command was not acknowledged...)."""
+class ScenarioError(RoomError):
+    """The scenario could not be run (a process did not start or died, a command was not acknowledged...)."""
 
 
 @dataclass
@@ -84,132 +84,30 @@ class RunRecord:
         return self.start_ns + round(t_s * 1e9)
 
 
-def _sensors_toml(plan: UnitPlan) -> str:
-    out = []
-    for role in plan.roles:
-        r = role[0]
-        if plan.wiring == "sim":
-            for sig in ("eda", "ppg"):
-                out.append(f'[[sensors]]\nname = "{r}-{sig}"\nkind = "synthetic"\nrole = "{role}"\nsignal = "{sig}"\n')
-        elif plan.wiring == "i2c":
-            ch = 0 if role == "therapist" else 1
-            out.append(f'[[sensors]]\nname = "{r}-eda"\nkind = "ads1115"\nrole = "{role}"\ni2c_bus = 1\n'
-                       f'address = 0x48\nmux_address = 0x70\nmux_channel = {ch}\n'
-                       f'gsr = {{ calibration_v = 2.9, supply_v = 3.3, r_ref_ohm = 10000.0 }}\n')
-            out.append(f'[[sensors]]\nname = "{r}-ppg"\nkind = "max30102"\nrole = "{role}"\ni2c_bus = 1\n'
-                       f'address = 0x57\nmux_address = 0x70\nmux_channel = {ch}\n')
-        elif plan.wiring == "serial":
-            out.append(f'[[sensors]]\nname = "{r}-fw"\nkind = "serial"\nurl = "hil://{plan.name}/{role}"\n')
-        else:
-            raise ConfigError(f"unit {plan.name}: unknown wiring {plan.wiring!r}")
-    return "\n".join(out)
-
-
-def _led_tree(root: Path) -> Path:
-    d = root / LED_NAME
-    d.mkdir(parents=True, exist_ok=True)
-    for name, value in (("brightness", "0"), ("max_brightness", "1"), ("trigger", "none"), ("delay_on", "0"),
-                        ("delay_off", "0")):
-        (d / name).write_text(value + "\n")
-    return d
-
-
-def _read_led(d: Path) -> str | None:
-    try:
-        trigger = (d / "trigger").read_text().strip()
-        if trigger == "none":
-            return "recording" if int((d / "brightness").read_text().strip() or 0) > 0 else "off"
-        pattern = (int((d / "delay_on").read_text().strip()), int((d / "delay_off").read_text().strip()))
-    except (OSError, ValueError):
-        return None  # a write in progress
-    return PATTERN_STATE.get(pattern, f"unknown{pattern}")
-
-
-class _Console:
-    """The room console (``svc-console``): sends commands, collects acks and statuses."""
-
-    def __init__(self, host: str, port: int, user: str, password: str) -> None:
-        self.acks: list[wire.Ack] = []
-        self.status: dict[str, wire.Status] = {}
-        self.cond = threading.Condition()
-        self.ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hil-console-{uuid.uuid4().hex[:6]}")
-        self.c.username_pw_set(user, password)
-        self.c.on_connect = self._on_connect
-        self.c.on_subscribe = lambda *a: self.ready.set()
-        self.c.on_message = self._on_message
-        self.c.reconnect_delay_set(0.1, 1.0)
-        self.c.connect(host, port)
-        self.c.loop_start()
-        if not self.ready.wait(20):
-            self.close()
-            raise ScenarioError("the console could not connect and subscribe to the room broker")
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            client.subscribe([(f"{wire.room_prefix(ROOM)}/+/ack", 1), (f"{wire.room_prefix(ROOM)}/+/status", 1)])
-
-    def _on_message(self, client, userdata, msg) -> None:
-        try:
-            t = wire.parse_topic(msg.topic)
-            with self.cond:
-                if t.kind == "ack":
-                    self.acks.append(wire.Ack.decode(msg.payload))
-                elif t.kind == "status" and msg.payload:
-                    self.status[t.unit] = wire.Status.decode(msg.payload)
-                self.cond.notify_all()
-        except Exception:  # never let a bad message kill paho's thread
-            logger.exception("console: cannot handle %s", msg.topic)
-
-    def send(self, cmd: str, session: str, time_ns: int, **kw) -> str:
-        cid = f"{cmd}-{session}"
-        c = wire.Command(id=cid, cmd=cmd, session=session, time_ns=time_ns, **kw)
-        self.c.publish(wire.cmd_topic(ROOM), c.encode(), qos=1)
-        return cid
-
-    def wait_acks(self, cid: str, units: list[str], timeout_s: float) -> list[wire.Ack]:
-        with self.cond:
-            self.cond.wait_for(lambda: {a.unit for a in self.acks if a.id == cid} >= set(units), timeout_s)
-            return [a for a in self.acks if a.id == cid]
-
-    def wait_status(self, units: list[str], states: tuple[str, ...], timeout_s: float) -> bool:
-        with self.cond:
-            return self.cond.wait_for(
-                lambda: all(u in self.status and self.status[u].state in states for u in units), timeout_s)
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 class Runner:
     """Runs one scenario end to end; :meth:`run` returns the :class:`RunRecord` for the scorer."""
 
     def __init__(self, scenario: Scenario, *, speed: float | None = None, seed: int | None = None,
-                 workdir: Path | str | None = None, lead_real_s: float = 15.0, verbose: bool = False) -> None:
+                 workdir: Path | str | None = None, lead_real_s: float = 15.0, verbose: bool = False,
+                 broker_port: int | None = None) -> None:
         self.s = scenario
         self.speed = float(speed or scenario.speed)
         if not self.speed > 0:
             raise ConfigError(f"--speed must be > 0, got {speed!r}")
         self.seed = scenario.seed if seed is None else int(seed)
-        self._tmp = None
         if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"hil-{scenario.name}-")
-            workdir = self._tmp.name
+            workdir = tempfile.mkdtemp(prefix=f"dyadsync-hil-{scenario.name}-")
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lead_s = round(max(30.0, lead_real_s * self.speed))
         self.verbose = verbose
+        self.broker_port = broker_port
         self.auth: RoomAuth | None = None
-        self.broker: MosquittoProcess | None = None
-        self.recorder: subprocess.Popen | None = None
-        self.units: dict[str, subprocess.Popen] = {}
+        self.procs = RoomProcesses(self.workdir, ROOM, verbose=verbose)
         self.unit_configs: dict[str, Path] = {}
         self._led_dirs: dict[str, Path] = {}
         self._stop_led = threading.Event()
         self._led_thread: threading.Thread | None = None
-        self._logs: list = []
-        self._down: set[str] = set()  # units killed on purpose (power cut)
 
     # ---------------------------------------------------------------------------------- set-up
     def _spec(self, t0_ns: int) -> HilSpec:
@@ -231,71 +129,37 @@ class Runner:
         return HilSpec(sim=sim, t0_ns=t0_ns, drops=drops, serial=serial, faults=inproc)
 
     def _unit_toml(self, plan: UnitPlan, data_dir: Path, led_root: Path, epoch_ns: int) -> str:
-        assert self.auth is not None and self.broker is not None
-        dyad = ""
-        if plan.partner:
-            dyad += f'partner = "{plan.partner}"\n'
-        if not plan.compute:
-            dyad += "compute = false\n"
-        return (
-            f'room = "{ROOM}"\nunit = "{plan.name}"\ndata_dir = "{data_dir}"\n'
-            f'[broker]\nurl = "mqtt://{self.broker.host}:{self.broker.port}"\nusername = "{plan.name}"\n'
-            f'password = "{self.auth.units[plan.name]}"\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
-            f'[dsp]\nwin_s = {self.s.win_s}\nlag_s = {self.s.lag_s}\n'
-            + (f"[dyad]\n{dyad}" if dyad else "")
-            + f'[leds]\nbackend = "sysfs"\nsysfs_root = "{led_root}"\nname = "{LED_NAME}"\n'
-            f'[clock]\ncheck = "assume_synced"\n'
-            f'[hardware]\nmode = "emulated"\nfactory = "hil.wiring:make_hardware"\nspeed = {self.speed}\n'
-            f"sim_epoch_ns = {epoch_ns}\n"
-            f"[watchdog]\nstatus_interval_s = 1\n\n" + _sensors_toml(plan)
-        )
-
-    def _popen(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in _cleanup
-        self._logs.append(log)
-        cmd = [sys.executable, "-m", "dyadsync", *(["-v"] if self.verbose else []), *args]
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, cwd=self.workdir)
-
-    def _start_unit(self, name: str) -> None:
-        self.units[name] = self._popen(f"unit-{name}", ["unit", "run", "--config", str(self.unit_configs[name])])
-
-    def _start_recorder(self, db: Path) -> None:
-        assert self.auth is not None and self.broker is not None
-        user, pw = self.auth.service_user("recorder")
-        creds = self.workdir / "recorder.toml"
-        creds.write_text(f'room = "{ROOM}"\n[broker]\nurl = "mqtt://{self.broker.host}:{self.broker.port}"\n'
-                         f'username = "{user}"\npassword = "{pw}"\n')
-        os.chmod(creds, 0o600)
-        self.recorder = self._popen("recorder", ["hub", "run", "--db", str(db), "--credentials", str(creds),
-                                                 "--room", ROOM])
-
-    def _wait_recorder(self) -> None:
-        assert self.broker is not None and self.recorder is not None
-        log = self.broker.files.log_file
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the recorder's persistent subscription exists once it connected
-            if self.recorder.poll() is not None:
-                raise ScenarioError(f"the hub recorder exited with {self.recorder.returncode}; see "
-                                    f"{self.workdir / 'recorder.log'}")
-            if log.exists() and "u'svc-recorder'" in log.read_text(errors="replace"):
-                time.sleep(0.5)
-                return
-            time.sleep(0.05)
-        raise ScenarioError("the hub recorder did not connect to the broker within 30 s")
+        assert self.auth is not None and self.procs.broker is not None
+        b = self.procs.broker
+        dyad = {"partner": plan.partner, "compute": None if plan.compute else False}
+        return unit_toml(room=ROOM, unit=plan.name, data_dir=data_dir, host=b.host, port=b.port,
+                         password=self.auth.units[plan.name], led_root=led_root, speed=self.speed,
+                         epoch_ns=epoch_ns, sensors=sensors_toml(plan.name, plan.roles, plan.wiring),
+                         dsp={"win_s": self.s.win_s, "lag_s": self.s.lag_s}, dyad=dyad)
 
     def _poll_leds(self, clock: ScaledClock, rec: RunRecord) -> None:
         last: dict[str, str | None] = {}
         while not self._stop_led.wait(0.02):
             for unit, d in self._led_dirs.items():
-                state = _read_led(d)
+                state = read_led(d)
                 if state is not None and state != last.get(unit):
                     last[unit] = state
                     rec.led.setdefault(unit, []).append((clock.now_ns(), state))
 
     # ------------------------------------------------------------------------------------- run
     def run(self) -> RunRecord:
+        """Run the scenario. A process that cannot start or dies, or a command no unit acknowledges, raises
+        :class:`ScenarioError` with the cause (the last lines of that process's log) and the work directory."""
+        try:
+            return self._run()
+        except ScenarioError as exc:
+            raise ScenarioError(f"{exc}\nwork directory kept: {self.workdir}") from None
+        except DyadsyncError as exc:
+            raise ScenarioError(f"scenario {self.s.name}: {exc}\nwork directory kept: {self.workdir}") from None
+
+    def _run(self) -> RunRecord:
         s = self.s
+        procs = self.procs
         wall0 = time.monotonic()
         epoch_ns = time.time_ns()
         clock = ScaledClock(self.speed, epoch_ns)
@@ -306,49 +170,48 @@ class Runner:
         session = f"hil-{s.name}-{uuid.uuid4().hex[:6]}"
         db = self.workdir / "hub.sqlite"
         rec = RunRecord(s, spec, self.speed, self.seed, self.workdir, db, session, spec.t0_ns, PRE_S)
-        console: _Console | None = None
+        console: RoomConsole | None = None
+        logger.info("scenario %s: work directory %s", s.name, self.workdir)
         try:
-            files = write_broker_files(self.workdir / "broker", self.auth)
-            self.broker = MosquittoProcess(files).start()
-            self._start_recorder(db)
+            broker = procs.start_broker(self.auth, prefer="mosquitto", port=self.broker_port)
             for plan in s.units:
                 data = self.workdir / f"data-{plan.name}"
                 data.mkdir(exist_ok=True)
                 spec.write(data / SPEC_FILE)
                 led_root = self.workdir / f"leds-{plan.name}"
-                self._led_dirs[plan.name] = _led_tree(led_root)
+                self._led_dirs[plan.name] = led_tree(led_root)
                 cfg = self.workdir / f"{plan.name}.toml"
                 cfg.write_text(self._unit_toml(plan, data, led_root, epoch_ns))
                 self.unit_configs[plan.name] = cfg
-                self._start_unit(plan.name)
-            self._wait_recorder()
+                procs.start_unit(plan.name, cfg)
+            procs.start_recorder(db, self.auth)
             self._led_thread = threading.Thread(target=self._poll_leds, args=(clock, rec), name="hil-leds",
                                                 daemon=True)
             self._led_thread.start()
-            console = _Console(self.broker.host, self.broker.port, *self.auth.service_user("console"))
+            console = RoomConsole(broker.host, broker.port, ROOM, *self.auth.service_user("console"))
             start_at = epoch_ns + round(self.lead_s * 1e9)
             ready_by = (start_at - clock.now_ns()) / 1e9 / self.speed
-            if not console.wait_status(unit_names, ("idle",), max(0.5, ready_by)):
-                self._check_alive()
-                raise ScenarioError(f"units {unit_names} not ready (status idle) {self.lead_s:.0f} simulated s "
-                                    f"after start at speed {self.speed:g}: lower --speed (statuses: "
-                                    f"{ {u: st.state for u, st in console.status.items()} })")
+            try:
+                procs.wait_for(lambda: all(u in console.status and console.status[u].state == "idle"
+                                           for u in unit_names), max(0.5, ready_by), "the units to be ready")
+            except RoomTimeout:
+                raise ScenarioError(
+                    f"units {unit_names} not ready (status idle) {self.lead_s:.0f} simulated s after start at "
+                    f"speed {self.speed:g}: lower --speed (statuses: "
+                    f"{ {u: st.state for u, st in console.status.items()} })") from None
             self._sleep_until(clock, start_at)
             rec.start_ns = clock.now_ns()
-            cid = console.send("start", session, rec.start_ns, participants={"therapist": "T01", "client": "C01"})
-            acks = console.wait_acks(cid, unit_names, 20)
-            if {a.unit for a in acks if a.ok} != set(unit_names):
-                raise ScenarioError(f"start not acknowledged by every unit: {acks}")
+            cid = console.send("start", session, time_ns=rec.start_ns, cid=f"start-{session}",
+                               participants={"therapist": "T01", "client": "C01"})
+            self._wait_acks(console, cid, unit_names, 20)
             self._timeline(clock, rec)
             self._sleep_until(clock, rec.start_ns + round(s.session_s * 1e9))
             rec.stop_ns = clock.now_ns()
-            cid = console.send("stop", session, rec.stop_ns)
-            acks = console.wait_acks(cid, unit_names, 30)
-            if {a.unit for a in acks if a.ok} != set(unit_names):
-                raise ScenarioError(f"stop not acknowledged by every unit: {acks}")
+            cid = console.send("stop", session, time_ns=rec.stop_ns, cid=f"stop-{session}")
+            self._wait_acks(console, cid, unit_names, 30)
             rec.acks = list(console.acks)
             for name in unit_names:
-                rec.exit_codes.setdefault(name, []).append(self._terminate_unit(name))
+                rec.exit_codes.setdefault(name, []).append(procs.terminate(f"unit-{name}"))
             self._wait_stored(db, unit_names, rec.stop_ns)
         finally:
             if console is not None:
@@ -357,18 +220,24 @@ class Runner:
         rec.wall_s = time.monotonic() - wall0
         return rec
 
+    def _wait_acks(self, console: RoomConsole, cid: str, units: list[str], timeout_s: float) -> None:
+        """Every unit's ``ok`` answer to ``cid``, while watching the processes."""
+        try:
+            self.procs.wait_for(lambda: {a.unit for a in console.acks_for(cid)} >= set(units), timeout_s,
+                                f"every unit to acknowledge {cid}")
+        except RoomTimeout:
+            raise ScenarioError(f"{cid} not acknowledged by every unit within {timeout_s:g} s: "
+                                f"{console.acks_for(cid)}") from None
+        acks = console.acks_for(cid)
+        if {a.unit for a in acks if a.ok} != set(units):
+            raise ScenarioError(f"{cid} refused: {[a for a in acks if not a.ok]}")
+
     def _sleep_until(self, clock: ScaledClock, ns: int) -> None:
         while True:
             left = (ns - clock.now_ns()) / 1e9 / self.speed
             if left <= 0:
                 return
-            self._check_alive()
-            time.sleep(min(left, 0.2))
-
-    def _check_alive(self) -> None:
-        for name, p in self.units.items():
-            if name not in self._down and p.poll() is not None:
-                raise ScenarioError(f"unit {name} exited with {p.returncode}; see {self.workdir}/unit-{name}.log")
+            self.procs.sleep(min(left, 0.2))
 
     def _timeline(self, clock: ScaledClock, rec: RunRecord) -> None:
         """Run the actions of the fault list at their simulated times (threads for overlapping faults)."""
@@ -380,47 +249,31 @@ class Runner:
                 actions += [(f.at_s, "unit_kill", f.target), (f.end_s, "unit_start", f.target)]
             elif f.kind in ("unplug", "nack_burst", "fifo_stall"):
                 pass  # executed inside the unit process by hil.wiring from the spec
+        procs = self.procs
         for at_s, action, target in sorted(actions):
             self._sleep_until(clock, rec.ns_of_session_s(at_s))
             ns = clock.now_ns()
             logger.info("t=%.1f s: %s %s", rec.sim_s(ns), action, target)
             if action == "broker_kill":
-                assert self.broker is not None
-                self.broker.kill()
+                procs.down("broker")
+                procs.broker.kill()
             elif action == "broker_start":
-                assert self.broker is not None
-                self.broker.start()
+                procs.broker.start()
+                procs.up("broker")
             elif action == "unit_kill":
-                p = self.units[target]
-                self._down.add(target)
-                p.kill()
-                p.wait(10)
-                rec.exit_codes.setdefault(target, []).append(p.returncode)
+                rec.exit_codes.setdefault(target, []).append(procs.kill(f"unit-{target}"))
             elif action == "unit_start":
-                self._start_unit(target)
-                self._down.discard(target)
+                procs.start_unit(target, self.unit_configs[target])
             rec.events.append((action, target, ns))
         # faults that do not need the runner still appear in the event log (for the scorer)
         for f in self.s.faults:
             if f.kind not in ("broker_outage", "power_cut"):
                 rec.events.append((f.kind, f.target, rec.ns_of_session_s(f.at_s)))
 
-    def _terminate_unit(self, name: str, timeout_s: float = 30.0) -> int:
-        p = self.units[name]
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.error("unit %s did not stop within %.0f s of SIGTERM: killing it", name, timeout_s)
-                p.kill()
-                p.wait(5)
-        return p.returncode
-
     def _wait_stored(self, db: Path, units: list[str], stop_ns: int, timeout_s: float = 60.0) -> None:
         """Until the hub stored each unit's final ``offline`` status (sent after its outbox was flushed)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def stored() -> bool:
             try:
                 con = store.connect(db, readonly=True)
                 try:
@@ -429,31 +282,20 @@ class Runner:
                         "'$.buffer_depth')=0 AND time_ns >= ?", (stop_ns,))}
                 finally:
                     con.close()
-                if done >= set(units):
-                    time.sleep(0.5)  # the recorder commits in batches: let the last one land
-                    return
             except Exception as exc:  # the db may not exist yet
                 logger.debug("waiting for the hub db: %s", exc)
-            time.sleep(0.1)
-        logger.warning("the hub did not store a flushed offline status of every unit within %.0f s", timeout_s)
+                return False
+            return done >= set(units)
+
+        try:
+            self.procs.wait_for(stored, timeout_s, "the hub to store every unit's final status")
+        except RoomTimeout:
+            logger.warning("the hub did not store a flushed offline status of every unit within %.0f s", timeout_s)
+            return
+        time.sleep(0.5)  # the recorder commits in batches: let the last one land
 
     def _cleanup(self) -> None:
         self._stop_led.set()
         if self._led_thread is not None:
             self._led_thread.join(2)
-        for name, p in self.units.items():
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
-                logger.warning("unit %s was still running at cleanup: killed", name)
-        if self.recorder is not None and self.recorder.poll() is None:
-            self.recorder.send_signal(signal.SIGTERM)
-            try:
-                self.recorder.wait(20)
-            except subprocess.TimeoutExpired:
-                self.recorder.kill()
-                self.recorder.wait(5)
-        if self.broker is not None:
-            self.broker.stop()
-        for f in self._logs:
-            f.close()
+        self.procs.close()

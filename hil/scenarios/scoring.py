@@ -70,6 +70,7 @@ class Report:
     session: str
     wall_s: float
     scores: list[Score] = field(default_factory=list)
+    workdir: str = ""  # where the run's broker files, hub database, unit data and logs are (kept)
 
     @property
     def passed(self) -> bool:
@@ -92,11 +93,13 @@ class Report:
                          f"{('ok' if s.passed else 'MISS') if s.scored else 'info'}"
                          + (f"  ({s.detail})" if s.detail else ""))
         lines.append(f"  result: {'PASS' if self.passed else 'FAIL: ' + ', '.join(s.name for s in self.failed())}")
+        if self.workdir:
+            lines.append(f"  work directory (kept): {self.workdir}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario, "speed": self.speed, "seed": self.seed, "session": self.session,
-                "wall_s": self.wall_s, "passed": self.passed,
+                "wall_s": self.wall_s, "passed": self.passed, "workdir": self.workdir,
                 "scores": [s.__dict__ for s in self.scores]}
 
 
@@ -136,7 +139,7 @@ def _injected_drops(rec: RunRecord, stream: str, rate_hz: float) -> int:
 
 # --------------------------------------------------------------------------------------- scoring
 def score(rec: RunRecord) -> Report:
-    rep = Report(rec.scenario.name, rec.speed, rec.seed, rec.session, rec.wall_s)
+    rep = Report(rec.scenario.name, rec.speed, rec.seed, rec.session, rec.wall_s, workdir=str(rec.workdir))
     con = store.connect(rec.db_path, readonly=True)
     try:
         _completeness(con, rec, rep)

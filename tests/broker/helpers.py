@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
 from broker import wire
+from broker.mqtt import client_id, make_client
 from firmware_bridge.block import SampleBlock
 
 T0_NS = 1_790_000_000_000_000_000
@@ -17,9 +17,7 @@ T0_NS = 1_790_000_000_000_000_000
 
 def client(host: str, port: int, user: str, pw: str, protocol=mqtt.MQTTv311) -> mqtt.Client:
     done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=protocol)
-    c.username_pw_set(user, pw)
-    c.on_connect = lambda *a: done.set()
+    c = make_client(client_id("t"), username=user, password=pw, protocol=protocol, on_connect=lambda *a: done.set())
     c.connect(host, port)
     c.loop_start()
     assert done.wait(10), "no CONNACK"

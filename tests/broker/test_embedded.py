@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from broker import wire
 from broker.auth import RoomAuth
 from broker.embedded import EmbeddedBroker
+from broker.mqtt import client_id, make_client
 
 
 @pytest.fixture
@@ -27,11 +27,9 @@ def _client(broker, user, password):
     got: list = []
     rc: list = []
     done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if user:
-        c.username_pw_set(user, password)
-    c.on_connect = lambda cl, u, f, reason, p: (rc.append(reason), done.set())
-    c.on_message = lambda cl, u, m: got.append(m.topic)
+    c = make_client(client_id("t"), username=user or None, password=password,
+                    on_connect=lambda cl, u, f, reason, p: (rc.append(reason), done.set()),
+                    on_message=lambda cl, u, m: got.append(m.topic))
     c.connect(broker.host, broker.port)
     c.loop_start()
     done.wait(10)

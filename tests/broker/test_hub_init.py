@@ -11,7 +11,6 @@ import stat
 import tempfile
 import threading
 import tomllib
-import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -21,6 +20,7 @@ from broker import wire
 from broker.hub_config import load_hub_config, parse_hub_config
 from broker.hub_init import init_hub
 from broker.mosquitto import MosquittoProcess, free_port
+from broker.mqtt import client_id, make_client
 from core.errors import ConfigError
 from dyadsync.cli import main as cli_main
 
@@ -31,14 +31,6 @@ def _connect(host, port, user, pw, *, protocol=mqtt.MQTTv311, tls_ca=None, tls_d
     """Connect and wait for CONNACK; returns (client, reason_code or the exception raised)."""
     done = threading.Event()
     out: dict = {}
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=protocol)
-    if user is not None:
-        c.username_pw_set(user, pw)
-    if tls_ca:
-        c.tls_set(ca_certs=str(tls_ca))
-    elif tls_default:
-        c.tls_set()  # the system trust store only: does not know the room CA
-
     def on_connect(client, userdata, flags, rc, props):
         out["rc"] = rc
         done.set()
@@ -46,8 +38,10 @@ def _connect(host, port, user, pw, *, protocol=mqtt.MQTTv311, tls_ca=None, tls_d
     def on_publish(client, userdata, mid, rc, props):
         out.setdefault("pub", {})[mid] = rc
 
-    c.on_connect = on_connect
-    c.on_publish = on_publish
+    c = make_client(client_id("t"), username=user, password=pw, protocol=protocol,
+                    tls_ca=str(tls_ca) if tls_ca else None, on_connect=on_connect, on_publish=on_publish)
+    if tls_default:
+        c.tls_set()  # the system trust store only: does not know the room CA
     c.out = out
     try:
         c.connect(host, port)

@@ -6,18 +6,24 @@ marked slow."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from broker.mosquitto import find_mosquitto
-from hil.scenarios import Runner, catalogue, missing_requirements, run_scenario, score
+from hil.scenarios import Runner, ScenarioError, catalogue, missing_requirements, run_scenario, score
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (make test installs it)")
 
@@ -45,10 +51,15 @@ def _params(short: bool):
 
 
 @pytest.fixture(scope="module")
-def basic_run(tmp_path_factory):
-    """One short room-basic-sim run shared by the tamper tests."""
+def basic_run():
+    """One short room-basic-sim run shared by the tamper tests, in the runner's default work directory (a private
+    temporary directory, mode 0700: as root, CI's case, Mosquitto must not drop to a user that cannot read it)."""
     s = catalogue(short=True)["room-basic-sim"]
-    return Runner(s, workdir=tmp_path_factory.mktemp("basic")).run()
+    runner = Runner(s)
+    try:
+        yield runner.run()
+    finally:
+        shutil.rmtree(runner.workdir, ignore_errors=True)
 
 
 def test_room_basic_sim_scores(basic_run):
@@ -57,6 +68,54 @@ def test_room_basic_sim_scores(basic_run):
     assert rep.passed, rep.table()
     cats = {s.category for s in rep.scores}
     assert cats == {"completeness", "time", "science", "health"}
+    assert stat.S_IMODE(basic_run.workdir.stat().st_mode) == 0o700
+    conf = (basic_run.workdir / "broker" / "mosquitto.conf").read_text()
+    assert ("\nuser root\n" in conf) == (os.geteuid() == 0) and "\nuser " not in conf.replace("\nuser root\n", "")
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port something else already listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_runner_stops_at_once_when_the_broker_cannot_start(taken_port):
+    """Mosquitto cannot listen (the port is taken): the run stops within seconds with Mosquitto's own words and
+    keeps its work directory, instead of running the whole scenario and failing in the scorer."""
+    done = threading.Event()
+    result: dict = {}
+
+    def run():
+        try:
+            result["report"] = run_scenario("room-basic-sim", short=True, broker_port=taken_port)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            result["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(10), "the runner did not stop within 10 s of a broker that could not start"
+    exc = result.get("error")
+    assert isinstance(exc, ScenarioError), result
+    msg = str(exc)
+    assert "Error: Address already in use" in msg and f"port {taken_port}" in msg, msg
+    kept = re.search(r"work directory kept: (\S+)", msg)
+    assert kept and os.path.isdir(kept.group(1)), msg
+    assert "Address already in use" in (Path(kept.group(1)) / "broker" / "mosquitto.log").read_text()
+    shutil.rmtree(kept.group(1))
+
+
+def test_cli_names_the_broker_error_and_the_kept_workdir(taken_port, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dyadsync", "hil", "run", "room-basic-sim", "--short",
+                          "--broker-port", str(taken_port), "--workdir", str(tmp_path / "w")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "mosquitto exited with status 1" in out.stderr and "Address already in use" in out.stderr, out.stderr
+    assert f"work directory kept: {tmp_path / 'w'}" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def _tampered(basic_run, tmp_path, sql: list[str]):
