@@ -624,3 +624,45 @@ def check_database(path: Path | str) -> HubCheck:
             report.problems.append(f"the recorder counted {counted} stored {kind} messages but the database holds "
                                    f"{report.table_rows[kind]}")
     return report
+
+
+# ------------------------------------------------------------------------------ reads for scoring and tools
+def status_history(con: sqlite3.Connection, unit: str, *, since_ns: int | None = None, online: bool | None = None,
+                   newest_first: bool = False, limit: int | None = None) -> list[tuple[int, str, dict]]:
+    """A unit's stored statuses as (time_ns, state, decoded payload), oldest first (``newest_first``: the
+    reverse). ``online`` True keeps only statuses other than ``offline``, False only ``offline`` ones."""
+    sql = "SELECT time_ns, state, payload FROM status WHERE unit=?"
+    args: list = [unit]
+    if since_ns is not None:
+        sql += " AND time_ns>=?"
+        args.append(int(since_ns))
+    if online is True:
+        sql += " AND state!='offline'"
+    elif online is False:
+        sql += " AND state='offline'"
+    sql += " ORDER BY time_ns" + (" DESC" if newest_first else "")
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    return [(int(t), s, json.loads(p)) for t, s, p in con.execute(sql, args)]
+
+
+def units_drained_since(con: sqlite3.Connection, since_ns: int) -> set[str]:
+    """Units whose ``offline`` status since ``since_ns`` says their outbox was empty (a clean stop)."""
+    return {u for (u,) in con.execute(
+        "SELECT DISTINCT unit FROM status WHERE state='offline' AND json_extract(payload, '$.buffer_depth')=0 "
+        "AND time_ns >= ?", (int(since_ns),))}
+
+
+def block_seqs(con: sqlite3.Connection, session: str, unit: str, kind: str, stream: str) -> list[tuple[int, int]]:
+    """(seq, t0_ns) of a stream's stored blocks, in seq order."""
+    return [(int(s), int(t)) for s, t in con.execute(
+        "SELECT seq, t0_ns FROM blocks WHERE session=? AND unit=? AND kind=? AND stream=? ORDER BY seq",
+        (session, unit, kind, stream))]
+
+
+def metric_seqs(con: sqlite3.Connection, session: str, unit: str, name: str) -> list[tuple[int, int]]:
+    """(seq, window_start_ns) of a metric's stored windows, in seq order."""
+    return [(int(s), int(w)) for s, w in con.execute(
+        "SELECT seq, window_start_ns FROM metrics WHERE session=? AND unit=? AND name=? ORDER BY seq",
+        (session, unit, name))]

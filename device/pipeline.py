@@ -73,13 +73,18 @@ class _RawAcc:
 
 
 class _FeatureBlocks:
-    """Collects one feature stream's bins into fixed grid-aligned blocks."""
+    """Collects one feature stream's bins into fixed grid-aligned blocks.
+
+    ``n_set`` counts the grid points of the open block that have been reached: at a session's stop only those
+    are sent (a PARTIAL block ends where the data end, not padded with NaN to the block length, which made a
+    recompute from the stored features see grid points the unit never had)."""
 
     def __init__(self, k0: int, per_block: int) -> None:
         self.k0 = k0
         self.B = per_block
         self.j: int | None = None
         self.vals = np.full(per_block, np.nan)
+        self.n_set = 0
 
     def push(self, k: int, v: float) -> list[tuple[int, np.ndarray]]:
         if k < self.k0:
@@ -93,11 +98,14 @@ class _FeatureBlocks:
         if j > self.j:
             out.append((self.j, self.vals))
             self.vals = np.full(self.B, np.nan)
+            self.n_set = 0
             self.j = j
         self.vals[i] = v
+        self.n_set = max(self.n_set, i + 1)
         if i == self.B - 1:
             out.append((self.j, self.vals))
             self.vals = np.full(self.B, np.nan)
+            self.n_set = 0
             self.j = j + 1
         return out
 
@@ -196,8 +204,8 @@ class Pipeline:
         for stream in list(self._raw):
             self._flush_raw(stream, partial=True)
         for stream, fb in self._feat_blocks.items():
-            if fb.j is not None and np.isfinite(fb.vals).any():
-                self._emit_feat(stream, fb.j, fb.vals, partial=True)
+            if fb.j is not None and fb.n_set and np.isfinite(fb.vals[:fb.n_set]).any():
+                self._emit_feat(stream, fb.j, fb.vals[:fb.n_set], partial=True)
         self.session = None
 
     def shutdown_flush(self) -> None:

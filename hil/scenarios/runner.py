@@ -277,9 +277,7 @@ class Runner:
             try:
                 con = store.connect(db, readonly=True)
                 try:
-                    done = {u for (u,) in con.execute(
-                        "SELECT DISTINCT unit FROM status WHERE state='offline' AND json_extract(payload, "
-                        "'$.buffer_depth')=0 AND time_ns >= ?", (stop_ns,))}
+                    done = store.units_drained_since(con, stop_ns)
                 finally:
                     con.close()
             except Exception as exc:  # the db may not exist yet

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -112,8 +111,8 @@ def _downtimes(con, rec: RunRecord) -> dict[str, list[tuple[int, int]]]:
         if kind == "unit_kill":
             kills[target] = ns
         elif kind == "unit_start" and target in kills:
-            row = con.execute("SELECT MIN(time_ns) FROM status WHERE unit=? AND time_ns>=?", (target, ns)).fetchone()
-            back = row[0] if row and row[0] is not None else rec.stop_ns
+            first = store.status_history(con, target, since_ns=ns, limit=1)
+            back = first[0][0] if first else rec.stop_ns
             out.setdefault(target, []).append((kills.pop(target), int(back)))
     return out
 
@@ -164,8 +163,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
         n_feat = 0
         for role in roles:
             for ch in ("eda", "hr"):
-                rows = con.execute("SELECT seq, t0_ns FROM blocks WHERE session=? AND unit=? AND kind='feat' AND "
-                                   "stream=? ORDER BY seq", (rec.session, unit, f"{role}/{ch}")).fetchall()
+                rows = store.block_seqs(con, rec.session, unit, "feat", f"{role}/{ch}")
                 n_feat += len(rows)
                 if not rows:
                     unexplained += max(1, int(L) - 2)
@@ -194,9 +192,8 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                 f"{unexplained} unexplained ({', '.join(where)}), {dup} misplaced" if unexplained or dup else
                 ("missing blocks all inside power cuts" if missing_feat else ""))
         # unit-reported losses (its last status before the stop)
-        last = con.execute("SELECT payload FROM status WHERE unit=? AND state!='offline' ORDER BY time_ns DESC "
-                           "LIMIT 1", (unit,)).fetchone()
-        dropped = json.loads(last[0]).get("dropped", {}) if last else {}
+        last = store.status_history(con, unit, online=True, newest_first=True, limit=1)
+        dropped = last[0][2].get("dropped", {}) if last else {}
         # raw blocks and samples
         exact = wiring.get(unit, "sim") == "sim"
         raw_bad = []
@@ -204,8 +201,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
         for role in roles:
             for sig, rate in (("eda", 32.0), ("ppg", 100.0)):
                 stream = f"{role}/{sig}"
-                rows = con.execute("SELECT seq FROM blocks WHERE session=? AND unit=? AND kind='raw' AND stream=? "
-                                   "ORDER BY seq", (rec.session, unit, stream)).fetchall()
+                rows = store.block_seqs(con, rec.session, unit, "raw", stream)
                 seqs = [r[0] for r in rows]
                 seq_gaps = sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False) if b > a + 1)
                 t, _, _ = store.read_stream(con, rec.session, stream, "raw", unit=unit)
@@ -247,9 +243,8 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
         quota = {k: v for k, v in dropped.items() if k.startswith("outbox_") and v}
         if quota:
             bad.append(f"outbox drops {quota}")
-        final = con.execute("SELECT payload FROM status WHERE unit=? AND state='offline' AND time_ns>=? "
-                            "ORDER BY time_ns DESC LIMIT 1", (unit, rec.stop_ns)).fetchone()
-        depth = json.loads(final[0]).get("buffer_depth") if final else None
+        final = store.status_history(con, unit, since_ns=rec.stop_ns, online=False, newest_first=True, limit=1)
+        depth = final[0][2].get("buffer_depth") if final else None
         if depth != 0:
             bad.append(f"final outbox depth {depth}")
         rep.add("completeness", f"{unit} reported losses",
@@ -262,8 +257,7 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
     for ch in ("eda", "hr"):
         name = f"sync_{ch}"
         want = expected - 1 - TAIL_BLOCKS[ch]
-        rows = con.execute("SELECT seq, window_start_ns FROM metrics WHERE session=? AND unit=? AND name=? "
-                           "ORDER BY seq", (rec.session, unit, name)).fetchall()
+        rows = store.metric_seqs(con, rec.session, unit, name)
         seqs = [r[0] for r in rows]
         holes = (seqs[-1] + 1 - len(seqs)) if seqs else 0
         starts = [r[1] for r in rows]
@@ -456,8 +450,7 @@ def _glitch_health(con, rec: RunRecord, rep: Report, f, status, led, tol: int) -
     shown = ""
     if f.kind == "fifo_stall":
         key = f"lost_samples_{f.target.replace('/', '_')}"
-        lost = [(int(t), json.loads(pl).get("dropped", {}).get(key, 0)) for t, pl in con.execute(
-            "SELECT time_ns, payload FROM status WHERE unit=? AND state!='offline' ORDER BY time_ns", (u,))]
+        lost = [(t, pl.get("dropped", {}).get(key, 0)) for t, _, pl in store.status_history(con, u, online=True)]
         before = max([v for t, v in lost if t <= a] or [0])
         after = max([v for t, v in lost if t <= b] or [0])
         ok = ok and after > before
@@ -469,8 +462,7 @@ def _glitch_health(con, rec: RunRecord, rep: Report, f, status, led, tol: int) -
 
 def _health(con, rec: RunRecord, rep: Report) -> None:
     tol = int(max(5.0, 2.0 * rec.speed) * 1e9)  # detection delays are real-time (paho, stale sensor)
-    status = {u: [(int(t), s) for t, s in con.execute(
-        "SELECT time_ns, state FROM status WHERE unit=? ORDER BY time_ns", (u,))] for u in _unit_roles(rec)}
+    status = {u: [(t, s) for t, s, _ in store.status_history(con, u)] for u in _unit_roles(rec)}
     led = rec.led
     windows: list[tuple[str, list[str], str, int, int]] = []  # (what, units, state, a, b)
     ev = {}
