@@ -14,6 +14,12 @@ significant digits, which round-trips every float32 exactly. Missing blocks (seq
 sample relative to the session start command (0 when no start was recorded); the absolute UTC time is
 kept in the extra key ``StartTimeUTCns``.
 
+These files are the lab's source data: ``lab.bids`` (``dyadsync lab pull`` / ``lab bids``) lays them out as a
+BIDS dataset (``sub-<code>/ses-<session>/beh/``, events from the markers, the dyad and the live metrics in
+``derivatives/dyadsync/``) and keeps them verbatim in its ``sourcedata/<room>/<session>/``. The physio pairs
+here already carry what BIDS asks of a physio sidecar (TaskName, PhysioType, SamplingFrequency, StartTime,
+Columns with units); the flat per-session layout and the tar are kept for the pull API's resumable transfer.
+
 Every file is generated deterministically from the store (fixed gzip mtime, sorted keys), so a file's
 size and SHA-256 are stable while the session does not change; that is what lets the lab puller resume a
 half-downloaded file with an HTTP Range request and verify it afterwards.
@@ -100,6 +106,8 @@ def physio_sidecar(meta: dict, st: store.StreamInfo) -> dict:
     role, signal = st.stream.split("/", 1)
     start_ref = meta.get("started_ns") or st.t_start_ns
     return {
+        "TaskName": TASK,
+        "PhysioType": "generic",
         "SamplingFrequency": st.rate_hz,
         "StartTime": (st.t_start_ns - start_ref) / 1e9,
         "Columns": [signal, "flags"],

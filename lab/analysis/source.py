@@ -7,7 +7,11 @@ status changes).
 
 * Hub database (``broker.store`` schema): streams are read block by block; a missing ``seq`` leaves NaN
   samples at the place the block should have been (``t0_ns`` keeps the time axis honest).
-* Pulled folder (``lab.puller`` layout ``DEST/<room>/<session>/``; the files of ``broker.export``): the
+* Pulled folder: the BIDS dataset ``lab pull`` writes keeps the hub's export of every session verbatim in
+  ``DEST/sourcedata/<room>/<session>/`` (:mod:`lab.bids`), and that is what is read here — it holds what the
+  BIDS tree holds plus the unit status log and block counts, and a session still running (not yet in the
+  BIDS tree) can be read too. Give the dataset root, ``sourcedata/`` or one session folder; an unpacked
+  ``archive.tar`` or a folder of the earlier layout ``DEST/<room>/<session>/`` reads the same way. Files: the
   BIDS-physio ``*_physio.tsv.gz`` with its JSON sidecar (``StartTimeUTCns``, ``SamplingFrequency``), with
   ``n/a`` rows where blocks were lost, ``metrics.csv`` (full-precision ``repr`` floats) and
   ``session.json``. Values written with 9 significant digits round-trip every float32, so a folder gives
@@ -210,11 +214,17 @@ def load_from_db(path: Path | str, session: str, *, with_raw: bool = True) -> Se
 
 # --------------------------------------------------------------------------------------------- folder
 def find_session_dirs(root: Path | str) -> list[Path]:
-    """Every pulled session folder (holding a ``session.json``) under ``root`` (or ``root`` itself)."""
+    """Every pulled session folder (holding a ``session.json``) under ``root`` (or ``root`` itself).
+
+    In a BIDS dataset written by ``lab pull`` these are ``sourcedata/<room>/<session>/``; the BIDS tree
+    itself (``sub-*``, ``derivatives/``) holds no ``session.json`` and is not searched."""
     root = Path(root)
     if (root / "session.json").is_file():
         return [root]
-    return sorted(p.parent for p in root.rglob("session.json"))
+    if (root / "dataset_description.json").is_file() and (root / "sourcedata").is_dir():
+        return sorted(p.parent for p in (root / "sourcedata").glob("*/*/session.json"))
+    return sorted(p.parent for p in root.rglob("session.json") if not any(
+        part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def _session_dir(folder: Path, session: str | None) -> Path:
