@@ -73,9 +73,7 @@ def _gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _physio_rows(con: sqlite3.Connection, session: str, st: store.StreamInfo) -> Iterator[bytes]:
-    rows = con.execute(
-        "SELECT t0_ns, rate_hz, flags, data FROM blocks WHERE session=? AND room=? AND unit=? AND kind=? AND stream=? "
-        "ORDER BY seq", (session, st.room, st.unit, st.kind, st.stream))
+    rows = store.iter_stream_blocks(con, session, st.room, st.unit, st.kind, st.stream)
     next_idx = 0
     t_first: int | None = None
     rate = st.rate_hz
@@ -125,18 +123,11 @@ def physio_sidecar(meta: dict, st: store.StreamInfo) -> dict:
 
 # ------------------------------------------------------------------------------------- other files
 def metrics_csv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
-    keys: set[str] = set()
-    for (vj,) in con.execute("SELECT values_json FROM metrics WHERE session=?", (session,)):
-        keys.update(json.loads(vj))
-    value_keys = sorted(keys)
+    value_keys = store.metric_value_keys(con, session)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["room", "unit", "name", "seq", "window_start_ns", "window_end_ns", *value_keys])
-    rows = con.execute(
-        "SELECT room, unit, name, seq, window_start_ns, window_end_ns, values_json FROM metrics WHERE session=? "
-        "ORDER BY room, unit, name, seq", (session,))
-    for n, (room, unit, name, seq, ws, we, vj) in enumerate(rows, 1):
-        vals = json.loads(vj)
+    for n, (room, unit, name, seq, ws, we, vals) in enumerate(store.iter_session_metrics(con, session), 1):
         w.writerow([room, unit, name, seq, ws, we,
                     *("" if vals.get(k) is None else repr(float(vals[k])) for k in value_keys)])
         if n % 500 == 0:
@@ -148,9 +139,7 @@ def metrics_csv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
 
 def status_tsv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
     yield b"room\tunit\ttime_ns\tstate\n"
-    for room, unit, t, state in con.execute(
-        "SELECT room, unit, time_ns, state FROM status WHERE session=? ORDER BY time_ns, unit", (session,)
-    ):
+    for room, unit, t, state in store.iter_session_status(con, session):
         yield f"{room}\t{unit}\t{t}\t{state}\n".encode()
 
 

@@ -245,16 +245,28 @@ def _rooms_into_one_dataset(hub_a, url_a, url_b, dest):
     assert ev["onset"].tolist() == ["0", "12.345678901", "30.000000001", "45"]
 
 
-def test_report_and_study_read_the_pulled_dataset(tmp_path):
-    """`dyadsync study` on a pulled BIDS dataset finds each session once (in sourcedata/), not in the tree."""
+def test_study_finds_each_session_once_and_an_old_layout_is_moved(tmp_path):
+    """`dyadsync study` on a pulled dataset finds each session once (in sourcedata/, not in the BIDS tree);
+    a folder pulled with the layout before BIDS (DEST/<room>/<session>/) is moved into sourcedata/."""
     from lab.analysis.source import find_session_dirs
 
     hub = tmp_path / "a.sqlite"
     make_hub(hub, "room-a", [{"session": f"s{i}", "t": "T01", "c": f"C0{i}", "two_units": False, "stopped": True,
                               "t0": T0 + i * 10**12} for i in range(2)])
     dest = tmp_path / "lab"
-    pull(hub, dest)
-    assert [p.name for p in find_session_dirs(dest)] == ["s0", "s1"]
+    with ApiServer(hub, TOKEN) as srv:
+        pull_from(srv.url, dest)
+        assert [p.name for p in find_session_dirs(dest)] == ["s0", "s1"]
+        # make it look like a pull of the earlier version: flat room folders, one-hub state, no BIDS files
+        state = json.loads((dest / ".dyadsync-pull.json").read_text())["hubs"][srv.url]
+        old = tmp_path / "old"
+        old.mkdir()
+        shutil.move(dest / "sourcedata" / "room-a", old / "room-a")
+        (old / ".dyadsync-pull.json").write_text(json.dumps({"hub": srv.url, **state}))
+        r = pull_from(srv.url, old)
+    assert r.sessions_seen == 0 and sorted(r.bids.written) == ["room-a/s0", "room-a/s1"]
+    assert not (old / "room-a").exists() and [p.name for p in find_session_dirs(old)] == ["s0", "s1"]
+    assert_valid(old)
 
 
 @pytest.mark.parametrize("break_it", ["no_dataset_description", "no_sampling_frequency", "events_without_onset"])

@@ -151,3 +151,46 @@ def test_lsl_streams_equal_the_hub_and_markers_go_both_ways(mosquitto, room_auth
         console.close()
         bridge.stop()
         rec.stop()
+
+
+def test_lab_lsl_command_end_to_end(mosquitto, room_auth, tmp_path):
+    """`dyadsync lab lsl` as a process with the hub's credentials files: a console marker comes out on LSL, a
+    lab LSL marker goes into the session (and out again); Ctrl-C stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    def creds(name: str, user: str, password: str):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'room = "{ROOM}"\n[broker]\nurl = "mqtt://{mosquitto.host}:{mosquitto.port}"\n'
+                        f'username = "{user}"\npassword = "{password}"\n')
+        return str(path)
+
+    lab_out = pylsl.StreamOutlet(pylsl.StreamInfo("PsychoPy", "Markers", 1, 0, "string", "psychopy-cli"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dyadsync", "lab", "lsl", "--credentials",
+         creds("recorder", *room_auth.service_user("recorder")), "--markers-from", "source_id=psychopy-cli",
+         "--console-credentials", creds("console", *room_auth.service_user("console"))],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    console = RoomConsole(mosquitto.host, mosquitto.port, ROOM, *room_auth.service_user("console"))
+    inlet = None
+    try:
+        assert wait(lambda: lab_out.have_consumers(), 30), "the command did not open the lab marker stream"
+        console.send("start", "cli-s1", participants={"therapist": "T01", "client": "C01"})
+        inlet = _inlet(f"dyadsync/{ROOM}/markers")
+        console.send("marker", "cli-s1", label="from the console")
+        got, _ = _pull(inlet, 1)
+        assert got == [["from the console"]]
+        lab_out.push_sample(["from psychopy"], pylsl.local_clock())
+        got, _ = _pull(inlet, 1)
+        assert got == [["from psychopy"]]
+    finally:
+        if inlet is not None:
+            inlet.close_stream()
+        console.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "LSL time = UTC -" in out and "'markers': 3" in out, out
