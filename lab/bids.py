@@ -308,6 +308,7 @@ def _metric_files(sdir: Path, meta: dict) -> dict[str, tuple[bytes, bytes]]:
         body = [[_seconds(int(r["window_start_ns"]) - t0), _seconds(int(r["window_end_ns"]) - t0), r["seq"],
                  r["unit"], *(r[k] or None for k in cols), r["window_start_ns"], r["window_end_ns"]] for r in rows]
         side: dict = {
+            "MetricName": name,
             "Description": (f"per-window values of the metric {name!r} as the unit published them live "
                             "(one row per window)" + (f". {LAG_RULE}" if sync else "")),
             "window_start_s": {"Description": "window start, seconds from the session start command", "Units": "s"},

@@ -174,10 +174,34 @@ def test_pulled_demo_is_valid_bids_with_exact_values(demo_copy, tmp_path):
             for k, v in values.items():
                 assert (np.isnan(v) and np.isnan(r[k])) or r[k] == v, (k, v, r[k])
     con.close()
-    # the report still reads the pulled folder (the hub export kept in sourcedata/)
-    from lab.analysis.source import load_from_folder
+    # the report reads the pulled dataset (the hub export kept in sourcedata/), and the BIDS tree alone gives
+    # the same series, metrics, markers and report numbers as the hub database
+    from lab.analysis.source import find_session_dirs, load_from_db, load_from_folder
+    from lab.report import write_report
 
     assert load_from_folder(dest, session).markers[0]["label"] == "homework discussed"
+    bare = tmp_path / "bare"
+    shutil.copytree(dest, bare, ignore=shutil.ignore_patterns("sourcedata"))
+    assert find_session_dirs(bare) == [bare / "sub-C01" / f"ses-{ses}"]
+    a, b = load_from_db(db, session), load_from_folder(bare, session)
+    assert (b.therapist_code, b.client_code, b.started_ns, b.stopped_ns) == ("T01", "C01", t_start, meta["stopped_ns"])
+    assert b.markers == a.markers and set(a.streams) == set(b.streams)
+    for key, s in a.streams.items():
+        o = b.streams[key]
+        assert (o.t0_ns, o.rate_hz) == (s.t0_ns, s.rate_hz)
+        np.testing.assert_array_equal(o.values, s.values)  # NaN where NaN, the rest equal
+    assert set(a.metrics) == set(b.metrics)
+    for name, rows in a.metrics.items():
+        assert [(r.seq, r.window_start_ns, r.window_end_ns) for r in rows] == \
+            [(r.seq, r.window_start_ns, r.window_end_ns) for r in b.metrics[name]]
+        for x, y in zip(rows, b.metrics[name], strict=True):
+            np.testing.assert_array_equal([x.values[k] for k in sorted(x.values)], [y.values[k] for k in sorted(x.values)])
+    _, an_db = write_report(session, db=db, out=tmp_path / "a.html", n_surrogates=5)
+    _, an_bids = write_report(session, folder=bare, out=tmp_path / "b.html", n_surrogates=5)
+    ra, rb = an_db.index_rows(), an_bids.index_rows()
+    assert len(ra) == len(rb) > 20
+    for x, y in zip(ra, rb, strict=True):
+        assert x["index"] == y["index"] and ((np.isnan(x["value"]) and np.isnan(y["value"])) or x["value"] == y["value"])
 
 
 def test_two_unit_session_many_rooms_incremental_and_running(tmp_path):
