@@ -231,6 +231,9 @@ class LslBridge:
 
         self._outlet(("markers",), make).push_sample([label], self.lsl_time(c.time_ns))
         self.counts["markers"] += 1
+        if c.cmd == "stop" and c.session == self.session:
+            with self._lock:
+                self.session = None  # markers from the lab are dropped until the next session starts
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -286,6 +289,10 @@ class LslMarkerInlet:
                 continue
             session = self.session()
             label = str(sample[0])[:200]
+            try:  # liblsl refreshes the offset to the sender's clock in the background (another machine)
+                self.correction = self.inlet.time_correction(timeout=1.0)
+            except Exception as exc:
+                logger.warning("LSL marker inlet: clock offset not refreshed (%s); using the last one", exc)
             if not session:
                 self.dropped += 1
                 logger.warning("LSL marker %r dropped: no session is running", label)

@@ -142,6 +142,11 @@ def test_lsl_streams_equal_the_hub_and_markers_go_both_ways(mosquitto, room_auth
         assert sess == session and abs(t_ns / 1e9 - bridge.offset_s - t_lsl) < 1e-3
         back, ts = _pull(markers_in, 1)  # and the bridge publishes it on the room's marker stream
         assert back == [["stimulus on"]] and abs(ts[0] - t_lsl) < 1e-3
+        # after the stop command a lab marker belongs to no session: dropped and counted, not stored
+        console.send("stop", session)
+        assert wait(lambda: bridge.session is None)
+        lab_out.push_sample(["too late"], pylsl.local_clock())
+        assert wait(lambda: lab_inlet.dropped == 1) and len(lab_inlet.sent) == 1
     finally:
         if lab_inlet is not None:
             lab_inlet.stop()
