@@ -202,7 +202,7 @@ def _verify_source(sdir: Path) -> str:
     sums = sdir / "SHA256SUMS"
     if not sums.is_file():
         raise BidsError(f"{sdir} has no SHA256SUMS (an interrupted pull?)")
-    text = sums.read_text()
+    text = sums.read_bytes().decode()
     for line in text.splitlines():
         digest, _, name = line.partition("  ")
         if not SAFE.match(name) or ".." in name:
@@ -210,7 +210,7 @@ def _verify_source(sdir: Path) -> str:
         f = sdir / name
         if not f.is_file() or _sha256(f) != digest:
             raise BidsError(f"{f} is missing or does not match SHA256SUMS (an interrupted pull?)")
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(sums.read_bytes()).hexdigest()
 
 
 def _choose_ses(catalog: dict[str, SessionEntry], key: str, room: str, session: str, people: set[str]) -> str:
@@ -416,10 +416,11 @@ def write_session(root: Path, sdir: Path, catalog: dict[str, SessionEntry]) -> S
     key = f"{room}/{session}"
     if meta.get("started_ns") is None or meta.get("stopped_ns") is None:
         return None
-    digest = _verify_source(sdir)
     old = catalog.get(key)
-    if old is not None and old.source_digest == digest:
-        return old
+    sums = sdir / "SHA256SUMS"
+    if old is not None and sums.is_file() and hashlib.sha256(sums.read_bytes()).hexdigest() == old.source_digest:
+        return old  # converted from these very files (the puller verified them on arrival)
+    digest = _verify_source(sdir)
     tcode, ccode = meta.get("therapist_code"), meta.get("client_code")
     if not tcode or not ccode:
         raise BidsError(f"session {session} of room {room} has no participant codes (no start command stored)")

@@ -333,8 +333,11 @@ def test_lab_bids_cli_from_a_hub_database(tmp_path):
     assert_valid(tmp_path / "ds")
     with gzip.open(next((tmp_path / "ds").glob("sub-T01/ses-s1/beh/*recording-eda_physio.tsv.gz")), "rt") as f:
         assert len(f.read().splitlines()) == 40 * 32
-    # a hub export that does not match its SHA256SUMS is refused, the rest of the dataset stays valid
+    # a new version of a hub export that does not match its SHA256SUMS is refused (the lines in another order
+    # make it a new version), the dataset keeps the version it has and stays valid
     sdir = tmp_path / "ds" / "sourcedata" / "room-a" / "s1"
     (sdir / "metrics.csv").write_text("damaged")
+    sums = sdir / "SHA256SUMS"
+    sums.write_text("".join(reversed(sums.read_text().splitlines(keepends=True))))
     assert cli_main(["lab", "bids", str(tmp_path / "ds")]) == 1
     assert_valid(tmp_path / "ds")
