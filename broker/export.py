@@ -14,6 +14,12 @@ significant digits, which round-trips every float32 exactly. Missing blocks (seq
 sample relative to the session start command (0 when no start was recorded); the absolute UTC time is
 kept in the extra key ``StartTimeUTCns``.
 
+These files are the lab's source data: ``lab.bids`` (``dyadsync lab pull`` / ``lab bids``) lays them out as a
+BIDS dataset (``sub-<code>/ses-<session>/beh/``, events from the markers, the dyad and the live metrics in
+``derivatives/dyadsync/``) and keeps them verbatim in its ``sourcedata/<room>/<session>/``. The physio pairs
+here already carry what BIDS asks of a physio sidecar (TaskName, PhysioType, SamplingFrequency, StartTime,
+Columns with units); the flat per-session layout and the tar are kept for the pull API's resumable transfer.
+
 Every file is generated deterministically from the store (fixed gzip mtime, sorted keys), so a file's
 size and SHA-256 are stable while the session does not change; that is what lets the lab puller resume a
 half-downloaded file with an HTTP Range request and verify it afterwards.
@@ -67,9 +73,7 @@ def _gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _physio_rows(con: sqlite3.Connection, session: str, st: store.StreamInfo) -> Iterator[bytes]:
-    rows = con.execute(
-        "SELECT t0_ns, rate_hz, flags, data FROM blocks WHERE session=? AND room=? AND unit=? AND kind=? AND stream=? "
-        "ORDER BY seq", (session, st.room, st.unit, st.kind, st.stream))
+    rows = store.iter_stream_blocks(con, session, st.room, st.unit, st.kind, st.stream)
     next_idx = 0
     t_first: int | None = None
     rate = st.rate_hz
@@ -100,6 +104,8 @@ def physio_sidecar(meta: dict, st: store.StreamInfo) -> dict:
     role, signal = st.stream.split("/", 1)
     start_ref = meta.get("started_ns") or st.t_start_ns
     return {
+        "TaskName": TASK,
+        "PhysioType": "generic",
         "SamplingFrequency": st.rate_hz,
         "StartTime": (st.t_start_ns - start_ref) / 1e9,
         "Columns": [signal, "flags"],
@@ -117,18 +123,11 @@ def physio_sidecar(meta: dict, st: store.StreamInfo) -> dict:
 
 # ------------------------------------------------------------------------------------- other files
 def metrics_csv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
-    keys: set[str] = set()
-    for (vj,) in con.execute("SELECT values_json FROM metrics WHERE session=?", (session,)):
-        keys.update(json.loads(vj))
-    value_keys = sorted(keys)
+    value_keys = store.metric_value_keys(con, session)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["room", "unit", "name", "seq", "window_start_ns", "window_end_ns", *value_keys])
-    rows = con.execute(
-        "SELECT room, unit, name, seq, window_start_ns, window_end_ns, values_json FROM metrics WHERE session=? "
-        "ORDER BY room, unit, name, seq", (session,))
-    for n, (room, unit, name, seq, ws, we, vj) in enumerate(rows, 1):
-        vals = json.loads(vj)
+    for n, (room, unit, name, seq, ws, we, vals) in enumerate(store.iter_session_metrics(con, session), 1):
         w.writerow([room, unit, name, seq, ws, we,
                     *("" if vals.get(k) is None else repr(float(vals[k])) for k in value_keys)])
         if n % 500 == 0:
@@ -140,9 +139,7 @@ def metrics_csv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
 
 def status_tsv(con: sqlite3.Connection, session: str) -> Iterator[bytes]:
     yield b"room\tunit\ttime_ns\tstate\n"
-    for room, unit, t, state in con.execute(
-        "SELECT room, unit, time_ns, state FROM status WHERE session=? ORDER BY time_ns, unit", (session,)
-    ):
+    for room, unit, t, state in store.iter_session_status(con, session):
         yield f"{room}\t{unit}\t{t}\t{state}\n".encode()
 
 

@@ -666,3 +666,35 @@ def metric_seqs(con: sqlite3.Connection, session: str, unit: str, name: str) -> 
     return [(int(s), int(w)) for s, w in con.execute(
         "SELECT seq, window_start_ns FROM metrics WHERE session=? AND unit=? AND name=? ORDER BY seq",
         (session, unit, name))]
+
+
+# ------------------------------------------------------------------------------ export reading (lab formats)
+def iter_stream_blocks(con: sqlite3.Connection, session: str, room: str, unit: str, kind: str,
+                       stream: str) -> Iterable[tuple[int, float, int, bytes]]:
+    """``(t0_ns, rate_hz, flags, float32 data)`` of one stored stream, in seq order (for exports)."""
+    yield from con.execute(
+        "SELECT t0_ns, rate_hz, flags, data FROM blocks WHERE session=? AND room=? AND unit=? AND kind=? AND stream=? "
+        "ORDER BY seq", (session, room, unit, kind, stream))
+
+
+def metric_value_keys(con: sqlite3.Connection, session: str) -> list[str]:
+    """Every value key used by the session's metrics, sorted."""
+    keys: set[str] = set()
+    for (vj,) in con.execute("SELECT values_json FROM metrics WHERE session=?", (session,)):
+        keys.update(json.loads(vj))
+    return sorted(keys)
+
+
+def iter_session_metrics(con: sqlite3.Connection, session: str) -> Iterable[tuple[str, str, str, int, int, int, dict]]:
+    """``(room, unit, name, seq, window_start_ns, window_end_ns, values)`` of every metric of the session, ordered
+    by room, unit, name, seq; a NaN value is None (as stored)."""
+    for room, unit, name, seq, ws, we, vj in con.execute(
+        "SELECT room, unit, name, seq, window_start_ns, window_end_ns, values_json FROM metrics WHERE session=? "
+        "ORDER BY room, unit, name, seq", (session,)):
+        yield room, unit, name, seq, ws, we, json.loads(vj)
+
+
+def iter_session_status(con: sqlite3.Connection, session: str) -> Iterable[tuple[str, str, int, str]]:
+    """``(room, unit, time_ns, state)`` of every status message of the session, in time order."""
+    yield from con.execute(
+        "SELECT room, unit, time_ns, state FROM status WHERE session=? ORDER BY time_ns, unit", (session,))

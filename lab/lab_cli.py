@@ -1,4 +1,8 @@
-"""``dyadsync lab pull``: copy new and changed sessions from a hub's pull API into a lab directory."""
+"""``dyadsync lab pull|bids|lsl|broker-init``: the lab side of the rooms.
+
+``pull`` copies new and changed sessions from a hub's pull API into a BIDS dataset (:mod:`lab.bids`);
+``bids`` builds or refreshes that dataset from hub databases; ``lsl`` bridges a room to Lab Streaming Layer
+(:mod:`lab.lsl`)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hub", required=True, help="hub pull API URL, e.g. http://hub.lan:8080")
     p.add_argument("--token-file", required=True, type=Path, help="file holding the hub's API bearer token")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("dest", type=Path, help="lab directory (sessions land in DEST/<room>/<session>/)")
+    p.add_argument("--name", default="dyadsync recordings", help="dataset name (dataset_description.json)")
+    p.add_argument("dest", type=Path, help="the lab's BIDS dataset (hub exports are kept in DEST/sourcedata/)")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("bids", help="build or refresh the BIDS dataset from hub databases (no network)")
+    p.add_argument("--db", type=Path, action="append", default=[],
+                   help="a hub database (hub.sqlite) whose sessions are exported into the dataset; repeatable")
+    p.add_argument("--session", action="append", help="only this session (repeatable; default all)")
+    p.add_argument("--name", default="dyadsync recordings", help="dataset name (dataset_description.json)")
+    p.add_argument("dest", type=Path, help="the BIDS dataset (created if missing)")
+    p.set_defaults(func=cmd_bids)
+
+    from .lsl import register as register_lsl
+
+    register_lsl(sub)
 
     p = sub.add_parser("broker-init", help="write a lab broker config that room hubs bridge into")
     p.add_argument("--rooms", required=True, help="comma-separated room ids")
@@ -49,4 +66,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
           f"{r.bytes_downloaded} bytes")
     if r.changing:
         print(f"still changing (live), pulled again next run: {', '.join(r.changing)}")
-    return 0
+    if r.bids is not None:
+        _print_bids(r.bids, args.dest)
+    return 0 if r.bids is None or not r.bids.failed else 1
+
+
+def _print_bids(b, dest: Path) -> None:
+    print(f"BIDS dataset {dest}: {len(b.written)} session(s) written, {b.unchanged} unchanged")
+    if b.running:
+        print(f"  still running (not in the dataset until stopped): {', '.join(b.running)}")
+    if b.failed:
+        print(f"  NOT written (see the log above): {', '.join(b.failed)}")
+
+
+def cmd_bids(args: argparse.Namespace) -> int:
+    from . import bids
+
+    for db in args.db:
+        if not db.is_file():
+            raise bids.BidsError(f"hub database {db} does not exist")
+        bids.mirror_from_db(db, args.dest, args.session)
+    r = bids.sync_dataset(args.dest, name=args.name)
+    _print_bids(r, args.dest)
+    return 0 if not r.failed else 1

@@ -4,8 +4,14 @@ Incremental: the state file ``DEST/.dyadsync-pull.json`` keeps the ``updated_ns`
 session, the version pulled; the next run asks only for sessions changed after the watermark, and skips
 files whose SHA-256 already matches. Resumable: a file is downloaded into ``DEST/.partial/`` and continued
 with ``Range: bytes=N-`` after an interruption, then verified against the manifest's SHA-256 and moved
-into place atomically. Layout: ``DEST/<room>/<session>/<file>`` plus a ``SHA256SUMS`` per session
-(``sha256sum -c SHA256SUMS`` verifies it with coreutils).
+into place atomically.
+
+Layout: DEST is a BIDS dataset (:mod:`lab.bids`). The hub's export of each session is mirrored verbatim in
+``DEST/sourcedata/<room>/<session>/<file>`` with a ``SHA256SUMS`` (``sha256sum -c SHA256SUMS`` verifies it
+with coreutils); after the downloads every finished session is converted into ``sub-*/ses-*/beh/`` and
+``derivatives/dyadsync/`` and the dataset-level files are rewritten, so the dataset is valid after every run.
+A session still running is mirrored but not converted; it is converted by the run after it stops. Folders
+of the earlier layout (``DEST/<room>/<session>/``) are moved into ``sourcedata/`` on the first run.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import httpx
 from tqdm import tqdm
 
 from core.errors import DyadsyncError
+
+from . import bids
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ class PullReport:
     changing: list[str] = field(default_factory=list)
     """Sessions that changed under us twice (live sessions): they have a newer updated_ns by then, so the
     next run lists them again; they do not hold the watermark back."""
+    bids: bids.SyncReport | None = None
+    """What the BIDS conversion did (written, unchanged, still running, failed)."""
 
 
 def _sha256(path: Path) -> str:
@@ -70,9 +80,13 @@ def _safe(kind: str, name: str) -> str:
 class LabPuller:
     def __init__(self, hub_url: str, token: str, dest: Path | str, *, progress: bool = True,
                  timeout_s: float = 60.0, transport: httpx.BaseTransport | None = None,
-                 on_bytes: Callable[[int], None] | None = None, chunk_bytes: int = 1 << 16) -> None:
+                 on_bytes: Callable[[int], None] | None = None, chunk_bytes: int = 1 << 16,
+                 to_bids: bool = True, dataset_name: str = "dyadsync recordings") -> None:
         self.hub_url = hub_url.rstrip("/")
         self.dest = Path(dest)
+        self.source = self.dest / bids.SOURCE_DIR
+        self.to_bids = to_bids
+        self.dataset_name = dataset_name
         self.progress = progress
         self.on_bytes = on_bytes  # test hook: called with the byte count of every chunk written
         self.chunk_bytes = chunk_bytes
@@ -83,21 +97,29 @@ class LabPuller:
 
     # ------------------------------------------------------------------------------------------- state
     def _load_state(self) -> dict:
+        """This hub's part of the state file; one dataset takes many hubs (rooms), each with its watermark.
+
+        The file is ``{"hubs": {url: {"since_ns", "sessions"}}}``; a file of the one-hub format
+        (``{"hub": url, ...}``) is read as that hub's part."""
+        self._all: dict = {"hubs": {}}
         if self.state_path.exists():
             try:
-                state = json.loads(self.state_path.read_text())
-                if state.get("hub") == self.hub_url:
-                    return state
-                logger.warning("state file %s is for hub %s: starting afresh for %s", self.state_path,
-                               state.get("hub"), self.hub_url)
-            except (OSError, json.JSONDecodeError) as exc:
+                data = json.loads(self.state_path.read_text())
+                if "hubs" in data:
+                    self._all = data
+                elif "hub" in data:
+                    self._all["hubs"][data["hub"]] = {"since_ns": data.get("since_ns"),
+                                                      "sessions": data.get("sessions", {})}
+            except (OSError, json.JSONDecodeError, AttributeError) as exc:
                 logger.warning("state file %s unreadable (%s): starting afresh", self.state_path, exc)
-        return {"hub": self.hub_url, "since_ns": None, "sessions": {}}
+                self._all = {"hubs": {}}
+        return self._all["hubs"].setdefault(self.hub_url, {"since_ns": None, "sessions": {}})
 
     def _save_state(self) -> None:
         self.dest.mkdir(parents=True, exist_ok=True)
+        self._all["hubs"][self.hub_url] = self.state
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(self._all, indent=1, sort_keys=True))
         os.replace(tmp, self.state_path)
 
     # --------------------------------------------------------------------------------------------- http
@@ -175,7 +197,7 @@ class LabPuller:
         room = _safe("room", meta["room"])
         for attempt in (1, 2):
             listing = self._get_json(f"/v1/sessions/{session}/files")
-            sdir = self.dest / room / session
+            sdir = self.source / room / session
             try:
                 for entry in listing["files"]:
                     target = sdir / _safe("file", entry["name"])
@@ -188,14 +210,41 @@ class LabPuller:
                 if attempt == 2:
                     raise
                 logger.warning("session %s changed while pulling; fetching its manifest again", session)
-        (sdir / "SHA256SUMS").write_text("".join(f"{e['sha256']}  {e['name']}\n" for e in listing["files"]))
+        names = {e["name"] for e in listing["files"]}
+        sdir.mkdir(parents=True, exist_ok=True)
+        for stale in sdir.iterdir():  # a file the hub no longer exports would be converted otherwise
+            if stale.is_file() and stale.name not in names and stale.name != "SHA256SUMS":
+                stale.unlink()
+        sums = sdir / "SHA256SUMS"
+        sums.with_suffix(".tmp").write_text("".join(f"{e['sha256']}  {e['name']}\n" for e in listing["files"]))
+        os.replace(sums.with_suffix(".tmp"), sums)
         self.state["sessions"][session] = {"room": room, "updated_ns": listing["updated_ns"],
                                            "files": len(listing["files"])}
         self._save_state()
 
+    def _migrate_old_layout(self) -> None:
+        """Move session folders of the layout before BIDS (``DEST/<room>/<session>/``) into sourcedata/."""
+        for session, known in self.state["sessions"].items():
+            room = known.get("room")
+            if not room or not SAFE_NAME.match(room) or not SAFE_NAME.match(session):
+                continue
+            old = self.dest / room / session
+            new = self.source / room / session
+            if old.is_dir() and (old / "session.json").is_file() and not new.exists():
+                new.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(old, new)
+                logger.info("moved %s to %s (BIDS layout)", old, new)
+                try:
+                    old.parent.rmdir()
+                except OSError:
+                    pass
+
     def pull(self) -> PullReport:
-        """Pull every session changed since the last run. Raises :class:`PullError` if any failed."""
+        """Pull every session changed since the last run, then bring the BIDS dataset up to date.
+
+        Raises :class:`PullError` if any session failed (the sessions that did arrive are converted first)."""
         report = PullReport()
+        self._migrate_old_layout()
         sessions = self.list_changed()
         report.sessions_seen = len(sessions)
         watermark = self.state.get("since_ns")
@@ -218,6 +267,8 @@ class LabPuller:
             watermark = max([m["updated_ns"] for m in sessions] + [watermark or 0])
             self.state["since_ns"] = watermark
         self._save_state()
+        if self.to_bids:
+            report.bids = bids.sync_dataset(self.dest, name=self.dataset_name)
         if report.failed:
             raise PullError(f"{len(report.failed)} session(s) not pulled: {', '.join(report.failed)}; "
                             "run again to resume")

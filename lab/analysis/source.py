@@ -7,7 +7,14 @@ status changes).
 
 * Hub database (``broker.store`` schema): streams are read block by block; a missing ``seq`` leaves NaN
   samples at the place the block should have been (``t0_ns`` keeps the time axis honest).
-* Pulled folder (``lab.puller`` layout ``DEST/<room>/<session>/``; the files of ``broker.export``): the
+* Pulled folder: the BIDS dataset ``lab pull`` writes keeps the hub's export of every session verbatim in
+  ``DEST/sourcedata/<room>/<session>/`` (:mod:`lab.bids`), and that is what is read here — it holds what the
+  BIDS tree holds plus the unit status log and block counts, and a session still running (not yet in the
+  BIDS tree) can be read too. Give the dataset root, ``sourcedata/`` or one session folder; an unpacked
+  ``archive.tar`` or a folder of the earlier layout ``DEST/<room>/<session>/`` reads the same way. A BIDS
+  dataset without ``sourcedata/`` (shared on its own) is read from its tree: physio files and sidecars, the
+  events' markers, and the live metrics and the dyads table of ``derivatives/dyadsync/`` (no unit status
+  log then); such a session's folder is ``sub-<client>/ses-<session>``. Files of a hub export: the
   BIDS-physio ``*_physio.tsv.gz`` with its JSON sidecar (``StartTimeUTCns``, ``SamplingFrequency``), with
   ``n/a`` rows where blocks were lost, ``metrics.csv`` (full-precision ``repr`` floats) and
   ``session.json``. Values written with 9 significant digits round-trip every float32, so a folder gives
@@ -210,11 +217,54 @@ def load_from_db(path: Path | str, session: str, *, with_raw: bool = True) -> Se
 
 # --------------------------------------------------------------------------------------------- folder
 def find_session_dirs(root: Path | str) -> list[Path]:
-    """Every pulled session folder (holding a ``session.json``) under ``root`` (or ``root`` itself)."""
+    """Every pulled session folder under ``root`` (or ``root`` itself): a hub export (``session.json``).
+
+    In a BIDS dataset written by ``lab pull`` these are ``sourcedata/<room>/<session>/``; a session listed in
+    the dataset's dyads table but not in ``sourcedata/`` is given as its BIDS folder ``sub-<client>/ses-<s>``."""
     root = Path(root)
-    if (root / "session.json").is_file():
+    if (root / "session.json").is_file() or _bids_row(root) is not None:
         return [root]
-    return sorted(p.parent for p in root.rglob("session.json"))
+    if (root / "dataset_description.json").is_file():
+        found = sorted(p.parent for p in (root / "sourcedata").glob("*/*/session.json"))
+        have = set()
+        for d in found:
+            try:
+                meta = json.loads((d / "session.json").read_text())
+                have.add((meta.get("room"), meta.get("session")))
+            except (OSError, ValueError):
+                continue
+        for row in _dyads(root):
+            if (row["room"], row["dyadsync_session"]) not in have:
+                found.append(root / row["client_id"] / row["session_id"])
+        return found
+    return sorted(p.parent for p in root.rglob("session.json") if not any(
+        part.startswith(".") for part in p.relative_to(root).parts))
+
+
+DYADS = Path("derivatives") / "dyadsync" / "task-therapy_desc-dyads_beh.tsv"
+
+
+def _tsv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t"))
+    except (OSError, csv.Error) as exc:
+        raise SourceError(f"{path} cannot be read ({exc})") from exc
+
+
+def _dyads(root: Path) -> list[dict[str, str]]:
+    path = root / DYADS
+    return _tsv_rows(path) if path.is_file() else []
+
+
+def _bids_row(d: Path) -> dict[str, str] | None:
+    """The dyads-table row of a BIDS session folder ``<root>/sub-<client>/ses-<s>`` (None if it is not one)."""
+    if not (d.name.startswith("ses-") and d.parent.name.startswith("sub-")):
+        return None
+    for row in _dyads(d.parent.parent):
+        if row["client_id"] == d.parent.name and row["session_id"] == d.name:
+            return row
+    return None
 
 
 def _session_dir(folder: Path, session: str | None) -> Path:
@@ -226,6 +276,11 @@ def _session_dir(folder: Path, session: str | None) -> Path:
             raise SessionNotFound(f"{folder} holds {len(dirs)} sessions; name one")
         return dirs[0]
     for d in dirs:
+        row = _bids_row(d)
+        if row is not None:
+            if row["dyadsync_session"] == session:
+                return d
+            continue
         try:
             meta = json.loads((d / "session.json").read_text())
         except (OSError, ValueError) as exc:
@@ -234,6 +289,66 @@ def _session_dir(folder: Path, session: str | None) -> Path:
             return d
     names = ", ".join(d.name for d in dirs[:20]) or "none"
     raise SessionNotFound(f"session {session!r} is not in {folder}; sessions there: {names}")
+
+
+def _physio_series(sidecars: list[Path], with_raw: bool) -> dict[tuple[str, str], Series]:
+    streams: dict[tuple[str, str], Series] = {}
+    for side in sidecars:
+        try:
+            sc = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{side} cannot be read ({exc})") from exc
+        kind = sc.get("Kind", "feat")
+        if kind == "raw" and not with_raw:
+            continue
+        signal = sc.get("Columns", ["?"])[0]
+        stream = f"{sc.get('Role', '?')}/{signal}"
+        tsv = side.with_name(side.name[: -len(".json")] + ".tsv.gz")
+        if not tsv.is_file():
+            raise SourceError(f"{tsv} is missing (its sidecar {side.name} is there)")
+        if (kind, stream) in streams:
+            continue
+        values, flags, lost = _read_physio(tsv, sc)
+        s = Series(stream, kind, int(sc["StartTimeUTCns"]), float(sc["SamplingFrequency"]), values, flags, lost,
+                   sc.get("Unit", ""))
+        s.missing_blocks = int(sc.get("MissingBlocks", 0))
+        streams[(kind, stream)] = s
+    return streams
+
+
+def _load_from_bids(d: Path, row: dict[str, str], with_raw: bool) -> SessionData:
+    """A session from the BIDS tree alone (``d`` = ``<root>/sub-<client>/ses-<s>``)."""
+    root, ses = d.parent.parent, row["session_id"]
+    subs = (row["therapist_id"], row["client_id"])
+    codes = {}
+    if (root / "participants.tsv").is_file():
+        codes = {r["participant_id"]: r.get("code", "") for r in _tsv_rows(root / "participants.tsv")}
+
+    def code(sub: str) -> str:
+        c = codes.get(sub, "")
+        return c if c and "," not in c else sub.removeprefix("sub-")
+
+    sidecars = [p for sub in subs for p in sorted((root / sub / ses / "beh").glob("*_physio.json"))]
+    streams = _physio_series(sidecars, with_raw)
+    metrics: dict[str, list[MetricRow]] = {}
+    fixed = {"window_start_s", "window_end_s", "seq", "unit", "window_start_utc_ns", "window_end_utc_ns"}
+    for side in sorted((root / "derivatives" / "dyadsync" / row["client_id"] / ses / "beh").glob("*_beh.json")):
+        try:
+            name = json.loads(side.read_text())["MetricName"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SourceError(f"{side} is not a dyadsync metric sidecar ({exc})") from exc
+        rows = [MetricRow(int(r["seq"]), int(r["window_start_utc_ns"]), int(r["window_end_utc_ns"]),
+                          {k: (math.nan if v in ("", "n/a") else float(v)) for k, v in r.items() if k not in fixed})
+                for r in _tsv_rows(side.with_suffix(".tsv"))]
+        metrics[name] = sorted(rows, key=lambda r: r.seq)
+    markers = []
+    for ev in sorted((root / row["client_id"] / ses / "beh").glob("*_events.tsv")):
+        markers = [{"id": r["marker_id"], "label": r["value"], "time_ns": int(r["utc_ns"])}
+                   for r in _tsv_rows(ev) if r["trial_type"] == "marker"]
+    quality = _quality(streams, metrics, [], 0)
+    return SessionData(row["dyadsync_session"], row["room"], code(subs[0]), code(subs[1]), int(row["started_ns"]),
+                       int(row["stopped_ns"]), streams, metrics, markers, quality, [],
+                       origin=f"BIDS dataset {root} ({row['client_id']}/{ses})")
 
 
 def _read_physio(tsv: Path, sidecar: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,31 +376,14 @@ def _read_physio(tsv: Path, sidecar: dict) -> tuple[np.ndarray, np.ndarray, np.n
 def load_from_folder(folder: Path | str, session: str | None = None, *, with_raw: bool = True) -> SessionData:
     """Read a session pulled by ``dyadsync lab pull`` (or an unpacked ``archive.tar``)."""
     d = _session_dir(Path(folder), session)
+    row = _bids_row(d)
+    if row is not None and not (d / "session.json").is_file():
+        return _load_from_bids(d, row, with_raw)
     try:
         meta = json.loads((d / "session.json").read_text())
     except (OSError, ValueError) as exc:
         raise SourceError(f"{d / 'session.json'} cannot be read ({exc})") from exc
-    streams: dict[tuple[str, str], Series] = {}
-    for side in sorted(d.glob("*_physio.json")):
-        try:
-            sc = json.loads(side.read_text())
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"{side} cannot be read ({exc})") from exc
-        kind = sc.get("Kind", "feat")
-        if kind == "raw" and not with_raw:
-            continue
-        signal = sc.get("Columns", ["?"])[0]
-        stream = f"{sc.get('Role', '?')}/{signal}"
-        tsv = side.with_name(side.name[: -len(".json")] + ".tsv.gz")
-        if not tsv.is_file():
-            raise SourceError(f"{tsv} is missing (its sidecar {side.name} is there)")
-        if (kind, stream) in streams:
-            continue
-        values, flags, lost = _read_physio(tsv, sc)
-        s = Series(stream, kind, int(sc["StartTimeUTCns"]), float(sc["SamplingFrequency"]), values, flags, lost,
-                   sc.get("Unit", ""))
-        s.missing_blocks = int(sc.get("MissingBlocks", 0))
-        streams[(kind, stream)] = s
+    streams = _physio_series(sorted(d.glob("*_physio.json")), with_raw)
     for st in meta.get("streams", []):
         s = streams.get((st["kind"], st["stream"]))
         if s is not None:

@@ -180,7 +180,7 @@ def test_lab_pull_incremental_and_resumable(api, recorded, tmp_path):
         r1 = p.pull()
     assert r1.resumed_files >= 1 and r1.sessions_pulled + r1.sessions_skipped == 2
     for session in ("s1", "s2"):
-        sdir = dest / ROOM / session
+        sdir = dest / "sourcedata" / ROOM / session
         for line in (sdir / "SHA256SUMS").read_text().splitlines():
             digest, name = line.split("  ")
             assert hashlib.sha256((sdir / name).read_bytes()).hexdigest() == digest
@@ -194,7 +194,7 @@ def test_lab_pull_incremental_and_resumable(api, recorded, tmp_path):
     with LabPuller(api.url, TOKEN, dest, progress=False) as p:
         r3 = p.pull()
     assert r3.sessions_seen == 1 and r3.sessions_pulled == 1 and r3.files_unchanged >= 1
-    tsv = dest / ROOM / "s2" / "sub-C08_ses-s2_task-therapy_recording-unitaraweda_physio.tsv.gz"
+    tsv = dest / "sourcedata" / ROOM / "s2" / "sub-C08_ses-s2_task-therapy_recording-unitaraweda_physio.tsv.gz"
     assert pd.read_csv(tsv, sep="\t", header=None).shape[0] == 8 * 64
     # A wrong token is a clear error; the CLI works end to end.
     with pytest.raises(PullError, match="401"), LabPuller(api.url, "x" * 20, tmp_path / "other", progress=False) as p:
@@ -203,7 +203,7 @@ def test_lab_pull_incremental_and_resumable(api, recorded, tmp_path):
     token_file.write_text(TOKEN + "\n")
     assert cli_main(["lab", "pull", "--hub", api.url, "--token-file", str(token_file), "--no-progress",
                      str(tmp_path / "lab2")]) == 0
-    assert (tmp_path / "lab2" / ROOM / "s1" / "metrics.csv").exists()
+    assert (tmp_path / "lab2" / "sourcedata" / ROOM / "s1" / "metrics.csv").exists()
 
 
 def test_lab_pull_session_changing_during_download(api, recorded, tmp_path, caplog):
@@ -226,7 +226,7 @@ def test_lab_pull_session_changing_during_download(api, recorded, tmp_path, capl
     for session in ("s1", "s2"):
         manifest = _get(api, f"/v1/sessions/{session}/files").json()["files"]
         for m in manifest:
-            assert hashlib.sha256((dest / ROOM / session / m["name"]).read_bytes()).hexdigest() == m["sha256"]
-    eda = pd.read_csv(dest / ROOM / "s1" / "sub-C07_ses-s1_task-therapy_recording-unitaraweda_physio.tsv.gz",
+            assert hashlib.sha256((dest / "sourcedata" / ROOM / session / m["name"]).read_bytes()).hexdigest() == m["sha256"]
+    eda = pd.read_csv(dest / "sourcedata" / ROOM / "s1" / "sub-C07_ses-s1_task-therapy_recording-unitaraweda_physio.tsv.gz",
                       sep="\t", header=None)
     assert eda.shape[0] == 33 * 64
