@@ -50,7 +50,9 @@ def test_stored_features_reproduce_the_live_metrics(demo_db, signal):
     res = wcc(t, c, SyncParams())
     live = list(store.read_metrics(con, session, f"sync_{signal}"))
     con.close()
-    assert len(live) == len(res) > 100
+    # every live window is recomputed; the recompute may hold one or two windows more at the very end, whose
+    # last client sample the unit had not yet paired when the stop came
+    assert len(live) > 100 and 0 <= len(res) - len(live) <= 2, (len(live), len(res))
     worst = 0.0
     for _seq, ws, _we, values in live:
         i = (ws - t0) // 250_000_000
@@ -72,7 +74,7 @@ def test_report_numbers_equal_the_live_metrics(demo_db, tmp_path):
     for signal in ("eda", "hr"):
         ch = an.channels[signal]
         assert ch.live is not None and ch.live.comparable
-        assert ch.live.n_compared == ch.live.n_live == len(ch.res) > 100
+        assert ch.live.n_compared == ch.live.n_live > 100 and 0 <= len(ch.res) - ch.live.n_live <= 2
         assert ch.live.max_abs_diff <= 1e-6
         live = [v for *_, v in store.read_metrics(con, session, f"sync_{signal}")]
         for key, label in (("inphase_z", "in-phase peak z, mean"), ("therapist_led", "therapist-led z, mean"),
