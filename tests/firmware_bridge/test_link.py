@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 import tty
 import zlib
@@ -11,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import serial
 
 from core.vocab import BlockFlags
 from firmware_bridge.link import SerialLink
@@ -98,6 +100,54 @@ def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
     err_sim_s = np.abs(np.array(errs)) * speed
     assert np.median(err_sim_s) < 0.1, f"median stamp error {np.median(err_sim_s):.3f} simulated s"
     assert link.clock.resets_detected == 0
+
+
+class _StallingPort:
+    """A real port whose next read, once armed, is late by ``stall_s`` and then finds nothing, as when the
+    whole process (the reader thread and the in-process emulated device alike) was not scheduled: the
+    emulator is held for the stall too, then catches up by itself."""
+
+    def __init__(self, port, emu, armed: threading.Event, stall_s: float) -> None:
+        self._port, self._emu, self._armed, self._stall_s = port, emu, armed, stall_s
+        self.stalls = 0
+
+    def read(self, n: int = 1) -> bytes:
+        if self._armed.is_set():
+            with self._emu._lock:  # the device does not run either (its steps take this lock)
+                time.sleep(self._stall_s)
+            self._armed.clear()
+            self.stalls += 1
+            return b""
+        return self._port.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+def test_a_starved_process_is_not_taken_for_a_silent_device(emulator_factory, link_factory):
+    """Liveness is judged on the time the link watched the port: a reader late by 3x the silence timeout,
+    with the device starved alongside, keeps its connection; the device's burst afterwards is accounted."""
+    emu = emulator_factory(speed=20.0)
+    armed = threading.Event()
+    ports: list[_StallingPort] = []
+
+    def factory(url, **kw):
+        ports.append(_StallingPort(serial.serial_for_url(url, **kw), emu, armed, stall_s=1.5))
+        return ports[-1]
+
+    link = link_factory(emu, serial_factory=factory)
+    assert link.silence_timeout_s == 0.5
+    wait_sim(emu, 10.0)
+    armed.set()
+    deadline = time.monotonic() + 30
+    while armed.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not armed.is_set() and sum(p.stalls for p in ports) == 1
+    wait_sim(emu, emu.sim_time() + 10.0)
+    time.sleep(0.1)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    assert stats["silences"] == 0 and stats["connects"] == 1, stats  # (one disconnect: the stop)
 
 
 def test_mute_is_detected_as_silence_and_recovered(emulator_factory, link_factory):
