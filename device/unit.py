@@ -207,7 +207,8 @@ class Unit:
         the outbox cannot be written, keep the messages (but not the status, which is published directly)."""
         now = time.monotonic()
         if self.unwritable is not None and not force and now < self._retry_at:
-            self._hold_unwritten(extra, status)
+            if extra or status is not None:
+                self._hold_unwritten(extra, status)
             return
         msgs = self._held + extra + ([status] if status is not None else [])
         state = self.pipeline.state()
@@ -252,9 +253,11 @@ class Unit:
                 else:
                     keep.append(m)
             self._held = keep
+        level = logging.WARNING if not any(self._unwritten.values()) else logging.DEBUG  # once per spell
         for kind, n in dropped.items():
             self._unwritten[kind] = self._unwritten.get(kind, 0) + n
-        logger.warning("outbox unwritable and %d bytes held in memory: dropped %s", self.HELD_MAX_BYTES, dropped)
+        logger.log(level, "outbox unwritable and %d bytes held in memory: dropping the oldest (%s so far; "
+                   "counted in the status as outbox_unwritten_*)", self.HELD_MAX_BYTES, self._unwritten)
 
     def _contact(self, name: str, block: Any) -> None:
         """A sensor whose blocks say CONTACT_LOST (electrode or finger off) is shown as ``contact_lost``,
