@@ -459,11 +459,15 @@ class Unit:
 
 
 def _command_id(payload: bytes) -> str:
-    """The id of a command that failed to decode, if one can be read; else ``invalid``."""
+    """The id of a command that failed to decode, if one can be read; else ``invalid``. The wire's bounded
+    parse first; then Python's own (which also reads an id beside a number the wire refuses, e.g. 400 digits)."""
     try:
+        cid = wire.command_id(payload)
+        if cid:
+            return cid
         obj = json.loads(payload)
         cid = obj.get("id") if isinstance(obj, dict) else None
-        if isinstance(cid, str) and wire.SESSION_RE.match(cid):
+        if isinstance(cid, str) and wire.SESSION_RE.fullmatch(cid):
             return cid
     except Exception:  # not JSON, too deep (RecursionError), too long a number...
         pass

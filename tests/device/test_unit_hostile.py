@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from broker import store
+from broker import store, wire
 from device.config import load_config
 from device.unit import Unit
 
@@ -64,7 +64,8 @@ def _stored(tmp_path, session: str) -> dict[str, int]:
         c.close()
 
 
-def test_hostile_commands_are_nacked_counted_and_change_nothing(tmp_path, unit_toml, console, hub_recorder):
+def test_hostile_commands_are_nacked_counted_and_change_nothing(tmp_path, unit_toml, console, hub_recorder,
+                                                                monkeypatch):
     unit = Unit(load_config(unit_toml(speed=4.0)))
     run = RunningRc(unit)
     try:
@@ -75,17 +76,35 @@ def test_hostile_commands_are_nacked_counted_and_change_nothing(tmp_path, unit_t
 
         console.send_raw(b"[" * 20_000)  # too deep for json: no usable id
         nack = console.wait_ack("invalid")
-        assert nack and not nack[0].ok and "RecursionError" in nack[0].error, nack
+        # (refused by the wire's depth bound, or a RecursionError out of a decoder without it: a NACK either way)
+        assert nack and not nack[0].ok and nack[0].error.startswith("bad command"), nack
         big = json.dumps({"cmd": "marker", "id": "m-big", "label": "x", "participants": {}, "schema": 1,
                           "session": "s-h1", "time_ns": 0}).replace('"time_ns": 0', '"time_ns": ' + "9" * 400)
         console.send_raw(big.encode())
         nack = console.wait_ack("m-big")
-        assert nack and not nack[0].ok and "time_ns" in nack[0].error, nack
+        assert nack and not nack[0].ok and ("int64" in nack[0].error or "time_ns" in nack[0].error), nack
         deep = b'{"cmd":"marker","id":"m-deep","session":"s-h1","time_ns":1,"label":' + b"[" * 20_000
         console.send_raw(deep)  # cut off and too deep: its id cannot be read either
         assert _wait(lambda: unit.bad_commands == 3)
+        # whatever a decoder lets out (here the RecursionError / OverflowError main's decoders once let out),
+        # the unit answers, counts and goes on
+        real_decode = wire.Command.decode
 
-        st = console.wait_status("unit-a", lambda s: s.dropped.get("bad_commands") == 3)
+        def leaky_decode(payload: bytes):
+            if b"boom-r" in payload:
+                raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+            if b"boom-o" in payload:
+                raise OverflowError("int too large to convert to float")
+            return real_decode(payload)
+
+        monkeypatch.setattr(wire.Command, "decode", staticmethod(leaky_decode))
+        for cid, err in (("boom-r", "RecursionError"), ("boom-o", "OverflowError")):
+            nack = console.wait_ack(console.send("marker", "s-h1", cid=cid, label="x"))
+            assert nack and not nack[0].ok and err in nack[0].error, nack
+        monkeypatch.undo()
+        assert _wait(lambda: unit.bad_commands == 5)
+
+        st = console.wait_status("unit-a", lambda s: s.dropped.get("bad_commands") == 5)
         assert st is not None and st.state == "recording" and st.session == "s-h1", st
         assert unit.fatal is None and unit.pipeline.session.id == "s-h1"
         assert unit.pipeline.session.markers == markers_before  # the 400-digit marker was not executed
