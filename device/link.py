@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 from broker.mqtt import make_client
 
-from .outbox import Outbox
+from .outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class Link:
         self._inflight: dict[int, int] = {}  # mid -> outbox row id (publisher thread only)
         self._early: set[int] = set()  # mids acknowledged before publish() returned
         self._tail_inflight: dict[int, int] = {}  # mid -> row id of a resent tail row (publisher thread only)
+        self._direct: tuple[str, bytes, bool] | None = None  # the latest message to publish outside the outbox
+        self._direct_inflight: set[int] = set()  # mids of direct publishes (publisher thread only)
+        self._unacked_rows: list[int] = []  # PUBACKed rows the outbox could not record yet (publisher thread only)
+        self._outbox_failing = False
         self._resend = threading.Event()  # set by each connect: send the resend tail again
         self._cursor = 0  # highest row id handed to paho
         self._thread: threading.Thread | None = None
@@ -115,7 +119,10 @@ class Link:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._acked.put(mid)
-        if self._acked.qsize() >= self.ACK_BATCH or self.outbox.depth > len(self._inflight):
+        # also when every message in flight is acknowledged: the outbox's depth then reaches 0 (caught up)
+        # instead of staying at the last batch until the next commit
+        n = self._acked.qsize()
+        if n >= self.ACK_BATCH or n >= len(self._inflight) or self.outbox.depth > len(self._inflight):
             self._wake.set()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -131,10 +138,13 @@ class Link:
     def _row_of(self, mid: int) -> int | None:
         """The outbox row a PUBACK's mid belongs to (a queued row or a resent tail row), forgotten once found."""
         rid = self._inflight.pop(mid, None)
+        if rid is None and mid in self._direct_inflight:
+            self._direct_inflight.discard(mid)
+            return -1
         return self._tail_inflight.pop(mid, None) if rid is None else rid
 
     def _drain_acks(self) -> None:
-        done: list[int] = []
+        done, self._unacked_rows = self._unacked_rows, []
         while True:
             try:
                 mid = self._acked.get_nowait()
@@ -143,15 +153,32 @@ class Link:
             rid = self._row_of(mid)
             if rid is None:
                 self._early.add(mid)
-            else:
+            elif rid >= 0:
                 done.append(rid)
         for mid in list(self._early):
             rid = self._row_of(mid)
             if rid is not None:
                 self._early.discard(mid)
-                done.append(rid)
+                if rid >= 0:
+                    done.append(rid)
         if done:
-            self.counts["acked"] += self.outbox.acknowledge(done)
+            try:
+                self.counts["acked"] += self.outbox.acknowledge(done)
+            except Exception:
+                self._unacked_rows = done  # a full disk: record them at a later wake, never forget them
+                raise
+
+    def _publish_direct(self) -> None:
+        direct = self._direct
+        if direct is None or not self._connected.is_set():
+            return
+        self._direct = None
+        info = self.client.publish(direct[0], direct[1], qos=1, retain=direct[2])
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self._direct_inflight.add(info.mid)
+            self.counts["direct"] += 1
+        elif self._direct is None:
+            self._direct = direct
 
     def _resend_tail(self) -> None:
         """Publish the resend tail again (once per connect, before anything newer)."""
@@ -192,14 +219,26 @@ class Link:
             self._wake.wait(1.0)
             self._wake.clear()
             try:
+                self._publish_direct()
                 self._drain_acks()
                 self._resend_tail()
                 self._fill()
                 self._drain_acks()
+            except OutboxError as exc:  # a full disk: the PUBACKs are kept and recorded at a later wake
+                self.counts["publisher_errors"] += 1
+                if not self._outbox_failing:
+                    logger.error("publisher: %s; retrying", exc)
+                self._outbox_failing = True
+                self._stop.wait(0.5)
+                continue
             except Exception:  # an outbox error must not kill the publisher: retry on the next wake
                 self.counts["publisher_errors"] += 1
                 logger.exception("publisher loop error")
                 time.sleep(0.5)
+                continue
+            if self._outbox_failing:
+                logger.warning("publisher: the outbox records acknowledgements again")
+                self._outbox_failing = False
 
     # -------------------------------------------------------------------------------------- control
     def start(self) -> Link:
@@ -230,6 +269,12 @@ class Link:
             self._wake.set()
             time.sleep(0.02)
         return self.outbox.depth == 0
+
+    def publish_direct(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        """Publish outside the outbox, without waiting (a status while the outbox cannot be written). Only the
+        latest such message is kept; it is sent at the publisher's next wake, or after the next connect."""
+        self._direct = (topic, bytes(payload), retain)
+        self._wake.set()
 
     def publish_now(self, topic: str, payload: bytes, *, retain: bool = True, timeout_s: float = 2.0) -> bool:
         """Publish outside the outbox (the final ``offline`` status) and wait for its PUBACK."""

@@ -114,14 +114,17 @@ class Outbox:
         self.listeners: list[Any] = []  # callables invoked (without the lock) after each commit
 
     # ------------------------------------------------------------------------------------- writing
-    def put(self, msgs: Iterable[OutMsg], state: dict[str, Any] | None = None) -> list[int]:
-        """Queue ``msgs`` and update ``state`` keys (JSON values) in one transaction; returns the row ids
-        (0 for a message refused by the quota)."""
+    def put(self, msgs: Iterable[OutMsg], state: dict[str, Any] | None = None,
+            counters: dict[str, int] | None = None) -> list[int]:
+        """Queue ``msgs``, update ``state`` keys (JSON values) and add to ``counters`` in one transaction;
+        returns the row ids (0 for a message refused by the quota). On a write failure (a full disk) nothing
+        of it is stored, :class:`OutboxError` is raised and the caller still holds the messages."""
         msgs = list(msgs)
         now = time.time_ns()
         ids: list[int] = []
         dropped: dict[str, int] = {}
         with self._lock:
+            count_before, bytes_before = self._count, self._bytes
             try:
                 self._con.execute("BEGIN IMMEDIATE")
                 for m in msgs:
@@ -146,9 +149,12 @@ class Outbox:
                     )
                 for kind, n in dropped.items():
                     self._add_counter(f"dropped_{kind}", n)
+                for name, n in (counters or {}).items():
+                    self._add_counter(name, n)
                 self._con.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 self._rollback()
+                self._count, self._bytes = count_before, bytes_before  # the transaction left nothing behind
                 raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
         if dropped:
             logger.warning("outbox quota of %d bytes reached: dropped %s", self.quota_bytes, dropped)
@@ -200,6 +206,7 @@ class Outbox:
             return 0
         now = time.time_ns()
         with self._lock:
+            count_before, bytes_before = self._count, self._bytes
             try:
                 self._del.execute("BEGIN IMMEDIATE")
                 removed = 0
@@ -225,6 +232,7 @@ class Outbox:
                     self._del.execute("ROLLBACK")
                 except sqlite3.DatabaseError:
                     pass
+                self._count, self._bytes = count_before, bytes_before
                 raise OutboxError(f"outbox {self.path}: acknowledge failed: {exc}") from exc
         return removed
 

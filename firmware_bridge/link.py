@@ -8,6 +8,13 @@ through :class:`ClockMapper`, counting lost samples exactly from the 32-bit per-
 When the port disappears (pyserial raises ``SerialException``) or falls silent, it closes, backs off
 (doubling from ``backoff_initial_s`` to ``backoff_max_s``) and reconnects; if the device kept its boot id,
 index accounting and the clock fit continue across the outage, so the loss is reported exactly.
+
+Liveness is judged on the time the link *watched* the port, not on wall time alone: a busy host can leave
+the reader thread unscheduled for longer than the silence timeout while the device keeps sending (the OS
+buffers its bytes, read first when the thread runs again). Each pass of the reader loop counts at most
+``max_watch_step_s`` of silence, however late it ran, so a starved process is not taken for a silent device;
+the handshake's deadlines are judged the same way. On an idle host a pass takes ``read_timeout_s``, so the
+timeouts are as configured.
 """
 
 from __future__ import annotations
@@ -84,7 +91,9 @@ class SerialLink:
         emulator running faster than real time).
     ping_interval_s: seconds between TIME_PING probes while streaming.
     handshake_timeout_s: time allowed for each handshake step.
-    silence_timeout_s: no byte for this long while streaming -> reconnect.
+    silence_timeout_s: no byte for this long while streaming -> reconnect (time the link watched the port).
+    max_watch_step_s: the most one pass of the reader loop counts towards a timeout (default
+        ``max(4 * read_timeout_s, 0.05)``): the rest of a late pass is time the process was not running.
     backoff_initial_s / backoff_max_s: reconnect delay, doubling.
     queue_max: deliveries kept for the consumer; when full, new blocks are dropped and counted
         (``queue_dropped_blocks``/``queue_dropped_samples``), their seq numbers are skipped and the next
@@ -105,6 +114,7 @@ class SerialLink:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
         read_timeout_s: float = 0.02,
+        max_watch_step_s: float | None = None,
         queue_max: int = 100_000,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
         serial_factory: Callable[..., serial.SerialBase] = serial.serial_for_url,
@@ -122,6 +132,8 @@ class SerialLink:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.read_timeout_s = read_timeout_s
+        self.max_watch_step_ns = int((max_watch_step_s if max_watch_step_s is not None
+                                      else max(4 * read_timeout_s, 0.05)) * 1e9)
         self.monotonic_ns = monotonic_ns
         self.serial_factory = serial_factory
         self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=queue_max)
@@ -143,6 +155,8 @@ class SerialLink:
         self._boot_id: int | None = None
         self._streamed = False
         self._last_rx_ns = 0
+        self._watched_ns = 0  # time the link watched the port since the last byte (or deadline start)
+        self._watch_mark_ns = 0
         self._down_since_ns: int | None = None
         self.last_outage_s: float | None = None  # host seconds from losing the device to streaming again
         self.refused: str | None = None
@@ -290,11 +304,24 @@ class SerialLink:
         self._write(ser, TimePing(self._ping_id, t1))
 
     def _read_frames(self, ser: serial.SerialBase) -> list[Frame]:
-        data = ser.read(max(1, ser.in_waiting))
+        data = ser.read(max(1, ser.in_waiting))  # what the OS buffered while this thread was not running first
         if not data:
             return []
         self._last_rx_ns = self.monotonic_ns()
+        self._watched_ns = 0
         return self.decoder.feed(data)
+
+    def _watch_reset(self) -> None:
+        self._watched_ns = 0
+        self._watch_mark_ns = self.monotonic_ns()
+
+    def _watch(self) -> int:
+        """Add this pass's watched time (capped at ``max_watch_step_ns``); returns the total since the last
+        byte or reset."""
+        now = self.monotonic_ns()
+        self._watched_ns += min(max(now - self._watch_mark_ns, 0), self.max_watch_step_ns)
+        self._watch_mark_ns = now
+        return self._watched_ns
 
     def _session(self, ser: serial.SerialBase) -> None:
         self._streamed = False
@@ -314,8 +341,9 @@ class SerialLink:
     def _deadline_loop(self, ser: serial.SerialBase, what: str, resend: Callable[[], None]):
         """Yield frames until the caller returns; resend every quarter timeout; HandshakeError at timeout."""
         timeout_ns = int(self.handshake_timeout_s * 1e9)
-        start = self.monotonic_ns()
-        last_send = start
+        waited = 0  # watched time since the step began (see _watch), not wall time
+        last_send = 0
+        mark = self.monotonic_ns()
         resend()
         versions_before = self.decoder.stats.version_errors
         while not self._stop.is_set():
@@ -323,11 +351,13 @@ class SerialLink:
             if self.decoder.stats.version_errors > versions_before:
                 raise self.decoder.last_version_error or UnsupportedVersionError("unsupported protocol version")
             now = self.monotonic_ns()
-            if now - start > timeout_ns:
+            waited += min(max(now - mark, 0), self.max_watch_step_ns)
+            mark = now
+            if waited > timeout_ns:
                 why = f" (last decode error: {self.decoder.last_error})" if self.decoder.last_error else ""
                 raise HandshakeError(f"no {what} from {self.url} within {self.handshake_timeout_s} s{why}")
-            if now - last_send > timeout_ns // 4:
-                last_send = now
+            if waited - last_send > timeout_ns // 4:
+                last_send = waited
                 resend()
 
     def _handshake(self, ser: serial.SerialBase, hello: Hello | None) -> None:
@@ -398,6 +428,7 @@ class SerialLink:
     def _stream(self, ser: serial.SerialBase) -> None:
         next_ping = self.monotonic_ns() + int(self.ping_interval_s * 1e9)
         silence_ns = int(self.silence_timeout_s * 1e9)
+        self._watch_reset()
         while not self._stop.is_set():
             while True:
                 try:
@@ -410,9 +441,10 @@ class SerialLink:
             if now >= next_ping:
                 next_ping = now + int(self.ping_interval_s * 1e9)
                 self._ping(ser)
-            if now - self._last_rx_ns > silence_ns:
+            if self._watch() > silence_ns:
                 self.counters["silences"] += 1
-                raise LinkSilent(f"no data from {self.url} for {self.silence_timeout_s} s")
+                raise LinkSilent(f"no data from {self.url} for {self.silence_timeout_s} s "
+                                 f"(wall time {(now - self._last_rx_ns) / 1e9:.2f} s)")
 
     def _handle(self, fr: Frame, during_handshake: bool = False) -> None:
         msg = fr.msg

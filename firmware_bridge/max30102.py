@@ -171,6 +171,9 @@ class MAX30102(I2CDriver):
         self.overwritten = 0  # samples overwritten while a drain was being read (found at the next drain)
         self.samples_read = 0
         self._expect_rd: int | None = None  # FIFO_RD_PTR after the last drain, if no sample was overwritten
+        # (host time, samples left in the FIFO then) after the last drain or the FIFO's clearing: tells a full
+        # FIFO whose overflow counter is still 0 (the pointers meet) from an empty one
+        self._level_mark: tuple[float, int] | None = None
 
     @property
     def output_rate_hz(self) -> float:
@@ -221,6 +224,7 @@ class MAX30102(I2CDriver):
     def _clear_fifo(self) -> None:
         self._io("write_i2c_block_data", REGS["FIFO_WR_PTR"].address, [0, 0, 0])  # WR_PTR, OVF, RD_PTR
         self._expect_rd = 0
+        self._level_mark = (self.monotonic(), 0)
 
     def _verify_config(self) -> None:
         want = {
@@ -256,6 +260,14 @@ class MAX30102(I2CDriver):
         empty = np.zeros(0, dtype=np.uint32)
         return FifoData(empty, empty, 0, lost_exact=False, reinitialised=True)
 
+    def _filled_since_mark(self, t: float) -> bool:
+        """At host time ``t``, has the FIFO had time to fill up since the last drain (at least half full by
+        the sample rate: an empty FIFO that far on would mean the chip stopped sampling)?"""
+        if self._level_mark is None:
+            return False
+        t_mark, level = self._level_mark
+        return level + (t - t_mark) * self.output_rate_hz >= 0.5 * FIFO_DEPTH
+
     def _read_fifo(self) -> FifoData:
         t0 = self.monotonic()
         wr, ovf, rd = self.read_block(REGS["FIFO_WR_PTR"].address, 3)  # one transaction: consistent snapshot
@@ -264,8 +276,11 @@ class MAX30102(I2CDriver):
         ovf &= 0x1F
         rd &= 0x1F
         n = (wr - rd) % FIFO_DEPTH
-        if n == 0 and ovf > 0:
-            n = FIFO_DEPTH  # full: the pointers meet
+        if n == 0 and (ovf > 0 or self._filled_since_mark(t1)):
+            # full: the pointers meet. With 32 samples and none lost yet OVF_COUNTER is still 0, so a poll late
+            # by 0.32 s or more (at 100 Hz) would read an empty FIFO and leave its 32 samples, and the FIFO clock
+            # would take the snapshot for a count 32 samples short (polls dropped, stamps off for a stretch)
+            n = FIFO_DEPTH
         overwritten = 0
         if self._expect_rd is not None and ovf < 0x1F:
             # each overwrite moved RD_PTR on; the ones OVF_COUNTER no longer counts happened during the last drain
@@ -285,6 +300,7 @@ class MAX30102(I2CDriver):
         ir = np.ascontiguousarray(values[1::2])
         exact = ovf < 0x1F
         self._expect_rd = (rd + n) % FIFO_DEPTH
+        self._level_mark = (t1, 0)  # samples taken after the snapshot stay in the FIFO
         snapshot, queued, during = (t0, t1), 0, 0
         if n and (self.monotonic() - t0) * self.output_rate_hz >= FIFO_DEPTH - n - 1:
             # long enough for the FIFO to have filled up during the drain: look again. RD_PTR moved on by every
@@ -303,6 +319,7 @@ class MAX30102(I2CDriver):
             during = (rd2 - rd - n - ovf2) % FIFO_DEPTH
             during += FIFO_DEPTH * max(0, round((taken - level - ovf2 - during) / FIFO_DEPTH))
             self._expect_rd = (rd2 - ovf2) % FIFO_DEPTH
+            self._level_mark = (t2, level)
             snapshot, queued = (t2, t3), level + ovf2
         lost = ovf + overwritten + during
         if lost:

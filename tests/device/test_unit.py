@@ -191,14 +191,14 @@ def test_raw_and_feature_messages_are_committed_together(tmp_path, unit_toml, co
             made[id(m)] = (time.monotonic(), m.kind)
         return msgs
 
-    def put_recorded(msgs, state=None):
+    def put_recorded(msgs, state=None, counters=None):
         now = time.monotonic()
         commits.append([id(m) for m in msgs if id(m) in made])
         commit_log.append((now, {m.kind for m in msgs}))
         for m in msgs:
             if id(m) in made and m.kind in delays:
                 delays[m.kind].append(now - made[id(m)][0])
-        return put(msgs, state=state)
+        return put(msgs, state=state, counters=counters)
 
     unit.pipeline.drain = drain_stamped
     unit.outbox.put = put_recorded

@@ -105,6 +105,21 @@ def test_fifo_overflow_gives_exact_lost_count(sim, stall_s):
     assert nxt.lost_before == 0 and sample_numbers(nxt)[0] == sample_numbers(data)[-1] + 1
 
 
+@pytest.mark.parametrize("late_s", [0.316, 0.3245])
+def test_a_full_fifo_before_its_first_overflow_is_read_not_taken_for_empty(sim, late_s):
+    """32 samples and none lost yet: the pointers meet and OVF_COUNTER is 0. The driver must read the 32
+    (it did read none, and the FIFO clock took the count for 32 short: a PPG stream off for a stretch)."""
+    clock, bus, emu, drv = make_ppg(sim)
+    clock.advance(0.105)
+    first = drv.read_fifo()
+    clock.advance(late_s)
+    data = drv.read_fifo()
+    assert emu.samples_lost == 0  # it was full, and had not overflowed yet
+    assert data.n == 32 and data.lost_before == 0 and data.lost_exact
+    np.testing.assert_array_equal(sample_numbers(data), sample_numbers(first)[-1] + 1 + np.arange(32))
+    assert drv.read_fifo().n == 0  # and an empty FIFO right after a drain is empty
+
+
 class SlowFifoBus:
     """Each FIFO data transaction takes ``per_read_s`` (a slow or preempted drain): samples keep arriving."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 import tty
 import zlib
@@ -11,6 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import serial
 
 from core.vocab import BlockFlags
 from firmware_bridge.link import SerialLink
@@ -66,28 +68,44 @@ def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
     link.stop()
     deliveries = collect(link)
     stats = check_exact_accounting(emu, link, deliveries)
-    assert stats["connects"] == 3 and stats["disconnects"] >= 2
+    # one reconnect per unplug, each at the first handshake, none for a silence (a starved process included)
+    assert stats["connects"] == 3 and stats["disconnects"] >= 2, stats
+    assert stats["silences"] == 0 and stats["handshake_failures"] == 0, stats
     assert stats["decoder"]["crc_errors"] == 0
-    # recovery: START arrives within 2 simulated seconds of every replug
+    # every unplug is recovered (a START after each replug), and each gap lies where the unplug was: it begins
+    # by the unplug (earlier by what the link had not read yet: bytes in the port die with it, more of them on a
+    # busy machine) and ends with the first frame after the START. How long recovery took in simulated seconds
+    # depends on how busy the machine is (0.1 simulated s per real 5 ms at 20x): reported, not asserted
     ev = emu.events
+    pulls = [t for t, name, _ in ev if name == "unplug"]
     replugs = [t for t, name, _ in ev if name == "replug"]
     starts = [t for t, name, _ in ev if name == "start"]
-    assert len(replugs) == 2
-    for (at, dur), t_re in zip(unplugs, replugs, strict=True):
-        assert t_re >= at + dur
-        t_start = min(t for t in starts if t >= t_re)
-        assert t_start - t_re <= 2.0, f"recovery took {t_start - t_re:.2f} simulated s"
-    # exactly two gaps per stream, each no longer than the unplug + 2 s recovery + one frame
+    assert len(pulls) == len(replugs) == 2
+    spans = []
+    for (at, dur), t_pull, t_re in zip(unplugs, pulls, replugs, strict=True):
+        assert t_pull >= at and t_re >= t_pull + dur
+        after = [t for t in starts if t >= t_re]
+        assert after, f"no START after the replug at {t_re:.1f} s"
+        spans.append((t_pull, t_re, min(after)))
+    recovery = [round(t_start - t_re, 2) for _, t_re, t_start in spans]
+    chans = {f"{c.role}/{c.signal_name}": c for c in emu.channels.values()}
     for stream, ds in deliveries.items():
-        gaps = [d.lost_before for d in ds if d.lost_before]
-        rate = ds[0].block.rate_hz
-        frame = 8 if "eda" in stream else 25
-        assert len(gaps) == 2, (stream, gaps)
-        for (_at, dur), lost in zip(unplugs, gaps, strict=True):
-            assert dur * rate - frame <= lost <= (dur + 2.0) * rate + 2 * frame, (stream, dur, lost)
+        ch = chans[stream]
+        frame_s = ch.frame_samples / ch.rate_hz
+        gapped = [d for d in ds if d.lost_before]
+        assert len(gapped) == 2, (stream, [d.lost_before for d in gapped])
+        for (t_pull, t_re, t_start), d in zip(spans, gapped, strict=True):
+            t_first_missing = emu.sample_time_s(ch, d.first_index - d.lost_before)
+            t_back = emu.sample_time_s(ch, d.first_index)
+            why = (stream, t_pull, t_re, t_start, t_first_missing, t_back, recovery)
+            assert t_first_missing <= t_pull + frame_s, why
+            # (a late emulator step sends the samples it catches up on after START: taken after the replug)
+            assert t_re - frame_s - 1e-6 <= t_back <= t_start + frame_s, why
+            assert d.lost_before >= (t_re - t_pull - frame_s) * ch.rate_hz - 1, why
     # ten minutes of data per stream minus the gaps
     eda = deliveries["therapist/eda"]
-    assert sum(d.block.n for d in eda) > (600 - 13 - 2 - 4) * 32
+    lost_s = sum(t_start - t_pull for t_pull, _, t_start in spans)
+    assert sum(d.block.n for d in eda) > (600 - lost_s - 4) * 32
     # time stamps: the clock fit follows the emulator's drifting clock (errors in simulated time)
     off = link.clock.utc_offset_ns()
     errs = []
@@ -100,19 +118,71 @@ def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
     assert link.clock.resets_detected == 0
 
 
+class _StallingPort:
+    """A real port whose next read, once armed, is late by ``stall_s`` and then finds nothing, as when the
+    whole process (the reader thread and the in-process emulated device alike) was not scheduled: the
+    emulator is held for the stall too, then catches up by itself."""
+
+    def __init__(self, port, emu, armed: threading.Event, stall_s: float) -> None:
+        self._port, self._emu, self._armed, self._stall_s = port, emu, armed, stall_s
+        self.stalls = 0
+
+    def read(self, n: int = 1) -> bytes:
+        if self._armed.is_set():
+            with self._emu._lock:  # the device does not run either (its steps take this lock)
+                time.sleep(self._stall_s)
+            self._armed.clear()
+            self.stalls += 1
+            return b""
+        return self._port.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+def test_a_starved_process_is_not_taken_for_a_silent_device(emulator_factory, link_factory):
+    """Liveness is judged on the time the link watched the port: a reader late by 3x the silence timeout,
+    with the device starved alongside, keeps its connection; the device's burst afterwards is accounted."""
+    emu = emulator_factory(speed=20.0)
+    armed = threading.Event()
+    ports: list[_StallingPort] = []
+
+    def factory(url, **kw):
+        ports.append(_StallingPort(serial.serial_for_url(url, **kw), emu, armed, stall_s=1.5))
+        return ports[-1]
+
+    link = link_factory(emu, serial_factory=factory)
+    assert link.silence_timeout_s == 0.5
+    wait_sim(emu, 10.0)
+    armed.set()
+    deadline = time.monotonic() + 30
+    while armed.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not armed.is_set() and sum(p.stalls for p in ports) == 1
+    wait_sim(emu, emu.sim_time() + 10.0)
+    time.sleep(0.1)
+    link.stop()
+    stats = check_exact_accounting(emu, link, collect(link))
+    assert stats["silences"] == 0 and stats["connects"] == 1, stats  # (one disconnect: the stop)
+
+
 def test_mute_is_detected_as_silence_and_recovered(emulator_factory, link_factory):
     emu = emulator_factory(speed=20.0)
     link = link_factory(emu)
     wait_sim(emu, 20.0)
-    emu.mute(15.0)  # longer than the link's silence timeout (0.5 s real = 10 s simulated)
-    wait_sim(emu, 50.0)
+    emu.mute(30.0)  # 3x the link's silence timeout (0.5 s real = 10 s simulated): declared on a busy machine too
+    wait_sim(emu, 70.0)
     time.sleep(0.1)
     link.stop()
     stats = check_exact_accounting(emu, link, collect(link))
     assert stats["silences"] == 1 and stats["connects"] == 2
-    # silence declared after 10 s of the 15-s mute; streaming again within 2 s after the mute ends
-    assert 0 < stats["last_outage_s"] * emu.speed < 15.0 - 10.0 + 2.0
-    assert 15.0 * 32 - 8 <= stats["lost_samples"]["therapist/eda"] <= 17.0 * 32 + 8
+    # the loss is the samples the device took during the mute, up to the next START at most (the silence is
+    # declared after 10 simulated s of it, later on a busy machine: the time is not asserted)
+    t_mute = next(t for t, name, _ in emu.events if name == "mute")
+    t_start = min(t for t, name, _ in emu.events if name == "start" and t > t_mute)
+    assert t_start >= t_mute + 30.0 and stats["last_outage_s"] > 0
+    lost = stats["lost_samples"]["therapist/eda"]  # (frames sent once the mute ends count, START or not)
+    assert 30.0 * 32 - 8 <= lost <= (t_start - t_mute) * 32 + 16, (lost, t_start - t_mute)
 
 
 def test_bit_errors_and_dropped_bytes_are_counted_exactly(emulator_factory, link_factory):
@@ -262,4 +332,4 @@ def test_ten_minutes_slower_speed_with_unplugs_mute_and_bit_errors(emulator_fact
     replugs = [t for t, name, _ in emu.events if name == "replug"]
     starts = [t for t, name, _ in emu.events if name == "start"]
     for t_re in replugs:
-        assert min(t for t in starts if t >= t_re) - t_re <= 2.0
+        assert [t for t in starts if t >= t_re], f"no START after the replug at {t_re:.1f} s"
