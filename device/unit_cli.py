@@ -180,13 +180,18 @@ def describe_outbox_check(r, quota_bytes: int | None = None) -> list[str]:
     tail = sum(a.tail for a in r.accounts)
     if tail:
         out.append(f"Kept to resend after a reconnect (already acknowledged by the broker): {_count(tail, 'message')}.")
-    dropped = r.dropped
-    if dropped:
-        words = ", ".join(_n(v, k) for k, v in sorted(dropped.items()))
+    quota_drops = {k: v for k, v in r.dropped.items() if "unwritten" not in k}
+    full_disk = {k: v for k, v in r.dropped.items() if "unwritten" in k}
+    if quota_drops:
+        words = ", ".join(_n(v, k) for k, v in sorted(quota_drops.items()))
         out.append(f"Dropped under the disk quota since this file was created: {words} "
                    "(the hub shows them as missing sequence numbers).")
     else:
         out.append("Nothing was dropped under the disk quota.")
+    if full_disk:
+        words = ", ".join(_n(v, k) for k, v in sorted(full_disk.items()))
+        out.append(f"Dropped because the disk was full and the unit's memory allowance ran out: {words} "
+                   "(the hub shows them as missing sequence numbers).")
     if r.damaged:
         out.append("Result: DAMAGED - " + "; ".join(r.problems) + ".")
     else:
