@@ -6,9 +6,11 @@
   minus mean client-led z (> 0: the therapist leads).
 * :func:`single_session_index`: Marci et al. (2007): slopes of each series over ``slope_s`` (5 s), Pearson r of
   the slopes in running ``corr_s`` windows (15 s), ``SSI = ln(Σ r⁺ / |Σ r⁻|)``.
-* :func:`surrogate_test`: significance of a session statistic against surrogates — circular shifts of the
-  client series by at least 2·lag, segment shuffling of the client, or pseudo-dyads (the therapist with
-  clients from other sessions) — with a one-sided permutation p-value and an effect size.
+* :func:`surrogate_test` / :func:`surrogate_tests`: significance of session statistics against surrogates —
+  mirrored circular shifts of the client series by at least 2·lag (default; calibrated in docs/dsp.md),
+  plain circular shifts, segment shuffling of the client, or pseudo-dyads (the therapist with clients from
+  other sessions) — with one-sided permutation p-values and effect sizes; several statistics share one
+  WCC pass per surrogate.
 * :func:`ar1_inertia` and :func:`lagged_coupling`: intrapersonal inertia of RSA epochs and the interpersonal
   lagged coupling ``RSA_C(t) ~ RSA_C(t−1) + RSA_T(t−1)`` and its mirror (Goren et al. 2024), ordinary least
   squares with classical standard errors (plain numpy).
@@ -45,6 +47,7 @@ __all__ = [
     "session_summary",
     "single_session_index",
     "surrogate_test",
+    "surrogate_tests",
 ]
 
 
@@ -180,7 +183,7 @@ def single_session_index(
     return float(np.log(pos / abs(neg)))
 
 
-_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z")
+_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z", "max_z")
 
 
 def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
@@ -188,7 +191,7 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
 
     ``"inphase_z"``: mean in-phase peak z (Moulder et al. 2018); ``"r0"``: mean Fisher z of r at lag 0;
     ``"therapist_led"``/``"client_led"``: mean leading-side z; ``"antiphase_z"``: mean anti-phase peak z
-    (negative: test with ``alternative="less"``).
+    (negative: test with ``alternative="less"``); ``"max_z"``: mean z of each window's global maximum.
     """
     if statistic not in _STATISTICS:
         raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
@@ -199,14 +202,16 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
 
 
 def _circular_null(
-    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistic: str
+    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistics: Sequence[str]
 ) -> np.ndarray:
-    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len),
-    computed in the kernel."""
-    col = WINDOW_VALUE_NAMES.index(statistic)
+    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len) and
+    each statistic, all from one kernel pass per shift: an array (len(shifts), len(statistics))."""
+    cols = np.array([WINDOW_VALUE_NAMES.index(st) for st in statistics], dtype=np.int64)
+    fisher = np.array([st == "r0" for st in statistics], dtype=np.uint8)
     p = params
     return _wcc.circular_null(
-        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, col, statistic == "r0"
+        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
+        p.leader_min_r,
     )
 
 
@@ -237,43 +242,70 @@ def _segments(c: np.ndarray, rng: np.random.Generator, seg: int) -> np.ndarray:
     return np.concatenate([c[k * seg : (k + 1) * seg] for k in order])
 
 
-def surrogate_test(
+SURROGATE_METHODS = ("mirror", "circular", "segment", "pseudo")
+
+
+def _draw_shifts(rng: np.random.Generator, n_shifts: int, ring: int, min_shift: int) -> np.ndarray:
+    return np.array(
+        [int(rng.integers(min_shift, ring - min_shift + 1)) for _ in range(n_shifts)], dtype=np.int64
+    )
+
+
+def surrogate_tests(
     therapist: object,
     client: object,
     params: SyncParams | None = None,
+    tests: Sequence[tuple[str, str]] = (("inphase_z", "greater"),),
     n: int = 1000,
-    method: str = "circular",
+    method: str = "mirror",
     seed: int | np.random.Generator | None = None,
-    statistic: str = "inphase_z",
-    alternative: str = "greater",
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
-) -> SurrogateResult:
-    """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics.
+) -> dict[str, SurrogateResult]:
+    """Several session statistics tested against the SAME ``n`` surrogate dyads, each surrogate's WCC computed
+    once: ``tests`` is a sequence of ``(statistic, alternative)``; returns ``{statistic: SurrogateResult}``.
 
-    ``method``: ``"circular"`` — the client series circularly shifted by a random amount of at least
-    2·lag samples (and at most length − 2·lag); ``"segment"`` — the client cut into segments of
-    ``segment_s`` (default: the window length) and shuffled; ``"pseudo"`` — the therapist paired with client
-    series of other sessions (``partners``, drawn with replacement, cut or used from a random offset when
-    longer). ``seed`` makes the draw reproducible.
+    Every result equals :func:`surrogate_test` of that statistic with the same ``seed`` (the draw does not
+    depend on the statistics asked for). ``method``:
+
+    * ``"mirror"`` (default): the client series is extended by its time reversal into a ring of 2·len samples
+      with no jump (the even extension used by the discrete cosine transform) and each surrogate is the first
+      len samples of that ring rotated by a random amount in [2·lag, 2·len − 2·lag]. A plain circular shift
+      joins the series' end to its start; for strongly autocorrelated series (slow EDA, HR) that jump is
+      large, sits inside many windows of every surrogate and never in the observed pair, and the test
+      rejects too often under the null (docs/dsp.md, "Calibration"). Gaussian linear processes are
+      time-reversible (Weiss 1975), so the reversed half has the same second-order structure.
+    * ``"circular"``: the client circularly shifted by [2·lag, len − 2·lag] samples (the classic scheme;
+      anti-conservative for short, strongly autocorrelated series — kept for comparison).
+    * ``"segment"``: the client cut into segments of ``segment_s`` (default: the window length) and shuffled.
+    * ``"pseudo"``: the therapist paired with client series of other sessions (``partners``, drawn with
+      replacement, cut or used from a random offset when longer).
     """
     params = params or SyncParams()
     t = _as_series(therapist, "therapist")
     c = _as_series(client, "client")
     if len(t) != len(c):
         raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise DspError(f"n must be a positive integer, got {n!r}")
-    if alternative not in ("greater", "less"):
-        raise DspError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    tests = tuple(tests)
+    if not tests:
+        raise DspError("tests must name at least one (statistic, alternative)")
+    for stat, alt in tests:
+        if stat not in _STATISTICS:
+            raise DspError(f"unknown statistic {stat!r}; choose one of {_STATISTICS}")
+        if alt not in ("greater", "less"):
+            raise DspError(f"alternative must be 'greater' or 'less', got {alt!r}")
     if params.n_windows(len(t)) == 0:
         raise DspError(f"series of {len(t)} samples hold no complete window for {params}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    observed = session_statistic(wcc(t, c, params), statistic)
+    stats = tuple(stat for stat, _ in tests)
+    res = wcc(t, c, params)
+    observed = [session_statistic(res, stat) for stat in stats]
     min_shift = max(2 * params.lag, 1)
     seg = params.win if segment_s is None else int(round(segment_s * params.rate_hz))
     pool: list[np.ndarray] = []
-    if method == "circular":
+    if method in ("circular", "mirror"):
         if len(c) < 2 * min_shift + 1:
             raise DspError(
                 f"series of {len(c)} samples too short for circular shifts of >= {min_shift} samples"
@@ -289,16 +321,15 @@ def surrogate_test(
             if params.n_windows(min(len(p), len(t))) == 0:
                 raise DspError(f"partners[{i}] ({len(p)} samples) holds no complete window")
     else:
-        raise DspError(f"unknown surrogate method {method!r}; choose circular, segment or pseudo")
-    if method == "circular":
-        # shifts drawn in order (np.roll(c, shift) each), then every surrogate in the kernel without the GIL
-        shifts = np.array(
-            [int(rng.integers(min_shift, len(c) - min_shift + 1)) for _ in range(n)], dtype=np.int64
-        )
-        null = _circular_null(t, c, shifts, params, statistic)
+        raise DspError(f"unknown surrogate method {method!r}; choose one of {SURROGATE_METHODS}")
+    if method in ("circular", "mirror"):
+        # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
+        ring = c if method == "circular" else np.concatenate([c, c[::-1]])
+        shifts = _draw_shifts(rng, n, len(ring), min_shift)
+        null = _circular_null(t, ring, shifts, params, stats)
     else:
-        null = np.empty(n)
-    for k in range(n if method != "circular" else 0):
+        null = np.empty((n, len(stats)))
+    for k in range(n if method not in ("circular", "mirror") else 0):
         tt = t
         if method == "segment":
             cs = _segments(c, rng, seg)
@@ -309,7 +340,15 @@ def surrogate_test(
                 cs = p[off : off + len(t)]
             else:
                 cs, tt = p, t[: len(p)]
-        null[k] = session_statistic(wcc(tt, cs, params), statistic)
+        r = wcc(tt, cs, params)
+        null[k] = [session_statistic(r, stat) for stat in stats]
+    return {
+        stat: _result(observed[q], np.ascontiguousarray(null[:, q]), alt, n, method, stat)
+        for q, (stat, alt) in enumerate(tests)
+    }
+
+
+def _result(observed: float, null: np.ndarray, alternative: str, n: int, method: str, statistic: str) -> SurrogateResult:
     valid = null[np.isfinite(null)]
     if len(valid) == 0 or not np.isfinite(observed):
         logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
@@ -331,6 +370,28 @@ def surrogate_test(
         statistic=statistic,
         null=null,
     )
+
+
+def surrogate_test(
+    therapist: object,
+    client: object,
+    params: SyncParams | None = None,
+    n: int = 1000,
+    method: str = "mirror",
+    seed: int | np.random.Generator | None = None,
+    statistic: str = "inphase_z",
+    alternative: str = "greater",
+    partners: Sequence[object] | None = None,
+    segment_s: float | None = None,
+) -> SurrogateResult:
+    """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics
+    (methods and their calibration: :func:`surrogate_tests`). ``seed`` makes the draw reproducible."""
+    if statistic not in _STATISTICS:
+        raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
+    return surrogate_tests(
+        therapist, client, params, ((statistic, alternative),), n=n, method=method, seed=seed,
+        partners=partners, segment_s=segment_s,
+    )[statistic]
 
 
 @dataclass(frozen=True)
