@@ -219,8 +219,11 @@ def _circular_null(
 class SurrogateResult:
     """Outcome of a surrogate test.
 
-    ``p_value`` = (1 + #{null ≥ observed}) / (1 + n_valid) (``alternative="greater"``; ≤ for "less");
     ``effect_size`` = (observed − null_mean) / null_sd, the observed value in SDs of the null.
+    ``p_value``: for ``method="mirror"`` the studentized rotation p-value (:func:`surrogate_tests`), with
+    ``null_mean``/``null_sd`` over the rotations more than 2·lag from the observed one; otherwise
+    (1 + #{null ≥ observed}) / (1 + n_valid) (``alternative="greater"``; ≤ for "less").
+    ``null``: the statistic of every surrogate (for "mirror": rotations 1 … n in ring order).
     """
 
     p_value: float
@@ -268,15 +271,24 @@ def surrogate_tests(
     Every result equals :func:`surrogate_test` of that statistic with the same ``seed`` (the draw does not
     depend on the statistics asked for). ``method``:
 
-    * ``"mirror"`` (default): the client series is extended by its time reversal into a ring of 2·len samples
-      with no jump (the even extension used by the discrete cosine transform) and each surrogate is the first
-      len samples of that ring rotated by a random amount in [2·lag, 2·len − 2·lag]. A plain circular shift
-      joins the series' end to its start; for strongly autocorrelated series (slow EDA, HR) that jump is
-      large, sits inside many windows of every surrogate and never in the observed pair, and the test
-      rejects too often under the null (docs/dsp.md, "Calibration"). Gaussian linear processes are
-      time-reversible (Weiss 1975), so the reversed half has the same second-order structure.
-    * ``"circular"``: the client circularly shifted by [2·lag, len − 2·lag] samples (the classic scheme;
-      anti-conservative for short, strongly autocorrelated series — kept for comparison).
+    * ``"mirror"`` (default; calibrated in docs/dsp.md "Calibration"): a studentized rotation test on a
+      mirrored ring. The client series followed by its time reversal makes a ring of 2·len samples without a
+      jump (the even extension of the discrete cosine transform; Gaussian linear processes are
+      time-reversible, Weiss 1975). The statistic is computed for ``n + 1`` rotations evenly spaced around
+      the ring, rotation 0 being the observed pair. Each rotation j gets a score
+      ``z_j = (T_j − mean) / SD`` against the rotations more than 2·lag away from it (its own neighbours,
+      which share its alignments, are left out); the p-value is the share of rotations whose score is at
+      least the observed one's, ``#{j: z_j ≥ z_0} / (n + 1)``, so the observed pair is ranked exactly as
+      every rotation is (a randomization test over the rotation group). No random draw: ``seed`` is unused.
+      Why not the classic scheme: (1) a plain circular shift joins the series' end to its start, and for
+      strongly autocorrelated series (EDA, HR) that jump sits inside many windows of every surrogate and
+      never in the observed pair; (2) comparing the observed value only with shifts of at least 2·lag leaves
+      out exactly its own neighbours, which resemble it — when the observed value is high by chance its
+      neighbours are high too and are removed from the comparison. With few independent shifts (short,
+      slow series) both make the test reject far too often under the null.
+    * ``"circular"``: the classic scheme: the client circularly shifted by a random [2·lag, len − 2·lag]
+      samples, p = (1 + #{null ≥ observed}) / (1 + n) (anti-conservative for short or strongly
+      autocorrelated series; kept for comparison).
     * ``"segment"``: the client cut into segments of ``segment_s`` (default: the window length) and shuffled.
     * ``"pseudo"``: the therapist paired with client series of other sessions (``partners``, drawn with
       replacement, cut or used from a random offset when longer).
@@ -322,11 +334,19 @@ def surrogate_tests(
                 raise DspError(f"partners[{i}] ({len(p)} samples) holds no complete window")
     else:
         raise DspError(f"unknown surrogate method {method!r}; choose one of {SURROGATE_METHODS}")
-    if method in ("circular", "mirror"):
+    if method == "mirror":
+        ring = np.concatenate([c, c[::-1]])
+        n_rot = min(n + 1, len(ring))
+        rot = np.unique(np.round(np.arange(n_rot) * (len(ring) / n_rot)).astype(np.int64))
+        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats)])
+        return {
+            stat: _rotation_result(values[:, q], rot, len(ring), min_shift, alt, method, stat)
+            for q, (stat, alt) in enumerate(tests)
+        }
+    if method == "circular":
         # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
-        ring = c if method == "circular" else np.concatenate([c, c[::-1]])
-        shifts = _draw_shifts(rng, n, len(ring), min_shift)
-        null = _circular_null(t, ring, shifts, params, stats)
+        shifts = _draw_shifts(rng, n, len(c), min_shift)
+        null = _circular_null(t, c, shifts, params, stats)
     else:
         null = np.empty((n, len(stats)))
     for k in range(n if method not in ("circular", "mirror") else 0):
@@ -346,6 +366,40 @@ def surrogate_tests(
         stat: _result(observed[q], np.ascontiguousarray(null[:, q]), alt, n, method, stat)
         for q, (stat, alt) in enumerate(tests)
     }
+
+
+def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: int, alternative: str,
+                     method: str, statistic: str) -> SurrogateResult:
+    """The studentized rotation test of ``surrogate_tests(method="mirror")``: ``values[j]`` is the statistic at
+    rotation ``rot[j]`` of a ring of ``ring`` samples (``rot[0] == 0``: the observed pair)."""
+    observed = float(values[0])
+    null = np.ascontiguousarray(values[1:])
+    m = len(values)
+    fin = np.isfinite(values)
+    if not fin[0] or fin.sum() < 3:
+        logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
+        return SurrogateResult(float("nan"), float("nan"), observed, float("nan"), float("nan"), m - 1, method,
+                               statistic, null)
+    d = np.abs(rot[:, None] - rot[None, :])
+    far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+    v = np.where(fin, values, 0.0)
+    cnt = far.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = (far * v[None, :]).sum(axis=1) / cnt
+        var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        z = (values - mu) / np.sqrt(var)
+    if alternative == "less":
+        z = -z
+    ok = np.isfinite(z)
+    if not ok[0]:
+        return SurrogateResult(float("nan"), float("nan"), observed, float(mu[0]), float("nan"), m - 1, method,
+                               statistic, null)
+    p = float(np.sum(z[ok] >= z[0]) / ok.sum())
+    z0 = float(z[0]) if alternative == "greater" else float(-z[0])
+    return SurrogateResult(
+        p_value=p, effect_size=z0, observed=observed, null_mean=float(mu[0]), null_sd=float(np.sqrt(var[0])),
+        n=m - 1, method=method, statistic=statistic, null=null,
+    )
 
 
 def _result(observed: float, null: np.ndarray, alternative: str, n: int, method: str, statistic: str) -> SurrogateResult:
