@@ -29,6 +29,7 @@ import importlib.util
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         for minutes in lengths:
             n = int(minutes * 60 * RATE)
-            rng = np.random.default_rng(abs(hash((model, minutes))) % 2**32)
+            rng = np.random.default_rng([zlib.crc32(model.encode()), int(minutes * 10)])
             pairs = [p for p in (null_pair(model, rng, n, sources) for _ in range(args.pairs)) if p is not None]
             if len(pairs) < args.pairs // 2:
                 print(f"{model:<8}{minutes:>5g}  (not enough data for this length)")
