@@ -3,6 +3,8 @@
 import numpy as np
 import numpy.typing as npt
 
+TONIC_SETTLE: int
+
 class EdaGridKernel:
     off: float
     step: float

@@ -7,7 +7,10 @@ Per push, with the arithmetic of the Python twin ``dsp_ext.eda.eda_grid_referenc
 1. linear interpolation onto the grid (``dsp_ext.grid.GridResampler``): grid point j lies at raw position
    ``off + j·step``; it is emitted once the raw sample at or after it has arrived;
 2. tonic = the causal low-pass ``sos`` started in the steady state of the first finite grid value (zero-order
-   hold on non-finite input, NaN output there); phasic = value − tonic; valid = value finite;
+   hold on non-finite input, NaN output there); if a non-finite value comes before ``TONIC_SETTLE_N`` finite
+   values have followed that start, the start is suspect (an initial outlier followed by a slope artefact
+   looks exactly like this) and the tonic starts again on the next finite value; phasic = value − tonic;
+   valid = value finite;
 3. the onset/peak state machine of skin-conductance responses (onset: phasic step above ``onset_step``;
    peak: the phasic step turns ≤ 0; reported if the trough-to-peak amplitude on the grid value is at least
    ``min_amp`` and the rise at most ``max_rise`` grid points).
@@ -29,6 +32,9 @@ cnp.import_array()
 
 cdef enum:
     MAX_SECTIONS = 8
+    TONIC_SETTLE_N = 16  # grid values (4 s): an invalid value within them after the start restarts the tonic
+
+TONIC_SETTLE = TONIC_SETTLE_N
 
 
 cdef class EdaGridKernel:
@@ -41,6 +47,7 @@ cdef class EdaGridKernel:
     cdef double zi[2 * MAX_SECTIONS]
     cdef double hold
     cdef bint tonic_started
+    cdef Py_ssize_t tonic_n       # finite values since the tonic (re)started, counted up to TONIC_SETTLE_N
     cdef double onset_step, min_amp
     cdef Py_ssize_t max_rise
     # resampler
@@ -72,6 +79,7 @@ cdef class EdaGridKernel:
             self.zi[i] = 0.0
         self.hold = NAN
         self.tonic_started = False
+        self.tonic_n = 0
         self.n_in = 0
         self.j_next = 0
         self.last = NAN
@@ -135,17 +143,22 @@ cdef class EdaGridKernel:
             self.j_next = j_end
             if nx:
                 self.last = xs[nx - 1]
-            # 2. tonic, started in the steady state of the first finite value
-            if not self.tonic_started:
-                for i in range(n_out):
-                    if isfinite(g[i]):
-                        for s in range(2 * self.ns):
-                            self.zi[s] = self.zi_unit[s] * g[i]
-                        self.tonic_started = True
-                        break
+            # 2. tonic, started in the steady state of the first finite value; restarted if an invalid value
+            #    follows within TONIC_SETTLE_N finite values of the start
             for i in range(n_out):
+                if not self.tonic_started and isfinite(g[i]):
+                    for s in range(2 * self.ns):
+                        self.zi[s] = self.zi_unit[s] * g[i]
+                    self.hold = NAN
+                    self.tonic_started = True
+                    self.tonic_n = 0
                 if self.tonic_started:
                     tonic[i] = sos_hold_step(self.sos, self.zi, self.ns, g[i], &self.hold)
+                    if isfinite(g[i]):
+                        if self.tonic_n < TONIC_SETTLE_N:
+                            self.tonic_n += 1
+                    elif self.tonic_n < TONIC_SETTLE_N:
+                        self.tonic_started = False
                 else:
                     tonic[i] = NAN
                 ph[i] = g[i] - tonic[i]

@@ -21,6 +21,10 @@ WINDOW_VALUE_NAMES: tuple[str, ...] = (
     "antiphase_r",
     "antiphase_z",
     "antiphase_lag_s",
+    "max_r",
+    "max_z",
+    "max_lag_s",
+    "leader",
 )
 
 #: Fisher z is taken of r clipped to this magnitude (ARCHITECTURE §4).
@@ -41,8 +45,14 @@ class SyncParams:
 
     ``rate_hz``: rate of the feature series (4 Hz grid); ``win_s``: window length; ``inc_s``: step between
     window starts; ``lag_s``: largest lag in each direction (lags step by one sample); ``peak_window``: odd
-    number of lags in the neighbourhood a Boker peak must dominate (5 = the peak and two lags each side).
-    The sample counts are ``.win``, ``.inc`` and ``.lag``.
+    number of lags in the neighbourhood a Boker peak must dominate (5 = the peak and two lags each side); it
+    may not be wider than the lag range ``2 * lag + 1`` (then no lag could be a peak), except with
+    ``lag_s = 0``, which asks for zero-lag correlation only (every peak NaN by definition);
+    ``peak_min_r``: minimum height |r| of a Boker peak (0 = Boker et al.'s rule, any local extremum of the
+    right sign; a minimum height is the ``height`` criterion of peak detectors such as
+    ``scipy.signal.find_peaks``); ``leader_min_r``: the window's global maximum r must reach this for the
+    window to name a leader (the ``leader`` value; docs/dsp.md "Who leads"). The sample counts are ``.win``,
+    ``.inc`` and ``.lag``.
     """
 
     rate_hz: float = 4.0
@@ -50,6 +60,8 @@ class SyncParams:
     inc_s: float = 1.0
     lag_s: float = 10.0
     peak_window: int = 5
+    peak_min_r: float = 0.0
+    leader_min_r: float = 0.3
     win: int = field(init=False, repr=False, compare=False)
     inc: int = field(init=False, repr=False, compare=False)
     lag: int = field(init=False, repr=False, compare=False)
@@ -75,6 +87,15 @@ class SyncParams:
         pw = self.peak_window
         if isinstance(pw, bool) or not isinstance(pw, int) or pw < 3 or pw % 2 == 0:
             raise DspError(f"SyncParams: peak_window must be an odd integer >= 3, got {pw!r}")
+        if lag > 0 and 2 * lag + 1 < pw:
+            raise DspError(
+                f"SyncParams: peak_window={pw} lags is wider than the lag range ({2 * lag + 1} lags for "
+                f"lag_s={self.lag_s} at {self.rate_hz} Hz): no lag could ever be a peak"
+            )
+        for name in ("peak_min_r", "leader_min_r"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+                raise DspError(f"SyncParams: {name} must be a number in [0, 1], got {v!r}")
         object.__setattr__(self, "win", win)
         object.__setattr__(self, "inc", inc)
         object.__setattr__(self, "lag", lag)
@@ -125,6 +146,10 @@ class WccResult:
     antiphase_r: np.ndarray
     antiphase_z: np.ndarray
     antiphase_lag_s: np.ndarray
+    max_r: np.ndarray
+    max_z: np.ndarray
+    max_lag_s: np.ndarray
+    leader: np.ndarray
 
     def __len__(self) -> int:
         return int(self.window_start.shape[0])

@@ -11,7 +11,18 @@ class WccEngine:
     nl: int
     n_slots: int
     rate_hz: float
-    def __init__(self, win: int, inc: int, lag: int, half: int, rate_hz: float) -> None: ...
+    peak_min_r: float
+    leader_min_r: float
+    def __init__(
+        self,
+        win: int,
+        inc: int,
+        lag: int,
+        half: int,
+        rate_hz: float,
+        peak_min_r: float = 0.0,
+        leader_min_r: float = 0.0,
+    ) -> None: ...
     def reset(self) -> None: ...
     @property
     def n_samples(self) -> tuple[int, int]: ...
@@ -29,6 +40,8 @@ def wcc_batch(
     lag: int,
     half: int,
     rate_hz: float,
+    peak_min_r: float = 0.0,
+    leader_min_r: float = 0.0,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def circular_null(
     t: npt.NDArray[np.float64],
@@ -39,6 +52,8 @@ def circular_null(
     lag: int,
     half: int,
     rate_hz: float,
-    column: int,
-    fisher: bool,
+    columns: npt.NDArray[np.int64],
+    fisher: npt.NDArray[np.uint8],
+    peak_min_r: float = 0.0,
+    leader_min_r: float = 0.0,
 ) -> npt.NDArray[np.float64]: ...

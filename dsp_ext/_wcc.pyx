@@ -35,7 +35,7 @@ cnp.import_array()
 
 cdef double R_CLIP = 0.999
 cdef enum:
-    N_VALUES = 11
+    N_VALUES = 15
 
 
 cdef inline void _welford_add(double* a, Py_ssize_t stride, Py_ssize_t l, double u, double v) noexcept nogil:
@@ -164,13 +164,13 @@ cdef inline double _fisher_z(double r) noexcept nogil:
 
 
 cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize_t half,
-                          double sign) noexcept nogil:
+                          double sign, double min_r) noexcept nogil:
     cdef Py_ssize_t d
     cdef double pc, pd
     if c - half < 0 or c + half >= nl:
         return False
     pc = sign * r[c]
-    if not (pc > 0.0):
+    if not (pc > 0.0 and pc >= min_r):
         return False
     # the next neighbours first: on a smooth profile they reject almost every non-peak (a NaN fails too)
     if not (sign * r[c - 1] <= pc and sign * r[c + 1] <= pc):
@@ -182,16 +182,18 @@ cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize
     return True
 
 
-cdef inline Py_ssize_t _find_peak(const double* r, Py_ssize_t lag, Py_ssize_t half, double sign) noexcept nogil:
-    """Boker peak picking outward from τ = 0 (column ``lag``); −1 if none. Ties between ±d go to +d."""
+cdef inline Py_ssize_t _find_peak(const double* r, Py_ssize_t lag, Py_ssize_t half, double sign,
+                                  double min_r) noexcept nogil:
+    """Boker peak picking outward from τ = 0 (column ``lag``), peaks of height sign·r >= ``min_r`` only; −1 if
+    none. Ties between ±d go to +d."""
     cdef Py_ssize_t nl = 2 * lag + 1
     cdef Py_ssize_t d
     cdef bint pos, neg
-    if _is_peak(r, lag, nl, half, sign):
+    if _is_peak(r, lag, nl, half, sign, min_r):
         return lag
     for d in range(1, lag + 1):
-        pos = _is_peak(r, lag + d, nl, half, sign)
-        neg = _is_peak(r, lag - d, nl, half, sign)
+        pos = _is_peak(r, lag + d, nl, half, sign, min_r)
+        neg = _is_peak(r, lag - d, nl, half, sign, min_r)
         if pos and neg:
             if sign * r[lag - d] > sign * r[lag + d]:
                 return lag - d
@@ -282,12 +284,12 @@ cdef inline void _side_values(const double* r, Py_ssize_t lo, Py_ssize_t hi, dou
         mx[0] = _fisher_z(rmax[0])
 
 
-cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
-                         double* out) noexcept nogil:
-    """The 11 per-window scalars in WINDOW_VALUE_NAMES order."""
+cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
+                         double leader_min_r, double* out) noexcept nogil:
+    """The 15 per-window scalars in WINDOW_VALUE_NAMES order."""
     cdef Py_ssize_t nl = 2 * lag + 1
-    cdef Py_ssize_t c, k
-    cdef double sign, hi_p, lo_p, hi_n, lo_n
+    cdef Py_ssize_t c, k, d
+    cdef double sign, hi_p, lo_p, hi_n, lo_n, top
     cdef bint any_side
     out[0] = r[lag]
     _side_values(r, lag + 1, nl, &out[1], &out[3], &hi_p, &lo_p)
@@ -299,7 +301,7 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
             any_side = hi_p > 0.0 or hi_n > 0.0 or r[lag] > 0.0
         else:
             any_side = lo_p < 0.0 or lo_n < 0.0 or r[lag] < 0.0
-        c = _find_peak(r, lag, half, sign) if any_side else -1
+        c = _find_peak(r, lag, half, sign, peak_min_r) if any_side else -1
         if c >= 0:
             out[5 + 3 * k] = r[c]
             if k == 0 and c > lag and r[c] == hi_p and out[3] == out[3]:
@@ -313,6 +315,30 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
             out[5 + 3 * k] = NAN
             out[6 + 3 * k] = NAN
             out[7 + 3 * k] = NAN
+    # the profile's global maximum (the side maxima and r0; −2 means no finite r) and its lag, nearest τ = 0
+    # on ties (+τ before −τ); the leader is the sign of that lag when the maximum reaches leader_min_r
+    top = hi_p if hi_p > hi_n else hi_n
+    if isfinite(r[lag]) and r[lag] > top:
+        top = r[lag]
+    if top < -1.5:
+        for k in range(11, 15):
+            out[k] = NAN
+        return
+    c = lag
+    for d in range(lag + 1):
+        if r[lag + d] == top:
+            c = lag + d
+            break
+        if r[lag - d] == top:
+            c = lag - d
+            break
+    out[11] = top
+    out[12] = out[3] if c > lag and out[3] == out[3] else (out[4] if c < lag and out[4] == out[4] else _fisher_z(top))
+    out[13] = (c - lag) / rate_hz
+    if not (top >= leader_min_r) or c == lag:
+        out[14] = 0.0
+    else:
+        out[14] = 1.0 if c > lag else -1.0
 
 
 cdef double _finite_median(const double* x, Py_ssize_t n, double* scratch) noexcept nogil:
@@ -365,7 +391,7 @@ cdef class WccEngine:
     """Kernel state of one streaming windowed cross-correlation. Use ``dsp_ext.synchrony`` instead."""
 
     cdef readonly Py_ssize_t win, inc, lag, half, nl, n_slots
-    cdef readonly double rate_hz
+    cdef readonly double rate_hz, peak_min_r, leader_min_r
     cdef Py_ssize_t nt, nc          # samples received per side
     cdef Py_ssize_t next_pair       # next pair index to process
     cdef Py_ssize_t buf0            # absolute index of tb[0]; cb[0] is index buf0 - lag
@@ -382,10 +408,12 @@ cdef class WccEngine:
     cdef double[:, ::1] zero       # an empty aggregate (6 x nl zeros)
     cdef bint pre_uniform           # every lag of the prefix holds the same count
 
-    def __init__(self, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz):
+    def __init__(self, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
+                 double peak_min_r=0.0, double leader_min_r=0.0):
         if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
             raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
         self.win, self.inc, self.lag, self.half, self.rate_hz = win, inc, lag, half, rate_hz
+        self.peak_min_r, self.leader_min_r = peak_min_r, leader_min_r
         self.nl = 2 * lag + 1
         self.n_slots = (win + inc - 1) // inc
         self.pre = np.zeros((6, self.nl))
@@ -571,7 +599,8 @@ cdef class WccEngine:
                     slot = (pos + 1 - self.suf_q0) // inc
                     rowp = &self.suf[slot, 0, 0]
                     dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out * nl])
-                _window_values(&prof[w_out * nl], lag, half, self.rate_hz, &vals[w_out * N_VALUES])
+                _window_values(&prof[w_out * nl], lag, half, self.rate_hz, self.peak_min_r, self.leader_min_r,
+                               &vals[w_out * N_VALUES])
                 w_out += 1
         self.next_pair = end_pair
 
@@ -725,7 +754,8 @@ cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, P
 
 
 cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize_t nw, Py_ssize_t win,
-                      Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double* work,
+                      Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
+                      double leader_min_r, double* work,
                       cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
     """The batch WCC of ``wcc_batch`` (nw >= 1 windows) into caller-owned outputs and scratch ``work``."""
     cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc, ns = n - win + 1
@@ -815,7 +845,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                                             pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
                                             &ciy[ts - lag], nl, <double>win, sc, kmax, out):
                     _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
-                _window_values(out, lag, half, rate_hz, &vals[k * N_VALUES])
+                _window_values(out, lag, half, rate_hz, peak_min_r, leader_min_r, &vals[k * N_VALUES])
             p += 1
             if p > pmax:
                 break
@@ -823,7 +853,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
 
 
 def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
-              Py_ssize_t half, double rate_hz):
+              Py_ssize_t half, double rate_hz, double peak_min_r=0.0, double leader_min_r=0.0):
     """Offline WCC of two equally long series: (starts, profiles, values), equal to ``WccEngine.push`` of
     the whole series to rounding.
 
@@ -852,32 +882,43 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     cdef double[:, ::1] vals = vals_a
     cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
     with nogil:
-        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0], &prof[0, 0],
+        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, &work[0],
+                    &starts[0], &prof[0, 0],
                     &vals[0, 0])
     return starts_a, prof_a, vals_a
 
 
-def circular_null(const double[::1] t, const double[::1] c, const cnp.int64_t[::1] shifts, Py_ssize_t win,
-                  Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, Py_ssize_t column,
-                  bint fisher):
-    """Session statistic of circular-shift surrogates: for each ``s`` in ``shifts`` (0 < s < len), the batch
-    WCC of ``t`` with ``np.roll(c, s)`` and the mean over windows of the finite values of window value
-    ``column`` (Fisher z of it if ``fisher``; NaN if none is finite). Buffers are allocated once and the
-    whole loop runs without the GIL."""
-    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0 or not 0 <= column < N_VALUES:
+def circular_null(const double[::1] t, const double[::1] ring, const cnp.int64_t[::1] shifts, Py_ssize_t win,
+                  Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, const cnp.int64_t[::1] columns,
+                  const unsigned char[::1] fisher, double peak_min_r=0.0, double leader_min_r=0.0):
+    """Session statistics of circular-shift surrogates, all from one WCC pass per shift: for each ``s`` in
+    ``shifts`` (0 < s < len(ring)), the batch WCC of ``t`` with ``np.roll(ring, s)[:len(t)]`` (``ring`` is the
+    client series itself for plain circular shifts, or the client followed by its time reversal for mirrored
+    shifts, ``dsp_ext.stats``) and, for each ``columns[j]``, the
+    mean over windows of the finite values of that window value (Fisher z of it if ``fisher[j]``; NaN if none
+    is finite). Returns an array (len(shifts), len(columns)). Buffers are allocated once and the whole loop
+    runs without the GIL."""
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
         raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
     cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag, m = shifts.shape[0]
-    if c.shape[0] != n:
-        raise ValueError(f"series lengths differ: {n} vs {c.shape[0]}")
+    cdef Py_ssize_t nc = columns.shape[0]
+    if fisher.shape[0] != nc:
+        raise ValueError(f"columns ({nc}) and fisher ({fisher.shape[0]}) differ in length")
+    cdef Py_ssize_t nr = ring.shape[0], a
+    if nr < n:
+        raise ValueError(f"the client ring ({nr} samples) is shorter than the therapist series ({n})")
     cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
     if nw == 0:
         raise ValueError(f"series of {n} samples hold no complete window")
-    cdef Py_ssize_t j, k, s, cnt
+    cdef Py_ssize_t j, k, s, cnt, q, col
+    for q in range(nc):
+        if not 0 <= columns[q] < N_VALUES:
+            raise ValueError(f"column {columns[q]} out of range")
     for j in range(m):
-        if not 0 < shifts[j] < n:
-            raise ValueError(f"shift {shifts[j]} out of range for {n} samples")
-    null_a = np.empty(m)
-    cdef double[::1] null = null_a
+        if not 0 < shifts[j] < nr:
+            raise ValueError(f"shift {shifts[j]} out of range for a ring of {nr} samples")
+    null_a = np.empty((m, nc))
+    cdef double[:, ::1] null = null_a
     cdef double[::1] cs = np.empty(n)
     cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
     cdef cnp.int64_t[::1] starts = np.empty(nw, dtype=np.int64)
@@ -887,16 +928,19 @@ def circular_null(const double[::1] t, const double[::1] c, const cnp.int64_t[::
     with nogil:
         for j in range(m):
             s = shifts[j]
-            memcpy(&cs[0], &c[n - s], s * sizeof(double))
-            memcpy(&cs[s], &c[0], (n - s) * sizeof(double))
-            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, &work[0], &starts[0],
-                        &prof[0, 0], &vals[0, 0])
-            acc = 0.0
-            cnt = 0
-            for k in range(nw):
-                v = vals[k, column]
-                if isfinite(v):
-                    acc += _fisher_z(v) if fisher else v
-                    cnt += 1
-            null[j] = acc / cnt if cnt > 0 else NAN
+            a = s if s < n else n  # np.roll(ring, s)[:n] = ring[nr - s : nr - s + a] + ring[0 : n - a]
+            memcpy(&cs[0], &ring[nr - s], a * sizeof(double))
+            memcpy(&cs[a], &ring[0], (n - a) * sizeof(double))
+            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, &work[0],
+                        &starts[0], &prof[0, 0], &vals[0, 0])
+            for q in range(nc):
+                col = columns[q]
+                acc = 0.0
+                cnt = 0
+                for k in range(nw):
+                    v = vals[k, col]
+                    if isfinite(v):
+                        acc += _fisher_z(v) if fisher[q] else v
+                        cnt += 1
+                null[j, q] = acc / cnt if cnt > 0 else NAN
     return null_a

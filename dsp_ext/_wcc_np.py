@@ -51,7 +51,7 @@ def _mean_max(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(bad, np.nan, mean), np.where(bad, np.nan, mx)
 
 
-def _peaks(prof: np.ndarray, lag: int, half: int, sign: int) -> np.ndarray:
+def _peaks(prof: np.ndarray, lag: int, half: int, sign: int, min_r: float = 0.0) -> np.ndarray:
     """Column index of the Boker peak of each row, −1 if none (see ``reference.peak_reference``)."""
     p = sign * prof
     n_win, n_l = p.shape
@@ -60,7 +60,7 @@ def _peaks(prof: np.ndarray, lag: int, half: int, sign: int) -> np.ndarray:
         nb = sliding_window_view(p, 2 * half + 1, axis=1)  # (n_win, n_l - 2h, 2h+1)
         centre = p[:, half : n_l - half]
         with np.errstate(invalid="ignore"):
-            ok = np.all(np.isfinite(nb), axis=2) & (centre > 0) & (centre >= nb.max(axis=2))
+            ok = np.all(np.isfinite(nb), axis=2) & (centre > 0) & (centre >= min_r) & (centre >= nb.max(axis=2))
         is_pk[:, half : n_l - half] = ok
     best = np.full(n_win, -1, dtype=np.int64)
     for d in range(lag + 1):
@@ -77,7 +77,23 @@ def _peaks(prof: np.ndarray, lag: int, half: int, sign: int) -> np.ndarray:
     return best
 
 
-def window_values_np(prof: np.ndarray, lag: int, half: int, rate_hz: float) -> np.ndarray:
+def _global_max(prof: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Max of the finite r of each row and its column: the one nearest τ = 0 (column ``lag``) on ties, +τ
+    before −τ; column −1 where a row has no finite r."""
+    n_win = prof.shape[0]
+    fin = np.isfinite(prof)
+    top = np.where(fin, prof, -np.inf).max(axis=1) if prof.shape[1] else np.full(n_win, -np.inf)
+    best = np.full(n_win, -1, dtype=np.int64)
+    for d in range(lag + 1):
+        for c in (lag + d, lag - d):
+            hit = (best < 0) & (prof[:, c] == top)
+            best[hit] = c
+    return top, best
+
+
+def window_values_np(
+    prof: np.ndarray, lag: int, half: int, rate_hz: float, peak_min_r: float = 0.0, leader_min_r: float = 0.0
+) -> np.ndarray:
     """Per-window scalars (columns in :data:`WINDOW_VALUE_NAMES` order) from r(τ) profiles."""
     n_win = prof.shape[0]
     vals = np.full((n_win, len(WINDOW_VALUE_NAMES)), np.nan)
@@ -87,19 +103,29 @@ def window_values_np(prof: np.ndarray, lag: int, half: int, rate_hz: float) -> n
     vals[:, 2], vals[:, 4] = _mean_max(z[:, :lag])
     rows = np.arange(n_win)
     for sign, col in ((1, 5), (-1, 8)):
-        b = _peaks(prof, lag, half, sign)
+        b = _peaks(prof, lag, half, sign, peak_min_r)
         has = b >= 0
         vals[has, col] = prof[rows[has], b[has]]
         vals[has, col + 1] = z[rows[has], b[has]]
         vals[has, col + 2] = (b[has] - lag) / rate_hz
+    top, best = _global_max(prof, lag)
+    has = best >= 0
+    vals[has, 11] = top[has]
+    vals[has, 12] = z[rows[has], best[has]]
+    vals[has, 13] = (best[has] - lag) / rate_hz
+    vals[has, 14] = np.where((top[has] >= leader_min_r) & (best[has] != lag), np.sign(best[has] - lag), 0.0)
     return vals
 
 
 class WccEngine:
     """Buffered streaming engine: keeps the samples still needed and computes windows as they complete."""
 
-    def __init__(self, win: int, inc: int, lag: int, half: int, rate_hz: float) -> None:
+    def __init__(
+        self, win: int, inc: int, lag: int, half: int, rate_hz: float, peak_min_r: float = 0.0,
+        leader_min_r: float = 0.0,
+    ) -> None:
         self.win, self.inc, self.lag, self.half, self.rate_hz = win, inc, lag, half, rate_hz
+        self.peak_min_r, self.leader_min_r = peak_min_r, leader_min_r
         self.reset()
 
     def reset(self) -> None:
@@ -130,7 +156,7 @@ class WccEngine:
         n_total = 0 if n < span else (n - span) // inc + 1
         n_new = n_total - self._k
         if n_new <= 0:
-            return np.empty(0, dtype=np.int64), np.empty((0, 2 * lag + 1)), np.empty((0, 11))
+            return np.empty(0, dtype=np.int64), np.empty((0, 2 * lag + 1)), np.empty((0, len(WINDOW_VALUE_NAMES)))
         ts = lag + self._k * inc
         t_seg = self._t[ts - self._t0 :]
         c_seg = self._c[ts - lag - self._c0 :]
@@ -144,4 +170,4 @@ class WccEngine:
         cut_c = min(nxt - lag, self._c0 + len(self._c))
         self._c = self._c[cut_c - self._c0 :].copy()
         self._c0 = cut_c
-        return starts, prof, window_values_np(prof, lag, self.half, self.rate_hz)
+        return starts, prof, window_values_np(prof, lag, self.half, self.rate_hz, self.peak_min_r, self.leader_min_r)

@@ -8,7 +8,9 @@ Stages (ARCHITECTURE §3, issue #8):
 2. a causal 4th-order Butterworth low-pass at 3 Hz (started in its steady state, so no start-up transient);
 3. linear interpolation onto the shared 4 Hz grid (:mod:`dsp_ext.grid`; with ``t0_ns`` the UTC grid
    ``k * 250 ms``) → ``eda_us``;
-4. tonic = causal 2nd-order Butterworth low-pass at 0.05 Hz of ``eda_us``; phasic = ``eda_us − tonic``;
+4. tonic = causal 2nd-order Butterworth low-pass at 0.05 Hz of ``eda_us``, started in the steady state of
+   the first valid value and started again if an invalid stretch follows within 4 s of that start (an initial
+   outlier followed by a slope artefact must not seed it); phasic = ``eda_us − tonic``;
 5. skin-conductance responses: an onset where the phasic slope first exceeds ``scr_onset_slope_us_s``
    (0.05 µS/s, so slow tonic drift and the phasic part's recovery never start one), a peak where the phasic slope turns ≤ 0, and the
    trough-to-peak amplitude measured on ``eda_us``; responses of at least ``scr_min_amp_us`` (0.05 µS)
@@ -207,15 +209,29 @@ def eda_grid_reference(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, float]]]:
     """Plain numpy/Python twin of the grid stage (``_eda.EdaGridKernel``) for a whole record of low-passed
     µS ``y``: grid index and value (:class:`dsp_ext.grid.GridResampler`), tonic (``tonic_sos`` started in the
-    steady state of the first finite value), phasic, validity and the SCR events
+    steady state of the first finite value, started again on the next finite value if an invalid one comes
+    before ``_eda.TONIC_SETTLE`` finite values have followed a start), phasic, validity and the SCR events
     ``(onset_index, peak_index, amplitude_us)``."""
     from .filters import sosfilt_reference
 
     k, g = GridResampler(rate_hz, FEATURE_RATE_HZ, t0_ns=t0_ns).push(np.asarray(y, dtype=np.float64))
-    fin = np.flatnonzero(np.isfinite(g))
+    fin = np.isfinite(g)
     tonic = np.full(len(g), np.nan)
-    if len(fin):
-        tonic = sosfilt_reference(tonic_sos, g, sosfilt_zi(tonic_sos) * g[fin[0]])
+    # (re)start points: the first finite value, and the first finite value after an invalid one that came
+    # before TONIC_SETTLE finite values had followed the last start
+    i, n = 0, len(g)
+    while i < n:
+        while i < n and not fin[i]:
+            i += 1
+        if i == n:
+            break
+        start, count, j = i, 0, i
+        while j < n and (fin[j] or count >= _eda.TONIC_SETTLE):
+            count += int(fin[j])
+            j += 1
+        # [start, j) is filtered from this start; at j (if < n) an invalid value came too early: restart later
+        tonic[start:j] = sosfilt_reference(tonic_sos, g[start:j], sosfilt_zi(tonic_sos) * g[start])
+        i = j
     phasic = g - tonic
     out: list[tuple[int, int, float]] = []
     g_prev = p_prev = onset_v = math.nan

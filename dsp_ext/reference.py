@@ -45,14 +45,15 @@ def _mean_max_reference(z: np.ndarray) -> tuple[float, float]:
     return float(fin.mean()), float(fin.max())
 
 
-def peak_reference(profile: np.ndarray, lag: int, half: int, sign: int) -> int | None:
+def peak_reference(profile: np.ndarray, lag: int, half: int, sign: int, min_r: float = 0.0) -> int | None:
     """Boker et al. (2002) peak picking on one r(τ) profile; returns the column index or None.
 
     Search outward from τ = 0 (distance 0, 1, 2, …) for the nearest lag that is a local extremum:
     ``sign=+1`` looks for an in-phase peak (r > 0 and r >= every r within ``half`` lags on both sides),
     ``sign=-1`` for an anti-phase peak (r < 0 and r <= all of them). Every neighbour must exist and be
     finite, so lags closer than ``half`` to the ends of the profile are never peaks. When both +d and −d
-    qualify, the more extreme r wins; an exact tie goes to +d (therapist leads).
+    qualify, the more extreme r wins; an exact tie goes to +d (therapist leads). A peak must also reach
+    ``min_r`` in height (sign·r >= min_r; 0 = Boker's rule).
     """
     p = sign * np.asarray(profile, dtype=np.float64)
     n = len(p)
@@ -63,7 +64,7 @@ def peak_reference(profile: np.ndarray, lag: int, half: int, sign: int) -> int |
         nb = p[c - half : c + half + 1]
         if not np.all(np.isfinite(nb)):
             return False
-        return bool(p[c] > 0 and p[c] >= nb.max())
+        return bool(p[c] > 0 and p[c] >= min_r and p[c] >= nb.max())
 
     for d in range(0, lag + 1):
         cands = [c for c in ((lag + d, lag - d) if d else (lag,)) if is_peak(c)]
@@ -80,11 +81,22 @@ def window_values_reference(prof: np.ndarray, params: SyncParams) -> dict[str, f
     out["therapist_led"], out["therapist_led_max"] = _mean_max_reference(z[lag + 1 :])
     out["client_led"], out["client_led_max"] = _mean_max_reference(z[:lag])
     for sign, pre in ((1, "inphase"), (-1, "antiphase")):
-        c = peak_reference(prof, lag, params.peak_window // 2, sign)
+        c = peak_reference(prof, lag, params.peak_window // 2, sign, params.peak_min_r)
         found = c is not None
         out[pre + "_r"] = float(prof[c]) if found else float("nan")
         out[pre + "_z"] = float(z[c]) if found else float("nan")
         out[pre + "_lag_s"] = (c - lag) / params.rate_hz if found else float("nan")
+    # the global maximum: over the finite r, the lag nearest τ = 0 on ties (+τ first); the leader rule
+    fin = [k for k in range(len(prof)) if np.isfinite(prof[k])]
+    if not fin:
+        out.update(max_r=float("nan"), max_z=float("nan"), max_lag_s=float("nan"), leader=float("nan"))
+        return out
+    top = max(prof[k] for k in fin)
+    best = min((k for k in fin if prof[k] == top), key=lambda k: (abs(k - lag), -k))
+    out["max_r"] = float(top)
+    out["max_z"] = float(z[best])
+    out["max_lag_s"] = (best - lag) / params.rate_hz
+    out["leader"] = float(np.sign(best - lag)) if top >= params.leader_min_r else 0.0
     return out
 
 

@@ -6,9 +6,11 @@
   minus mean client-led z (> 0: the therapist leads).
 * :func:`single_session_index`: Marci et al. (2007): slopes of each series over ``slope_s`` (5 s), Pearson r of
   the slopes in running ``corr_s`` windows (15 s), ``SSI = ln(Σ r⁺ / |Σ r⁻|)``.
-* :func:`surrogate_test`: significance of a session statistic against surrogates — circular shifts of the
-  client series by at least 2·lag, segment shuffling of the client, or pseudo-dyads (the therapist with
-  clients from other sessions) — with a one-sided permutation p-value and an effect size.
+* :func:`surrogate_test` / :func:`surrogate_tests`: significance of session statistics against surrogates —
+  mirrored circular shifts of the client series by at least 2·lag (default; calibrated in docs/dsp.md),
+  plain circular shifts, segment shuffling of the client, or pseudo-dyads (the therapist with clients from
+  other sessions) — with one-sided permutation p-values and effect sizes; several statistics share one
+  WCC pass per surrogate.
 * :func:`ar1_inertia` and :func:`lagged_coupling`: intrapersonal inertia of RSA epochs and the interpersonal
   lagged coupling ``RSA_C(t) ~ RSA_C(t−1) + RSA_T(t−1)`` and its mirror (Goren et al. 2024), ordinary least
   squares with classical standard errors (plain numpy).
@@ -45,6 +47,7 @@ __all__ = [
     "session_summary",
     "single_session_index",
     "surrogate_test",
+    "surrogate_tests",
 ]
 
 
@@ -180,7 +183,7 @@ def single_session_index(
     return float(np.log(pos / abs(neg)))
 
 
-_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z")
+_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z", "max_z")
 
 
 def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
@@ -188,7 +191,7 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
 
     ``"inphase_z"``: mean in-phase peak z (Moulder et al. 2018); ``"r0"``: mean Fisher z of r at lag 0;
     ``"therapist_led"``/``"client_led"``: mean leading-side z; ``"antiphase_z"``: mean anti-phase peak z
-    (negative: test with ``alternative="less"``).
+    (negative: test with ``alternative="less"``); ``"max_z"``: mean z of each window's global maximum.
     """
     if statistic not in _STATISTICS:
         raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
@@ -199,14 +202,16 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
 
 
 def _circular_null(
-    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistic: str
+    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistics: Sequence[str]
 ) -> np.ndarray:
-    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len),
-    computed in the kernel."""
-    col = WINDOW_VALUE_NAMES.index(statistic)
+    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len) and
+    each statistic, all from one kernel pass per shift: an array (len(shifts), len(statistics))."""
+    cols = np.array([WINDOW_VALUE_NAMES.index(st) for st in statistics], dtype=np.int64)
+    fisher = np.array([st == "r0" for st in statistics], dtype=np.uint8)
     p = params
     return _wcc.circular_null(
-        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, col, statistic == "r0"
+        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
+        p.leader_min_r,
     )
 
 
@@ -214,8 +219,11 @@ def _circular_null(
 class SurrogateResult:
     """Outcome of a surrogate test.
 
-    ``p_value`` = (1 + #{null ≥ observed}) / (1 + n_valid) (``alternative="greater"``; ≤ for "less");
     ``effect_size`` = (observed − null_mean) / null_sd, the observed value in SDs of the null.
+    ``p_value``: for ``method="mirror"`` the studentized rotation p-value (:func:`surrogate_tests`), with
+    ``null_mean``/``null_sd`` over the rotations more than 2·lag from the observed one; otherwise
+    (1 + #{null ≥ observed}) / (1 + n_valid) (``alternative="greater"``; ≤ for "less").
+    ``null``: the statistic of every surrogate (for "mirror": rotations 1 … n in ring order).
     """
 
     p_value: float
@@ -237,43 +245,79 @@ def _segments(c: np.ndarray, rng: np.random.Generator, seg: int) -> np.ndarray:
     return np.concatenate([c[k * seg : (k + 1) * seg] for k in order])
 
 
-def surrogate_test(
+SURROGATE_METHODS = ("mirror", "circular", "segment", "pseudo")
+
+
+def _draw_shifts(rng: np.random.Generator, n_shifts: int, ring: int, min_shift: int) -> np.ndarray:
+    return np.array(
+        [int(rng.integers(min_shift, ring - min_shift + 1)) for _ in range(n_shifts)], dtype=np.int64
+    )
+
+
+def surrogate_tests(
     therapist: object,
     client: object,
     params: SyncParams | None = None,
+    tests: Sequence[tuple[str, str]] = (("inphase_z", "greater"),),
     n: int = 1000,
-    method: str = "circular",
+    method: str = "mirror",
     seed: int | np.random.Generator | None = None,
-    statistic: str = "inphase_z",
-    alternative: str = "greater",
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
-) -> SurrogateResult:
-    """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics.
+) -> dict[str, SurrogateResult]:
+    """Several session statistics tested against the SAME ``n`` surrogate dyads, each surrogate's WCC computed
+    once: ``tests`` is a sequence of ``(statistic, alternative)``; returns ``{statistic: SurrogateResult}``.
 
-    ``method``: ``"circular"`` — the client series circularly shifted by a random amount of at least
-    2·lag samples (and at most length − 2·lag); ``"segment"`` — the client cut into segments of
-    ``segment_s`` (default: the window length) and shuffled; ``"pseudo"`` — the therapist paired with client
-    series of other sessions (``partners``, drawn with replacement, cut or used from a random offset when
-    longer). ``seed`` makes the draw reproducible.
+    Every result equals :func:`surrogate_test` of that statistic with the same ``seed`` (the draw does not
+    depend on the statistics asked for). ``method``:
+
+    * ``"mirror"`` (default; calibrated in docs/dsp.md "Calibration"): a studentized rotation test on a
+      mirrored ring. The client series followed by its time reversal makes a ring of 2·len samples without a
+      jump (the even extension of the discrete cosine transform; Gaussian linear processes are
+      time-reversible, Weiss 1975). The statistic is computed for ``n + 1`` rotations evenly spaced around
+      the ring, rotation 0 being the observed pair. Each rotation j gets a score
+      ``z_j = (T_j − mean) / SD`` against the rotations more than 2·lag away from it (its own neighbours,
+      which share its alignments, are left out); the p-value is the share of rotations whose score is at
+      least the observed one's, ``#{j: z_j ≥ z_0} / (n + 1)``, so the observed pair is ranked exactly as
+      every rotation is (a randomization test over the rotation group). No random draw: ``seed`` is unused.
+      Why not the classic scheme: (1) a plain circular shift joins the series' end to its start, and for
+      strongly autocorrelated series (EDA, HR) that jump sits inside many windows of every surrogate and
+      never in the observed pair; (2) comparing the observed value only with shifts of at least 2·lag leaves
+      out exactly its own neighbours, which resemble it — when the observed value is high by chance its
+      neighbours are high too and are removed from the comparison. With few independent shifts (short,
+      slow series) both make the test reject far too often under the null.
+    * ``"circular"``: the classic scheme: the client circularly shifted by a random [2·lag, len − 2·lag]
+      samples, p = (1 + #{null ≥ observed}) / (1 + n) (anti-conservative for short or strongly
+      autocorrelated series; kept for comparison).
+    * ``"segment"``: the client cut into segments of ``segment_s`` (default: the window length) and shuffled.
+    * ``"pseudo"``: the therapist paired with client series of other sessions (``partners``, drawn with
+      replacement, cut or used from a random offset when longer).
     """
     params = params or SyncParams()
     t = _as_series(therapist, "therapist")
     c = _as_series(client, "client")
     if len(t) != len(c):
         raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise DspError(f"n must be a positive integer, got {n!r}")
-    if alternative not in ("greater", "less"):
-        raise DspError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    tests = tuple(tests)
+    if not tests:
+        raise DspError("tests must name at least one (statistic, alternative)")
+    for stat, alt in tests:
+        if stat not in _STATISTICS:
+            raise DspError(f"unknown statistic {stat!r}; choose one of {_STATISTICS}")
+        if alt not in ("greater", "less"):
+            raise DspError(f"alternative must be 'greater' or 'less', got {alt!r}")
     if params.n_windows(len(t)) == 0:
         raise DspError(f"series of {len(t)} samples hold no complete window for {params}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    observed = session_statistic(wcc(t, c, params), statistic)
+    stats = tuple(stat for stat, _ in tests)
+    res = wcc(t, c, params)
+    observed = [session_statistic(res, stat) for stat in stats]
     min_shift = max(2 * params.lag, 1)
     seg = params.win if segment_s is None else int(round(segment_s * params.rate_hz))
     pool: list[np.ndarray] = []
-    if method == "circular":
+    if method in ("circular", "mirror"):
         if len(c) < 2 * min_shift + 1:
             raise DspError(
                 f"series of {len(c)} samples too short for circular shifts of >= {min_shift} samples"
@@ -289,16 +333,23 @@ def surrogate_test(
             if params.n_windows(min(len(p), len(t))) == 0:
                 raise DspError(f"partners[{i}] ({len(p)} samples) holds no complete window")
     else:
-        raise DspError(f"unknown surrogate method {method!r}; choose circular, segment or pseudo")
+        raise DspError(f"unknown surrogate method {method!r}; choose one of {SURROGATE_METHODS}")
+    if method == "mirror":
+        ring = np.concatenate([c, c[::-1]])
+        n_rot = min(n + 1, len(ring))
+        rot = np.unique(np.round(np.arange(n_rot) * (len(ring) / n_rot)).astype(np.int64))
+        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats)])
+        return {
+            stat: _rotation_result(values[:, q], rot, len(ring), min_shift, alt, method, stat)
+            for q, (stat, alt) in enumerate(tests)
+        }
     if method == "circular":
-        # shifts drawn in order (np.roll(c, shift) each), then every surrogate in the kernel without the GIL
-        shifts = np.array(
-            [int(rng.integers(min_shift, len(c) - min_shift + 1)) for _ in range(n)], dtype=np.int64
-        )
-        null = _circular_null(t, c, shifts, params, statistic)
+        # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
+        shifts = _draw_shifts(rng, n, len(c), min_shift)
+        null = _circular_null(t, c, shifts, params, stats)
     else:
-        null = np.empty(n)
-    for k in range(n if method != "circular" else 0):
+        null = np.empty((n, len(stats)))
+    for k in range(n if method not in ("circular", "mirror") else 0):
         tt = t
         if method == "segment":
             cs = _segments(c, rng, seg)
@@ -309,7 +360,49 @@ def surrogate_test(
                 cs = p[off : off + len(t)]
             else:
                 cs, tt = p, t[: len(p)]
-        null[k] = session_statistic(wcc(tt, cs, params), statistic)
+        r = wcc(tt, cs, params)
+        null[k] = [session_statistic(r, stat) for stat in stats]
+    return {
+        stat: _result(observed[q], np.ascontiguousarray(null[:, q]), alt, n, method, stat)
+        for q, (stat, alt) in enumerate(tests)
+    }
+
+
+def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: int, alternative: str,
+                     method: str, statistic: str) -> SurrogateResult:
+    """The studentized rotation test of ``surrogate_tests(method="mirror")``: ``values[j]`` is the statistic at
+    rotation ``rot[j]`` of a ring of ``ring`` samples (``rot[0] == 0``: the observed pair)."""
+    observed = float(values[0])
+    null = np.ascontiguousarray(values[1:])
+    m = len(values)
+    fin = np.isfinite(values)
+    if not fin[0] or fin.sum() < 3:
+        logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
+        return SurrogateResult(float("nan"), float("nan"), observed, float("nan"), float("nan"), m - 1, method,
+                               statistic, null)
+    d = np.abs(rot[:, None] - rot[None, :])
+    far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+    v = np.where(fin, values, 0.0)
+    cnt = far.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = (far * v[None, :]).sum(axis=1) / cnt
+        var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        z = (values - mu) / np.sqrt(var)
+    if alternative == "less":
+        z = -z
+    ok = np.isfinite(z)
+    if not ok[0]:
+        return SurrogateResult(float("nan"), float("nan"), observed, float(mu[0]), float("nan"), m - 1, method,
+                               statistic, null)
+    p = float(np.sum(z[ok] >= z[0]) / ok.sum())
+    z0 = float(z[0]) if alternative == "greater" else float(-z[0])
+    return SurrogateResult(
+        p_value=p, effect_size=z0, observed=observed, null_mean=float(mu[0]), null_sd=float(np.sqrt(var[0])),
+        n=m - 1, method=method, statistic=statistic, null=null,
+    )
+
+
+def _result(observed: float, null: np.ndarray, alternative: str, n: int, method: str, statistic: str) -> SurrogateResult:
     valid = null[np.isfinite(null)]
     if len(valid) == 0 or not np.isfinite(observed):
         logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
@@ -331,6 +424,28 @@ def surrogate_test(
         statistic=statistic,
         null=null,
     )
+
+
+def surrogate_test(
+    therapist: object,
+    client: object,
+    params: SyncParams | None = None,
+    n: int = 1000,
+    method: str = "mirror",
+    seed: int | np.random.Generator | None = None,
+    statistic: str = "inphase_z",
+    alternative: str = "greater",
+    partners: Sequence[object] | None = None,
+    segment_s: float | None = None,
+) -> SurrogateResult:
+    """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics
+    (methods and their calibration: :func:`surrogate_tests`). ``seed`` makes the draw reproducible."""
+    if statistic not in _STATISTICS:
+        raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
+    return surrogate_tests(
+        therapist, client, params, ((statistic, alternative),), n=n, method=method, seed=seed,
+        partners=partners, segment_s=segment_s,
+    )[statistic]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Per window: ``r0``; the profile ``r`` over τ = −lag … +lag (one sample apar
 ±0.999; ``therapist_led`` / ``client_led`` = mean z over τ ∈ (0, lag] / [−lag, 0) and their maxima
 (``*_max``; NaN if more than half of those lags are NaN); Boker peak picking outward from τ = 0 for the
 nearest in-phase peak (local maximum with r > 0) and anti-phase peak (local minimum with r < 0) that dominates
-a neighbourhood of ``peak_window`` lags, with r, z and lag in seconds. Pairs with a non-finite value are
+a neighbourhood of ``peak_window`` lags and reaches ``peak_min_r`` in height, with r, z and lag in seconds; the
+profile's global maximum ``max_r`` (its ``max_z`` and ``max_lag_s``, the lag nearest τ = 0 on ties, +τ first);
+``leader`` (+1 therapist, −1 client, 0 none: :func:`leader`, the one rule for who leads). Pairs with a non-finite value are
 dropped; a lag with more than half of its ``win`` pairs invalid, or a constant side, gives NaN (never 0).
 
 Window k starts at therapist sample ``lag + k * inc`` and is complete once both series reach sample
@@ -18,6 +20,7 @@ Window k starts at therapist sample ``lag + k * inc`` and is complete once both 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +30,18 @@ from .errors import DspError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["R_CLIP", "WINDOW_VALUE_NAMES", "StreamingWcc", "SyncParams", "WccResult", "fisher_z", "wcc"]
+__all__ = [
+    "R_CLIP",
+    "WINDOW_VALUE_NAMES",
+    "Leadership",
+    "StreamingWcc",
+    "SyncParams",
+    "WccResult",
+    "fisher_z",
+    "leader",
+    "session_leadership",
+    "wcc",
+]
 
 
 def fisher_z(r: np.ndarray) -> np.ndarray:
@@ -65,7 +79,8 @@ def wcc(therapist: object, client: object, params: SyncParams | None = None) -> 
     if len(t) != len(c):
         raise DspError(f"therapist and client lengths differ: {len(t)} vs {len(c)} samples")
     starts, prof, vals = _wcc.wcc_batch(
-        t, c, params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz
+        t, c, params.win, params.inc, params.lag, params.peak_window // 2, params.rate_hz,
+        params.peak_min_r, params.leader_min_r,
     )
     cols = np.ascontiguousarray(vals.T)  # one copy; each named field is a row view of it
     return WccResult(
@@ -75,6 +90,73 @@ def wcc(therapist: object, client: object, params: SyncParams | None = None) -> 
         r=prof,
         **{name: cols[j] for j, name in enumerate(WINDOW_VALUE_NAMES)},
     )
+
+
+def leader(max_r: object, max_lag_s: object, min_r: float = SyncParams.leader_min_r) -> np.ndarray:
+    """Who leads in each window: the ONE rule of dyadsync (docs/dsp.md "Who leads").
+
+    The sign of the lag of the window's global maximum of r(τ) over all lags −lag … +lag (``max_r`` at
+    ``max_lag_s``, from :func:`wcc` / :class:`StreamingWcc`): ``+1`` the therapist leads (τ > 0), ``−1`` the
+    client leads, ``0`` no leader (the maximum is below ``min_r`` or lies at τ = 0), NaN where the window has
+    no finite r. Boker's nearest local peak is not used for this: at lags of 3 s and more it often stops at
+    a small near-zero bump (validated in ``tools/validate_leader.py``). This equals the kernels' ``leader``
+    value for ``SyncParams.leader_min_r == min_r``.
+    """
+    r = np.asarray(max_r, dtype=np.float64)
+    lag = np.asarray(max_lag_s, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        named = (r >= min_r) & (lag != 0.0)
+    out = np.where(named, np.sign(lag), 0.0)
+    return np.where(np.isfinite(r), out, np.nan)
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """Session-level leadership by the rule of :func:`leader`.
+
+    ``verdict`` / ``lag_s`` / ``max_r``: the rule applied to the session's mean profile (the mean over windows
+    of Fisher z at each lag, back-transformed to r; a lag with more than half of its windows NaN is left out):
+    ``"therapist"`` (lag > 0), ``"client"`` (lag < 0) or ``"none"`` (maximum below ``leader_min_r`` or at
+    τ = 0). Averaging before the maximum uses every window of the session, so the session call is more reliable
+    than any one window's (tools/validate_leader.py). ``therapist_share`` / ``client_share`` / ``none_share``:
+    fractions of the windows with a finite ``leader`` value that name each side or none; ``n_windows``: their
+    number.
+    """
+
+    verdict: str
+    lag_s: float
+    max_r: float
+    therapist_share: float
+    client_share: float
+    none_share: float
+    n_windows: int
+
+    def as_dict(self) -> dict[str, float | str | int]:
+        return dict(self.__dict__)
+
+
+def session_leadership(res: WccResult) -> Leadership:
+    """:class:`Leadership` of a session's windows (the rule of :func:`leader`, ``res.params.leader_min_r``)."""
+    lv = np.asarray(res.leader, dtype=np.float64)
+    fin = np.isfinite(lv)
+    n = int(fin.sum())
+    shares = [float(np.sum(sel) / n) if n else float("nan") for sel in (lv[fin] > 0, lv[fin] < 0, lv[fin] == 0)]
+    z = fisher_z(res.r)
+    ok = np.isfinite(z)
+    cnt = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mz = np.where(ok, z, 0.0).sum(axis=0) / cnt
+    mz = np.where(2 * cnt >= len(res), mz, np.nan) if len(res) else np.full(res.params.n_lags, np.nan)
+    mr = np.tanh(mz)
+    verdict, lag_s, top = "none", float("nan"), float("nan")
+    if np.isfinite(mr).any():
+        lag = res.params.lag
+        top = float(np.nanmax(mr))
+        best = min((k for k in range(len(mr)) if mr[k] == top), key=lambda k: (abs(k - lag), -k))
+        lag_s = (best - lag) / res.params.rate_hz
+        call = float(leader(top, lag_s, res.params.leader_min_r))
+        verdict = "therapist" if call > 0 else ("client" if call < 0 else "none")
+    return Leadership(verdict, lag_s, top, shares[0], shares[1], shares[2], n)
 
 
 class StreamingWcc:
@@ -95,7 +177,7 @@ class StreamingWcc:
         if not isinstance(self.params, SyncParams):
             raise DspError(f"params must be a SyncParams, got {type(self.params).__name__}")
         p = self.params
-        self._eng = _wcc.WccEngine(p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz)
+        self._eng = _wcc.WccEngine(p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, p.peak_min_r, p.leader_min_r)
         self.last_profiles = np.empty((0, p.n_lags))
 
     def push(self, therapist_chunk: object, client_chunk: object) -> list[tuple[int, dict[str, float]]]:

@@ -32,9 +32,9 @@ from dsp_ext.stats import (
     leadership_asymmetry,
     session_summary,
     single_session_index,
-    surrogate_test,
+    surrogate_tests,
 )
-from dsp_ext.synchrony import WINDOW_VALUE_NAMES, SyncParams, WccResult, wcc
+from dsp_ext.synchrony import WINDOW_VALUE_NAMES, Leadership, SyncParams, WccResult, session_leadership, wcc
 
 from .source import IncompleteSession, SessionData, aligned_features, aligned_lost
 
@@ -71,6 +71,7 @@ class ChannelSync:
     ssi: float
     surrogates: dict[str, SurrogateResult]
     live: LiveCheck | None
+    lead: Leadership | None = None  # who leads: dsp_ext.synchrony's one rule, on the session's mean profile
 
     @property
     def window_t_ns(self) -> np.ndarray:
@@ -122,6 +123,11 @@ class SessionAnalysis:
             add(sig, "client-led z, mean", s.client_led_mean, *_pe(sur.get("client_led")))
             add(sig, "leadership asymmetry (T−C z)", ch.leadership.session_asymmetry,
                 note=f"{len(ch.leadership.asymmetry)} epochs of 10 windows")
+            if ch.lead is not None:
+                ld = ch.lead
+                add(sig, "leader lag (s; > 0 therapist leads)", ld.lag_s,
+                    note=f"leader: {ld.verdict} (global maximum of the mean profile, r {ld.max_r:.2f}); windows "
+                         f"T {ld.therapist_share:.0%} / C {ld.client_share:.0%} / none {ld.none_share:.0%}")
             add(sig, "zero-lag z, mean", s.r0_z_mean)
             add(sig, "single session index (Marci 2007)", ch.ssi)
         for role, h in self.hrv.items():
@@ -346,20 +352,20 @@ def analyse_session(
         step(f"{sig}: synchrony")
         surr: dict[str, SurrogateResult] = {}
         if n_surrogates > 0:
-            for stat, alt in SURROGATE_STATS:
-                try:
-                    surr[stat] = surrogate_test(t, c, p, n=n_surrogates, method="circular", seed=seed,
-                                                statistic=stat, alternative=alt)
-                except ValueError as exc:
-                    notes.append(f"{sig}: surrogate test of {stat} not possible: {exc}")
-                step(f"{sig}: surrogates {stat}")
+            # every statistic from the same surrogates, one WCC pass each (dsp_ext.stats.surrogate_tests)
+            try:
+                surr = surrogate_tests(t, c, p, SURROGATE_STATS, n=n_surrogates, seed=seed)
+            except ValueError as exc:
+                notes.append(f"{sig}: surrogate tests not possible: {exc}")
+            step(f"{sig}: surrogates")
         try:
             ssi = single_session_index(t, c, rate_hz=p.rate_hz)
         except ValueError as exc:
             notes.append(f"{sig}: single session index not computed: {exc}")
             ssi = math.nan
         channels[sig] = ChannelSync(sig, t0, t, c, res, session_summary(res), leadership_asymmetry(res), ssi, surr,
-                                    live_check(data, sig, t0, res, same, aligned_lost(data, sig)))
+                                    live_check(data, sig, t0, res, same, aligned_lost(data, sig)),
+                                    session_leadership(res))
     if not channels:
         raise IncompleteSession(f"session {data.session}: nothing to analyse; " + "; ".join(notes))
     hrv: dict[str, PersonHrv] = {}
@@ -389,5 +395,5 @@ def analyse_session(
 
 def n_steps(n_surrogates: int) -> int:
     """Number of progress steps :func:`analyse_session` reports."""
-    per_channel = 1 + (len(SURROGATE_STATS) if n_surrogates > 0 else 0)
+    per_channel = 1 + (1 if n_surrogates > 0 else 0)
     return len(SIGNALS) * per_channel + len(ROLES) + 1

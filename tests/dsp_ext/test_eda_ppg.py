@@ -7,7 +7,7 @@ import pytest
 
 from dsp_ext import _ppg
 from dsp_ext import ppg as ppg_mod
-from dsp_ext.eda import EdaStream, eda_features
+from dsp_ext.eda import EdaStream, eda_features, eda_front_reference, eda_grid_reference
 from dsp_ext.errors import DspError
 from dsp_ext.filters import butter_sos, sosfilt
 from dsp_ext.ppg import (
@@ -363,3 +363,27 @@ def test_beat_grid_kernel_equals_numpy_twin(seed):
             (np.isnan(fast._last_hr) and np.isnan(ref._last_hr))
         n_points += len(got[2])
     assert n_points > 1000
+
+
+def test_tonic_does_not_start_on_an_initial_outlier_followed_by_a_slope_artefact():
+    """First raw sample 5 µS, then the true 10 µS: the jump trips the slope test on sample 1, so sample 0 looks
+    valid; the tonic must start again after the invalid stretch instead of creeping up from 5 µS for ~30 s."""
+    rng = np.random.default_rng(0)
+    x = 10.0 + 0.01 * rng.standard_normal(32 * 60)
+    x[0] = 5.0
+    f = eda_features(x, 32.0)
+    assert f.tonic_us[0] == pytest.approx(5.0)  # causal: what was emitted stays
+    err = np.abs(f.tonic_us[4:] - 10.0) / 10.0  # from 1 s on
+    assert np.nanmax(err) < 0.01, np.nanmax(err)  # was 0.496 before the restart rule
+    # the numpy twin follows the same rule
+    stream = EdaStream(32.0)
+    y, _ = eda_front_reference(x, None, stream._lp.sos, 32.0)
+    _, _, tonic, _, _, _ = eda_grid_reference(y, 32.0, stream._tonic_sos)
+    np.testing.assert_allclose(tonic, f.tonic_us, rtol=0, atol=1e-9, equal_nan=True)
+    # a later invalid stretch (after the tonic has settled) does not restart it: it holds
+    x2 = x.copy()
+    x2[0] = 10.0
+    x2[32 * 30 : 32 * 31] = np.nan
+    f2 = eda_features(x2, 32.0)
+    k = 4 * 32
+    assert np.isfinite(f2.tonic_us[k]) and abs(f2.tonic_us[k] - f2.tonic_us[4 * 29]) < 0.05

@@ -14,6 +14,7 @@ from dsp_ext.stats import (
     session_summary,
     single_session_index,
     surrogate_test,
+    surrogate_tests,
 )
 from dsp_ext.synchrony import SyncParams, wcc
 
@@ -80,7 +81,7 @@ def test_single_session_index_reference_and_sign():
         single_session_index(t, c[:-1])
 
 
-@pytest.mark.parametrize("method", ["circular", "segment", "pseudo"])
+@pytest.mark.parametrize("method", ["mirror", "circular", "segment", "pseudo"])
 def test_surrogates_detect_coupling(method):
     rng = np.random.default_rng(21)
     t, c = coupled_pair(rng, 1200, 2, coupling=0.6, phi=0.8)
@@ -164,3 +165,57 @@ def test_lagged_coupling_keeps_signs():
     assert abs(b_ct) < 3 * se_ct  # C does not drive T here
     with pytest.raises(DspError):
         lagged_coupling(c, t[:-1])
+
+
+def test_surrogate_tests_share_one_pass_and_equal_single_tests(rng):
+    """Several statistics from one surrogate pass give the numbers of one test per statistic (same seed)."""
+    t, c = coupled_pair(rng, 900, 3, coupling=0.5, phi=0.9)
+    tests = (("inphase_z", "greater"), ("r0", "greater"), ("antiphase_z", "less"), ("max_z", "greater"))
+    for method in ("mirror", "circular"):
+        many = surrogate_tests(t, c, SHORT, tests, n=49, method=method, seed=8)
+        for stat, alt in tests:
+            one = surrogate_test(t, c, SHORT, n=49, method=method, seed=8, statistic=stat, alternative=alt)
+            assert many[stat].p_value == one.p_value, (method, stat)
+            assert np.array_equal(many[stat].null, one.null, equal_nan=True), (method, stat)
+            assert many[stat].effect_size == one.effect_size or (
+                np.isnan(many[stat].effect_size) and np.isnan(one.effect_size))
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    e = rng.standard_normal(n)
+    x = np.empty(n)
+    x[0] = e[0] / np.sqrt(1 - phi * phi)
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + e[i]
+    return x
+
+
+def test_calibration_on_a_small_seed_set_with_a_failing_control():
+    """Independent AR(1) pairs (φ = 0.5, 2 min at 4 Hz, default SyncParams) under the null: the default
+    (studentized mirrored-rotation) test keeps the false-positive rate near α; the classic circular shift with
+    the same statistic (mean max z) is the control that shows this check can fail (docs/dsp.md "Calibration":
+    the classic test rejects ~10 % at α = 0.01 here)."""
+    p = SyncParams()
+    n_pairs, alpha = 60, 0.01
+    rej = {"mirror": 0, "circular": 0}
+    for s in range(n_pairs):
+        rng = np.random.default_rng(500 + s)
+        t, c = _ar1(rng, 480, 0.5), _ar1(rng, 480, 0.5)
+        for method in rej:
+            res = surrogate_test(t, c, p, n=99, method=method, seed=s, statistic="max_z")
+            rej[method] += res.p_value <= alpha
+    assert rej["mirror"] <= 3, rej  # expected 0.6 of 60 at α = 0.01; 3 is > 2.5 binomial SDs above it
+    assert rej["circular"] >= 5, rej  # the control: the classic scheme rejects far too often here
+
+
+def test_mirror_test_p_value_range_and_power():
+    p = SyncParams()
+    rng = np.random.default_rng(77)
+    t, c = coupled_pair(rng, 2400, 12, coupling=0.6, phi=0.9)  # 10 min, therapist leads by 3 s
+    res = surrogate_tests(t, c, p, (("inphase_z", "greater"), ("max_z", "greater")), n=199)
+    for r in res.values():
+        assert r.p_value <= 0.02  # the observed pair ranks among the first 4 of 200 rotations
+        assert r.effect_size > 3 and r.n == 199 and len(r.null) == 199
+    u = _ar1(rng, 2400, 0.9)
+    r0 = surrogate_test(t, u, p, n=199, statistic="r0")
+    assert 1 / 200 <= r0.p_value <= 1
