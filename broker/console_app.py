@@ -98,7 +98,7 @@ class Login:
 
 
 # ------------------------------------------------------------------------------------------ live state
-@dataclass
+@dataclass(eq=False)
 class _Sub:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue

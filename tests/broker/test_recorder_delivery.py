@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 
@@ -10,8 +11,6 @@ from broker import store, wire
 from broker.recorder import Recorder
 
 from ..conftest import ROOM
-import time
-
 from .helpers import T0_NS, ack, client, close, make_blocks, publish_all, start_cmd, wait
 
 
