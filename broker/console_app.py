@@ -418,8 +418,10 @@ def create_app(live: LiveRoom, link: ConsoleLink, login: Login, *, db_path: Path
         if db_path is not None and Path(db_path).exists():
             con = store.connect(db_path, readonly=True)
             try:
-                if store.get_session(con, session) is not None:
-                    raise HTTPException(409, f"session {session!r} is already recorded at the hub: choose a new id")
+                meta = store.get_session(con, session)
+                if meta is not None and meta["stopped_ns"] is not None:
+                    raise HTTPException(409, f"session {session!r} is already recorded (and stopped) at the hub: "
+                                        "choose a new id")
             finally:
                 con.close()
         try:

@@ -1,4 +1,4 @@
-"""``dyadsync session start|stop|mark|list`` and ``dyadsync console serve|passwd``.
+"""``dyadsync session start|stop|mark|list``, and ``dyadsync hub console|console-passwd`` (the live page).
 
 Both use the console account that ``dyadsync hub init`` writes (``services/console.toml`` under the hub's
 ``out_dir``) and the hub config for the room's units and database; ``--credentials`` with ``--units``
@@ -66,10 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_access(p)
     p.set_defaults(func=cmd_list)
 
-    c = subparsers.add_parser("console", help="the live room console page (serve it, set its password)",
-                              description="The room console: a live page for a tablet or laptop in the room.")
-    csub = c.add_subparsers(dest="console_command", metavar="ACTION", required=True)
-    p = csub.add_parser("serve", help="serve the console page (until SIGTERM/SIGINT)")
+
+
+def add_console_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``dyadsync hub console`` (registered by :mod:`broker.hub_cli`)."""
     _add_access(p)
     p.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0: the room network)")
     p.add_argument("--port", type=int, default=8081, help="port (default 8081)")
@@ -79,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (e.g. tls/server.crt)")
     p.add_argument("--tls-key", type=Path, help="... and this key")
     p.set_defaults(func=cmd_serve)
-    p = csub.add_parser("passwd", help="set the console login (asks for the password)")
+
+
+def add_passwd_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``dyadsync hub console-passwd``."""
     p.add_argument("--config", "-c", type=Path, default=None, help=f"hub TOML config (default {DEFAULT_CONFIG})")
     p.add_argument("--login", type=Path, help="login file (default <out_dir>/console/login.json)")
     p.add_argument("--user", default="operator", help="user name (default operator)")
@@ -161,8 +164,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     if a.db is not None and Path(a.db).exists():
         con = store.connect(a.db, readonly=True)
         try:
-            if store.get_session(con, session) is not None:
-                raise ConfigError(f"session {session!r} is already recorded at the hub: choose another id")
+            meta = store.get_session(con, session)
+            if meta is not None and meta["stopped_ns"] is not None:
+                raise ConfigError(f"session {session!r} is already recorded (and stopped) at the hub: "
+                                  "choose another id")
         finally:
             con.close()
     with _console(a) as con:
@@ -270,6 +275,12 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         if getpass.getpass("again: ") != password:
             raise ConfigError("the two passwords differ")
     write_login(path, args.user, password)
+    services = out_dir / "services" / "console.toml" if out_dir else None
+    if services is not None and services.exists() and os.geteuid() == 0:
+        # the console service reads the login as the account that reads its broker credentials
+        st = services.stat()
+        os.chown(path, 0, st.st_gid)
+        os.chmod(path, 0o640)
     print(f"console login for user {args.user!r} written to {path}")
     return 0
 

@@ -70,7 +70,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Callable[[], ModuleType], str], ...] = (
     (("demo",), _demo, "hub,lab"),
     (("unit",), _unit, "unit"),
     (("hub",), _hub, "hub"),
-    (("session", "console"), _session, "hub"),
+    (("session",), _session, "hub"),
     (("lab",), _lab, "lab"),
     (("hil",), _hil, "hub,lab"),
     (("report", "study"), _report, "lab"),
