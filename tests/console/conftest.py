@@ -13,7 +13,7 @@ from broker import store
 from broker.recorder import Recorder
 from device.config import load_config
 from device.unit import Unit
-from tests.device.conftest import SENSORS_BOTH, Console, unit_toml  # noqa: F401  (unit_toml: a fixture)
+from tests.device.conftest import SENSORS_BOTH, Console, console, unit_toml  # noqa: F401  (fixtures)
 
 
 def wait(pred, timeout_s: float = 30.0, step: float = 0.05) -> bool:
@@ -58,12 +58,12 @@ def room(tmp_path, mosquitto, room_auth, unit_toml):  # noqa: F811
     """The hub recorder, the console (svc-console) and unit-a (four synthetic sensors, real time) in room-a."""
     rec = Recorder(tmp_path / "hub.sqlite", "room-a", mosquitto.host, mosquitto.port,
                    *room_auth.service_user("recorder")).start()
-    console = Console(mosquitto.host, mosquitto.port, *room_auth.service_user("console"))
+    con = Console(mosquitto.host, mosquitto.port, *room_auth.service_user("console"))
     unit = RunningUnit(Unit(load_config(unit_toml(sensors=SENSORS_BOTH))))
     try:
-        assert console.wait_status("unit-a", lambda s: s.state == "idle"), console.status
-        yield Room(tmp_path / "hub.sqlite", rec, console, unit)
+        assert con.wait_status("unit-a", lambda s: s.state == "idle"), con.status
+        yield Room(tmp_path / "hub.sqlite", rec, con, unit)
     finally:
         unit.close()
-        console.close()
+        con.close()
         rec.stop()
