@@ -84,11 +84,11 @@ class TimePlot {
     }
     // markers
     g.strokeStyle = "#555"; g.setLineDash([4, 3]);
-    for (const m of this.markers) {
-      if (m.t_ms < t0 || m.t_ms > t1) continue;
+    this.markers.forEach((m, i) => {
+      if (m.t_ms < t0 || m.t_ms > t1) return;
       g.beginPath(); g.moveTo(x(m.t_ms), T); g.lineTo(x(m.t_ms), H - B); g.stroke();
-      g.fillText(m.label, x(m.t_ms) + 3, T + 10);
-    }
+      g.fillText(m.label, x(m.t_ms) + 3, T + 10 + (i % 4) * 12);  // staggered: close markers stay legible
+    });
     g.setLineDash([]);
     // series (a null value breaks the line)
     g.lineWidth = 1.6;
