@@ -169,8 +169,11 @@ function onMetric(ev, live) {
   if (!ev.name.startsWith("sync_")) return;
   const ch = ev.name.slice(5), v = ev.values, t = nsToMs(ev.window_end_ns);
   if (!syncSeries[ch]) return;
-  syncSeries[ch].therapist_led.push([t, v.therapist_led]);
-  syncSeries[ch].client_led.push([t, v.client_led]);
+  for (const [k, val] of [["therapist_led", v.therapist_led], ["client_led", v.client_led]]) {
+    const arr = syncSeries[ch][k];
+    arr.push([t, val]);
+    if (arr.length > 4000) arr.splice(0, arr.length - 3000);  // keep the plotted span, not the whole session
+  }
   if (ch === $("sync-channel").value) {
     plots.sync.add("therapist_led", [[t, v.therapist_led]]);
     plots.sync.add("client_led", [[t, v.client_led]]);
