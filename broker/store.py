@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS command_log(
     room TEXT NOT NULL, cmd_id TEXT NOT NULL, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT,
     time_ns INTEGER NOT NULL, payload TEXT NOT NULL, received_ns INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending', reason TEXT, decided_ns INTEGER,
-    PRIMARY KEY(room, cmd_id)) WITHOUT ROWID;
+    UNIQUE(room, cmd_id));
 CREATE INDEX IF NOT EXISTS command_log_session ON command_log(session);
 CREATE VIEW IF NOT EXISTS markers AS
     SELECT room, session, cmd_id, label, time_ns FROM commands WHERE cmd='marker';
