@@ -104,7 +104,10 @@ function renderUnits() {
     const ageS = (nowMs() - nsToMs(s.received_ns)) / 1000;
     const sensors = Object.entries(s.sensors || {}).map(([n, v]) =>
       `<span class="${v === "ok" ? "s-ok" : "s-bad"}">${esc(n)}: ${esc(v)}</span>`).join(", ") || "–";
-    const drops = Object.entries(s.dropped || {}).filter(([, v]) => v).map(([k, v]) => `${esc(k)} ${v}`).join(", ") || "none";
+    // bad_commands counts refused commands, not lost data: shown apart
+    const drops = Object.entries(s.dropped || {}).filter(([k, v]) => v && k !== "bad_commands")
+      .map(([k, v]) => `${esc(k)} ${v}`).join(", ") || "none";
+    const badCmds = (s.dropped || {}).bad_commands || 0;
     const sync = s.clock_synced === true ? '<span class="s-ok">synchronised</span>' :
       (s.clock_synced === false ? '<span class="s-bad">NOT synchronised</span>' : '<span class="s-warn">unknown</span>');
     div.innerHTML = `<h3><span class="led ${esc(s.state)}"></span>${esc(u)}</h3>
@@ -114,6 +117,7 @@ function renderUnits() {
       <dt>outbox</dt><dd>${s.buffer_depth} queued</dd>
       <dt>clock</dt><dd>${sync}</dd>
       <dt>losses</dt><dd>${drops}</dd>
+      <dt>refused commands</dt><dd class="bad-commands">${badCmds}</dd>
       <dt>last status</dt><dd>${ageS < 90 ? Math.round(ageS) + " s ago" : clock(s.received_ns)}</dd></dl>`;
     box.appendChild(div);
   }
