@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -66,8 +67,6 @@ def write_login(path: Path, user: str, password: str) -> None:
         raise ConfigError("the console password needs at least 8 characters")
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"user": user, "hash": _hasher().hash(password)}) + "\n"
-    import os
-
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
