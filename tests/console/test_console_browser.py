@@ -138,7 +138,8 @@ def test_operator_runs_a_session_in_the_browser(hub, tmp_path):
 
             # synchrony appears (8-s windows): therapist-led / client-led values and the plot
             until(lambda d: _text(d, "#sync-eda .tl") not in ("", "–")
-                  and int(_attr(d, "#sync-plot", "data-windows") or 0) >= 2)
+                  and int(_attr(d, "#sync-eda", "data-windows") or 0) >= 2
+                  and int(_attr(d, "#sync-plot", "data-windows") or 0) >= 4)  # two lines, two windows each
             assert _text(driver, "#sync-eda .ip") != "–"
 
             # two markers: a configured button and free text (Enter)
@@ -190,7 +191,8 @@ def test_operator_runs_a_session_in_the_browser(hub, tmp_path):
                           str(hub["token_file"]), "--no-progress", str(dest)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert [p.name for p in (dest / "room-a").iterdir()] == ["s-browser"]
-    meta = json.loads((dest / "room-a" / "s-browser" / "session.json").read_text())
+    pulled = list(dest.rglob("session.json"))  # the pulled copy of each session (sourcedata/<room>/<session>/)
+    assert [p.parent.name for p in pulled] == ["s-browser"], pulled
+    meta = json.loads(pulled[0].read_text())
     assert (meta["therapist_code"], meta["client_code"]) == ("T01", "C07")
     assert [m["label"] for m in meta["markers"]] == ["task start", "rupture at minute one"]
