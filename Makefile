@@ -28,6 +28,7 @@ mosquitto:
 
 chromium:
 	@bash tools/ensure-system-package.sh chromium chromium
+	@bash tools/ensure-system-package.sh chromedriver chromium-driver
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)

@@ -1,7 +1,7 @@
 """Room accounts and topic permissions (ARCHITECTURE §7), shared by the Mosquitto and embedded brokers.
 
 Usernames: a unit logs in with its unit id; hub services log in as ``svc-<name>`` (``svc-recorder``
-reads the whole room, ``svc-console`` sends commands). A unit may write only under its own
+reads the whole room, ``svc-console`` sends commands and reads acks, statuses, metrics and features). A unit may write only under its own
 ``dyadsync/v1/<room>/<unit>/``, and read only the room's ``cmd`` and, when configured, its partner's
 ``feat`` stream.
 """
@@ -77,10 +77,14 @@ class RoomAuth:
         if "recorder" in self.services:
             out["svc-recorder"] = [Grant("read", f"{room}/#")]
         if "console" in self.services:
+            # The room console (CLI and live page): sends commands, reads the units' answers, statuses,
+            # metrics and 4 Hz features of its own room. No raw signals, no other room, no unit topic writes.
             out["svc-console"] = [
                 Grant("write", f"{room}/cmd"),
                 Grant("read", f"{room}/+/ack"),
                 Grant("read", f"{room}/+/status"),
+                Grant("read", f"{room}/+/metric/#"),
+                Grant("read", f"{room}/+/feat/#"),
             ]
         if "bridge" in self.services:
             # The local side of a Mosquitto bridge to a lab broker: it forwards the whole room out and may

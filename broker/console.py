@@ -8,17 +8,81 @@ console account (``svc-console``), subscribes to the units' acknowledgements and
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from broker import wire
 from broker.errors import BrokerError, WireError
 from broker.mqtt import client_id, make_client
 
 logger = logging.getLogger(__name__)
+
+
+MAX_KEPT_ACKS = 2000
+
+
+def new_session_id(room: str, now_ns: int | None = None) -> str:
+    """A session id that says where and when: ``<room>-YYYYMMDD-HHMMSS`` (UTC)."""
+    t = dt.datetime.fromtimestamp((time.time_ns() if now_ns is None else now_ns) / 1e9, dt.UTC)
+    return f"{room}-{t:%Y%m%d-%H%M%S}"
+
+
+def check_code(role: str, code: str) -> str:
+    """A pseudonymous participant code, checked; raises :class:`WireError` saying what is wrong."""
+    code = code.strip()
+    if not wire.CODE_RE.match(code):
+        raise WireError(f"{role} code {code!r} is not a pseudonymous code: use 1-32 letters, digits, '_' or '-', "
+                        "starting with a letter or digit (e.g. P017); never a name")
+    return code
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Every unit's answer to one command: accepted, refused (with the unit's reason) or no answer."""
+
+    cid: str
+    cmd: str
+    session: str
+    units: tuple[str, ...]
+    acks: dict[str, wire.Ack] = field(default_factory=dict)
+    time_ns: int = 0
+
+    @property
+    def accepted(self) -> list[str]:
+        return [u for u in self.units if u in self.acks and self.acks[u].ok]
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return {u: (self.acks[u].error or "refused") for u in self.units if u in self.acks and not self.acks[u].ok}
+
+    @property
+    def missing(self) -> list[str]:
+        return [u for u in self.units if u not in self.acks]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.units) and len(self.accepted) == len(self.units)
+
+    def describe(self) -> str:
+        """One line per unit, for people."""
+        lines = []
+        for u in self.units:
+            if u in self.acks and self.acks[u].ok:
+                lines.append(f"  {u}: accepted")
+            elif u in self.acks:
+                lines.append(f"  {u}: REFUSED: {self.acks[u].error or 'no reason given'}")
+            else:
+                lines.append(f"  {u}: NO ANSWER (offline, or not connected to the broker?)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"id": self.cid, "cmd": self.cmd, "session": self.session, "time_ns": self.time_ns, "ok": self.ok,
+                "accepted": self.accepted, "refused": self.refused, "missing": self.missing}
 
 
 class RoomConsole:
@@ -83,6 +147,8 @@ class RoomConsole:
             with self.cond:
                 if t.kind == "ack":
                     self.acks.append(wire.Ack.decode(payload))
+                    if len(self.acks) > MAX_KEPT_ACKS:
+                        del self.acks[: len(self.acks) - MAX_KEPT_ACKS // 2]
                 elif t.kind == "status" and payload:
                     self.status[t.unit] = wire.Status.decode(payload)
                 self.cond.notify_all()
@@ -136,6 +202,44 @@ class RoomConsole:
         want = list(units)
         with self.cond:
             return self.cond.wait_for(lambda: all(u in self.status and pred(self.status[u]) for u in want), timeout_s)
+
+    # ------------------------------------------------------------------------------- session commands
+    def running_sessions(self) -> dict[str, str]:
+        """unit -> the session its latest status says it records (units that are not offline)."""
+        with self.cond:
+            return {u: s.session for u, s in self.status.items() if s.session and s.state != "offline"}
+
+    def command(self, cmd: str, session: str, units: Iterable[str], *, timeout_s: float = 20.0,
+                participants: dict[str, str] | None = None, label: str = "",
+                time_ns: int | None = None) -> CommandResult:
+        """Send a command and wait for every named unit's answer (or the timeout)."""
+        units = tuple(units)
+        t = time.time_ns() if time_ns is None else time_ns
+        cid = self.send(cmd, session, time_ns=t, participants=participants, label=label)
+        acks = self.wait_acks(cid, units, timeout_s) if units else {}
+        result = CommandResult(cid, cmd, session, units, acks, t)
+        log = logger.info if result.ok else logger.warning
+        log("console: %s %s: accepted by %s, refused by %s, no answer from %s", cmd, session, result.accepted or "none",
+            result.refused or "none", result.missing or "none")
+        return result
+
+    def start(self, session: str, therapist: str, client: str, units: Iterable[str], *,
+              timeout_s: float = 20.0) -> CommandResult:
+        """Start ``session`` with pseudonymous codes (checked before anything is sent)."""
+        if not wire.SESSION_RE.match(session):
+            raise WireError(f"session id {session!r} must match {wire.SESSION_RE.pattern}")
+        codes = {"therapist": check_code("therapist", therapist), "client": check_code("client", client)}
+        return self.command("start", session, units, timeout_s=timeout_s, participants=codes)
+
+    def stop(self, session: str, units: Iterable[str], *, timeout_s: float = 20.0) -> CommandResult:
+        return self.command("stop", session, units, timeout_s=timeout_s)
+
+    def mark(self, session: str, label: str, units: Iterable[str], *, timeout_s: float = 20.0) -> CommandResult:
+        """A marker stamped with this machine's clock now (the hub's, when the console runs on the hub)."""
+        label = " ".join(label.split())
+        if not label:
+            raise WireError("a marker needs a label")
+        return self.command("marker", session, units, timeout_s=timeout_s, label=label)
 
     def close(self) -> None:
         self.client.disconnect()

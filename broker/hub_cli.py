@@ -1,4 +1,4 @@
-"""``dyadsync hub init|run|serve``: set up a room hub, record it, serve the pull API."""
+"""``dyadsync hub init|run|serve|console``: set up a room hub, record it, serve the pull API and the console."""
 
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"{_SCHEMA_VERSION} (once; keeps every row; stop the recorder first)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
+
+    # the live room console page and its login (broker/session_cli.py, broker/console_app.py)
+    from .session_cli import add_console_args, add_passwd_args
+
+    add_console_args(sub.add_parser("console", help="serve the live room console page (login, traces, "
+                                    "synchrony, start/stop/markers)"))
+    add_passwd_args(sub.add_parser("console-passwd", help="set the room console's login"))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -113,9 +120,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    rec = Recorder(db, room, creds["host"], creds["port"], creds["username"], creds["password"],
-                   tls_ca=creds["tls_ca"], **batch)
-    rec.start()
+    rec = _start_recorder(lambda: Recorder(db, room, creds["host"], creds["port"], creds["username"],
+                                           creds["password"], tls_ca=creds["tls_ca"], **batch), stop,
+                          f"{creds['host']}:{creds['port']}")
+    if rec is None:
+        print("recorder stopped before it could connect to its broker")
+        return 0
     print(f"recording room {room} from {creds['host']}:{creds['port']} into {db} (Ctrl-C to stop)")
     try:
         while not stop.wait(30):
@@ -124,6 +134,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         rec.stop()
         print(f"recorder stopped; counts: {dict(rec.counts)}")
     return 0
+
+
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+
+
+def _start_recorder(make, stop: threading.Event, where: str):
+    """Start a recorder, waiting for its broker: a hub that boots before Mosquitto (or while it restarts)
+    retries with backoff (1 s doubling to 30 s) and says why at the default log level, until ``stop``."""
+    from .errors import BrokerError
+
+    delay, attempt = RETRY_MIN_S, 0
+    while not stop.is_set():
+        attempt += 1
+        rec = make()
+        try:
+            rec.start()
+            if attempt > 1:
+                logger.warning("recorder connected to %s after %d attempts", where, attempt)
+            return rec
+        except BrokerError as exc:
+            refused = rec.counts.get("connect_refused", 0) or rec.counts.get("subscribe_refused", 0)
+            why = ("the broker refused the recorder's account (check services/recorder.toml against the "
+                   "broker's password file and ACL: rerun `dyadsync hub init`)" if refused else str(exc))
+            logger.warning("recorder: %s; retrying in %.0f s", why, delay)
+            print(f"waiting for the broker at {where}: {why}; retrying in {delay:.0f} s", flush=True)
+        stop.wait(delay)
+        delay = min(RETRY_MAX_S, delay * 2)
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 logger = logging.getLogger(__name__)
 
-CALLBACKS = ("on_connect", "on_disconnect", "on_message", "on_publish", "on_subscribe")
+CALLBACKS = ("on_connect", "on_connect_fail", "on_disconnect", "on_message", "on_publish", "on_subscribe")
 
 
 def client_id(prefix: str) -> str:

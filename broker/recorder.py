@@ -12,6 +12,11 @@ Batching: the writer drains whatever has arrived (up to ``batch_size``) into one
 load a commit carries many messages and when idle a single message is committed at once; the broker's
 in-flight window (``max_inflight_messages`` in the generated conf) bounds how much is ever unacknowledged.
 
+Commands and acknowledgements: a command is logged, and the session record follows the units' answers
+(see :mod:`broker.store`): only a command some unit accepted changes a session; an undecodable command is
+counted as ``bad_commands`` (not ``malformed``, which counts data), refused and rejected ones are logged
+with their reason and counted as ``cmd_refused``/``cmd_rejected``.
+
 A lab recorder for many rooms passes ``room="+"``: it subscribes to ``dyadsync/v1/+/#`` on the lab broker
 (the room hubs bridge into it) and stores every room, keyed by room.
 """
@@ -47,6 +52,10 @@ class _Unauthorized(WireError):
     """A message that claims to come from someone other than the topic's owner."""
 
 
+class _BadCommand(WireError):
+    """An undecodable message on the room's command topic."""
+
+
 @dataclass
 class _Item:
     topic: str
@@ -72,6 +81,7 @@ class Recorder:
         batch_size: int = 1000,
         batch_interval_s: float = 0.02,
         tls_ca: str | None = None,
+        marker_tolerance_s: float = store.MARKER_TOLERANCE_NS / 1e9,
     ) -> None:
         self.db_path = Path(db_path)
         if room != "+":
@@ -80,6 +90,7 @@ class Recorder:
         self.host, self.port = host, port
         self.batch_size = batch_size
         self.batch_interval_s = batch_interval_s
+        self.marker_tolerance_ns = round(marker_tolerance_s * 1e9)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         # A deque (append/popleft are atomic) and an Event: cheaper per message than queue.Queue's
@@ -182,6 +193,10 @@ class Recorder:
                 try:
                     kind = self._store_one(con, item)
                     counts[kind] += 1
+                except _BadCommand as exc:
+                    counts["bad_commands"] += 1
+                    logger.warning("recorder: undecodable command on %s: %s", item.topic[:200], str(exc)[:300])
+                    store.insert_reject(con, item.topic, f"bad command: {exc}", item.payload, item.received_ns)
                 except _Unauthorized as exc:
                     counts["unauthorized"] += 1
                     logger.warning("recorder: dropped suspicious message on %s: %s", item.topic[:200], str(exc)[:300])
@@ -216,6 +231,17 @@ class Recorder:
         if unit:
             self._touched_units[(room, unit)] = now
 
+    def _decided(self, con, room: str, cmd_id: str, state: str | None) -> None:
+        if state is None:
+            return
+        self._bump(f"cmd_{state}")
+        if state in ("refused", "rejected"):
+            reason = (store.command_state(con, room, cmd_id) or ("", None))[1]
+            logger.warning("recorder: command %s of room %s %s, not recorded: %s", cmd_id, room, state,
+                           str(reason)[:300])
+        else:
+            logger.info("recorder: command %s of room %s %s", cmd_id, room, state)
+
     def _store_one(self, con, item: _Item) -> str:
         t = _parse_topic(item.topic)
         room = t.room
@@ -241,8 +267,14 @@ class Recorder:
                 self._touch(room, t.unit, m.session, now)
             return "stored_metric" if new else "duplicate"
         if t.kind == "cmd":
-            c = wire.Command.decode(item.payload)
-            return "stored_cmd" if store.insert_command(con, room, c, item.payload, now) else "duplicate"
+            try:
+                c = wire.Command.decode(item.payload)
+            except WireError as exc:
+                raise _BadCommand(str(exc)) from None
+            new, decided = store.log_command(con, room, c, item.payload, now,
+                                             marker_tolerance_ns=self.marker_tolerance_ns)
+            self._decided(con, room, c.id, decided)
+            return "stored_cmd" if new else "duplicate"
         if t.kind == "status":
             if not item.payload:  # a cleared retained status
                 return "status_cleared"
@@ -258,7 +290,9 @@ class Recorder:
             a = wire.Ack.decode(item.payload)
             if a.unit != t.unit:
                 raise _Unauthorized(f"ack of unit {a.unit!r} published under unit {t.unit!r}")
-            return "stored_ack" if store.insert_ack(con, a, room=room) else "duplicate"
+            new, decided = store.log_ack(con, a, room, now, marker_tolerance_ns=self.marker_tolerance_ns)
+            self._decided(con, room, a.id, decided)
+            return "stored_ack" if new else "duplicate"
         raise WireError(f"unhandled topic kind {t.kind!r}")
 
     # ------------------------------------------------------------------------------------------ control

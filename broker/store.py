@@ -2,6 +2,22 @@
 
 Idempotency keys: sample blocks on (unit, kind, stream, session, seq); metrics on (unit, name, session,
 seq). A redelivered message changes nothing; a missing seq stays visible as a gap (see :func:`gaps`).
+
+Session records follow the units (ARCHITECTURE §1). Every command seen on the room's ``cmd`` topic goes
+into ``command_log`` as *pending*; it is decided by the units' acknowledgements (:func:`decide_command`):
+
+- the first ``ok`` acknowledgement accepts it: it is copied into ``commands`` (the record: a start sets the
+  session's codes and start time, a stop its end, a marker is a marker) — unless a hub rule rejects it;
+- acknowledgements that are all NACKs make it *refused* (with the units' reasons); a later ``ok`` from
+  another unit still accepts it;
+- hub rules (*rejected*, final): a start whose codes differ from the session's recorded codes; a marker
+  whose time is more than ``marker_tolerance_ns`` (default 10 s) away from the hub's clock. The reference
+  is the earliest of the hub's arrival time of the command and the times in the accepting units'
+  acknowledgements (units take their time from the hub with chrony), so a recorder catching up on a backlog
+  after a restart still judges a marker by when the units saw it.
+
+A session's codes, start time and stop time are written once and never changed. Refused and rejected
+commands are *bad commands* (:func:`command_counts`), never counted as lost samples.
 """
 
 from __future__ import annotations
@@ -50,6 +66,12 @@ CREATE TABLE IF NOT EXISTS commands(
     cmd_id TEXT NOT NULL, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT, time_ns INTEGER NOT NULL,
     payload TEXT NOT NULL, received_ns INTEGER NOT NULL, room TEXT NOT NULL DEFAULT '',
     PRIMARY KEY(room, cmd_id));
+CREATE TABLE IF NOT EXISTS command_log(
+    room TEXT NOT NULL, cmd_id TEXT NOT NULL, cmd TEXT NOT NULL, session TEXT NOT NULL, label TEXT,
+    time_ns INTEGER NOT NULL, payload TEXT NOT NULL, received_ns INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', reason TEXT, decided_ns INTEGER,
+    UNIQUE(room, cmd_id));
+CREATE INDEX IF NOT EXISTS command_log_session ON command_log(session);
 CREATE VIEW IF NOT EXISTS markers AS
     SELECT room, session, cmd_id, label, time_ns FROM commands WHERE cmd='marker';
 CREATE TABLE IF NOT EXISTS status(
@@ -172,8 +194,32 @@ def insert_metric(con: sqlite3.Connection, unit: str, m: Metric, received_ns: in
     return cur.rowcount == 1
 
 
+MARKER_TOLERANCE_NS = 10 * 1_000_000_000
+"""A marker more than this far from the hub's clock (see the module doc) is rejected."""
+
+COMMAND_STATES = ("pending", "accepted", "refused", "rejected")
+
+
+def session_conflict(con: sqlite3.Connection, c: Command) -> str | None:
+    """Why the start ``c`` contradicts the recorded session (other codes), or None."""
+    if c.cmd != "start":
+        return None
+    row = con.execute("SELECT therapist_code, client_code FROM sessions WHERE session=?", (c.session,)).fetchone()
+    if row is None or row == (None, None):
+        return None
+    want = (c.participants.get("therapist"), c.participants.get("client"))
+    if tuple(row) == want:
+        return None
+    return (f"session {c.session!r} is recorded with therapist {row[0]!r}, client {row[1]!r}; a start with "
+            f"therapist {want[0]!r}, client {want[1]!r} is not recorded")
+
+
 def insert_command(con: sqlite3.Connection, room: str, c: Command, payload: bytes, received_ns: int) -> bool:
-    """Store a command; ``start`` records the participant codes, ``stop`` the end time, ``marker`` a marker."""
+    """Record an *accepted* command: ``start`` sets the session's codes and start time, ``stop`` its end time,
+    ``marker`` adds a marker. Values already recorded are never overwritten; a start whose codes contradict
+    the recorded ones is not recorded (False, see :func:`session_conflict`). False for a repeated command."""
+    if session_conflict(con, c) is not None:
+        return False
     cur = con.execute(
         "INSERT OR IGNORE INTO commands(cmd_id, cmd, session, label, time_ns, payload, received_ns, room) "
         "VALUES(?,?,?,?,?,?,?,?)",
@@ -184,20 +230,97 @@ def insert_command(con: sqlite3.Connection, room: str, c: Command, payload: byte
     if c.cmd == "start":
         con.execute(
             "INSERT INTO sessions(session, room, started_ns, therapist_code, client_code, updated_ns, created_ns) "
-            "VALUES(?,?,?,?,?,?,?) ON CONFLICT(session) DO UPDATE SET started_ns=excluded.started_ns, "
-            "therapist_code=excluded.therapist_code, client_code=excluded.client_code, updated_ns=excluded.updated_ns",
+            "VALUES(?,?,?,?,?,?,?) ON CONFLICT(session) DO UPDATE SET "
+            "started_ns=COALESCE(sessions.started_ns, excluded.started_ns), "
+            "therapist_code=COALESCE(sessions.therapist_code, excluded.therapist_code), "
+            "client_code=COALESCE(sessions.client_code, excluded.client_code), "
+            "updated_ns=MAX(sessions.updated_ns, excluded.updated_ns)",
             (c.session, room, c.time_ns, c.participants["therapist"], c.participants["client"], received_ns,
              received_ns),
         )
     elif c.cmd == "stop":
         con.execute(
             "INSERT INTO sessions(session, room, stopped_ns, updated_ns, created_ns) VALUES(?,?,?,?,?) "
-            "ON CONFLICT(session) DO UPDATE SET stopped_ns=excluded.stopped_ns, updated_ns=excluded.updated_ns",
+            "ON CONFLICT(session) DO UPDATE SET stopped_ns=COALESCE(sessions.stopped_ns, excluded.stopped_ns), "
+            "updated_ns=MAX(sessions.updated_ns, excluded.updated_ns)",
             (c.session, room, c.time_ns, received_ns, received_ns),
         )
     else:
         touch_session(con, room, c.session, received_ns)
     return True
+
+
+def log_command(con: sqlite3.Connection, room: str, c: Command, payload: bytes, received_ns: int, *,
+                marker_tolerance_ns: int = MARKER_TOLERANCE_NS) -> tuple[bool, str | None]:
+    """A command seen on the room's ``cmd`` topic: logged as pending, then decided by the acknowledgements
+    already stored (they may arrive first). Returns (new, state it moved to or None)."""
+    cur = con.execute(
+        "INSERT OR IGNORE INTO command_log(room, cmd_id, cmd, session, label, time_ns, payload, received_ns) "
+        "VALUES(?,?,?,?,?,?,?,?)",
+        (room, c.id, c.cmd, c.session, c.label, c.time_ns, payload.decode(), received_ns),
+    )
+    if cur.rowcount != 1:
+        return False, None
+    return True, decide_command(con, room, c.id, received_ns, marker_tolerance_ns=marker_tolerance_ns)
+
+
+def decide_command(con: sqlite3.Connection, room: str, cmd_id: str, now: int, *,
+                   marker_tolerance_ns: int = MARKER_TOLERANCE_NS) -> str | None:
+    """Apply the rules of the module doc to a logged command; returns its new state if it changed."""
+    row = con.execute("SELECT payload, received_ns, state FROM command_log WHERE room=? AND cmd_id=?",
+                      (room, cmd_id)).fetchone()
+    if row is None or row[2] in ("accepted", "rejected"):
+        return None
+    payload, received_ns, state = row
+    acks = con.execute("SELECT unit, ok, error, time_ns FROM acks WHERE room=? AND cmd_id=? ORDER BY unit",
+                       (room, cmd_id)).fetchall()
+    oks = [a for a in acks if a[1]]
+    if not acks:
+        return None
+    c = Command.decode(payload.encode())
+    reason: str | None = None
+    if not oks:
+        new_state = "refused"
+        reason = "; ".join(f"{u}: {err or 'refused'}" for u, _, err, _ in acks)
+    elif c.cmd == "marker" and abs(c.time_ns - (ref := min([received_ns] + [a[3] for a in oks]))) > marker_tolerance_ns:
+        new_state = "rejected"
+        reason = (f"marker time is {(c.time_ns - ref) / 1e9:+.1f} s from the hub's clock (allowed: "
+                  f"±{marker_tolerance_ns / 1e9:g} s)")
+    elif (conflict := session_conflict(con, c)) is not None:
+        new_state, reason = "rejected", conflict
+    else:
+        new_state = "accepted"
+        insert_command(con, room, c, payload.encode(), received_ns)
+    con.execute("UPDATE command_log SET state=?, reason=?, decided_ns=? WHERE room=? AND cmd_id=?",
+                (new_state, reason, now, room, cmd_id))
+    return new_state if new_state != state else None
+
+
+def command_state(con: sqlite3.Connection, room: str, cmd_id: str) -> tuple[str, str | None] | None:
+    """(state, reason) of a logged command, or None if it was never seen."""
+    row = con.execute("SELECT state, reason FROM command_log WHERE room=? AND cmd_id=?", (room, cmd_id)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def command_counts(con: sqlite3.Connection, session: str | None = None) -> dict[str, int]:
+    """Commands by state (pending, accepted, refused, rejected), for one session or all; ``bad`` is refused +
+    rejected (+ undecodable commands, counted hub-wide as ``bad_commands``, when ``session`` is None)."""
+    sql = "SELECT state, COUNT(*) FROM command_log" + (" WHERE session=?" if session else "") + " GROUP BY state"
+    out = dict.fromkeys(COMMAND_STATES, 0)
+    out.update(dict(con.execute(sql, (session,) if session else ())))
+    out["bad"] = out["refused"] + out["rejected"]
+    if session is None:
+        out["bad"] += counters(con).get("bad_commands", 0)
+    return out
+
+
+def command_log(con: sqlite3.Connection, session: str | None = None, *, limit: int = 1000) -> list[dict]:
+    """The logged commands (newest last) with their state and the reason of a refusal or rejection."""
+    cols = ("room", "cmd_id", "cmd", "session", "label", "time_ns", "received_ns", "state", "reason")
+    sql = f"SELECT {', '.join(cols)} FROM command_log" + (" WHERE session=?" if session else "")
+    sql += " ORDER BY received_ns DESC, cmd_id LIMIT ?"
+    rows = con.execute(sql, ((session,) if session else ()) + (limit,)).fetchall()
+    return [dict(zip(cols, r, strict=True)) for r in reversed(rows)]
 
 
 def touch_session(con: sqlite3.Connection, room: str, session: str, now: int) -> None:
@@ -237,6 +360,14 @@ def insert_ack(con: sqlite3.Connection, a: Ack, room: str = "") -> bool:
     cur = con.execute("INSERT OR IGNORE INTO acks(unit, cmd_id, ok, error, time_ns, room) VALUES(?,?,?,?,?,?)",
                       (a.unit, a.id, int(a.ok), a.error, a.time_ns, room))
     return cur.rowcount == 1
+
+
+def log_ack(con: sqlite3.Connection, a: Ack, room: str, received_ns: int, *,
+            marker_tolerance_ns: int = MARKER_TOLERANCE_NS) -> tuple[bool, str | None]:
+    """Store a unit's acknowledgement and decide its command; returns (new, the command's new state or None)."""
+    if not insert_ack(con, a, room):
+        return False, None
+    return True, decide_command(con, room, a.id, received_ns, marker_tolerance_ns=marker_tolerance_ns)
 
 
 def add_counters(con: sqlite3.Connection, counts: dict[str, int]) -> None:
@@ -326,6 +457,10 @@ def read_metrics(con: sqlite3.Connection, session: str, name: str, unit: str | N
 
 
 # ------------------------------------------------------------------------------------ session views
+NOT_LOSSES = frozenset({"bad_commands"})
+"""Keys of a unit status's ``dropped`` map that count something other than lost data."""
+
+
 SESSION_COLUMNS = ("session", "room", "started_ns", "stopped_ns", "therapist_code", "client_code", "updated_ns",
                    "created_ns")
 
@@ -352,6 +487,12 @@ def count_sessions(con: sqlite3.Connection, since_ns: int | None = None) -> int:
 def get_session(con: sqlite3.Connection, session: str) -> dict | None:
     row = con.execute(f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session=?", (session,)).fetchone()
     return dict(zip(SESSION_COLUMNS, row, strict=True)) if row else None
+
+
+def session_markers(con: sqlite3.Connection, session: str) -> list[dict]:
+    """The recorded (accepted) markers of ``session``, in time order."""
+    return [{"id": i, "label": lab, "time_ns": t} for i, lab, t in con.execute(
+        "SELECT cmd_id, label, time_ns FROM markers WHERE session=? ORDER BY time_ns", (session,))]
 
 
 @dataclass(frozen=True)
@@ -407,8 +548,7 @@ def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = T
         "SELECT unit, name, COUNT(*), MIN(seq), MAX(seq) FROM metrics WHERE session=? GROUP BY unit, name "
         "ORDER BY unit, name", (session,))
     metrics = [{"unit": u, "name": n, "count": c, "missing": (hi - lo + 1 - c)} for u, n, c, lo, hi in metric_rows]
-    markers = [{"id": i, "label": lab, "time_ns": t} for i, lab, t in con.execute(
-        "SELECT cmd_id, label, time_ns FROM markers WHERE session=? ORDER BY time_ns", (session,))]
+    markers = session_markers(con, session)
     units = {}
     for unit, dropped_json, state in con.execute(
         "SELECT s.unit, s.payload, s.state FROM status s WHERE s.session=? ORDER BY s.time_ns", (session,)
@@ -420,17 +560,24 @@ def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = T
         units[unit] = {"last_state": state, "dropped_reported": dropped}
     status_changes = con.execute("SELECT COUNT(*) FROM status WHERE session=?", (session,)).fetchone()[0]
     hub = counters(con) if include_hub else {}
+    cmds = command_counts(con, session)
+    refused = [{"id": r["cmd_id"], "cmd": r["cmd"], "state": r["state"], "reason": r["reason"]}
+               for r in command_log(con, session) if r["state"] in ("refused", "rejected")]
     out = {
         **meta,
         "streams": streams,
         "metrics": metrics,
         "markers": markers,
+        "refused_commands": refused,
         "units": units,
         "quality": {
             "gaps": len(gap_list),
             "missing_blocks": sum(s["missing_blocks"] for s in streams),
             "missing_metrics": sum(m["missing"] for m in metrics),
-            "unit_reported_dropped": sum(sum(u["dropped_reported"].values()) for u in units.values()),
+            # the units' loss counters only: a refused command is a bad command, not a lost sample
+            "unit_reported_dropped": sum(v for u in units.values() for k, v in u["dropped_reported"].items()
+                                         if k not in NOT_LOSSES),
+            "bad_commands": cmds["bad"],
             "flagged_blocks": sum(s["flagged_blocks"] for s in streams),
             "status_changes": status_changes,
         },
@@ -438,7 +585,8 @@ def session_summary(con: sqlite3.Connection, session: str, include_hub: bool = T
     if include_hub:
         out["quality"].update({"hub_malformed": hub.get("malformed", 0),
                                "hub_unauthorized": hub.get("unauthorized", 0),
-                               "hub_duplicates": hub.get("duplicate", 0)})
+                               "hub_duplicates": hub.get("duplicate", 0),
+                               "hub_bad_commands": command_counts(con)["bad"]})
     return out
 
 

@@ -81,7 +81,8 @@ class Link:
                         tls_cert=tls_cert, tls_key=tls_key, will=will, reconnect_min_s=reconnect_min_s,
                         reconnect_max_s=reconnect_max_s, max_inflight=max_inflight, max_queued=0,
                         errors=self.counts, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                        on_publish=self._on_publish, on_message=self._on_message)
+                        on_publish=self._on_publish, on_message=self._on_message,
+                        on_connect_fail=self._on_connect_fail)
         self.client = c
         outbox.listeners.append(self._wake.set)
 
@@ -91,6 +92,7 @@ class Link:
             self.counts["connect_refused"] += 1
             logger.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
+        self._fail_since = None
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self._resend.set()
@@ -104,6 +106,22 @@ class Link:
                 self.counts["callback_errors"] += 1
                 logger.exception("on_connect hook failed")
         self._wake.set()
+
+    _fail_since: float | None = None
+    _fail_logged = 0.0
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """The broker cannot be reached (no TCP connection): said at WARNING when it starts, then every minute."""
+        now = time.monotonic()
+        self.counts["connect_failed"] += 1
+        if self._fail_since is None:
+            self._fail_since = self._fail_logged = now
+            logger.warning("cannot reach the broker at %s:%d; data stays in the outbox, retrying with backoff",
+                           self.host, self.port)
+        elif now - self._fail_logged >= 60:
+            self._fail_logged = now
+            logger.warning("still cannot reach the broker at %s:%d (for %.0f s); retrying",
+                           self.host, self.port, now - self._fail_since)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -197,6 +197,24 @@ class Pipeline:
             for ch in self.dsp.channels:
                 self._sync[ch] = _SyncChannel(ch, k0, params, streaming_wcc(params))
 
+    def start_refusal(self, session_id: str, participants: dict[str, str]) -> str | None:
+        """Why a ``start`` of ``session_id`` with ``participants`` must be refused now, or None.
+
+        With no session open any start is fine; a start of the open session with the same codes is a
+        repetition (accepted again, nothing changes); with other codes, or for another session, it is refused:
+        a running session's participant codes never change."""
+        cur = self.session
+        if cur is None:
+            return None
+        if cur.id != session_id:
+            return f"session {cur.id!r} is running; stop it first"
+        if dict(participants) != cur.participants:
+            def codes(p: dict[str, str]) -> str:
+                return f"therapist {p.get('therapist')!r}, client {p.get('client')!r}"
+            return (f"session {cur.id!r} is running with {codes(cur.participants)}; a start with other codes "
+                    f"({codes(participants)}) is refused: stop the session and start a new one")
+        return None
+
     def stop(self) -> None:
         """Close the session: flush partial raw and feature blocks (flagged PARTIAL)."""
         if self.session is None:

@@ -320,10 +320,11 @@ class Unit:
     def _execute(self, cmd: wire.Command) -> tuple[bool, str | None]:
         current = self.pipeline.session
         if cmd.cmd == "start":
-            if current is not None:
-                if current.id == cmd.session:
-                    return True, None
-                return False, f"session {current.id!r} is running; stop it first"
+            refusal = self.pipeline.start_refusal(cmd.session, cmd.participants)
+            if refusal is not None:
+                return False, refusal
+            if current is not None:  # the running session, same codes: a repetition
+                return True, None
             self.pipeline.start(cmd.session, cmd.participants, self.clock.now_ns())
             logger.info("session %s started (participants %s)", cmd.session, cmd.participants)
             self._status_due = True

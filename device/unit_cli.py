@@ -91,19 +91,83 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
-    print(f"unit {cfg.unit} in room {cfg.room}  ({db})")
-    if session:
-        print(f"  session:  {session['id']} (open; participants {session['participants']})")
-    else:
-        print("  session:  none")
-    print(f"  outbox:   {depth} messages, {nbytes} bytes queued (quota {info['quota_bytes']} bytes); "
-          f"{tail} acknowledged kept to resend after a reconnect")
-    print(f"  dropped:  {counters or 'none'}")
-    last = state.get("last_status")
-    if last:
-        print(f"  last status: {last.get('state')} at {last.get('time_ns')} (sensors {last.get('sensors')}, "
-              f"clock synced {last.get('clock_synced')})")
+    _print_status(cfg, db, session, depth, nbytes, tail, info["quota_bytes"], counters, state.get("last_status"))
     return 0
+
+
+def _when(ns: int | None, now_ns: int | None = None) -> str:
+    """A UTC nanosecond time for people: local date and time, and how long ago."""
+    import datetime as dt
+    import time
+
+    if not ns:
+        return "-"
+    t = dt.datetime.fromtimestamp(ns / 1e9).astimezone()
+    ago = ((now_ns or time.time_ns()) - ns) / 1e9
+    if ago < 0:
+        rel = f"in {-ago:.0f} s"
+    elif ago < 120:
+        rel = f"{ago:.0f} s ago"
+    elif ago < 7200:
+        rel = f"{ago / 60:.0f} min ago"
+    elif ago < 172800:
+        rel = f"{ago / 3600:.1f} h ago"
+    else:
+        rel = f"{ago / 86400:.0f} days ago"
+    return f"{t:%Y-%m-%d %H:%M:%S %Z} ({rel})"
+
+
+COUNTER_HELP = {
+    "bad_commands": "commands refused (malformed, unknown session, other codes)",
+    "outbox_quota": "messages dropped: outbox over its quota",
+}
+
+
+def _counter_help(name: str) -> str:
+    if name in COUNTER_HELP:
+        return COUNTER_HELP[name]
+    if name.startswith("lost_samples_"):
+        return f"samples missing inside the open session ({name[13:].replace('_', '/', 1)})"
+    if name.startswith("lost_"):
+        return f"source blocks lost since the start ({name[5:].replace('_', '/', 1)})"
+    if name.startswith("outbox_") or name.startswith("dropped_"):
+        return "messages the outbox dropped"
+    return ""
+
+
+def _print_status(cfg, db, session, depth, nbytes, tail, quota, counters, last) -> None:
+    print(f"unit {cfg.unit} in room {cfg.room}")
+    print(f"  database:    {db}")
+    print(f"  broker:      {cfg.broker.url} as {cfg.broker.username}")
+    if session:
+        codes = session.get("participants") or {}
+        print(f"  session:     {session['id']} (open) since {_when(session.get('start_ns'))}; therapist "
+              f"{codes.get('therapist', '?')}, client {codes.get('client', '?')}; {session.get('markers', 0)} markers")
+    else:
+        print("  session:     none")
+    print(f"  outbox:      {depth} messages ({nbytes / 2**20:.2f} MiB) waiting for the broker; quota "
+          f"{quota / 2**20:.0f} MiB; {tail} acknowledged kept to resend after a reconnect")
+    if last and last.get("state") == "offline":
+        print(f"  last status: offline (the unit stopped) at {_when(last.get('time_ns'))}; sensors and counters "
+              "are shown while it runs")
+        dropped = {}
+    elif last:
+        print(f"  last status: {last.get('state')} at {_when(last.get('time_ns'))}")
+        synced = last.get("clock_synced")
+        print("  clock:       " + {True: "synchronised (chrony)", False: "NOT synchronised: check chrony",
+                                   None: "unknown (no check configured)"}.get(synced, str(synced)))
+        sensors = last.get("sensors") or {}
+        print("  sensors:" + ("     none reported" if not sensors else ""))
+        for name, st in sorted(sensors.items()):
+            print(f"    {name:<16} {st}")
+        dropped = last.get("dropped") or {}
+    else:
+        print("  last status: none yet (the unit has not published a status)")
+        dropped = {}
+    merged = {**{k: v for k, v in counters.items()}, **dropped}
+    print("  counters:" + ("    all zero" if not any(merged.values()) else ""))
+    for name, value in sorted(merged.items()):
+        print(f"    {name:<28} {value:>8}  {_counter_help(name)}")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

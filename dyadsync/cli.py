@@ -45,6 +45,11 @@ def _hub() -> ModuleType:
     return hub_cli
 
 
+def _session() -> ModuleType:
+    from broker import session_cli
+    return session_cli
+
+
 def _lab() -> ModuleType:
     from lab import lab_cli
     return lab_cli
@@ -65,6 +70,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Callable[[], ModuleType], str], ...] = (
     (("demo",), _demo, "hub,lab"),
     (("unit",), _unit, "unit"),
     (("hub",), _hub, "hub"),
+    (("session",), _session, "hub"),
     (("lab",), _lab, "lab"),
     (("hil",), _hil, "hub,lab"),
     (("report", "study"), _report, "lab"),

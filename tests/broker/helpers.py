@@ -59,3 +59,11 @@ def make_blocks(stream: str, rate_hz: float, n_blocks: int, per_block: int, seed
 def start_cmd(session: str, therapist: str = "T01", client_code: str = "C07", t_ns: int = T0_NS) -> wire.Command:
     return wire.Command(id=f"{session}-start", cmd="start", session=session, time_ns=t_ns,
                         participants={"therapist": therapist, "client": client_code})
+
+
+def ack(unit: str, cid: str, ok: bool = True, error: str | None = None, time_ns: int | None = None,
+        room: str = "room-a") -> tuple[str, bytes]:
+    """A unit's answer to command ``cid`` as (topic, payload): the hub records a command only once a unit
+    accepted it."""
+    a = wire.Ack(id=cid, unit=unit, ok=ok, time_ns=time.time_ns() if time_ns is None else time_ns, error=error)
+    return wire.ack_topic(room, unit), a.encode()

@@ -21,7 +21,7 @@ from dyadsync.cli import main as cli_main
 from lab.puller import LabPuller, PullError
 
 from ..conftest import ROOM
-from .helpers import T0_NS, client, close, make_blocks, publish_all, start_cmd, wait
+from .helpers import T0_NS, ack, client, close, make_blocks, publish_all, start_cmd, wait
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -43,6 +43,7 @@ def recorded(hub_factory, tmp_path):
     msgs_console = [(wire.cmd_topic(ROOM), start_cmd("s1", "T01", "C07").encode()),
                     (wire.cmd_topic(ROOM), start_cmd("s2", "T02", "C08", T0_NS + 10**12).encode())]
     publish_all(console, msgs_console)
+    publish_all(a, [ack("unit-a", "s1-start"), ack("unit-a", "s2-start")])  # the unit accepted both
     eda = make_blocks("client/eda", 32.0, 30, 64, seed=1, t0_ns=T0_NS + 250_000_000)
     eda = [b for b in eda if b.seq != 11]  # one lost block -> n/a rows in the physio file
     ppg = make_blocks("therapist/ppg", 100.0, 20, 200, seed=2)

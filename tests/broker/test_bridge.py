@@ -14,7 +14,7 @@ from broker.mosquitto import MosquittoProcess, free_port
 from broker.recorder import Recorder
 
 from ..conftest import ROOM
-from .helpers import client, close, make_blocks, publish_all, start_cmd, wait
+from .helpers import ack, client, close, make_blocks, publish_all, start_cmd, wait
 
 
 def _bridge_scenario(hub_factory, tmp_path, outage_s: float) -> None:
@@ -37,6 +37,7 @@ def _bridge_scenario(hub_factory, tmp_path, outage_s: float) -> None:
         unit = client(room_broker.host, room_broker.port, "unit-a", layout.auth.units["unit-a"])
         console = client(room_broker.host, room_broker.port, *layout.auth.service_user("console"))
         publish_all(console, [(wire.cmd_topic(ROOM), start_cmd("sb").encode())])
+        publish_all(unit, [ack("unit-a", "sb-start")])  # the unit accepted it: the hubs record the session
         blocks = make_blocks("client/eda", 32.0, 300, 32)
         topic = wire.raw_topic(ROOM, "unit-a", "client/eda")
         before, during, after = blocks[:100], blocks[100:200], blocks[200:]

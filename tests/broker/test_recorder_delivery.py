@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from broker import store, wire
 from broker.recorder import Recorder
 
 from ..conftest import ROOM
-from .helpers import T0_NS, client, close, make_blocks, publish_all, start_cmd, wait
+from .helpers import T0_NS, ack, client, close, make_blocks, publish_all, start_cmd, wait
 
 
 def test_duplicated_reordered_malformed(hub_factory, tmp_path):
@@ -23,6 +24,7 @@ def test_duplicated_reordered_malformed(hub_factory, tmp_path):
     rec = Recorder(db, ROOM, proc.host, proc.port, *auth.service_user("recorder")).start()
     try:
         publish_all(console, [(wire.cmd_topic(ROOM), start_cmd("s1").encode())])
+        publish_all(a, [ack("unit-a", "s1-start")] * 2)  # the unit accepted it (and the answer came twice)
         blocks = make_blocks("client/eda", 32.0, 40, 32)
         sent = [b for b in blocks if b.seq not in (17, 18, 30)]  # three blocks lost before the hub
         deliveries = sent + random.Random(1).sample(sent, 12)  # twelve redeliveries
@@ -36,8 +38,10 @@ def test_duplicated_reordered_malformed(hub_factory, tmp_path):
         status = wire.Status(unit="unit-a", state="recording", time_ns=T0_NS + 5, session="s1",
                              dropped={"client/eda": 3})
         publish_all(a, [(wire.status_topic(ROOM, "unit-a"), status.encode())] * 2)
-        marker = wire.Command(id="m1", cmd="marker", session="s1", time_ns=T0_NS + 7, label="rupture")
+        t_mark = time.time_ns()
+        marker = wire.Command(id="m1", cmd="marker", session="s1", time_ns=t_mark, label="rupture")
         publish_all(console, [(wire.cmd_topic(ROOM), marker.encode())] * 2)
+        publish_all(a, [ack("unit-a", "m1")])
         bad = [
             (topic, b"\x00garbage"),
             (topic, wire.encode_block(blocks[0], "s1")[:-3]),  # truncated
@@ -54,7 +58,7 @@ def test_duplicated_reordered_malformed(hub_factory, tmp_path):
         assert wait(lambda: rec.counts["malformed"] == len(bad) and rec.counts["unauthorized"] == 1
                     and rec.counts["stored_raw"] == len(sent) and rec.counts["stored_metric"] == 5
                     and rec.counts["stored_cmd"] == 2), dict(rec.counts)
-        assert wait(lambda: rec.counts["duplicate"] == 12 + 2 + 1 + 1), dict(rec.counts)
+        assert wait(lambda: rec.counts["duplicate"] == 12 + 2 + 1 + 1 + 1), dict(rec.counts)
     finally:
         rec.stop()
         close(a, b, console)
@@ -66,14 +70,14 @@ def test_duplicated_reordered_malformed(hub_factory, tmp_path):
     np.testing.assert_array_equal(v, np.concatenate([b.values for b in sent]))
     assert [(g.after_seq, g.missing) for g in store.gaps(con, "s1")] == [(16, 2), (29, 1)]
     c = store.counters(con)
-    assert c["malformed"] == len(bad) and c["unauthorized"] == 1 and c["duplicate"] == 16
+    assert c["malformed"] == len(bad) and c["unauthorized"] == 1 and c["duplicate"] == 17
     assert con.execute("SELECT COUNT(*) FROM rejects").fetchone()[0] == len(bad) + 1
     summary = store.session_summary(con, "s1")
     assert summary["therapist_code"] == "T01" and summary["client_code"] == "C07"
     q = summary["quality"]
     assert q["gaps"] == 2 and q["missing_blocks"] == 3 and q["unit_reported_dropped"] == 3
     assert q["hub_malformed"] == len(bad) and q["hub_unauthorized"] == 1 and q["flagged_blocks"] == 1
-    assert summary["markers"] == [{"id": "m1", "label": "rupture", "time_ns": T0_NS + 7}]
+    assert summary["markers"] == [{"id": "m1", "label": "rupture", "time_ns": t_mark}]
     assert summary["metrics"] == [{"unit": "unit-a", "name": "sync_eda", "count": 5, "missing": 0}]
     unit_row = con.execute("SELECT last_state, last_session FROM units WHERE unit='unit-a'").fetchone()
     assert unit_row == ("recording", "s1")

@@ -17,10 +17,24 @@ from broker.recorder import Recorder  # noqa: E402
 from firmware_bridge.block import SampleBlock  # noqa: E402
 from lab.lsl import LslBridge, LslMarkerInlet, measure_offset_s  # noqa: E402
 
-from ..broker.helpers import client, close, publish_all, wait  # noqa: E402
+from ..broker.helpers import ack, client, close, publish_all, wait  # noqa: E402
 from ..conftest import ROOM  # noqa: E402
 
 GRID_NS = 250_000_000
+
+
+def _accepts_commands(unit_client, unit: str = "unit-a") -> None:
+    """This stand-in unit accepts every command, as a real unit running the session does: the hub records a
+    command only once a unit accepted it."""
+    def on_message(client, userdata, msg) -> None:
+        try:
+            cmd = wire.Command.decode(msg.payload)
+        except wire.WireError:
+            return
+        client.publish(*ack(unit, cmd.id, room=ROOM), qos=1)
+
+    unit_client.on_message = on_message
+    unit_client.subscribe(wire.cmd_topic(ROOM), qos=1)
 
 
 def _inlet(source_id: str) -> pylsl.StreamInlet:
@@ -55,6 +69,7 @@ def test_lsl_streams_equal_the_hub_and_markers_go_both_ways(mosquitto, room_auth
     bridge = LslBridge(host, port, ROOM, *room_auth.service_user("recorder")).start()
     console = RoomConsole(host, port, ROOM, *room_auth.service_user("console"))
     unit = client(host, port, "unit-a", room_auth.units["unit-a"])
+    _accepts_commands(unit)
     inlets: list = []
     lab_inlet = None
     try:
