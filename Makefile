@@ -6,7 +6,7 @@ PYX := $(wildcard dsp_ext/*.pyx dsp_ext/*.pxd)
 SPEED ?= 60
 MINUTES ?= 10
 
-.PHONY: demo test test-long lint bench mosquitto chromium clean
+.PHONY: demo demo-live test test-long lint bench mosquitto chromium clean
 
 # A virtual environment with the package (editable, Cython kernels compiled) and runtime dependencies.
 $(VENV)/.installed: pyproject.toml setup.py $(PYX)
@@ -32,6 +32,10 @@ chromium:
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)
+
+# The simulated room kept running in real time with the room console page (docs/operator.md).
+demo-live: $(VENV)/.installed
+	$(VENV)/bin/dyadsync demo --live --minutes 60
 
 test: $(VENV)/.installed-test mosquitto chromium
 	$(PY) -m ruff check .

@@ -179,6 +179,8 @@ def run_demo(args: argparse.Namespace) -> int:
             raise DemoError(f"unit {UNIT} was not ready (status {st.state if st else 'none'}) "
                             f"{LEAD_REAL_S + LATE_REAL_S:g} s after it started: the machine is busy; try a lower "
                             f"--speed (its log: {data_dir / f'unit-{UNIT}.log'})") from None
+        if args.live:
+            return _live(args, procs, console, broker, auth, data_dir, db_path, clock, plan_ns + session_s * 10**9)
         start_ns = max(plan_ns, -(-clock.now_ns() // 1_000_000_000) * 1_000_000_000)  # ready late: next second
         if start_ns > plan_ns:
             print(f"  the unit was ready {(start_ns - plan_ns) / 1e9:g} simulated s late: the session starts "
@@ -243,6 +245,47 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nNext: the session's report (HTML):\n  dyadsync report {session} --db {shlex.quote(str(db_path))} "
           f"--out {shlex.quote(str(data_dir / f'report-{session}.html'))}")
     return 0 if ok else 1
+
+
+def _live(args: argparse.Namespace, procs: RoomProcesses, console: RoomConsole, broker, auth: RoomAuth,
+          data_dir: Path, db_path: Path, clock: ScaledClock, end_ns: int) -> int:
+    """``demo --live``: the simulated room keeps running with the room console page, and the operator starts,
+    marks and stops sessions there (or with ``dyadsync session``), until Ctrl-C or the simulated dyad ends."""
+    import secrets
+
+    from broker.console_app import ConsoleServer, Login, write_login
+
+    password = secrets.token_urlsafe(12)
+    login_path = data_dir / "console" / "login.json"
+    write_login(login_path, "operator", password)
+    server = ConsoleServer(ROOM, [UNIT], (broker.host, broker.port, *auth.service_user("console")),
+                           Login.load(login_path), db_path=db_path, host=args.host, port=args.port).start()
+    print(f"\n  room console: {server.url}   user: operator   password: {password}")
+    print(f"  the simulated room runs for {(end_ns - clock.now_ns()) / 6e10:.0f} simulated minutes at "
+          f"{args.speed:g}x; start, mark and stop sessions on the page. Ctrl-C ends the demo.", flush=True)
+    try:
+        while clock.now_ns() < end_ns:
+            procs.sleep(0.2)
+    except KeyboardInterrupt:
+        print("\n  stopping the demo")
+    finally:
+        server.stop()
+    st = console.status.get(UNIT)
+    if st is not None and st.session:  # a session left running: stop it so its records are complete
+        cid = console.send("stop", st.session, time_ns=clock.now_ns(), cid=f"stop-{st.session}-end")
+        _wait_ack(procs, console, cid)
+    procs.terminate(f"unit-{UNIT}", 60.0)
+    procs.terminate("recorder", 30.0)
+    con = store.connect(db_path, readonly=True)
+    try:
+        sessions = [s["session"] for s in store.list_sessions(con, limit=1000)]
+    finally:
+        con.close()
+    print(f"\nData: hub database {db_path}; sessions recorded: {', '.join(sessions) or 'none'}")
+    for session in sessions:
+        print(f"  dyadsync report {session} --db {shlex.quote(str(db_path))} "
+              f"--out {shlex.quote(str(data_dir / f'report-{session}.html'))}")
+    return 0
 
 
 def _sleep_until(procs: RoomProcesses, clock: ScaledClock, ns: int, speed: float) -> None:
@@ -319,7 +362,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--minutes", type=float, default=10.0, help="simulated session length in minutes (default 10)")
-    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall-clock second (default 60)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="simulated seconds per wall-clock second (default 60; 1 with --live)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated dyad (default 1)")
     p.add_argument("--therapist", default="T01", help="the therapist's pseudonymous code (default T01)")
     p.add_argument("--client", default="C01", help="the client's pseudonymous code (default C01)")
@@ -332,6 +376,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(register-level ADS1115/MAX30102 behind a TCA9548A on an emulated bus, up to 3x) or "
                         "serial (an emulated firmware on a pseudo-terminal, up to 5x) (default sim)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--live", action="store_true",
+                   help="keep the simulated room running with the room console page (--minutes is then how long "
+                        "the simulated dyad lasts; use --speed 1 to operate it in real time); no automatic session")
+    p.add_argument("--host", default="127.0.0.1", help="--live: address the console page listens on "
+                                                       "(0.0.0.0 to open it from a tablet on the room network)")
+    p.add_argument("--port", type=int, default=0, help="--live: console page port (default: a free one)")
     p.set_defaults(func=_cmd)
 
 
@@ -340,6 +390,10 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"dyadsync demo: {msg}", file=sys.stderr)
         return 2
 
+    if args.speed is None:
+        args.speed = 1.0 if args.live else 60.0
+    if args.live and args.speed != 1.0:
+        return bad("--live runs in real time (--speed 1): the console stamps commands with the hub's clock")
     if not (args.minutes > 0 and args.speed > 0):
         return bad("--minutes and --speed must be positive")
     if args.speed > WIRING_MAX_SPEED["sim"]:
@@ -347,7 +401,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.speed > WIRING_MAX_SPEED[args.wiring]:
         return bad(f"--wiring {args.wiring} keeps up with at most {WIRING_MAX_SPEED[args.wiring]:g}x real time "
                    f"(the emulated hardware is polled in real time); use a lower --speed or --wiring sim")
-    if args.minutes * 60 / args.speed > MAX_REAL_S:
+    if not args.live and args.minutes * 60 / args.speed > MAX_REAL_S:
         return bad(f"a demo may last at most {MAX_REAL_S / 60:g} real minutes (it compares the hub with the unit's "
                    f"outbox, which keeps sent messages for {KEEP_ACKED_S / 60:g} minutes): raise --speed")
     for role in ("therapist", "client"):
