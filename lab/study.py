@@ -820,7 +820,7 @@ class StudyResult:
         if p is not None:
             scope = "" if m.verdict and m.verdict.kind != "not_estimable" else " (description only, not a test)"
             lines.append(f"primary: {p.outcome} ~ therapist regulation within dyads{scope}: "
-                         f"{p.n_obs} sessions, {p.n_groups} dyads")
+                         f"{_plural(p.n_obs, 'session')}, {_plural(p.n_groups, 'dyad')}")
             for t in (p.within, p.between):
                 if t is not None:
                     lines.append(f"  {t.term} ({TERM_SHORT.get(t.term, t.term)}): {t.coef:+.3f} "
@@ -940,6 +940,17 @@ def outcome_words(outcome: str) -> str:
     return f"{ch.upper()} {words[key]}" if key in words else outcome
 
 
+def outcome_short(outcome: str) -> str:
+    """An outcome in two or three words (forest plot labels)."""
+    fixed = {"c_w": "client RSA", "t_w": "therapist RSA", "z": "synchrony z", "lead_diff": "T-led − C-led z"}
+    if outcome in fixed:
+        return fixed[outcome]
+    ch, _, key = outcome.partition("_")
+    words = {"therapist_led": "therapist-led z", "client_led": "client-led z", "inphase_z": "in-phase peak z",
+             "inphase_effect": "in-phase effect size"}
+    return f"{ch.upper()} {words.get(key, key)}"
+
+
 def model_words(model: str) -> str:
     head, _, rest = model.partition(":")
     return f"{MODEL_WORDS.get(head, head)}: {rest.strip()}" if rest else model
@@ -993,9 +1004,9 @@ def forest_figure(models: StudyModels):
         ax.plot([t.std_ci_low, t.std_ci_high], [yi, yi], color=col, lw=1.6)
         ax.plot([t.std_effect], [yi], "o", color=col)
         head = t.model.split(":")[0]
-        labels.append(f"({head}) {outcome_words(t.outcome)}  ←  {TERM_SHORT.get(t.term, t.term)}")
+        labels.append(f"({head}) {outcome_short(t.outcome)}  ←  {TERM_SHORT.get(t.term, t.term)}")
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_yticks(yy, labels, fontsize=7)
+    ax.set_yticks(yy, labels, fontsize=8)
     ax.set_xlabel("standardised coefficient β·SD(term)/SD(outcome), with 95 % CI   (0 = no association; "
                   "green: p < 0.05)", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
@@ -1019,8 +1030,8 @@ def _figures(tables: StudyTables, models: StudyModels) -> list[tuple[str, str]]:
         for dyad, g in s.groupby("dyad"):
             ax1.plot(g["t_rsa_level"], g[y], "o", ms=4, label=dyad)
             ax2.plot(g["t_rsa_instability"], g[y], "o", ms=4)
-        ax1.set_xlabel("therapist RSA level (ln ms²; higher = more regulated)")
-        ax2.set_xlabel("therapist RSA instability (SD of 30-s epochs, ln ms²; lower = more regulated)")
+        ax1.set_xlabel("therapist RSA level (ln ms²)\nhigher = more regulated")
+        ax2.set_xlabel("therapist RSA instability (SD of 30-s epochs, ln ms²)\nlower = more regulated")
         ax1.set_ylabel(f"{ch.upper()} therapist-led z\n(session mean Fisher z)")
         if s["dyad"].nunique() <= 15:
             ax1.legend(fontsize=6, ncol=2, title="dyad", title_fontsize=6)
@@ -1048,8 +1059,6 @@ def _figures(tables: StudyTables, models: StudyModels) -> list[tuple[str, str]]:
 
 
 VERDICT_CLASS = {"supports": "ok", "contradicts": "bad", "no_claim": "note", "not_estimable": "warn"}
-VERDICT_TITLE = {"supports": "Supported", "contradicts": "Contradicted", "no_claim": "No claim either way",
-                 "not_estimable": "Not estimable with these data"}
 
 
 def _estimability_html(est: Estimability) -> str:
@@ -1073,8 +1082,8 @@ def _estimability_html(est: Estimability) -> str:
 
 
 def _term_li(t: Term) -> str:
-    return (f"<li><b>{_e(TERM_SHORT.get(t.term, t.term))}</b> (<code>{_e(t.term)}</code>): β = {_f(t.coef)} z per SD "
-            f"of regulation, 95 % CI [{_f(t.ci_low)}, {_f(t.ci_high)}], {_e(t.note)}, p = {_f(t.p_value)}, "
+    return (f"<li><b>{_e(TERM_SHORT.get(t.term, t.term))}</b> (<code>{_e(t.term)}</code>): β = {t.coef:+.3f} z per SD "
+            f"of regulation, 95 % CI [{t.ci_low:+.3f}, {t.ci_high:+.3f}], {_e(t.note)}, p = {_f(t.p_value)}, "
             f"standardised {_f(t.std_effect, 2)} ({_e(t.method)})</li>")
 
 
@@ -1090,7 +1099,7 @@ def render_study(tables: StudyTables, models: StudyModels, skipped: list[str]) -
              ".box.bad{border-color:#b03a2e;background:#fbeeee;color:#222;font-weight:normal}"
              ".box.warn{border-color:#e67e22;background:#fff4e0}</style></head><body>"
              "<h1>Study: therapist regulation and client synchrony</h1>",
-             f"<p>{len(s)} sessions of {s['dyad'].nunique()} dyads; synchrony channel <b>{_e(ch)}</b>. "
+             f"<p>{_plural(len(s), 'session')} of {_plural(s['dyad'].nunique(), 'dyad')}; synchrony channel <b>{_e(ch)}</b>. "
              "Hypothesis: client synchrony (therapist-led, Fisher z) is stronger in sessions in which the therapist "
              "is more regulated (RSA high and stable). Regulation = (z(RSA level) − z(RSA instability)) / 2 over the "
              "study; <i>within dyad</i> = the session's deviation from its dyad's mean, <i>between dyads</i> = the "
@@ -1101,13 +1110,15 @@ def render_study(tables: StudyTables, models: StudyModels, skipped: list[str]) -
         parts.append(_estimability_html(est))
     v = models.verdict
     if v is not None:
+        head, sep, rest = v.text.partition(": ")
+        body = f"<b>{_e(head)}:</b> {_e(rest)}" if sep else _e(v.text)
         parts.append(f"<h2>Answer</h2><div class='box {VERDICT_CLASS[v.kind]}' id='verdict' data-kind='{v.kind}'>"
-                     f"<b>{VERDICT_TITLE[v.kind]}.</b> {_e(v.text)}</div>")
+                     f"{body}</div>")
     if p is not None:
         scope = ("Primary test" if v is None or v.kind != "not_estimable"
                  else "Description of the dyads seen (not a test of the hypothesis)")
         parts.append(f"<p>{scope}: {_e(outcome_words(p.outcome))} ~ therapist regulation, within dyads, "
-                     f"{p.n_obs} sessions, {p.n_groups} dyads:</p><ul>" + _term_li(p.within)
+                     f"{_plural(p.n_obs, 'session')}, {_plural(p.n_groups, 'dyad')}:</p><ul>" + _term_li(p.within)
                      + (_term_li(p.between) if p.between is not None else
                         "<li><b>therapist regulation, between dyads</b> (<code>reg_b</code>): not estimable with "
                         "these data (see above); not fitted.</li>") + "</ul>")
