@@ -175,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dyads", type=int, default=12, help="number of dyads (therapist-client pairs)")
     p.add_argument("--sessions", type=int, default=4, help="sessions per dyad")
-    p.add_argument("--effect", type=float, default=0.5,
+    p.add_argument("--effect", type=float, default=1.0,
                    help="change of the coupling's Fisher z per unit of therapist regulation (0: no effect)")
     p.add_argument("--minutes", type=float, default=5.0, help="length of each simulated session")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated people")
