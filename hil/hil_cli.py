@@ -1,4 +1,5 @@
-"""``dyadsync hil list`` and ``dyadsync hil run <scenario> [--speed N] [--seed S]``."""
+"""``dyadsync hil list``, ``dyadsync hil run <scenario> [--speed N] [--seed S]`` and
+``dyadsync hil study --dyads N --sessions M --effect X --out DIR`` (a simulated study, :mod:`hil.study_sim`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--broker-port", type=int, help="Mosquitto's loopback port (default: a free one)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_run)
+    from . import study_sim
+
+    study_sim.register(sub)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -132,6 +132,44 @@ def _eda_grid(vals: np.ndarray, rate_hz: float, contact_ok: np.ndarray) -> np.nd
 
 
 # --------------------------------------------------------------------------------------------- HTML
+def data_span_ns(data: SessionData) -> tuple[int, int] | None:
+    """(first sample, end of the last sample) over every stored stream, on the session's own clock (the
+    samples' ``t0_ns``: the unit's UTC for a recording, the simulated clock for a simulated session)."""
+    spans = [(s.t0_ns, s.t0_ns + round(len(s.values) * 1e9 / s.rate_hz)) for s in data.streams.values()
+             if len(s.values)]
+    return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+
+#: A stop command stamped further than this from the end of the data is reported as such.
+STOP_MISMATCH_S = 5.0
+
+
+def _times_rows(d: SessionData) -> str:
+    """Header rows with the session's own times: start command, recorded span and length from the samples'
+    time stamps; the stop command's stamp only when it disagrees with the data (a simulation run faster than
+    real time stamps its stop with the wall clock of the run)."""
+    span = data_span_ns(d)
+    start = d.started_ns or (span[0] if span else None)
+    rows = [f"<tr><th class='l'>start</th><td class='l' id='t-start'>{_utc(start)}</td></tr>"]
+    if span is None:
+        rows.append(f"<tr><th class='l'>stop</th><td class='l'>{_utc(d.stopped_ns)}</td></tr>")
+        return "".join(rows)
+    end = span[1]
+    length_s = (end - start) / 1e9 if start else math.nan
+    rows.append(f"<tr><th class='l'>end of the recorded data</th><td class='l' id='t-end'>{_utc(end)}</td></tr>")
+    rows.append(f"<tr><th class='l'>length</th><td class='l' id='t-length'>{length_s:.0f} s "
+                f"({length_s / 60:.1f} min); the plots' time axes count seconds from the start</td></tr>")
+    if d.stopped_ns and abs(d.stopped_ns - end) / 1e9 > STOP_MISMATCH_S:
+        rel = (d.stopped_ns - start) / 1e9 if start else math.nan
+        rows.append(f"<tr><th class='l'>stop command</th><td class='l note' id='t-stop'>stamped {_utc(d.stopped_ns)} "
+                    f"({rel:.0f} s after the start) while the data run to {length_s:.0f} s: its stamp comes from "
+                    "another clock (a simulation run faster than real time stamps its stop with the wall clock). "
+                    "The times above are the data's own.</td></tr>")
+    elif d.stopped_ns:
+        rows.append(f"<tr><th class='l'>stop command</th><td class='l'>{_utc(d.stopped_ns)}</td></tr>")
+    return "".join(rows)
+
+
 def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{_e(alt)}">'
 
@@ -194,7 +232,7 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
              "<table>"
              f"<tr><th class='l'>room</th><td class='l'>{_e(d.room)}</td></tr>"
              f"<tr><th class='l'>therapist / client</th><td class='l'>{_e(d.therapist_code)} / {_e(d.client_code)}</td></tr>"
-             f"<tr><th class='l'>start / stop</th><td class='l'>{_utc(d.started_ns)} / {_utc(d.stopped_ns)}</td></tr>"
+             + _times_rows(d) +
              f"<tr><th class='l'>source</th><td class='l'>{_e(d.origin)}</td></tr>"
              f"<tr><th class='l'>markers</th><td class='l'>{len(d.markers)}</td></tr>"
              "</table>"]

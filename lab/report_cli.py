@@ -20,7 +20,13 @@ unit's parameters and checked against the metrics the unit published live."""
 STUDY_DESCRIPTION = """All sessions of a study (hub databases and/or pulled folders) -> per-session, per-window and
 per-epoch tables (CSV; Parquet too when pyarrow is installed), mixed models (client synchrony ~ therapist
 RSA regulation split within/between dyads with random intercepts; lagged RSA coupling; therapist-led vs
-client-led contrast) with effect sizes and CIs, figures and an HTML summary."""
+client-led contrast) with effect sizes and CIs, figures and an HTML summary.
+
+Before the per-session work it says what the design can estimate (dyads, sessions per dyad) and, after it,
+what the data can (sessions with therapist RSA, variance of regulation within and between dyads): which
+effects are estimable, which are not and why, and what more data would be needed. A verdict on the
+hypothesis is given only when the model can carry it; otherwise the answer is "not estimable with these
+data". --check stops after the design check (seconds)."""
 
 
 def _params(args: argparse.Namespace):
@@ -59,12 +65,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import run_study
+    from .study import design_check, run_study
 
     if args.surrogates < 0:
         raise DyadsyncError("--surrogates must be >= 0")
-    result = run_study([Path(p) for p in args.sources], out_dir=Path(args.out), channel=args.channel,
-                       n_surrogates=args.surrogates, seed=args.seed, progress=not args.quiet)
+    sources = [Path(p) for p in args.sources]
+    if args.check:
+        design, skipped = design_check(sources)
+        for line in design.lines():
+            print(line)
+        for s in skipped:
+            print(f"  skipped: {s}")
+        return 0
+    result = run_study(sources, out_dir=Path(args.out), channel=args.channel, n_surrogates=args.surrogates,
+                       seed=args.seed, progress=not args.quiet, announce=print)
     print(f"study of {result.n_sessions} sessions in {result.n_dyads} dyads: {result.html_path}")
     for f in result.files:
         print(f"  {f}")
@@ -100,5 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="synchrony channel the models use (default eda; tables hold both)")
     s.add_argument("--surrogates", type=int, default=200, help="surrogates per session (default 200; 0: none)")
     s.add_argument("--seed", type=int, default=0, help="seed of the surrogate draws (default 0)")
+    s.add_argument("--check", action="store_true",
+                   help="only say what the design can estimate (dyads, sessions per dyad); no analysis")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_study)

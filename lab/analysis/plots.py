@@ -37,6 +37,8 @@ def _t0(data: SessionData) -> int:
 
 
 def _markers(ax, data: SessionData, t0: int) -> None:
+    """Every session marker as a dashed line with its label, at its time since the session start (markers
+    from the simulator's truth segments, ``truth: …``, are drawn like any other)."""
     for m in data.markers:
         x = (m["time_ns"] - t0) / 1e9
         ax.axvline(x, color="#555", lw=0.8, ls="--")
@@ -86,6 +88,7 @@ def sync_map_figure(an: SessionAnalysis, signal: str) -> Figure:
         ax.plot(x, res.antiphase_lag_s, "x", ms=2.5, color="#2e7d32", label="anti-phase peak")
         ax.legend(loc="upper right", fontsize=7)
     ax.axhline(0, color="k", lw=0.5)
+    _markers(ax, an.data, t0)
     ax.set_xlabel("window centre (s)")
     ax.set_ylabel("lag τ (s); > 0 therapist leads")
     ax.set_title(f"{signal.upper()}: windowed cross-correlation r(τ, t), window {res.params.win_s:g} s, "
@@ -128,6 +131,7 @@ def peaks_figure(an: SessionAnalysis, signal: str) -> Figure:
     ax.plot(x, res.inphase_z, ".", ms=3, color="#c0392b", label="in-phase peak z")
     ax.plot(x, res.antiphase_z, ".", ms=3, color="#2471a3", label="anti-phase peak z")
     ax.axhline(0, color="k", lw=0.5)
+    _markers(ax, an.data, t0)
     ax.set_xlabel("window centre (s)")
     ax.set_ylabel("peak Fisher z")
     ax.legend(fontsize=7)
