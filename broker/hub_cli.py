@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--credentials", type=Path, help="a service credentials TOML with a [broker] table "
                    "(url, username, password[, ca_file])")
     p.add_argument("--room", help="room id, or '+' to record every room on a lab broker")
+    p.add_argument("--marker-tolerance-s", type=float, default=None,
+                   help="how far a marker's time may lie from the hub's clock before it is refused (default 10 s; "
+                        "a simulated room running faster than real time needs its simulated span)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="serve the read-only pull API (HTTP, bearer token)")
@@ -121,7 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rec = _start_recorder(lambda: Recorder(db, room, creds["host"], creds["port"], creds["username"],
-                                           creds["password"], tls_ca=creds["tls_ca"], **batch), stop,
+                                           creds["password"], tls_ca=creds["tls_ca"], **batch,
+                                           **({} if args.marker_tolerance_s is None else
+                                              {"marker_tolerance_s": args.marker_tolerance_s})), stop,
                           f"{creds['host']}:{creds['port']}")
     if rec is None:
         print("recorder stopped before it could connect to its broker")

@@ -154,7 +154,8 @@ def run_demo(args: argparse.Namespace) -> int:
             sensors=sensors_toml(UNIT, ("therapist", "client"), args.wiring),
             outbox={"keep_acked_s": KEEP_ACKED_S}))
         procs.start_unit(UNIT, cfg_path)
-        procs.start_recorder(db_path, auth)
+        # the demo's markers carry simulated time, which runs ahead of the hub's clock by (speed - 1) x elapsed
+        procs.start_recorder(db_path, auth, marker_tolerance_s=None if args.speed == 1 else sim["duration_s"] + 60)
         print(f"  hub recorder: {db_path}")
         procs.wait_for(waiting_file(spec_path).exists, 120,
                        f"unit {UNIT} to start (its log: {data_dir / f'unit-{UNIT}.log'})")
@@ -190,10 +191,17 @@ def run_demo(args: argparse.Namespace) -> int:
         _wait_ack(procs, console, cid)
 
         stop_ns = start_ns + session_s * 1_000_000_000
+        # the simulator's truth segments become session markers ("truth: ..."), drawn on the report's plots
+        truth = [(plan_ns + round(g.start_s * 1e9), f"truth: {g.mode.replace('_', '-')}"
+                  + (f", lag {g.lag_s:g} s" if g.lag_s else "")) for g in schedule]
         with tqdm(total=session_s, desc="simulated session", unit="s", disable=args.quiet,
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]") as bar:
             while clock.now_ns() < stop_ns:
                 procs.sleep(min(0.1, (stop_ns - clock.now_ns()) / 1e9 / args.speed + 0.001))
+                while truth and clock.now_ns() >= truth[0][0]:
+                    t_ns, label = truth.pop(0)
+                    console.send("marker", session, time_ns=max(t_ns, start_ns), cid=f"truth-{session}-{len(schedule) - len(truth)}",
+                                 label=label)
                 bar.n = min(session_s, (clock.now_ns() - start_ns) / 1e9)
                 st = console.status.get(UNIT)
                 bar.set_postfix_str(f"unit {st.state if st else '?'}, LED {read_led(led_dir) or '?'}", refresh=False)

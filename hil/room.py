@@ -201,7 +201,8 @@ class RoomProcesses:
         self._down.discard(name)
         return child
 
-    def start_recorder(self, db: Path, auth: RoomAuth, *, wait_s: float = 30.0) -> Child:
+    def start_recorder(self, db: Path, auth: RoomAuth, *, wait_s: float = 30.0,
+                       marker_tolerance_s: float | None = None) -> Child:
         """The hub recorder on the room's broker; returns once it is subscribed (its "recording room" line)."""
         assert self.broker is not None, "start the broker first"
         user, pw = auth.service_user("recorder")
@@ -210,7 +211,8 @@ class RoomProcesses:
                          f'username = "{user}"\npassword = "{pw}"\n')
         os.chmod(creds, 0o600)
         child = self.spawn("recorder", "the hub recorder",
-                           ["hub", "run", "--db", str(db), "--credentials", str(creds), "--room", self.room])
+                           ["hub", "run", "--db", str(db), "--credentials", str(creds), "--room", self.room,
+                            *([] if marker_tolerance_s is None else ["--marker-tolerance-s", f"{marker_tolerance_s:g}"])])
         self.wait_for(lambda: RECORDER_READY in child.log_path.read_text(errors="replace"), wait_s,
                       "the hub recorder to connect and subscribe")
         return child

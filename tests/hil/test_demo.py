@@ -162,6 +162,16 @@ def test_demo_with_mosquitto_runs_the_unit_daemon(tmp_path):
         assert "\nuser root\n" in (tmp_path / "broker" / "mosquitto.conf").read_text()
     _assert_hub_holds_the_units_outbox(tmp_path, session)
     assert f"session {session} started" in (tmp_path / f"unit-{UNIT}.log").read_text()
+    # the simulator's truth segments are session markers at the hub (the report draws them)
+    from hil.demo import demo_schedule
+
+    con = store.connect(tmp_path / "hub.sqlite", readonly=True)
+    try:
+        labels = [m["label"] for m in store.session_markers(con, session)]
+    finally:
+        con.close()
+    assert labels == [f"truth: {g.mode.replace('_', '-')}" + (f", lag {g.lag_s:g} s" if g.lag_s else "")
+                      for g in demo_schedule(90)], labels
 
 
 def test_demo_stops_at_once_when_the_unit_cannot_start(tmp_path):
