@@ -50,13 +50,17 @@ def test_stored_features_reproduce_the_live_metrics(demo_db, signal):
     res = wcc(t, c, SyncParams())
     live = list(store.read_metrics(con, session, f"sync_{signal}"))
     con.close()
-    # every live window is recomputed; the recompute may hold one or two windows more at the very end, whose
-    # last client sample the unit had not yet paired when the stop came
-    assert len(live) > 100 and 0 <= len(res) - len(live) <= 2, (len(live), len(res))
+    # the recompute from the stored features and the live windows agree but for at most two at the very end,
+    # where the session's stop cut one person's last feature block shorter than the other's
+    assert len(live) > 100 and abs(len(res) - len(live)) <= 2, (len(live), len(res))
+    n_checked = 0
     worst = 0.0
     for _seq, ws, _we, values in live:
         i = (ws - t0) // 250_000_000
         k = (i - res.params.lag) // res.params.inc
+        if k >= len(res.window_start):
+            continue
+        n_checked += 1
         assert res.window_start[k] == i
         for name in WINDOW_VALUE_NAMES:
             a, b = values[name], float(getattr(res, name)[k])
@@ -64,6 +68,7 @@ def test_stored_features_reproduce_the_live_metrics(demo_db, signal):
             if not math.isnan(a):
                 worst = max(worst, abs(a - b))
     assert worst <= 1e-6, worst
+    assert n_checked >= len(live) - 2
 
 
 def test_report_numbers_equal_the_live_metrics(demo_db, tmp_path):
@@ -74,7 +79,8 @@ def test_report_numbers_equal_the_live_metrics(demo_db, tmp_path):
     for signal in ("eda", "hr"):
         ch = an.channels[signal]
         assert ch.live is not None and ch.live.comparable
-        assert ch.live.n_compared == ch.live.n_live > 100 and 0 <= len(ch.res) - ch.live.n_live <= 2
+        assert ch.live.n_live > 100 and ch.live.n_compared >= ch.live.n_live - 2
+        assert abs(len(ch.res) - ch.live.n_live) <= 2
         assert ch.live.max_abs_diff <= 1e-6
         live = [v for *_, v in store.read_metrics(con, session, f"sync_{signal}")]
         for key, label in (("inphase_z", "in-phase peak z, mean"), ("therapist_led", "therapist-led z, mean"),

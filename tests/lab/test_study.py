@@ -288,7 +288,7 @@ def test_report_header_of_a_demo_session_uses_the_data_clock(demo_copy, tmp_path
     per segment, stamped at the segment's simulated start) are listed and drawn on every time plot. A stop
     command stamped on another clock (as the demo did before it had a simulated clock: 4 s of wall clock after
     the start) is shown with a note, and the times stay the data's own."""
-    from broker import store, wire
+    from broker import store
     from hil.demo import demo_schedule
     from lab.analysis import plots
     from lab.report import write_report
@@ -296,11 +296,10 @@ def test_report_header_of_a_demo_session_uses_the_data_clock(demo_copy, tmp_path
     db, session = demo_copy
     con = store.connect(db)
     t0, t_stop = con.execute("SELECT started_ns, stopped_ns FROM sessions WHERE session=?", (session,)).fetchone()
-    for i, seg in enumerate(demo_schedule(180.0)):
-        label = f"truth: {seg.mode.replace('_', '-')}" + (f", lag {seg.lag_s:g} s" if seg.lag_s else "")
-        m = wire.Command(id=f"truth-{i}", cmd="marker", session=session, time_ns=t0 + int(seg.start_s * 1e9),
-                         label=label)
-        store.insert_command(con, "demo-room", m, m.encode(), m.time_ns)
+    # the demo sends the simulator's truth segments as markers itself (one per segment)
+    labels = [m["label"] for m in store.session_markers(con, session)]
+    assert labels == [f"truth: {seg.mode.replace('_', '-')}" + (f", lag {seg.lag_s:g} s" if seg.lag_s else "")
+                      for seg in demo_schedule(180.0)], labels
     con.commit()
     con.close()
     out, an = write_report(session, db=db, out=tmp_path / "r.html", n_surrogates=0)
