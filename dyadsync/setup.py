@@ -485,22 +485,23 @@ def setup_unit(host: Host, args: argparse.Namespace) -> None:
             found = _usb_serials(host)
             if not found:
                 raise SetupError("--sensors serial: no firmware board is plugged in and no --board NAME=SERIAL given")
-            boards = {f"board-{s}": s for s in found.values()}
+            # sensor names are lower case: /dev/dyadsync/board-<serial in lower case> (an extra udev link)
+            boards = {f"board-{s}".lower()[:32]: s for s in found.values()}
         leds = _choose_leds(host, args.leds)
+        tls_files = {}  # credentials key -> (file name on the unit, config key)
+        for key, fname, cfg_key in (("ca_file", "ca.crt", "tls_ca"), ("cert_file", "client.crt", "tls_cert"),
+                                    ("key_file", "client.key", "tls_key")):
+            if b.get(key):
+                tls_files[key] = (fname, cfg_key)
+        tls = {cfg_key: fname for fname, cfg_key in tls_files.values()} if url.startswith("mqtts://") else {}
+        text = unit_toml(creds, sensors=args.sensors, roles=roles, boards=boards, leds=leds, url=url, has_tls=tls)
+        _validate_unit(text)  # before anything is written
 
         _base(host, GROUPS)
-        tls = {}
-        for key, fname in (("ca_file", "ca.crt"), ("cert_file", "client.crt"), ("key_file", "client.key")):
-            if b.get(key):
-                data = (src / b[key]).read_bytes()
-                secret = fname.endswith(".key")
-                host.file(ETC / fname, data, 0o640 if secret else 0o644, "root", USER)
-                tls[{"ca_file": "tls_ca", "cert_file": "tls_cert", "key_file": "tls_key"}[key]] = fname
-        if not url.startswith("mqtts://"):
-            tls = {}
+        for key, (fname, _) in tls_files.items():
+            host.file(ETC / fname, (src / b[key]).read_bytes(), 0o640 if fname.endswith(".key") else 0o644,
+                      "root", USER)
         host.file(ETC / "unit.password", b["password"] + "\n", 0o640, "root", USER)
-        text = unit_toml(creds, sensors=args.sensors, roles=roles, boards=boards, leds=leds, url=url, has_tls=tls)
-        _validate_unit(text)
         _owned_file(host, ETC / "unit.toml", text, 0o640, "root", USER)
 
         changed = _enable(host, "dyadsync-unit.service", _resource("device", "systemd", "dyadsync-unit.service"))
