@@ -63,10 +63,19 @@ bind_root() {
         fi
     done
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    if [ -n "$HOST_CA" ] && [ -f "$HOST_CA" ]; then cp "$HOST_CA" "$ROOT/etc/ssl/host-ca.crt"; fi
 }
 cleanup() { [ -n "${HUB_PIDS:-}" ] && kill $HUB_PIDS 2>/dev/null; umount_all; }
 trap cleanup EXIT
-inroot() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 "$@"; }
+# This machine's CA bundle goes into the root too: behind an egress proxy with its own CA, pip in the
+# root must trust what pip here trusts (HOST_CA= to skip).
+HOST_CA=${HOST_CA-/etc/ssl/certs/ca-certificates.crt}
+inroot() {
+    local ca=()
+    [ -n "$HOST_CA" ] && [ -e "$ROOT/etc/ssl/host-ca.crt" ] && ca=(PIP_CERT=/etc/ssl/host-ca.crt SSL_CERT_FILE=/etc/ssl/host-ca.crt)
+    chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin LANG=C.UTF-8 \
+        PIP_DISABLE_PIP_VERSION_CHECK=1 "${ca[@]}" "$@"
+}
 
 # ---- 1: the arm64 root ----
 if ! done_ root; then
@@ -92,7 +101,9 @@ rm -rf "$ROOT/src" && mkdir -p "$ROOT/src"
     | tar -xf - -C "$ROOT/src"
 
 # ---- 2: build the aarch64 wheel (the one compile) ----
-if ! done_ wheel || ! ls "$WORK"/dist/dyadsync-*aarch64.whl >/dev/null 2>&1; then
+SRC_ID=$(cd "$REPO" && { git rev-parse HEAD; git diff HEAD; } | sha256sum | cut -c1-16)
+if [ "$(cat "$WORK/wheel.src" 2>/dev/null)" != "$SRC_ID" ] || ! ls "$WORK"/dist/dyadsync-*aarch64.whl >/dev/null 2>&1; then
+    rm -f "$WORK/unit.done"  # a new wheel: install it again
     log "stage 2: building the aarch64 wheel (gcc $(inroot sh -c 'gcc -dumpfullversion 2>/dev/null || echo absent'))"
     t0=$(date +%s)
     inroot apt-get update -q
@@ -103,7 +114,7 @@ if ! done_ wheel || ! ls "$WORK"/dist/dyadsync-*aarch64.whl >/dev/null 2>&1; the
     inroot /opt/build/bin/pip wheel --no-deps -w /dist /src
     mkdir -p "$WORK/dist" && rm -f "$WORK"/dist/dyadsync-*.whl && cp "$ROOT"/dist/dyadsync-*.whl "$WORK/dist/"
     log "stage 2 done in $(secs "$t0") s (emulated): $(ls "$WORK"/dist/)"
-    mark wheel
+    echo "$SRC_ID" > "$WORK/wheel.src"
 fi
 WHEEL=$(basename "$(ls "$WORK"/dist/dyadsync-*aarch64.whl | head -1)")
 mkdir -p "$ROOT/dist" && cp "$WORK/dist/$WHEEL" "$ROOT/dist/"
