@@ -455,8 +455,9 @@ def unit_toml(creds: dict, *, sensors: str, roles: list[str], boards: dict[str, 
             for sig in ("eda", "ppg"):
                 lines += ["[[sensors]]", f'name = "{role}-{sig}"', 'kind = "synthetic"', f'role = "{role}"',
                           f'signal = "{sig}"', ""]
-    if creds.get("partner"):
-        lines += ["[dyad]", f"partner = {_q(creds['partner'])}", ""]
+    partner = creds.get("partner") or creds["broker"].get("partner")  # hub init writes it in [broker]
+    if partner:
+        lines += ["[dyad]", f"partner = {_q(partner)}", ""]
     lines += ["[leds]"] + [f"{k} = {_q(v) if isinstance(v, str) else v}" for k, v in leds.items()] + [""]
     lines += ["[clock]", 'check = "chronyc"', ""]
     return "\n".join(lines)
@@ -665,8 +666,11 @@ def remove(host: Host) -> None:
     if not st:
         print("nothing to remove: no setup state in " + str(STATE))
         return
+    running = host.live and not host.dry_run and Path("/run/systemd/system").exists()
     for target in reversed(st.get("links", [])):
         path = host.p(target)
+        if running and target.startswith(WANTS.as_posix() + "/"):
+            host.run(["systemctl", "stop", Path(target).name], check=False)
         if path.is_symlink() and host.change(f"remove link {target}"):
             path.unlink()
     backups = st.get("backups", {})
