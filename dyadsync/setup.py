@@ -594,9 +594,12 @@ def setup_hub(host: Host, args: argparse.Namespace) -> None:
         units = [u.strip() for u in args.units.split(",") if u.strip()]
         text = hub_toml(args.room, units, args.advertise_host, args.allow.split(","))
     try:
-        parse_hub_config(tomllib.loads(text), "hub.toml", base_dir=host.p(ETC))
+        pre = parse_hub_config(tomllib.loads(text), "hub.toml", base_dir=host.p(ETC))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"hub.toml: not valid TOML: {exc}") from None
+    if host.root.resolve() not in pre.out_dir.resolve().parents:
+        raise SetupError(f"hub.toml: out_dir {pre.out_dir} is outside --root {host.root}: give it relative to "
+                         "the hub.toml (out_dir = \"hub\" is /etc/dyadsync/hub)")
 
     _base(host, ("dialout",), 0o751)  # mosquitto (its own user) reaches /etc/dyadsync/hub/mosquitto
     _owned_file(host, ETC / "hub.toml", text, 0o640, "root", USER)
