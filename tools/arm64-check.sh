@@ -187,7 +187,7 @@ HUB_PIDS="$!"
 HUB_PIDS="$HUB_PIDS $!"
 # one step on the unit: the credentials directory from `hub init`, copied as it is
 rm -rf "$ROOT/tmp/unit-a" && cp -a "$HUB/out/units/unit-a" "$ROOT/tmp/unit-a"
-inroot dyadsync setup unit --credentials /tmp/unit-a --sensors synthetic --leds none --no-system
+inroot dyadsync setup unit --credentials /tmp/unit-a --sensors synthetic --leds none
 inroot dyadsync unit check-config /etc/dyadsync/unit.toml
 inroot dyadsync unit run --config /etc/dyadsync/unit.toml > "$HUB/unit.log" 2>&1 &
 UNIT_PID=$!
