@@ -415,6 +415,7 @@ def _choose_leds(host: Host, choice: str) -> dict:
     if kind == "sysfs":
         return {"backend": "sysfs", "name": arg or "ACT"}
     if kind == "gpiod":
+        host.note("leds.backend = gpiod needs the gpio extra on the unit: pip install 'dyadsync[gpio]'")
         return {"backend": "gpiod", "gpio_chip": "/dev/gpiochip0", "gpio_line": int(arg or 17)}
     if kind == "none":
         return {"backend": "none"}
@@ -733,8 +734,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                         help="print every change without making it")
     p.add_argument("--remove", action="store_true", help="undo what setup did (data and room secrets kept)")
-    p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
-    p.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--root", type=Path, default=Path("/"), help="with --remove: the file tree to undo (default /)")
+    p.add_argument("--dry-run", action="store_true", help="with --remove: print every change without making it")
     sub = p.add_subparsers(dest="role", metavar="ROLE")
 
     u = sub.add_parser("unit", parents=[common], help="a sensor unit",
