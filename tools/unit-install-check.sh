@@ -15,7 +15,10 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/dyadsync-unit-install}
 PYTHON=${PYTHON:-python3}
-rm -rf "$WORK" && mkdir -p "$WORK"
+rm -rf "$WORK" && mkdir -p "$WORK/src"
+# build from a clean copy of the tree (tracked and new files, no build/ leftovers, no generated .c or .so)
+(cd "$REPO" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+SRC=$WORK/src
 
 check() {
     local venv=$1
@@ -35,14 +38,14 @@ cd "$WORK"
 echo "== 1. pip install '.[unit]' (source build) with $($PYTHON --version)"
 $PYTHON -m venv src-venv
 t0=$(date +%s.%N)
-src-venv/bin/pip install -q "$REPO[unit]"
+src-venv/bin/pip install -q "$SRC[unit]"
 t1=$(date +%s.%N)
 printf '  install: %.0f s; venv: %s MB\n' "$(echo "$t1 - $t0" | bc)" "$(du -sm src-venv | cut -f1)"
 (cd / && check "$WORK/src-venv")
 
 echo "== 2. a wheel built once, installed without a compiler"
 t0=$(date +%s.%N)
-src-venv/bin/pip wheel -q --no-deps -w dist "$REPO"
+src-venv/bin/pip wheel -q --no-deps -w dist "$SRC"
 t1=$(date +%s.%N)
 WHEEL=$(ls dist/dyadsync-*.whl)
 printf '  wheel build: %.0f s; %s: %s kB\n' "$(echo "$t1 - $t0" | bc)" "$(basename "$WHEEL")" "$(du -sk "$WHEEL" | cut -f1)"
@@ -53,3 +56,10 @@ t1=$(date +%s.%N)
 printf '  install from the wheel: %.0f s; venv: %s MB\n' "$(echo "$t1 - $t0" | bc)" "$(du -sm whl-venv | cut -f1)"
 (cd / && check "$WORK/whl-venv")
 echo "  largest: $(du -sm whl-venv/lib/python3*/site-packages/* | sort -rn | head -5 | awk '{print $2":"$1"MB"}' | xargs -n1 basename | tr '\n' ' ')"
+
+echo "== 3. the same without pip and setuptools inside the venv (installed with the system's pip --python)"
+$PYTHON -m venv --without-pip lean-venv
+t0=$(date +%s.%N)
+$PYTHON -m pip --python lean-venv/bin/python install -q --only-binary=:all: "$WORK/$WHEEL[unit]"
+t1=$(date +%s.%N)
+printf '  install: %.0f s; venv: %s MB\n' "$(echo "$t1 - $t0" | bc)" "$(du -sm lean-venv | cut -f1)"
