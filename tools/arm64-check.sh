@@ -94,9 +94,11 @@ bind_root
 inroot uname -m
 inroot python3 --version
 
-# The source as committed plus the working tree's changes (no build artefacts, no venv).
+# The source as committed plus the working tree's changes (no build artefacts, no venv). /src/build and the
+# generated .c of an earlier run stay: setuptools then recompiles only kernels whose source changed (an hour
+# under emulation otherwise). Compiler flags are not tracked: `rm -rf WORKDIR/root/src` after changing them.
 log "copying the source tree into the root (/src)"
-rm -rf "$ROOT/src" && mkdir -p "$ROOT/src"
+mkdir -p "$ROOT/src"
 (cd "$REPO" && git ls-files -co --exclude-standard -z | grep -zv -E '\.(so|c)$' | tar --null -T - -cf -) \
     | tar -xf - -C "$ROOT/src"
 
