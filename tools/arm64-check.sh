@@ -216,7 +216,7 @@ with RoomConsole(host, int(port), "room-a", svc["username"], svc["password"]) as
     cid = c.send("stop", sid)
     print("stop ack:", c.wait_acks(cid, ["unit-a"], timeout_s=120).get("unit-a"))
 time.sleep(10)
-con = sqlite3.connect(hub / "hub.sqlite")
+con = sqlite3.connect(f"file:{hub / 'out' / 'hub.sqlite'}?mode=ro", uri=True)  # recorder.db is relative to out_dir
 rows = con.execute("SELECT kind, stream, COUNT(*) FROM blocks WHERE session=? GROUP BY kind, stream", (sid,)).fetchall()
 metrics = con.execute("SELECT name, COUNT(*) FROM metrics WHERE session=? GROUP BY name", (sid,)).fetchall()
 print("hub database, session", sid)
