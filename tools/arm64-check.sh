@@ -23,6 +23,8 @@ ROOT=$WORK/root
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 HOSTPY=${HOSTPY:-$REPO/.venv/bin/python}
 [ -x "$HOSTPY" ] || HOSTPY=/work/main/.venv/bin/python
+STAGES=" ${STAGES:-1 2 3 4 5} "   # e.g. STAGES=5: only the room check, with the unit already installed
+want() { [[ $STAGES == *" $1 "* ]]; }
 mkdir -p "$WORK"
 
 log() { printf '\n==== [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -78,7 +80,7 @@ inroot() {
 }
 
 # ---- 1: the arm64 root ----
-if ! done_ root; then
+if want 1 && ! done_ root; then
     log "stage 1: debootstrap bookworm arm64 into $ROOT (foreign, then second stage under qemu)"
     t0=$(date +%s)
     rm -rf "$ROOT"
@@ -97,14 +99,16 @@ inroot python3 --version
 # The source as committed plus the working tree's changes (no build artefacts, no venv). /src/build and the
 # generated .c of an earlier run stay: setuptools then recompiles only kernels whose source changed (an hour
 # under emulation otherwise). Compiler flags are not tracked: `rm -rf WORKDIR/root/src` after changing them.
+if want 2; then
 log "copying the source tree into the root (/src)"
 mkdir -p "$ROOT/src"
 (cd "$REPO" && git ls-files -co --exclude-standard -z | grep -zv -E '\.(so|c)$' | tar --null -T - -cf -) \
     | tar -xf - -C "$ROOT/src"
+fi
 
 # ---- 2: build the aarch64 wheel (the one compile) ----
 SRC_ID=$(cd "$REPO" && { git rev-parse HEAD; git diff HEAD; } | sha256sum | cut -c1-16)
-if [ "$(cat "$WORK/wheel.src" 2>/dev/null)" != "$SRC_ID" ] || ! ls "$WORK"/dist/dyadsync-*aarch64.whl >/dev/null 2>&1; then
+if want 2 && [ "$(cat "$WORK/wheel.src" 2>/dev/null)" != "$SRC_ID" ] || ! ls "$WORK"/dist/dyadsync-*aarch64.whl >/dev/null 2>&1; then
     rm -f "$WORK/unit.done"  # a new wheel: install it again
     log "stage 2: building the aarch64 wheel (gcc $(inroot sh -c 'gcc -dumpfullversion 2>/dev/null || echo absent'))"
     t0=$(date +%s)
@@ -123,7 +127,7 @@ mkdir -p "$ROOT/dist" && cp "$WORK/dist/$WHEEL" "$ROOT/dist/"
 ls -l "$WORK/dist/$WHEEL"
 
 # ---- 3: the unit install, as docs/install.md says ----
-if ! done_ unit; then
+if want 3 && ! done_ unit; then
     log "stage 3: unit-only install from the wheel (--only-binary=:all:: nothing may compile)"
     rm -rf "$ROOT/opt/dyadsync"
     t0=$(date +%s)
@@ -147,7 +151,7 @@ EOF
 fi
 
 # ---- 4: the kernels' tests on aarch64 ----
-if ! done_ tests; then
+if want 4 && ! done_ tests; then
     log "stage 4: pytest tests/dsp_ext tests/firmware_bridge on aarch64"
     rm -rf "$ROOT/opt/dyadsync-test" "$ROOT/srv/t" && mkdir -p "$ROOT/srv/t"
     inroot python3 -m venv /opt/dyadsync-test
@@ -166,6 +170,7 @@ if ! done_ tests; then
 fi
 
 # ---- 5: a unit in the arm64 root against a hub on this machine ----
+want 5 || exit 0
 log "stage 5: the arm64 unit against a hub on this machine"
 HUB=$WORK/hub
 rm -rf "$HUB" && mkdir -p "$HUB"
