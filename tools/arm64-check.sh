@@ -196,7 +196,9 @@ HUB_PIDS="$HUB_PIDS $!"
 rm -rf "$ROOT/tmp/unit-a" && cp -a "$HUB/out/units/unit-a" "$ROOT/tmp/unit-a"
 inroot dyadsync setup unit --credentials /tmp/unit-a --sensors synthetic --leds none
 inroot dyadsync unit check-config /etc/dyadsync/unit.toml
-inroot dyadsync unit run --config /etc/dyadsync/unit.toml > "$HUB/unit.log" 2>&1 &
+# started without the inroot function, so that $! is the unit itself (chroot and env exec into it)
+chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+    dyadsync unit run --config /etc/dyadsync/unit.toml > "$HUB/unit.log" 2>&1 &
 UNIT_PID=$!
 HUB_PIDS="$HUB_PIDS $UNIT_PID"
 set +e
@@ -234,7 +236,8 @@ print("ROOM OK")
 EOF
 rc=$?
 set -e
-kill -TERM "$UNIT_PID" 2>/dev/null; wait "$UNIT_PID" 2>/dev/null
+kill -TERM "$UNIT_PID" 2>/dev/null || true
+wait "$UNIT_PID" 2>/dev/null || true
 echo "unit log (tail):"; tail -15 "$HUB/unit.log"
 log "stage 5: exit $rc"
 exit $rc
