@@ -60,6 +60,11 @@ def _hil() -> ModuleType:
     return hil_cli
 
 
+def _setup() -> ModuleType:
+    from dyadsync import setup
+    return setup
+
+
 def _report() -> ModuleType:
     from lab import report_cli
     return report_cli
@@ -74,6 +79,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Callable[[], ModuleType], str], ...] = (
     (("lab",), _lab, "lab"),
     (("hil",), _hil, "hub,lab"),
     (("report", "study"), _report, "lab"),
+    (("setup",), _setup, "unit"),
 )
 
 

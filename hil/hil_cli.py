@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import sim_unit
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     hil = subparsers.add_parser("hil", help="simulated therapy room scenarios against the real daemons")
@@ -29,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from . import study_sim
 
     study_sim.register(sub)
+    sim_unit.register(sub)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
