@@ -6,7 +6,7 @@ PYX := $(wildcard dsp_ext/*.pyx dsp_ext/*.pxd)
 SPEED ?= 60
 MINUTES ?= 10
 
-.PHONY: demo demo-live test test-long lint bench mosquitto chromium clean
+.PHONY: demo demo-live test test-long lint bench mosquitto chromium systools clean
 
 # A virtual environment with the package (editable, Cython kernels compiled) and runtime dependencies.
 $(VENV)/.installed: pyproject.toml setup.py $(PYX)
@@ -30,6 +30,13 @@ chromium:
 	@bash tools/ensure-system-package.sh chromium chromium
 	@bash tools/ensure-system-package.sh chromedriver chromium-driver
 
+# Tools the tests call as a lab or an IT person would: Debian's sqlite3 (integrity check of the hub database),
+# systemd-analyze and udevadm (the unit files and udev rule that `dyadsync setup` writes).
+systools:
+	@bash tools/ensure-system-package.sh sqlite3 sqlite3
+	@bash tools/ensure-system-package.sh systemd-analyze systemd
+	@bash tools/ensure-system-package.sh udevadm udev
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --minutes $(MINUTES) --speed $(SPEED)
 
@@ -37,10 +44,11 @@ demo: $(VENV)/.installed
 demo-live: $(VENV)/.installed
 	$(VENV)/bin/dyadsync demo --live --minutes 60
 
-test: $(VENV)/.installed-test mosquitto chromium
+# Two pytest workers (pytest-xdist), each test file on one worker: most tests wait on simulated rooms.
+test: $(VENV)/.installed-test mosquitto chromium systools
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile
 
 test-long: $(VENV)/.installed-test mosquitto
 	$(PY) -m pytest -m slow
