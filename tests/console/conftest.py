@@ -3,8 +3,6 @@ unit with simulated sensors (as tests/device does), all torn down afterwards."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -13,29 +11,14 @@ from broker import store
 from broker.recorder import Recorder
 from device.config import load_config
 from device.unit import Unit
-from tests.device.conftest import SENSORS_BOTH, Console, console, unit_toml  # noqa: F401  (fixtures)
-
-
-def wait(pred, timeout_s: float = 30.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
-
-
-class RunningUnit:
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=unit.run, args=(self.stop, False), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+from tests.device.conftest import (  # noqa: F401  (fixtures and shared helpers)
+    SENSORS_BOTH,
+    Console,
+    RunningUnit,
+    console,
+    unit_toml,
+    wait,
+)
 
 
 @dataclass

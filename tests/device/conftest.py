@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 import pytest
@@ -89,3 +91,28 @@ def start_cmd(console: Console, session: str, **kw) -> str:
 
 def decode(payload: bytes) -> dict:
     return json.loads(payload)
+
+
+def wait(pred, timeout_s: float = 30.0, step: float = 0.05) -> bool:
+    """Wait on a condition with a generous deadline (never a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+class RunningUnit:
+    """A :class:`device.unit.Unit` running in a thread; ``close`` stops it and checks it ended."""
+
+    def __init__(self, unit) -> None:
+        self.unit = unit
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=unit.run, args=(self.stop, False), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()

@@ -3,7 +3,6 @@ streams and metrics at the hub, retained status, resume after a crash, clean shu
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ from broker.recorder import Recorder
 from device.config import load_config
 from device.unit import Unit
 
-from .conftest import start_cmd
+from .conftest import RunningUnit, start_cmd, wait
 
 
 @pytest.fixture
@@ -30,25 +29,10 @@ def _hub(tmp_path):
 
 
 def _wait(pred, timeout_s=30.0, step=0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+    return wait(pred, timeout_s, step)
 
 
-class Running:
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=unit.run, args=(self.stop, False), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
+Running = RunningUnit
 
 
 def test_session_streams_acks_and_status(tmp_path, unit_toml, console, recorder):
