@@ -9,8 +9,15 @@ template of the pulses within ``window_s`` around it, and a beat whose correlati
 flagged. Beats in artefacts (motion, contact loss) do not look like their neighbours and are flagged; their
 intervals can then be left out of HR, RMSSD and RSA.
 
-Status: offline only (``beat_template_sqi``); the live pipeline (``dsp_ext.ppg.PpgStream`` / ``LiveHr``) does
-not use it yet (docs/dsp.md, "Not done").
+Two forms:
+
+* :func:`beat_template_sqi` (offline, a centred window): the template of the pulses within ±``window_s``/2.
+* :class:`BeatSqiStream` (causal, used by ``dsp_ext.ppg.PpgStream`` live and offline, so the unit and the lab
+  recompute agree): the template of the beats in the ``window_s`` *before* the beat (the beat included) that
+  were themselves judged good — or of all of them when fewer than ``MIN_GOOD`` were (start, after a long
+  artefact or a change of pulse shape, so the template cannot lock onto an old shape for longer than one
+  window). A beat is judged as soon as the sample at the end of its pulse (half a median interval after it)
+  has arrived. :func:`causal_template_sqi` is its one-shot numpy twin (same numbers, any chunking).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 
 from .errors import DspError
 
-__all__ = ["ORPHANIDOU_MIN_CORR", "beat_template_sqi"]
+__all__ = ["ORPHANIDOU_MIN_CORR", "BeatSqiStream", "beat_template_sqi", "causal_template_sqi"]
 
 #: Orphanidou et al.'s (2015) threshold of the mean pulse-template correlation for an acceptable PPG window.
 ORPHANIDOU_MIN_CORR = 0.86
@@ -83,3 +90,146 @@ def beat_template_sqi(
     with np.errstate(invalid="ignore"):
         ok = corr >= min_corr
     return corr, ok
+
+
+#: fewer good beats than this in the causal window: the template is the mean of all its pulses instead
+MIN_GOOD = 3
+
+
+def _corr(a: np.ndarray, t: np.ndarray) -> float:
+    a = a - a.mean()
+    t = t - t.mean()
+    den = np.sqrt(np.dot(a, a) * np.dot(t, t))
+    return float(np.dot(a, t) / den) if den > 0 else float("nan")
+
+
+def _causal_one(y: np.ndarray, y0: int, b: np.ndarray, good: np.ndarray, i: int, half_w: float) -> tuple[float, int]:
+    """Correlation of beat ``i`` (of the beats ``b`` so far, samples of the whole stream; ``good`` the
+    judgements of beats ``< i``) with its causal template; ``y`` holds the stream's samples from ``y0`` on.
+    Returns ``(corr, need)``: ``need`` the number of samples of the stream that must have arrived to judge it;
+    ``corr`` is only meaningful once they have."""
+    lo = int(np.searchsorted(b, b[i] - half_w, side="left"))
+    near = np.arange(lo, i + 1)
+    if len(near) < 3:
+        return float("nan"), 0
+    h = int(round(float(np.median(np.diff(b[near]))) / 2))
+    c_own = int(round(b[i]))
+    need = c_own + h + 1
+    if h < 2 or c_own + h + 1 > y0 + len(y):
+        return float("nan"), need
+    prev = near[:-1]
+    use = prev[good[prev]] if int(good[prev].sum()) >= MIN_GOOD else prev
+    segs = []
+    for j in use.tolist() + [i]:
+        c = int(round(b[j])) - y0
+        if c - h < 0 or c + h + 1 > len(y):
+            continue
+        s = y[c - h : c + h + 1]
+        if np.all(np.isfinite(s)):
+            segs.append(s)
+    own = y[c_own - y0 - h : c_own - y0 + h + 1] if c_own - y0 - h >= 0 else None
+    if own is None or len(own) != 2 * h + 1 or not np.all(np.isfinite(own)) or len(segs) < 3:
+        return float("nan"), need
+    return _corr(own, np.mean(segs, axis=0)), need
+
+
+def causal_template_sqi(
+    filtered: object,
+    beat_idx: object,
+    rate_hz: float,
+    window_s: float = 10.0,
+    min_corr: float = ORPHANIDOU_MIN_CORR,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-shot numpy twin of :class:`BeatSqiStream`: ``(corr, ok, ready)`` per beat; ``ready`` is the number
+    of samples after which the beat was judged (non-decreasing). Beats whose pulse is not complete by the end
+    of ``filtered`` are left out (as the stream keeps them pending)."""
+    y = np.asarray(filtered, dtype=np.float64)
+    b = np.asarray(beat_idx, dtype=np.float64)
+    if y.ndim != 1 or b.ndim != 1:
+        raise DspError("causal_template_sqi: filtered and beat_idx must be 1-D")
+    half_w = window_s * rate_hz
+    corr, ok, ready = [], np.zeros(len(b), dtype=bool), []
+    last = 0
+    for i in range(len(b)):
+        c, need = _causal_one(y, 0, b, ok, i, half_w)
+        if need > len(y):
+            break
+        last = max(last, need)
+        corr.append(c)
+        ok[i] = c >= min_corr
+        ready.append(last)
+    n = len(corr)
+    return np.array(corr, dtype=np.float64), ok[:n].copy(), np.array(ready, dtype=np.int64)
+
+
+class BeatSqiStream:
+    """Causal per-beat template correlation for a stream (see the module docstring): ``push(y, beats)`` with
+    the band-passed samples of one push and the beats (fractional sample indices of the stream) the detector
+    found in it; returns ``(beats, corr, ok, ready)`` for the beats judged by this push, in order (a beat is
+    judged when its pulse has ended, so some come one push later). ``ready``: the number of samples after
+    which each was judged (non-decreasing), for a live consumer that must not look ahead. Results do not
+    depend on how the samples are chunked (tested against :func:`causal_template_sqi`)."""
+
+    def __init__(self, rate_hz: float, window_s: float = 10.0, min_corr: float = ORPHANIDOU_MIN_CORR) -> None:
+        if not (np.isfinite(rate_hz) and rate_hz > 0 and window_s > 0):
+            raise DspError(f"BeatSqiStream: bad rate_hz={rate_hz!r} or window_s={window_s!r}")
+        self.rate_hz = float(rate_hz)
+        self.window_s = float(window_s)
+        self.min_corr = float(min_corr)
+        # samples kept: the window, plus a pulse on either side of it (intervals up to 2 s)
+        self._keep = int(np.ceil((window_s + 4.0) * rate_hz)) + 4
+        self.reset()
+
+    def reset(self) -> None:
+        self._y = np.empty(0)
+        self._y0 = 0  # stream index of self._y[0]
+        self._b: list[float] = []  # beats of the last window (and the pending ones), oldest first
+        self._good: list[bool] = []
+        self._next = 0  # index in self._b of the first beat not yet judged
+        self._last_ready = 0
+
+    @property
+    def state_nbytes(self) -> int:
+        return int(self._y.nbytes + 9 * len(self._b) + 64)
+
+    @property
+    def first_pending(self) -> float | None:
+        """The oldest beat (fractional sample index) pushed but not yet judged, or None."""
+        return self._b[self._next] if self._next < len(self._b) else None
+
+    def push(self, y: object, beats: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        y = np.asarray(y, dtype=np.float64)
+        self._y = np.concatenate((self._y, y)) if len(self._y) else y.copy()
+        self._b += np.asarray(beats, dtype=np.float64).tolist()
+        half_w = self.window_s * self.rate_hz
+        b = np.asarray(self._b)
+        good = np.zeros(len(b), dtype=bool)
+        good[: len(self._good)] = self._good
+        out_b, out_c, out_ok, out_r = [], [], [], []
+        while self._next < len(b):
+            i = self._next
+            c, need = _causal_one(self._y, self._y0, b, good, i, half_w)
+            if need > self._y0 + len(self._y):
+                break
+            self._last_ready = max(self._last_ready, need)
+            ok = bool(c >= self.min_corr)
+            good[i] = ok
+            self._good.append(ok)
+            out_b.append(b[i])
+            out_c.append(c)
+            out_ok.append(ok)
+            out_r.append(self._last_ready)
+            self._next += 1
+        # forget beats older than one window before the first pending (or newest) beat, and old samples
+        ref = b[self._next] if self._next < len(b) else (b[-1] if len(b) else None)
+        if ref is not None:
+            drop = int(np.searchsorted(b[: self._next], ref - half_w - 1.0, side="left"))
+            if drop:
+                del self._b[:drop], self._good[:drop]
+                self._next -= drop
+        cut = len(self._y) - self._keep
+        if cut > 0:
+            self._y = self._y[cut:]
+            self._y0 += cut
+        return (np.array(out_b, dtype=np.float64), np.array(out_c, dtype=np.float64),
+                np.array(out_ok, dtype=bool), np.array(out_r, dtype=np.int64))
