@@ -61,6 +61,8 @@ _EMPTY_F = np.empty(0)
 _EMPTY_I = np.empty(0, dtype=np.int64)
 _EMPTY_B = np.empty(0, dtype=bool)
 IBI_MAX_MS = 2000.0
+#: a flagged detected beat within this of a corrected interval (s) invalidates it (less than IBI_MIN_MS / 2)
+SQI_TOL_S = 0.1
 
 # Lipponen & Tarvainen (2019) constants
 _ALPHA = 5.2
@@ -403,6 +405,8 @@ class PpgStream:
         self._held_t: list[float] = []  # final beats (s) held until every detected beat up to them is judged
         self._held_k: list[int] = []
         self._bad_s: list[float] = []  # flagged detected beats (s) at or after the newest emitted final beat
+        self._good_s: list[float] = []  # good detected beats (s), likewise
+        self._last_verified = False  # the newest emitted final beat lies at a good detected beat
 
     @property
     def state_nbytes(self) -> int:
@@ -457,6 +461,7 @@ class PpgStream:
                 live_k, live_hr = _EMPTY_I, _EMPTY_F
             if len(q_b):
                 self._bad_s += (q_b[~q_ok] / self.rate_hz).tolist()
+                self._good_s += (q_b[q_ok] / self.rate_hz).tolist()
             beat_s, kind, quality = self._release(*self._ibi.push(raw / self.rate_hz), sqi.first_pending)
         # intervals ending at each final beat, and HR / IBI on the grid up to the newest one
         if not len(beat_s):
@@ -477,11 +482,14 @@ class PpgStream:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Hold the corrector's final beats until every detected beat up to them has been judged (the oldest
         beat still pending in the SQI is ``first_pending``, a sample index); return the released beats, their
-        kinds and each interval's quality: 0 if a flagged detected beat lies in ``[previous beat, beat]``."""
+        kinds and each interval's quality: 1 only if both its beats lie within ``SQI_TOL_S`` of a good detected
+        beat (a beat the corrector inserted or moved further is not verified) and no flagged detected beat lies
+        in ``[previous beat, beat]`` widened by ``SQI_TOL_S`` on both sides."""
+        tol = SQI_TOL_S
         if len(beat_s):
             self._held_t += beat_s.tolist()
             self._held_k += kind.tolist()
-        limit = math.inf if first_pending is None else first_pending / self.rate_hz
+        limit = math.inf if first_pending is None else first_pending / self.rate_hz - tol
         m = bisect.bisect_left(self._held_t, limit)
         if m == 0:
             return _EMPTY_F, np.empty(0, dtype=kind.dtype), np.empty(0, dtype=np.uint8)
@@ -490,11 +498,22 @@ class PpgStream:
         del self._held_t[:m], self._held_k[:m]
         bad = np.asarray(self._bad_s, dtype=np.float64)
         prev = np.concatenate(([-math.inf if self._last_beat_s is None else self._last_beat_s], t[:-1]))
-        j = np.searchsorted(bad, prev, side="left")
-        hit = (j < len(bad)) & (bad[np.minimum(j, max(len(bad) - 1, 0))] <= t) if len(bad) else np.zeros(m, bool)
-        # keep only the flags at or after the newest released beat (the next interval starts there)
-        self._bad_s = [b for b in self._bad_s if b >= t[-1]]
-        return t, kd, (~hit).astype(np.uint8)
+        j = np.searchsorted(bad, prev - tol, side="left")
+        hit = (j < len(bad)) & (bad[np.minimum(j, max(len(bad) - 1, 0))] <= t + tol) if len(bad) else \
+            np.zeros(m, bool)
+        good = np.asarray(self._good_s, dtype=np.float64)
+        if len(good):
+            g = np.clip(np.searchsorted(good, t), 1, max(len(good) - 1, 1))
+            near = np.minimum(np.abs(good[g - 1] - t), np.abs(good[np.minimum(g, len(good) - 1)] - t))
+            verified = near <= tol
+        else:
+            verified = np.zeros(m, bool)
+        ends = np.concatenate(([self._last_verified], verified))
+        self._last_verified = bool(verified[-1])
+        # keep only the flags the next interval (from the newest released beat) can still reach
+        self._bad_s = [b for b in self._bad_s if b >= t[-1] - tol]
+        self._good_s = [b for b in self._good_s if b >= t[-1] - tol]
+        return t, kd, (~hit & ends[:-1] & ends[1:]).astype(np.uint8)
 
     def _grid_reference(self, beat_s: np.ndarray, quality: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Numpy twin of the kernel ``_ppg.beat_grid`` (what :meth:`push` does with its final beats):

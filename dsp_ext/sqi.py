@@ -14,10 +14,14 @@ Two forms:
 * :func:`beat_template_sqi` (offline, a centred window): the template of the pulses within ±``window_s``/2.
 * :class:`BeatSqiStream` (causal, used by ``dsp_ext.ppg.PpgStream`` live and offline, so the unit and the lab
   recompute agree): the template of the beats in the ``window_s`` *before* the beat (the beat included) that
-  were themselves judged good — or of all of them when fewer than ``MIN_GOOD`` were (start, after a long
+  were themselves judged good (a causal variant of Orphanidou's template; our adaptation) — or of all of them when fewer than ``MIN_GOOD`` were (start, after a long
   artefact or a change of pulse shape, so the template cannot lock onto an old shape for longer than one
   window). A beat is judged as soon as the sample at the end of its pulse (half a median interval after it)
-  has arrived. :func:`causal_template_sqi` is its one-shot numpy twin (same numbers, any chunking).
+  has arrived. The correlation is blind to scale, so a pulse is also flagged when its SD is more than
+  ``MAX_AMP_FACTOR`` (2.5) times the median SD of the template's pulses — a per-pulse amplitude
+  check after Sukor J.A., Redmond S.J., Lovell N.H. (2011), "Signal quality measures for pulse oximetry
+  through waveform morphology analysis", Physiol Meas 32(3): 369-384. :func:`causal_template_sqi` is its
+  one-shot numpy twin (same numbers, any chunking).
 """
 
 from __future__ import annotations
@@ -94,6 +98,11 @@ def beat_template_sqi(
 
 #: fewer good beats than this in the causal window: the template is the mean of all its pulses instead
 MIN_GOOD = 3
+#: a pulse whose SD exceeds the median SD of the template's pulses by more than this factor is flagged (the
+#: correlation is blind to scale; a per-pulse amplitude check after Sukor et al. 2011). Upper side only: real
+#: pulses halve their amplitude within a beat (vasoconstriction; 98.5 s of the pyphysio recording) and stay
+#: clean; motion adds amplitude. 2.5: the largest ratio of a clean real beat seen was 2.2 (tools/validate_sqi.py)
+MAX_AMP_FACTOR = 2.5
 
 
 def _corr(a: np.ndarray, t: np.ndarray) -> float:
@@ -103,20 +112,24 @@ def _corr(a: np.ndarray, t: np.ndarray) -> float:
     return float(np.dot(a, t) / den) if den > 0 else float("nan")
 
 
-def _causal_one(y: np.ndarray, y0: int, b: np.ndarray, good: np.ndarray, i: int, half_w: float) -> tuple[float, int]:
+def _causal_one(
+    y: np.ndarray, y0: int, b: np.ndarray, good: np.ndarray, i: int, half_w: float
+) -> tuple[float, float, int]:
     """Correlation of beat ``i`` (of the beats ``b`` so far, samples of the whole stream; ``good`` the
     judgements of beats ``< i``) with its causal template; ``y`` holds the stream's samples from ``y0`` on.
-    Returns ``(corr, need)``: ``need`` the number of samples of the stream that must have arrived to judge it;
-    ``corr`` is only meaningful once they have."""
+    Returns ``(corr, amp, need)``: ``amp`` the pulse's SD over the median SD of the template's pulses, ``need``
+    the number of samples of the stream that must have arrived to judge it; ``corr`` and ``amp`` are only
+    meaningful once they have."""
+    nan = float("nan")
     lo = int(np.searchsorted(b, b[i] - half_w, side="left"))
     near = np.arange(lo, i + 1)
     if len(near) < 3:
-        return float("nan"), 0
+        return nan, nan, 0
     h = int(round(float(np.median(np.diff(b[near]))) / 2))
     c_own = int(round(b[i]))
     need = c_own + h + 1
     if h < 2 or c_own + h + 1 > y0 + len(y):
-        return float("nan"), need
+        return nan, nan, need
     prev = near[:-1]
     use = prev[good[prev]] if int(good[prev].sum()) >= MIN_GOOD else prev
     segs = []
@@ -129,8 +142,13 @@ def _causal_one(y: np.ndarray, y0: int, b: np.ndarray, good: np.ndarray, i: int,
             segs.append(s)
     own = y[c_own - y0 - h : c_own - y0 + h + 1] if c_own - y0 - h >= 0 else None
     if own is None or len(own) != 2 * h + 1 or not np.all(np.isfinite(own)) or len(segs) < 3:
-        return float("nan"), need
-    return _corr(own, np.mean(segs, axis=0)), need
+        return nan, nan, need
+    sd = float(np.median([np.std(v) for v in segs]))
+    return _corr(own, np.mean(segs, axis=0)), (float(np.std(own)) / sd if sd > 0 else nan), need
+
+
+def _is_good(corr: float, amp: float, min_corr: float) -> bool:
+    return bool(corr >= min_corr and amp <= MAX_AMP_FACTOR)
 
 
 def causal_template_sqi(
@@ -151,12 +169,12 @@ def causal_template_sqi(
     corr, ok, ready = [], np.zeros(len(b), dtype=bool), []
     last = 0
     for i in range(len(b)):
-        c, need = _causal_one(y, 0, b, ok, i, half_w)
+        c, amp, need = _causal_one(y, 0, b, ok, i, half_w)
         if need > len(y):
             break
         last = max(last, need)
         corr.append(c)
-        ok[i] = c >= min_corr
+        ok[i] = _is_good(c, amp, min_corr)
         ready.append(last)
     n = len(corr)
     return np.array(corr, dtype=np.float64), ok[:n].copy(), np.array(ready, dtype=np.int64)
@@ -208,11 +226,11 @@ class BeatSqiStream:
         out_b, out_c, out_ok, out_r = [], [], [], []
         while self._next < len(b):
             i = self._next
-            c, need = _causal_one(self._y, self._y0, b, good, i, half_w)
+            c, amp, need = _causal_one(self._y, self._y0, b, good, i, half_w)
             if need > self._y0 + len(self._y):
                 break
             self._last_ready = max(self._last_ready, need)
-            ok = bool(c >= self.min_corr)
+            ok = _is_good(c, amp, self.min_corr)
             good[i] = ok
             self._good.append(ok)
             out_b.append(b[i])

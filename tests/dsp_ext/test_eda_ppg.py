@@ -142,8 +142,9 @@ def test_ppg_beats_and_heart_rate(rate_hz):
     assert len(found[found > 3.0]) <= len(truth) + 1
     hr = f.hr_bpm[np.isfinite(f.hr_bpm)]
     assert abs(hr.mean() - 60.0 / np.mean(np.diff(truth))) < 1.0
-    # the first intervals have no template yet (fewer than 3 beats): flagged by the beat quality, then all valid
-    assert f.ibi_valid[3:].all() and (f.ibi_kind == NORMAL).mean() > 0.95
+    # the first intervals have no template yet (fewer than 3 beats) or a pulse grown by the filter start-up
+    # (amplitude check): flagged by the beat quality; after them all are valid
+    assert f.ibi_valid[4:].all() and (f.ibi_kind == NORMAL).mean() > 0.95
     assert PpgStream(rate_hz, sqi=False).push(x).ibi_valid[1:].all()
 
 
