@@ -107,6 +107,22 @@ def test_causal_index_flags_the_burst_and_keeps_clean_beats():
         BeatSqiStream(0.0)
 
 
+def test_a_pulse_of_the_right_shape_but_too_large_is_flagged():
+    """Correlation is blind to scale: a beat scaled up 4x keeps r ~ 1 but fails the amplitude check (SD above
+    MAX_AMP_FACTOR x the template pulses' median SD); a beat at half its amplitude is kept."""
+    from dsp_ext.sqi import MAX_AMP_FACTOR
+
+    rng = np.random.default_rng(4)
+    rate = 100.0
+    y, b = _pulses(rate, 40, 0.8, rng)
+    for k, factor in ((20, 4.0), (30, 0.5)):
+        c = int(b[k])
+        y[c - 30 : c + 31] *= factor
+    corr, ok, _ = causal_template_sqi(y, b, rate)
+    assert corr[20] > ORPHANIDOU_MIN_CORR and not ok[20]
+    assert ok[30] and ok[3:20].all() and MAX_AMP_FACTOR == 2.5
+
+
 def _ppg_counts(rate: float, n_beats: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     y, b = _pulses(rate, n_beats, 0.8, rng)
     return 1000.0 * y + 50_000.0, b / rate
