@@ -105,6 +105,13 @@ MIN_GOOD = 3
 MAX_AMP_FACTOR = 2.5
 
 
+def _median(x: np.ndarray) -> float:
+    """Median of a short array (cheaper than ``np.median`` for a dozen values)."""
+    v = np.sort(x)
+    n = len(v)
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
+
+
 def _corr(a: np.ndarray, t: np.ndarray) -> float:
     a = a - a.mean()
     t = t - t.mean()
@@ -125,26 +132,23 @@ def _causal_one(
     near = np.arange(lo, i + 1)
     if len(near) < 3:
         return nan, nan, 0
-    h = int(round(float(np.median(np.diff(b[near]))) / 2))
+    h = int(round(_median(np.diff(b[near])) / 2))
     c_own = int(round(b[i]))
     need = c_own + h + 1
     if h < 2 or c_own + h + 1 > y0 + len(y):
         return nan, nan, need
     prev = near[:-1]
     use = prev[good[prev]] if int(good[prev].sum()) >= MIN_GOOD else prev
-    segs = []
-    for j in use.tolist() + [i]:
-        c = int(round(b[j])) - y0
-        if c - h < 0 or c + h + 1 > len(y):
-            continue
-        s = y[c - h : c + h + 1]
-        if np.all(np.isfinite(s)):
-            segs.append(s)
-    own = y[c_own - y0 - h : c_own - y0 + h + 1] if c_own - y0 - h >= 0 else None
+    c = np.rint(b[np.append(use, i)]).astype(np.int64) - y0
+    c = c[(c - h >= 0) & (c + h + 1 <= len(y))]
+    segs = y[c[:, None] + np.arange(-h, h + 1)]  # one pulse per row, the beat's own last if it fits
+    segs = segs[np.isfinite(segs).all(axis=1)]
+    o = c_own - y0
+    own = y[o - h : o + h + 1] if o - h >= 0 else None
     if own is None or len(own) != 2 * h + 1 or not np.all(np.isfinite(own)) or len(segs) < 3:
         return nan, nan, need
-    sd = float(np.median([np.std(v) for v in segs]))
-    return _corr(own, np.mean(segs, axis=0)), (float(np.std(own)) / sd if sd > 0 else nan), need
+    sd = _median(segs.std(axis=1))
+    return _corr(own, segs.mean(axis=0)), (float(np.std(own)) / sd if sd > 0 else nan), need
 
 
 def _is_good(corr: float, amp: float, min_corr: float) -> bool:
@@ -204,6 +208,7 @@ class BeatSqiStream:
         self._b: list[float] = []  # beats of the last window (and the pending ones), oldest first
         self._good: list[bool] = []
         self._next = 0  # index in self._b of the first beat not yet judged
+        self._wait = 0  # samples that beat needs (0: not known yet)
         self._last_ready = 0
 
     @property
@@ -226,9 +231,13 @@ class BeatSqiStream:
         out_b, out_c, out_ok, out_r = [], [], [], []
         while self._next < len(b):
             i = self._next
+            if self._wait > self._y0 + len(self._y):  # its pulse has not ended yet (need depends on b only)
+                break
             c, amp, need = _causal_one(self._y, self._y0, b, good, i, half_w)
             if need > self._y0 + len(self._y):
+                self._wait = need
                 break
+            self._wait = 0
             self._last_ready = max(self._last_ready, need)
             ok = _is_good(c, amp, self.min_corr)
             good[i] = ok
