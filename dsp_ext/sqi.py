@@ -1,4 +1,4 @@
-"""Per-beat signal quality of PPG: template correlation (Orphanidou et al. 2015), offline.
+"""Per-beat signal quality of PPG: template correlation (Orphanidou et al. 2015), causal (live) and offline.
 
 Orphanidou C. et al. (2015), "Signal-quality indices for the electrocardiogram and photoplethysmogram:
 derivation and applications to wireless monitoring", IEEE J Biomed Health Inform 19(3): 832-838. Their PPG
@@ -14,9 +14,9 @@ Two forms:
 * :func:`beat_template_sqi` (offline, a centred window): the template of the pulses within ±``window_s``/2.
 * :class:`BeatSqiStream` (causal, used by ``dsp_ext.ppg.PpgStream`` live and offline, so the unit and the lab
   recompute agree): the template of the beats in the ``window_s`` *before* the beat (the beat included) that
-  were themselves judged good (a causal variant of Orphanidou's template; our adaptation) — or of all of them when fewer than ``MIN_GOOD`` were (start, after a long
-  artefact or a change of pulse shape, so the template cannot lock onto an old shape for longer than one
-  window). A beat is judged as soon as the sample at the end of its pulse (half a median interval after it)
+  were themselves judged good (a causal variant of Orphanidou's template; our adaptation) — or of all of
+  them when fewer than ``MIN_GOOD`` were (start, after a long artefact or a change of pulse shape, so the
+  template cannot lock onto an old shape for longer than one window). A beat is judged as soon as the sample at the end of its pulse (half a median interval after it)
   has arrived. The correlation is blind to scale, so a pulse is also flagged when its SD is more than
   ``MAX_AMP_FACTOR`` (2.5) times the median SD of the template's pulses — a per-pulse amplitude
   check after Sukor J.A., Redmond S.J., Lovell N.H. (2011), "Signal quality measures for pulse oximetry
