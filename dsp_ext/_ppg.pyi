@@ -53,5 +53,9 @@ class LiveHrKernel:
     @property
     def state_nbytes(self) -> int: ...
     def push(
-        self, beats: npt.NDArray[np.float64], decided: npt.NDArray[np.int64], n_done: int
+        self,
+        beats: npt.NDArray[np.float64],
+        decided: npt.NDArray[np.int64],
+        n_done: int,
+        ok: npt.NDArray[np.uint8],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...

@@ -200,6 +200,7 @@ cdef class LiveHrKernel:
     cdef readonly int64_t first_index, k_next
     cdef readonly Py_ssize_t history, min_history, max_rejects
     cdef double prev_beat
+    cdef bint prev_ok               # the beat quality (SQI) of prev_beat
     cdef double[::1] hist           # accepted IBIs (ms), oldest first
     cdef double[::1] sort_buf
     cdef Py_ssize_t n_hist, rejects
@@ -234,6 +235,7 @@ cdef class LiveHrKernel:
         self.pend_h = np.zeros(16)
         self.k_next = first_index
         self.prev_beat = np.nan
+        self.prev_ok = True
         self.n_hist = self.rejects = self.n_known = self.pend_lo = self.pend_hi = 0
 
     @property
@@ -279,19 +281,23 @@ cdef class LiveHrKernel:
         self.pend_h[self.pend_hi] = h
         self.pend_hi += 1
 
-    def push(self, const double[::1] beats, const int64_t[::1] decided, int64_t n_done):
-        """Beats (fractional sample indices) with the samples that decided them, and the number of samples
-        pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time has been reached."""
+    def push(self, const double[::1] beats, const int64_t[::1] decided, int64_t n_done, const uint8_t[::1] ok):
+        """Beats (fractional sample indices) with the samples that decided them, their quality (``ok``, 0 = in
+        an artefact: the intervals ending and starting at it are not used), and the number of samples pushed
+        so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time has been reached."""
         cdef Py_ssize_t i, j, n_out
         cdef double b, ibi, pos, tau, v, b0, h0, b1, h1
         cdef int64_t k, last
-        if beats.shape[0] != decided.shape[0]:
-            raise ValueError("beats and decided differ in length")
+        cdef bint both_ok
+        if beats.shape[0] != decided.shape[0] or beats.shape[0] != ok.shape[0]:
+            raise ValueError("beats, decided and ok differ in length")
         for i in range(beats.shape[0]):
             b = beats[i]
             ibi = (b - self.prev_beat) * 1000.0 / self.rate_hz
             self.prev_beat = b
-            if ibi == ibi and self._accept(ibi):
+            both_ok = self.prev_ok and ok[i] != 0
+            self.prev_ok = ok[i] != 0
+            if ibi == ibi and both_ok and self._accept(ibi):
                 self._pend(decided[i], b, 60000.0 / ibi)
         # grid points whose sample has arrived: from k_next while floor(pos + 1e-9) < n_done
         k = self.k_next
@@ -344,10 +350,11 @@ cdef inline double _hr_of(double ibi, bint ok) noexcept nogil:
 
 
 def beat_grid(const double[::1] beat_s, double last_beat_s, double last_hr, double last_ibi, double offset_s,
-              int64_t first_index, int64_t k_next, double ibi_min_ms, double ibi_max_ms):
+              int64_t first_index, int64_t k_next, double ibi_min_ms, double ibi_max_ms,
+              const uint8_t[::1] quality):
     """The grid stage of ``dsp_ext.ppg.PpgStream`` for one push of final beats (seconds; at least one):
-    the intervals ending at them (ms, from ``last_beat_s``, NaN if none) and whether each lies within the
-    limits; then HR (bpm) and IBI (ms) on the grid points from ``k_next`` to the one at or before the newest
+    the intervals ending at them (ms, from ``last_beat_s``, NaN if none) and whether each is valid (within the
+    limits and ``quality`` non-zero: no beat in an artefact, ``dsp_ext.sqi``); then HR (bpm) and IBI (ms) on the grid points from ``k_next`` to the one at or before the newest
     beat, linear between beats (a point in an invalid interval, or before any interval, is NaN). The same
     operations in the same order as ``PpgStream._grid_reference`` (numpy), so the same numbers.
 
@@ -357,6 +364,8 @@ def beat_grid(const double[::1] beat_s, double last_beat_s, double last_hr, doub
     cdef int64_t k_end, kk
     if nb < 2:
         raise ValueError("beat_grid needs at least one beat")
+    if quality.shape[0] != nb - 1:
+        raise ValueError("beat_grid: quality and beat_s differ in length")
     ibi = np.empty(nb - 1)
     valid = np.empty(nb - 1, dtype=np.uint8)
     cdef double[::1] ibi_v = ibi
@@ -371,7 +380,7 @@ def beat_grid(const double[::1] beat_s, double last_beat_s, double last_hr, doub
     for i in range(nb - 1):
         ibi_v[i] = (beat_s[i] - prev) * 1000.0
         prev = beat_s[i]
-        ok_v[i] = ibi_min_ms <= ibi_v[i] <= ibi_max_ms
+        ok_v[i] = ibi_min_ms <= ibi_v[i] <= ibi_max_ms and quality[i] != 0
         tb[i + 1] = beat_s[i]
         hb[i + 1] = _hr_of(ibi_v[i], ok_v[i])
         ib[i + 1] = ibi_v[i] if ok_v[i] else NAN

@@ -10,8 +10,13 @@ Stages (issue #8):
    and long/short beats moved to the midpoint of their neighbours; the quartile-deviation thresholds use
    the 91 intervals ending two beats after the one judged, so the correction is causal with a two-beat
    latency (the paper centres that window);
-4. heart rate (bpm) and IBI (ms) on the shared 4 Hz grid, linearly interpolated between corrected beats;
-   grid points in an interval that is still outside the limits are NaN.
+4. beat quality (``sqi=True``, the default): each detected beat's pulse is correlated with the template of
+   the recent good pulses (:class:`dsp_ext.sqi.BeatSqiStream`, after Orphanidou et al. 2015; threshold 0.86);
+   a corrected interval with a flagged beat in it or at either end is invalid (``ibi_valid`` False), so it is
+   left out of HR, RMSSD and RSA; the live HR drops the intervals ending and starting at a flagged beat.
+   Final beats are held until every detected beat up to them has been judged (half an interval after it);
+5. heart rate (bpm) and IBI (ms) on the shared 4 Hz grid, linearly interpolated between corrected beats;
+   grid points in an interval that is still outside the limits, or flagged, are NaN.
 
 Beat times are fractional sample indices of the raw stream (``/ rate_hz`` for seconds since its first
 sample). NeuroKit2's ``ppg_clean`` filters forwards and backwards (zero phase); our filter is causal, and
@@ -33,6 +38,7 @@ from ._blocks import BlockTimeline
 from .errors import DspError
 from .filters import SosFilter, butter_sos
 from .grid import FEATURE_RATE_HZ, GridClock
+from .sqi import ORPHANIDOU_MIN_CORR, BeatSqiStream
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ _EMPTY_F = np.empty(0)
 _EMPTY_I = np.empty(0, dtype=np.int64)
 _EMPTY_B = np.empty(0, dtype=bool)
 IBI_MAX_MS = 2000.0
+#: a flagged detected beat within this of a corrected interval (s) invalidates it (less than IBI_MIN_MS / 2)
+SQI_TOL_S = 0.1
 
 # Lipponen & Tarvainen (2019) constants
 _ALPHA = 5.2
@@ -343,6 +351,11 @@ class PpgFeatures:
     #: live heart rate (bpm) on the 4 Hz grid, causal with no look-ahead (``PpgStream(live=True)`` only)
     live_index: np.ndarray = field(default_factory=lambda: _EMPTY_I)
     live_hr_bpm: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    #: beats judged by the quality index in this push (fractional sample index), their template correlation
+    #: and whether they are good (``PpgStream(sqi=True)`` only; a beat is judged half an interval after it)
+    sqi_beats: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    sqi_corr: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    sqi_ok: np.ndarray = field(default_factory=lambda: _EMPTY_B)
 
     @property
     def time_s(self) -> np.ndarray:
@@ -359,6 +372,9 @@ class PpgStream:
         order: int = 2,
         t0_ns: int | None = None,
         live: bool = False,
+        sqi: bool = True,
+        sqi_window_s: float = 10.0,
+        sqi_min_corr: float = ORPHANIDOU_MIN_CORR,
     ) -> None:
         if not (np.isfinite(rate_hz) and rate_hz > 2 * band_hz[1]):
             raise DspError(f"PPG rate_hz={rate_hz!r} must exceed twice the band-pass top {band_hz[1]} Hz")
@@ -369,6 +385,7 @@ class PpgStream:
         self._t0_ns = t0_ns
         self.clock = GridClock(t0_ns)
         self.live = bool(live)
+        self._sqi = BeatSqiStream(self.rate_hz, sqi_window_s, sqi_min_corr) if sqi else None
         self.reset()
 
     def reset(self) -> None:
@@ -382,11 +399,20 @@ class PpgStream:
         self._last_hr = np.nan
         self._last_ibi = np.nan
         self._live = LiveHr(self.rate_hz, self.clock) if self.live else None
+        if self._sqi is not None:
+            self._sqi.reset()
+        self._decided: list[int] = []  # detector decisions of the beats not yet judged by the SQI (live)
+        self._held_t: list[float] = []  # final beats (s) held until every detected beat up to them is judged
+        self._held_k: list[int] = []
+        self._bad_s: list[float] = []  # flagged detected beats (s) at or after the newest emitted final beat
+        self._good_s: list[float] = []  # good detected beats (s), likewise
+        self._last_verified = False  # the newest emitted final beat lies at a good detected beat
 
     @property
     def state_nbytes(self) -> int:
         live = self._live.state_nbytes if self._live is not None else 0
-        return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16) + live)
+        sqi = self._sqi.state_nbytes + 8 * (len(self._held_t) + len(self._bad_s)) if self._sqi is not None else 0
+        return int(self._bp.state_nbytes + self._det.state_nbytes + 8 * (len(self._ibi._raw) + 16) + live + sqi)
 
     def push_block(self, block: object) -> PpgFeatures:
         """Push a ``SampleBlock`` of raw counts: lost samples become NaN (``CONTACT_LOST`` blocks too), and —
@@ -408,27 +434,88 @@ class PpgStream:
                 raise DspError(f"ppg counts must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
         y = self._bp.process(x)
         self._n += len(y)
+        sqi = self._sqi
         if self._live is None:
             raw = self._det.push(y)
-            live_k, live_hr = _EMPTY_I, _EMPTY_F
+            decided = None
         else:
             raw, decided = self._det.push_decided(y)
-            live_k, live_hr = self._live.push(raw, decided, self._n)
-        beat_s, kind = self._ibi.push(raw / self.rate_hz)
+        if sqi is None:
+            q_b, q_c, q_ok = _EMPTY_F, _EMPTY_F, _EMPTY_B
+            if decided is not None:
+                live_k, live_hr = self._live.push(raw, decided, self._n)  # type: ignore[union-attr]
+            else:
+                live_k, live_hr = _EMPTY_I, _EMPTY_F
+            beat_s, kind = self._ibi.push(raw / self.rate_hz)
+            quality = np.ones(len(beat_s), dtype=np.uint8)
+        else:
+            q_b, q_c, q_ok, q_ready = sqi.push(y, raw)
+            if decided is not None:
+                # a judged beat is known live once both the detector and the SQI have decided it
+                self._decided += decided.tolist()
+                dec = np.asarray(self._decided[: len(q_b)], dtype=np.int64)
+                del self._decided[: len(q_b)]
+                live_k, live_hr = self._live.push(  # type: ignore[union-attr]
+                    q_b, np.maximum(np.maximum.accumulate(dec) if len(dec) else dec, q_ready), self._n, q_ok)
+            else:
+                live_k, live_hr = _EMPTY_I, _EMPTY_F
+            if len(q_b):
+                self._bad_s += (q_b[~q_ok] / self.rate_hz).tolist()
+                self._good_s += (q_b[q_ok] / self.rate_hz).tolist()
+            beat_s, kind, quality = self._release(*self._ibi.push(raw / self.rate_hz), sqi.first_pending)
         # intervals ending at each final beat, and HR / IBI on the grid up to the newest one
         if not len(beat_s):
             return PpgFeatures(raw, beat_s, _EMPTY_F, kind, _EMPTY_B, _EMPTY_I, _EMPTY_F, _EMPTY_F,
-                               live_index=live_k, live_hr_bpm=live_hr)
+                               live_index=live_k, live_hr_bpm=live_hr, sqi_beats=q_b, sqi_corr=q_c, sqi_ok=q_ok)
         clock = self.clock
         lb = self._last_beat_s
         ibi, valid, k, hr, ibi_g, self._last_hr, self._last_ibi = _ppg.beat_grid(
             beat_s, math.nan if lb is None else lb, self._last_hr, self._last_ibi, clock.offset_s,
-            clock.first_index, self._k_next, IBI_MIN_MS, IBI_MAX_MS)
+            clock.first_index, self._k_next, IBI_MIN_MS, IBI_MAX_MS, quality)
         self._k_next += len(k)
         self._last_beat_s = float(beat_s[-1])
-        return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g, live_index=live_k, live_hr_bpm=live_hr)
+        return PpgFeatures(raw, beat_s, ibi, kind, valid, k, hr, ibi_g, live_index=live_k, live_hr_bpm=live_hr,
+                           sqi_beats=q_b, sqi_corr=q_c, sqi_ok=q_ok)
 
-    def _grid_reference(self, beat_s: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _release(
+        self, beat_s: np.ndarray, kind: np.ndarray, first_pending: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hold the corrector's final beats until every detected beat up to them has been judged (the oldest
+        beat still pending in the SQI is ``first_pending``, a sample index); return the released beats, their
+        kinds and each interval's quality: 1 only if both its beats lie within ``SQI_TOL_S`` of a good detected
+        beat (a beat the corrector inserted or moved further is not verified) and no flagged detected beat lies
+        in ``[previous beat, beat]`` widened by ``SQI_TOL_S`` on both sides."""
+        tol = SQI_TOL_S
+        if len(beat_s):
+            self._held_t += beat_s.tolist()
+            self._held_k += kind.tolist()
+        limit = math.inf if first_pending is None else first_pending / self.rate_hz - tol
+        m = bisect.bisect_left(self._held_t, limit)
+        if m == 0:
+            return _EMPTY_F, np.empty(0, dtype=kind.dtype), np.empty(0, dtype=np.uint8)
+        t = np.asarray(self._held_t[:m], dtype=np.float64)
+        kd = np.asarray(self._held_k[:m], dtype=kind.dtype)
+        del self._held_t[:m], self._held_k[:m]
+        bad = np.asarray(self._bad_s, dtype=np.float64)
+        prev = np.concatenate(([-math.inf if self._last_beat_s is None else self._last_beat_s], t[:-1]))
+        j = np.searchsorted(bad, prev - tol, side="left")
+        hit = (j < len(bad)) & (bad[np.minimum(j, max(len(bad) - 1, 0))] <= t + tol) if len(bad) else \
+            np.zeros(m, bool)
+        good = np.asarray(self._good_s, dtype=np.float64)
+        if len(good):
+            g = np.clip(np.searchsorted(good, t), 1, max(len(good) - 1, 1))
+            near = np.minimum(np.abs(good[g - 1] - t), np.abs(good[np.minimum(g, len(good) - 1)] - t))
+            verified = near <= tol
+        else:
+            verified = np.zeros(m, bool)
+        ends = np.concatenate(([self._last_verified], verified))
+        self._last_verified = bool(verified[-1])
+        # keep only the flags the next interval (from the newest released beat) can still reach
+        self._bad_s = [b for b in self._bad_s if b >= t[-1] - tol]
+        self._good_s = [b for b in self._good_s if b >= t[-1] - tol]
+        return t, kd, (~hit & ends[:-1] & ends[1:]).astype(np.uint8)
+
+    def _grid_reference(self, beat_s: np.ndarray, quality: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Numpy twin of the kernel ``_ppg.beat_grid`` (what :meth:`push` does with its final beats):
         ``(ibi_ms, valid, grid_index, hr_bpm, ibi_grid_ms)``; HR and IBI on grid points up to the newest final
         beat, linear between beats; NaN before the first interval and inside invalid intervals. Updates
@@ -436,6 +523,8 @@ class PpgStream:
         prev = np.concatenate(([self._last_beat_s if self._last_beat_s is not None else np.nan], beat_s))
         ibi = np.diff(prev) * 1000.0
         valid = (ibi >= IBI_MIN_MS) & (ibi <= IBI_MAX_MS)
+        if quality is not None:
+            valid &= np.asarray(quality) != 0
         if not len(beat_s):
             return ibi, valid, np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
         t_b = prev
@@ -484,6 +573,7 @@ class LiveHrReference:
         self.clock = clock
         self._k_next = clock.first_index
         self._prev_beat = math.nan  # newest beat (fractional sample index), accepted or not
+        self._prev_ok = True  # its beat quality
         self._hist: list[float] = []  # accepted IBIs (ms), newest last
         self._rejects = 0
         self._known: list[tuple[float, float]] = []
@@ -507,13 +597,19 @@ class LiveHrReference:
             del h[0]
         return True
 
-    def push(self, beats: np.ndarray, decided: np.ndarray, n_done: int) -> tuple[np.ndarray, np.ndarray]:
-        """Beats (fractional sample indices) with the samples that decided them, and the number of samples
-        pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time has been reached."""
-        for b, d in zip(beats.tolist(), decided.tolist(), strict=True):
+    def push(
+        self, beats: np.ndarray, decided: np.ndarray, n_done: int, ok: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beats (fractional sample indices) with the samples that decided them, their quality (``ok``; False:
+        the intervals ending and starting at the beat are not used) and the number of samples pushed so far;
+        returns ``(grid_index, hr_bpm)`` for every grid point whose time has been reached."""
+        oks = [True] * len(beats) if ok is None else [bool(v) for v in np.asarray(ok).tolist()]
+        for b, d, q in zip(beats.tolist(), decided.tolist(), oks, strict=True):
             ibi = (b - self._prev_beat) * 1000.0 / self.rate_hz
             self._prev_beat = b
-            if ibi == ibi and self._accept(ibi):
+            both = self._prev_ok and q
+            self._prev_ok = q
+            if ibi == ibi and both and self._accept(ibi):
                 self._pending.append((d, b, 60000.0 / ibi))
         clock, rate = self.clock, self.rate_hz
         delay = self.DELAY_S * rate
@@ -591,11 +687,15 @@ class LiveHr:
     def state_nbytes(self) -> int:
         return int(self._kernel.state_nbytes)
 
-    def push(self, beats: np.ndarray, decided: np.ndarray, n_done: int) -> tuple[np.ndarray, np.ndarray]:
-        """Beats (fractional sample indices, float64) with the samples that decided them (int64), and the
-        number of samples pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time
-        has been reached."""
-        return self._kernel.push(beats, decided, n_done)
+    def push(
+        self, beats: np.ndarray, decided: np.ndarray, n_done: int, ok: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beats (fractional sample indices, float64) with the samples that decided them (int64), their
+        quality (``ok``, bool; default all good: a flagged beat's two intervals are not used), and the number
+        of samples pushed so far; returns ``(grid_index, hr_bpm)`` for every grid point whose time has been
+        reached."""
+        q = np.ones(len(beats), dtype=np.uint8) if ok is None else np.ascontiguousarray(ok, dtype=np.uint8)
+        return self._kernel.push(beats, decided, n_done, q)
 
 
 def elgendi_reference(

@@ -10,9 +10,11 @@
 * time: the offset of each participant's stored PPG against the simulated signal, per 20-s chunk,
   estimated by maximising the correlation over shifts of ±60 ms; therapist and client offsets must agree
   within 10 ms in every chunk (across units too).
-* science: per coupled segment and channel, windows wholly inside the segment: the median of the
-  recovered Boker in-phase peak lag within ±0.25 s of the truth and the leader side (the sign of that
-  peak lag, ARCHITECTURE §4: tau > 0 = the therapist leads) right in >= 95 % of the windows; per uncoupled segment a circular-shift surrogate test of the stored feature
+* science: per coupled segment and channel, windows wholly inside the segment: the median lag of the
+  window's global maximum of r(τ) (``max_lag_s``) within ±0.25 s of the truth and the leader side by the
+  ONE rule ``dsp_ext.synchrony.leader`` (docs/dsp.md "Who leads"; ARCHITECTURE §4: tau > 0 = the therapist
+  leads) right in >= 95 % of the windows (anti-phase segments: Boker's trough lag and its sign; at tau = 0 the
+  lag within ±0.25 s counts as right); per uncoupled segment a circular-shift surrogate test of the stored feature
   series must not be significant (p >= 0.05).
 * health: while a fault lasts the unit's status history (hub DB) and its LED (sysfs tree, polled) show it;
   after it the unit is back to ``recording``. I2C glitches the drivers absorb (NACK bursts, a stalled FIFO
@@ -329,7 +331,7 @@ def _segments(rec: RunRecord):
 
 def _science(con, rec: RunRecord, rep: Report, sim) -> None:
     from dsp_ext.stats import surrogate_test
-    from dsp_ext.synchrony import SyncParams
+    from dsp_ext.synchrony import SyncParams, leader
 
     unit = rec.scenario.computing_unit.name
     win, lag = rec.scenario.win_s, rec.scenario.lag_s
@@ -347,23 +349,31 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                 if ch not in rec.scenario.science_channels:
                     continue
                 tau = seg.expected_tau_s
-                key = "antiphase_lag_s" if seg.mode == "anti_phase" else "inphase_lag_s"
+                # in-phase: the window's global maximum and the ONE leader rule (dsp_ext.synchrony.leader,
+                # docs/dsp.md "Who leads"); anti-phase: Boker's trough lag (no leader rule for a trough)
+                anti = seg.mode == "anti_phase"
+                key = "antiphase_lag_s" if anti else "max_lag_s"
                 inside = [v for _, ws, we, v in rows
                           if ws - lag * 1e9 >= a_ns and we + lag * 1e9 <= b_ns and np.isfinite(v.get("r0", math.nan))]
                 lags = np.array([v.get(key, math.nan) for v in inside], dtype=float)
+                sides = (np.sign(lags) if anti else
+                         leader(np.array([v.get("max_r", math.nan) for v in inside], dtype=float), lags))
                 if lags.size == 0:
                     rep.add("science", label, "no windows", f"lag {tau:+.2f}±0.25 s", False)
                     continue
                 med = float(np.nanmedian(lags)) if np.isfinite(lags).any() else math.nan
                 if tau == 0:
                     right = np.abs(lags) <= LAG_TOL_S
-                else:  # the side of the recovered peak (ARCHITECTURE §4: tau > 0 = the therapist leads)
-                    right = np.sign(lags) == np.sign(tau)
+                else:  # the leader side (ARCHITECTURE §4: tau > 0 = the therapist leads)
+                    right = sides == np.sign(tau)
                 frac = float(np.mean(right))
                 ok = np.isfinite(med) and abs(med - tau) <= LAG_TOL_S and frac >= LEADER_MIN
-                ref = np.array([v[key] for ws, we, v in ref_rows if ws - lag * 1e9 >= a_ns and we + lag * 1e9 <= b_ns])
+                rv = [v for ws, we, v in ref_rows if ws - lag * 1e9 >= a_ns and we + lag * 1e9 <= b_ns]
+                ref = np.array([v[key] for v in rv])
+                ref_side = (np.sign(ref) if anti else
+                            leader(np.array([v["max_r"] for v in rv], dtype=float), ref))
                 ref_txt = (f"truth features: lag {np.nanmedian(ref):+.2f} s, leader "
-                           f"{100 * np.mean(np.sign(ref) == np.sign(tau) if tau else np.abs(ref) <= LAG_TOL_S):.1f}%"
+                           f"{100 * np.mean(ref_side == np.sign(tau) if tau else np.abs(ref) <= LAG_TOL_S):.1f}%"
                            if ref.size else "no truth windows")
                 rep.add("science", label, f"lag {med:+.2f} s, leader {100 * frac:.1f}%",
                         f"{tau:+.2f}±0.25 s, >=95%", ok, f"{lags.size} windows; {ref_txt}")
@@ -410,7 +420,9 @@ def _truth_windows(sim, ch: str, rec: RunRecord, params) -> list[tuple[int, int,
     for i, start in enumerate(res.window_start):
         ws = (k0 + int(start)) * GRID_NS
         out.append((ws, ws + params.win * GRID_NS, {"inphase_lag_s": float(res.inphase_lag_s[i]),
-                                                     "antiphase_lag_s": float(res.antiphase_lag_s[i])}))
+                                                     "antiphase_lag_s": float(res.antiphase_lag_s[i]),
+                                                     "max_r": float(res.max_r[i]),
+                                                     "max_lag_s": float(res.max_lag_s[i])}))
     return out
 
 

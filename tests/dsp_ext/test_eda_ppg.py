@@ -142,7 +142,10 @@ def test_ppg_beats_and_heart_rate(rate_hz):
     assert len(found[found > 3.0]) <= len(truth) + 1
     hr = f.hr_bpm[np.isfinite(f.hr_bpm)]
     assert abs(hr.mean() - 60.0 / np.mean(np.diff(truth))) < 1.0
-    assert f.ibi_valid[1:].all() and (f.ibi_kind == NORMAL).mean() > 0.95
+    # the first intervals have no template yet (fewer than 3 beats) or a pulse grown by the filter start-up
+    # (amplitude check): flagged by the beat quality; after them all are valid
+    assert f.ibi_valid[4:].all() and (f.ibi_kind == NORMAL).mean() > 0.95
+    assert PpgStream(rate_hz, sqi=False).push(x).ibi_valid[1:].all()
 
 
 def test_ppg_single_spike_does_not_blind_detector():
@@ -337,7 +340,7 @@ def test_beat_grid_kernel_equals_numpy_twin(seed):
     """``PpgStream.push``'s grid stage (Cython ``_ppg.beat_grid``) against its numpy twin
     (``PpgStream._grid_reference``), bit for bit, pushing adversarial final beats in random groups (one beat,
     several, none): intervals outside the limits (NaN HR inside them), beats closer than a grid step, long
-    gaps, the first interval (no previous beat), a UTC grid."""
+    gaps, the first interval (no previous beat), a UTC grid, and beat-quality flags (``quality`` 0)."""
     rng = np.random.default_rng(100 + seed)
     ibi = rng.choice([0.8, 0.31, 0.25, 2.5, 0.05], p=[0.75, 0.08, 0.07, 0.05, 0.05], size=600)
     beats = np.cumsum(ibi * (1 + 0.05 * rng.standard_normal(600))) + rng.uniform(0, 3)
@@ -351,11 +354,12 @@ def test_beat_grid_kernel_equals_numpy_twin(seed):
             continue
         clock = fast.clock
         lb = fast._last_beat_s
+        q = (rng.random(part.size) > 0.1).astype(np.uint8)
         got = _ppg.beat_grid(part, np.nan if lb is None else lb, fast._last_hr, fast._last_ibi, clock.offset_s,
-                             clock.first_index, fast._k_next, IBI_MIN_MS, IBI_MAX_MS)
+                             clock.first_index, fast._k_next, IBI_MIN_MS, IBI_MAX_MS, q)
         fast._k_next += len(got[2])
         fast._last_beat_s, fast._last_hr, fast._last_ibi = float(part[-1]), got[5], got[6]
-        want = ref._grid_reference(part)
+        want = ref._grid_reference(part, q)
         for g, w in zip(got[:5], want, strict=True):
             np.testing.assert_array_equal(g, w)
             assert g.dtype == w.dtype
@@ -363,6 +367,9 @@ def test_beat_grid_kernel_equals_numpy_twin(seed):
             (np.isnan(fast._last_hr) and np.isnan(ref._last_hr))
         n_points += len(got[2])
     assert n_points > 1000
+    with pytest.raises(ValueError, match="quality"):
+        _ppg.beat_grid(beats[:3].copy(), np.nan, np.nan, np.nan, 0.0, 0, 0, IBI_MIN_MS, IBI_MAX_MS,
+                       np.ones(2, dtype=np.uint8))
 
 
 def test_tonic_does_not_start_on_an_initial_outlier_followed_by_a_slope_artefact():

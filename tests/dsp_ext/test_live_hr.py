@@ -141,7 +141,8 @@ def test_live_hr_recovers_leader_like_the_corrected_series():
 def test_kernel_equals_its_python_twin(seed):
     """``LiveHr`` (Cython kernel) against ``LiveHrReference`` (plain Python), exactly, on adversarial beat
     streams: jittered rates, extra and missed beats, rate jumps (history restarts), long gaps (hold), bursts
-    of beats in one push, empty pushes, NaN beats, a UTC grid far from zero, and random chunkings."""
+    of beats in one push, empty pushes, NaN beats, a UTC grid far from zero, random chunkings, and beats
+    flagged by the quality index (``ok`` False; half the seeds)."""
     rng = np.random.default_rng(seed)
     rate = [100.0, 64.0, 250.0][seed % 3]
     n = 40_000
@@ -154,6 +155,7 @@ def test_kernel_equals_its_python_twin(seed):
     beats[rng.random(beats.size) < 0.01] = np.nan
     decided = np.minimum(np.nan_to_num(beats, nan=0.0).astype(np.int64) + rng.integers(0, 80, beats.size), n - 1)
     decided = np.maximum.accumulate(decided)
+    ok = rng.random(beats.size) > (0.1 if seed % 2 == 0 else 0.0)
     t0_ns = None if seed % 2 else 1_764_000_000_123_456_789 + seed * 37_000_000
     clock = GridClock(t0_ns)
     cuts = np.unique(rng.integers(0, n, size=rng.integers(5, 400)))
@@ -162,7 +164,7 @@ def test_kernel_equals_its_python_twin(seed):
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
         sel = (decided >= a) & (decided < b)
         for impl, out in ((ref, got_r), (fast, got_f)):
-            out.append(impl.push(beats[sel].copy(), decided[sel].copy(), int(b)))
+            out.append(impl.push(beats[sel].copy(), decided[sel].copy(), int(b), ok[sel].copy()))
     k_r = np.concatenate([k for k, _ in got_r])
     k_f = np.concatenate([k for k, _ in got_f])
     h_r = np.concatenate([h for _, h in got_r])

@@ -159,10 +159,11 @@ def test_score_misses_misaligned_client(basic_run, tmp_path):
 
 
 def test_score_misses_a_wrong_leader(basic_run, tmp_path):
-    """Lags with the wrong sign in the therapist-led segment: the science score must miss."""
+    """Global-maximum lags with the wrong sign in the therapist-led segment (the leader rule reads them): the
+    science score must miss."""
     rep = _tampered(basic_run, tmp_path, [
-        "UPDATE metrics SET values_json = json_set(values_json, '$.inphase_lag_s', "
-        "-json_extract(values_json, '$.inphase_lag_s')) WHERE name='sync_eda'"])
+        "UPDATE metrics SET values_json = json_set(values_json, '$.max_lag_s', "
+        "-json_extract(values_json, '$.max_lag_s')) WHERE name='sync_eda'"])
     sci = [s for s in rep.scores if s.category == "science" and "therapist_led" in s.name]
     assert sci and not any(s.passed for s in sci)
 
