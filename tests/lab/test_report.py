@@ -37,7 +37,7 @@ def _stored_features(con, session: str, signal: str) -> tuple[int, np.ndarray, n
     # The unit pairs the two people's bins as both become final; a stream whose features come later
     # (HR waits for the next beats) may end a few bins after the other, and those bins were never paired.
     n = min(len(v_t), len(v_c))
-    assert max(len(v_t), len(v_c)) - n < 40
+    assert max(len(v_t), len(v_c)) - n < 120  # the stop cuts the two streams where each had got to (< 30 s)
     return int(t_t[0]), v_t[:n].astype(np.float64), v_c[:n].astype(np.float64)
 
 
