@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# distutils: extra_compile_args = -fno-math-errno
 """Streaming windowed cross-correlation kernel (Boker et al. 2002), O(lags) work per new sample.
 
 How it stays exact and cheap
@@ -765,71 +766,100 @@ cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, P
     return n_slots * (nl + 2) + 14 * nl + 2 * win + 6 * (n - win + 1)
 
 
-cdef bint _gap_corr(const double* tz, const double* cz, const unsigned char* badt, Py_ssize_t ts,
-                    Py_ssize_t win, Py_ssize_t lag, double st, double sc, double sx, double sxx, const double* a,
-                    const double* b, const double* cfr, const double* cs1, const double* cs2,
-                    const Py_ssize_t* lt, Py_ssize_t it0, Py_ssize_t it1, const Py_ssize_t* lc, Py_ssize_t ic0,
-                    Py_ssize_t ic1, double kmax, double* out) noexcept nogil:
-    """r(τ) of the window starting at pair ``ts`` when it touches missing (non-finite) samples, from the same
-    raw sums as the complete windows with masked counts: the sums over the window with each missing value
-    replaced by a stand-in (``tz``/``cz``), minus the pairs that hold a missing sample — the therapist's
-    ``lt[it0:it1]`` (every lag) and the client's ``lc[ic0:ic1]`` (one pair per lag). Per lag the counts, Σu,
-    Σu², Σv, Σv² and Σuv then cover the valid pairs only. NaN for a lag with fewer than win/2 (or 2) valid
-    pairs. Returns 0 (the caller recomputes the window by Welford updates) if any other lag fails the
-    precision check — the raw sums before the removals and in the client's own frame must stay within
-    ``kmax`` times the final co-moments — or has a zero co-moment (a constant side)."""
-    cdef Py_ssize_t nl = 2 * lag + 1, l, q, i, j, te = ts + win
-    cdef double e, nn, su, suu, sv, svv, svv0, suv, u, v, mxx, myy, cxy, r
-    for l in range(nl):
-        e = cfr[l] - sc
-        nn = <double>win
-        su = sx
-        suu = sxx
-        sv = cs1[l] + win * e
-        svv0 = cs2[l] + 2.0 * e * cs1[l] + win * e * e
-        svv = svv0
-        suv = a[l] + b[l]
-        for q in range(it0, it1):
-            i = lt[q]
-            u = tz[i] - st
-            v = cz[i - lag + l] - sc
-            nn -= 1.0
-            su -= u
-            suu -= u * u
-            sv -= v
-            svv -= v * v
-            suv -= u * v
-        for q in range(ic0, ic1):
-            i = lc[q] + lag - l
-            if i < ts or i >= te or badt[i]:
-                continue
-            u = tz[i] - st
-            v = cz[i - lag + l] - sc
-            nn -= 1.0
-            su -= u
-            suu -= u * u
-            sv -= v
-            svv -= v * v
-            suv -= u * v
-        if not (2.0 * nn >= win and nn >= 2.0):
-            out[l] = NAN
-            continue
-        mxx = suu - su * su / nn
-        myy = svv - sv * sv / nn
-        if not (mxx > 0.0 and myy > 0.0 and sxx <= kmax * mxx and svv0 <= kmax * myy and cs2[l] <= kmax * myy):
-            return False
-        cxy = suv - su * sv / nn
-        r = cxy / sqrt(mxx * myy)
-        out[l] = 1.0 if r > 1.0 else (-1.0 if r < -1.0 else r)
-    return True
+cdef extern from *:
+    """
+    /* r(τ) of the window starting at pair ts when it touches missing (non-finite) samples, from the same raw
+       sums as the complete windows with masked counts: the sums over the window with each missing value
+       replaced by a stand-in (tz/cz), minus the pairs that hold a missing sample — the therapist's
+       lt[it0:it1] (every lag) and the client's lc[ic0:ic1] (one pair per lag). Per lag the count, Σu, Σu², Σv,
+       Σv² and Σuv (six rows of nl in w) then cover the valid pairs only. NaN for a lag with fewer than win/2
+       (or 2) valid pairs. Returns 0 (the caller recomputes the window by Welford updates) if another lag
+       fails the precision check — the raw sums before the removals, and in the client's own frame, within k
+       times the final co-moments — or has a zero co-moment (a constant side). */
+    DYADSYNC_CLONES static int dyadsync_gap_corr(const double *restrict tz, const double *restrict cz,
+            const double *restrict mt, Py_ssize_t ts, Py_ssize_t win, Py_ssize_t lag, double st,
+            double sc, double sx, double sxx, const double *restrict a, const double *restrict b,
+            const double *restrict cfr, const double *restrict cs1, const double *restrict cs2,
+            const Py_ssize_t *restrict lt, Py_ssize_t it0, Py_ssize_t it1, const Py_ssize_t *restrict lc,
+            Py_ssize_t ic0, Py_ssize_t ic1, double k, double *restrict w, double *restrict out) {
+        Py_ssize_t nl = 2 * lag + 1;
+        double *restrict nn = w, *restrict su = w + nl, *restrict suu = w + 2 * nl, *restrict sv = w + 3 * nl,
+               *restrict svv = w + 4 * nl, *restrict suv = w + 5 * nl;
+        double fw = (double)win;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double e = cfr[l] - sc;
+            nn[l] = fw;
+            su[l] = sx;
+            suu[l] = sxx;
+            sv[l] = cs1[l] + fw * e;
+            svv[l] = cs2[l] + 2.0 * e * cs1[l] + fw * e * e;
+            suv[l] = a[l] + b[l];
+        }
+        for (Py_ssize_t q = it0; q < it1; q++) {
+            Py_ssize_t i = lt[q];
+            double u = tz[i] - st;
+            const double *restrict cv = cz + i - lag;
+            for (Py_ssize_t l = 0; l < nl; l++) {
+                double v = cv[l] - sc;
+                nn[l] -= 1.0;
+                su[l] -= u;
+                suu[l] -= u * u;
+                sv[l] -= v;
+                svv[l] -= v * v;
+                suv[l] -= u * v;
+            }
+        }
+        for (Py_ssize_t q = ic0; q < ic1; q++) {
+            Py_ssize_t j = lc[q];
+            double v = cz[j] - sc;
+            Py_ssize_t lo = j + lag - ts - win + 1, hi = j + lag - ts;  /* pair i = j + lag - l in the window */
+            if (lo < 0) lo = 0;
+            if (hi > nl - 1) hi = nl - 1;
+            /* mt[i] = 0 where the therapist's sample is missing: that pair is already removed */
+            for (Py_ssize_t l = lo; l <= hi; l++) {
+                Py_ssize_t i = j + lag - l;
+                double m = mt[i], u = tz[i] - st;
+                double mu = m * u, mv = m * v;
+                nn[l] -= m;
+                su[l] -= mu;
+                suu[l] -= mu * u;
+                sv[l] -= mv;
+                svv[l] -= mv * v;
+                suv[l] -= mu * v;
+            }
+        }
+        int bad = 0;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double n = nn[l], e = cfr[l] - sc;
+            double svv0 = cs2[l] + 2.0 * e * cs1[l] + fw * e * e;
+            double inv = 1.0 / n;
+            double mxx = suu[l] - su[l] * su[l] * inv;
+            double myy = svv[l] - sv[l] * sv[l] * inv;
+            double cxy = suv[l] - su[l] * sv[l] * inv;
+            double r = cxy / sqrt(mxx * myy);
+            r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+            int cnt_ok = (2.0 * n >= fw) & (n >= 2.0);
+            int num_ok = (mxx > 0.0) & (myy > 0.0) & (sxx <= k * mxx) & (svv0 <= k * myy) & (cs2[l] <= k * myy);
+            bad |= cnt_ok & !num_ok;
+            out[l] = cnt_ok ? r : NAN;
+        }
+        return !bad;
+    }
+    """
+    int dyadsync_gap_corr(const double* tz, const double* cz, const double* mt, Py_ssize_t ts,
+                          Py_ssize_t win, Py_ssize_t lag, double st, double sc, double sx, double sxx,
+                          const double* a, const double* b, const double* cfr, const double* cs1,
+                          const double* cs2, const Py_ssize_t* lt, Py_ssize_t it0, Py_ssize_t it1,
+                          const Py_ssize_t* lc, Py_ssize_t ic0, Py_ssize_t ic1, double k, double* w,
+                          double* out) noexcept nogil
 
 
 cdef struct Gaps:
-    # stand-in copies of both series, a byte per therapist sample (1 = missing), prefix counts of missing
-    # samples and their positions; all NULL when both series are complete
+    # stand-in copies of both series, a mask of the therapist's samples (0.0 = missing, 1.0 = present), prefix
+    # counts of missing samples and their positions; all NULL when both series are complete
     double* tz
     double* cz
-    unsigned char* badt
+    double* mt
     Py_ssize_t* pt
     Py_ssize_t* pc
     Py_ssize_t* lt
@@ -851,13 +881,13 @@ cdef bint _gaps_init(Gaps* g, const double* tp, const double* cp, Py_ssize_t n) 
             mc += 1
     if mt == 0 and mc == 0:
         return False
-    g.tz = <double*>malloc(2 * n * sizeof(double))
-    g.badt = <unsigned char*>malloc(n + 1)
+    g.tz = <double*>malloc(3 * n * sizeof(double))
     g.pt = <Py_ssize_t*>malloc((2 * (n + 1) + mt + mc + 2) * sizeof(Py_ssize_t))
-    if g.tz == NULL or g.badt == NULL or g.pt == NULL:
+    if g.tz == NULL or g.pt == NULL:
         _gaps_free(g)
         return False
     g.cz = g.tz + n
+    g.mt = g.cz + n
     g.pc = g.pt + n + 1
     g.lt = g.pc + n + 1
     g.lc = g.lt + mt + 1
@@ -878,8 +908,8 @@ cdef bint _gaps_init(Gaps* g, const double* tp, const double* cp, Py_ssize_t n) 
     g.pt[0] = 0
     g.pc[0] = 0
     for i in range(n):
-        g.badt[i] = not isfinite(tp[i])
-        if g.badt[i]:
+        g.mt[i] = 1.0 if isfinite(tp[i]) else 0.0
+        if g.mt[i] == 0.0:
             g.lt[mt] = i
             mt += 1
         if not isfinite(cp[i]):
@@ -892,7 +922,6 @@ cdef bint _gaps_init(Gaps* g, const double* tp, const double* cp, Py_ssize_t n) 
 
 cdef void _gaps_free(Gaps* g) noexcept nogil:
     free(g.tz)
-    free(g.badt)
     free(g.pt)
     memset(g, 0, sizeof(Gaps))
 
@@ -994,10 +1023,10 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                 starts[k] = ts
                 out = &prof[k * nl]
                 if gaps and (g.pt[ts + win] > g.pt[ts] or g.pc[ts + win + lag] > g.pc[ts - lag]):
-                    ok = _gap_corr(g.tz, g.cz, g.badt, ts, win, lag, st, sc, sufx[2 * slot] + px,
-                                   sufx[2 * slot + 1] + pxx, &suf[slot * nl], pre, &cfr[ts - lag], &cs1[ts - lag],
-                                   &cs2[ts - lag], g.lt, g.pt[ts], g.pt[ts + win], g.lc, g.pc[ts - lag],
-                                   g.pc[ts + win + lag], kmax, out)
+                    ok = dyadsync_gap_corr(g.tz, g.cz, g.mt, ts, win, lag, st, sc, sufx[2 * slot] + px,
+                                           sufx[2 * slot + 1] + pxx, &suf[slot * nl], pre, &cfr[ts - lag],
+                                           &cs1[ts - lag], &cs2[ts - lag], g.lt, g.pt[ts], g.pt[ts + win], g.lc,
+                                           g.pc[ts - lag], g.pc[ts + win + lag], kmax, agg, out)
                 else:
                     ok = dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
                                               pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
