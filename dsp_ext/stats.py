@@ -403,6 +403,41 @@ def surrogate_tests(
     }
 
 
+def _far_moments(values: np.ndarray, fin: np.ndarray, rot: np.ndarray, ring: int,
+                 min_shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each rotation j, the mean and variance (ddof 1) of the finite ``values`` at rotations more than
+    ``min_shift`` samples from it around the ring. O(m·w) for m rotations with w neighbours each side: the sums
+    over every finite value, corrected by the few near rotations — two-pass (about the overall mean), so no
+    E[x²] − E[x]² cancellation; variances clamped at 0, NaN below 2 values."""
+    m = len(values)
+    v = np.where(fin, values, 0.0)
+    gaps = np.diff(np.append(rot, rot[0] + ring))
+    w = int(min_shift // max(int(gaps.min()), 1)) + 1
+    if 2 * w + 1 >= m:  # few rotations: every pair directly
+        d = np.abs(rot[:, None] - rot[None, :])
+        far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+        cnt = far.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu = (far * v[None, :]).sum(axis=1) / cnt
+            var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        return mu, var
+    n_all = int(fin.sum())
+    mbar = v.sum() / n_all
+    ss = float(np.sum(np.where(fin, values - mbar, 0.0) ** 2))
+    # near[j, o]: rotation (j + o − w) mod m lies within min_shift of rotation j (j itself included)
+    idx = (np.arange(m)[:, None] + np.arange(-w, w + 1)[None, :]) % m
+    d = np.abs(rot[idx] - rot[:, None])
+    near = (np.minimum(d, ring - d) <= min_shift) & fin[idx]
+    cnt = n_all - near.sum(axis=1)
+    vn = np.where(near, v[idx], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = (v.sum() - vn.sum(axis=1)) / cnt
+        dn = np.where(near, v[idx] - mu[:, None], 0.0)
+        far_ss = ss + n_all * (mbar - mu) ** 2 - np.sum(dn * dn, axis=1)
+        var = np.where(cnt > 1, np.maximum(far_ss, 0.0) / (cnt - 1), np.nan)
+    return mu, var
+
+
 def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: int, alternative: str,
                      method: str, statistic: str) -> SurrogateResult:
     """The studentized rotation test of ``surrogate_tests(method="mirror")``: ``values[j]`` is the statistic at
@@ -415,13 +450,8 @@ def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: 
         logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
         return SurrogateResult(float("nan"), float("nan"), observed, float("nan"), float("nan"), m - 1, method,
                                statistic, null)
-    d = np.abs(rot[:, None] - rot[None, :])
-    far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
-    v = np.where(fin, values, 0.0)
-    cnt = far.sum(axis=1)
+    mu, var = _far_moments(values, fin, rot, ring, min_shift)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mu = (far * v[None, :]).sum(axis=1) / cnt
-        var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
         z = (values - mu) / np.sqrt(var)
     if alternative == "less":
         z = -z

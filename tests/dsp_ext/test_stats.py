@@ -238,3 +238,26 @@ def test_mirror_null_equals_the_straightforward_path(rng):
     for stat, _ in tests:
         plain = [session_statistic(wcc(t, np.roll(ring, s)[: len(t)], SHORT), stat) for s in rot]
         np.testing.assert_allclose(res[stat].null, plain, rtol=0, atol=1e-12, err_msg=stat)
+
+
+def test_rotation_moments_equal_the_dense_computation():
+    """The banded mean/variance over far rotations equals every-pair masking (NaN values, uneven rings)."""
+    from dsp_ext.stats import _far_moments
+
+    rng = np.random.default_rng(5)
+    for m, ring, min_shift in ((1001, 24000, 80), (201, 3000, 40), (50, 600, 30), (7, 100, 20), (301, 301, 2)):
+        rot = np.unique(np.round(np.arange(m) * (ring / m)).astype(np.int64))
+        values = rng.standard_normal(len(rot)) * 0.2 + 3.0
+        values[rng.random(len(rot)) < 0.1] = np.nan
+        fin = np.isfinite(values)
+        d = np.abs(rot[:, None] - rot[None, :])
+        far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+        v = np.where(fin, values, 0.0)
+        cnt = far.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu = (far * v[None, :]).sum(axis=1) / cnt
+            var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        got_mu, got_var = _far_moments(values, fin, rot, ring, min_shift)
+        ctx = f"m={m} ring={ring} min_shift={min_shift}"
+        np.testing.assert_allclose(got_mu, mu, rtol=1e-12, atol=0, equal_nan=True, err_msg=ctx)
+        np.testing.assert_allclose(got_var, var, rtol=1e-9, atol=0, equal_nan=True, err_msg=ctx)
