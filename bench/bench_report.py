@@ -3,7 +3,7 @@
 
 Rows:
 * ``dyadsync report`` (the CLI, a subprocess, default 1000 surrogates) of a simulated 50-minute and
-  5-minute session stored in a real hub SQLite the way the recorder does (tests/lab/simstudy.write_hub_db),
+  5-minute session stored in a real hub SQLite the way the recorder does (hil.study_sim.write_hub_db, as `dyadsync hil study` does),
   and the same with ``--surrogates 0`` (the rest of the report);
 * one offline WCC pass (default parameters) of a 50-minute session without and with 100 missing samples
   (isolated NaN in both series), and the ratio;
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from dsp_ext.stats import surrogate_tests  # noqa: E402
 from dsp_ext.synchrony import SyncParams, wcc  # noqa: E402
+from hil.study_sim import write_hub_db  # noqa: E402
 from lab.analysis.compute import SURROGATE_STATS  # noqa: E402
-from tests.lab.simstudy import write_hub_db  # noqa: E402
 
 
 def best(f, repeat: int) -> float:
@@ -96,8 +96,8 @@ def main() -> None:
         d = Path(tmp)
         for minutes in ((5,) if args.quick else (5, 50)):
             db = d / f"hub{minutes}.sqlite"
-            (session,) = write_hub_db(db, seed=minutes, regulation_effect=0.3, n_dyads=1, n_sessions=1,
-                                      duration_s=minutes * 60.0)
+            (row,) = write_hub_db(db, seed=minutes, effect=1.0, n_dyads=1, n_sessions=1, duration_s=minutes * 60.0)
+            session = row["session"]
             for sur in (None, 0):
                 w = report_time(db, session, d / f"r{minutes}-{sur}.html", sur)
                 rows.append((f"dyadsync report, {minutes} min, surrogates {'default (1000)' if sur is None else sur}",
