@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# distutils: extra_compile_args = -fno-math-errno
 """Streaming windowed cross-correlation kernel (Boker et al. 2002), O(lags) work per new sample.
 
 How it stays exact and cheap
@@ -29,6 +30,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport NAN, isfinite, log, sqrt
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove, memset
 
 cnp.import_array()
@@ -36,6 +38,9 @@ cnp.import_array()
 cdef double R_CLIP = 0.999
 cdef enum:
     N_VALUES = 15
+    NEED_PEAKS = 1   # window values 5-10 (in-phase and anti-phase Boker peaks)
+    NEED_GLOBAL = 2  # window values 11-14 (the profile's global maximum and the leader)
+    NEED_ALL = 3
 
 
 cdef inline void _welford_add(double* a, Py_ssize_t stride, Py_ssize_t l, double u, double v) noexcept nogil:
@@ -285,8 +290,9 @@ cdef inline void _side_values(const double* r, Py_ssize_t lo, Py_ssize_t hi, dou
 
 
 cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
-                         double leader_min_r, double* out) noexcept nogil:
-    """The 15 per-window scalars in WINDOW_VALUE_NAMES order."""
+                         double leader_min_r, int need, double* out) noexcept nogil:
+    """The 15 per-window scalars in WINDOW_VALUE_NAMES order; values 0-4 always, the peaks (5-10) and the
+    global maximum (11-14) only if ``need`` asks for them (NaN otherwise)."""
     cdef Py_ssize_t nl = 2 * lag + 1
     cdef Py_ssize_t c, k, d
     cdef double sign, hi_p, lo_p, hi_n, lo_n, top
@@ -294,7 +300,7 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
     out[0] = r[lag]
     _side_values(r, lag + 1, nl, &out[1], &out[3], &hi_p, &lo_p)
     _side_values(r, 0, lag, &out[2], &out[4], &hi_n, &lo_n)
-    for k in range(2):
+    for k in range(2 if need & NEED_PEAKS else 0):
         sign = 1.0 if k == 0 else -1.0
         # a peak needs sign·r > 0 somewhere: skip the outward search when no lag has it
         if k == 0:
@@ -317,10 +323,13 @@ cdef void _window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, doubl
             out[7 + 3 * k] = NAN
     # the profile's global maximum (the side maxima and r0; −2 means no finite r) and its lag, nearest τ = 0
     # on ties (+τ before −τ); the leader is the sign of that lag when the maximum reaches leader_min_r
+    if not need & NEED_PEAKS:
+        for k in range(5, 11):
+            out[k] = NAN
     top = hi_p if hi_p > hi_n else hi_n
     if isfinite(r[lag]) and r[lag] > top:
         top = r[lag]
-    if top < -1.5:
+    if top < -1.5 or not need & NEED_GLOBAL:
         for k in range(11, 15):
             out[k] = NAN
         return
@@ -600,7 +609,7 @@ cdef class WccEngine:
                     rowp = &self.suf[slot, 0, 0]
                     dyadsync_corr_all(rowp, pre, nl, win, &prof[w_out * nl])
                 _window_values(&prof[w_out * nl], lag, half, self.rate_hz, self.peak_min_r, self.leader_min_r,
-                               &vals[w_out * N_VALUES])
+                               NEED_ALL, &vals[w_out * N_VALUES])
                 w_out += 1
         self.next_pair = end_pair
 
@@ -665,11 +674,13 @@ cdef extern from *:
 
 
 cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, double kmax, double* scratch,
-                               double* cfr, double* cm, double* cmyy, double* ciy) noexcept nogil:
+                               double* cfr, double* cm, double* cmyy, double* ciy, double* cs1,
+                               double* cs2) noexcept nogil:
     """Mean and co-moment of every client window c[s .. s + win), s = 0 .. n − win, by the same block scheme
     (suffix of block j + prefix of block j+1, raw sums in block j's frame, ``_frame``): ``cfr[s]`` the
     frame, ``cm[s]`` the mean minus the frame, ``cmyy[s]`` the co-moment (NaN if it fails the precision
-    check, holds a non-finite value or is constant), ``ciy[s] = 1/sqrt(cmyy[s])``."""
+    check, holds a non-finite value or is constant), ``ciy[s] = 1/sqrt(cmyy[s])``; ``cs1[s]``, ``cs2[s]``: the raw
+    sums Σ(c − cfr) and Σ(c − cfr)² (used by the windows with missing samples, ``_gap_corr``)."""
     cdef Py_ssize_t cb0, q, s, e
     cdef double fr, v, s1, s2, p1, p2, t1, t2, m1, myy
     cdef double inv = 1.0 / win
@@ -702,6 +713,8 @@ cdef void _client_window_stats(const double* c, Py_ssize_t n, Py_ssize_t win, do
             myy = t2 - t1 * m1
             cfr[s] = fr
             cm[s] = m1
+            cs1[s] = t1
+            cs2[s] = t2
             if myy > 0.0 and t2 <= kmax * myy:
                 cmyy[s] = myy
                 ciy[s] = 1.0 / sqrt(myy)
@@ -750,14 +763,175 @@ cdef double _frame(const double* x, Py_ssize_t n, double* scratch) noexcept nogi
 cdef Py_ssize_t _batch_work_size(Py_ssize_t n, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag) noexcept nogil:
     """Doubles of scratch space ``_batch_core`` needs (zero-filled by the caller)."""
     cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc
-    return n_slots * (nl + 2) + 14 * nl + 2 * win + 4 * (n - win + 1)
+    return n_slots * (nl + 2) + 14 * nl + 2 * win + 6 * (n - win + 1)
+
+
+cdef extern from *:
+    """
+    /* r(τ) of the window starting at pair ts when it touches missing (non-finite) samples, from the same raw
+       sums as the complete windows with masked counts: the sums over the window with each missing value
+       replaced by a stand-in (tz/cz), minus the pairs that hold a missing sample — the therapist's
+       lt[it0:it1] (every lag) and the client's lc[ic0:ic1] (one pair per lag). Per lag the count, Σu, Σu², Σv,
+       Σv² and Σuv (six rows of nl in w) then cover the valid pairs only. NaN for a lag with fewer than win/2
+       (or 2) valid pairs. Returns 0 (the caller recomputes the window by Welford updates) if another lag
+       fails the precision check — the raw sums before the removals, and in the client's own frame, within k
+       times the final co-moments — or has a zero co-moment (a constant side). */
+    DYADSYNC_CLONES static int dyadsync_gap_corr(const double *restrict tz, const double *restrict cz,
+            const double *restrict mt, Py_ssize_t ts, Py_ssize_t win, Py_ssize_t lag, double st,
+            double sc, double sx, double sxx, const double *restrict a, const double *restrict b,
+            const double *restrict cfr, const double *restrict cs1, const double *restrict cs2,
+            const Py_ssize_t *restrict lt, Py_ssize_t it0, Py_ssize_t it1, const Py_ssize_t *restrict lc,
+            Py_ssize_t ic0, Py_ssize_t ic1, double k, double *restrict w, double *restrict out) {
+        Py_ssize_t nl = 2 * lag + 1;
+        double *restrict nn = w, *restrict su = w + nl, *restrict suu = w + 2 * nl, *restrict sv = w + 3 * nl,
+               *restrict svv = w + 4 * nl, *restrict suv = w + 5 * nl;
+        double fw = (double)win;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double e = cfr[l] - sc;
+            nn[l] = fw;
+            su[l] = sx;
+            suu[l] = sxx;
+            sv[l] = cs1[l] + fw * e;
+            svv[l] = cs2[l] + 2.0 * e * cs1[l] + fw * e * e;
+            suv[l] = a[l] + b[l];
+        }
+        for (Py_ssize_t q = it0; q < it1; q++) {
+            Py_ssize_t i = lt[q];
+            double u = tz[i] - st;
+            const double *restrict cv = cz + i - lag;
+            for (Py_ssize_t l = 0; l < nl; l++) {
+                double v = cv[l] - sc;
+                nn[l] -= 1.0;
+                su[l] -= u;
+                suu[l] -= u * u;
+                sv[l] -= v;
+                svv[l] -= v * v;
+                suv[l] -= u * v;
+            }
+        }
+        for (Py_ssize_t q = ic0; q < ic1; q++) {
+            Py_ssize_t j = lc[q];
+            double v = cz[j] - sc;
+            Py_ssize_t lo = j + lag - ts - win + 1, hi = j + lag - ts;  /* pair i = j + lag - l in the window */
+            if (lo < 0) lo = 0;
+            if (hi > nl - 1) hi = nl - 1;
+            /* mt[i] = 0 where the therapist's sample is missing: that pair is already removed */
+            for (Py_ssize_t l = lo; l <= hi; l++) {
+                Py_ssize_t i = j + lag - l;
+                double m = mt[i], u = tz[i] - st;
+                double mu = m * u, mv = m * v;
+                nn[l] -= m;
+                su[l] -= mu;
+                suu[l] -= mu * u;
+                sv[l] -= mv;
+                svv[l] -= mv * v;
+                suv[l] -= mu * v;
+            }
+        }
+        int bad = 0;
+        for (Py_ssize_t l = 0; l < nl; l++) {
+            double n = nn[l], e = cfr[l] - sc;
+            double svv0 = cs2[l] + 2.0 * e * cs1[l] + fw * e * e;
+            double inv = 1.0 / n;
+            double mxx = suu[l] - su[l] * su[l] * inv;
+            double myy = svv[l] - sv[l] * sv[l] * inv;
+            double cxy = suv[l] - su[l] * sv[l] * inv;
+            double r = cxy / sqrt(mxx * myy);
+            r = r > 1.0 ? 1.0 : (r < -1.0 ? -1.0 : r);
+            int cnt_ok = (2.0 * n >= fw) & (n >= 2.0);
+            int num_ok = (mxx > 0.0) & (myy > 0.0) & (sxx <= k * mxx) & (svv0 <= k * myy) & (cs2[l] <= k * myy);
+            bad |= cnt_ok & !num_ok;
+            out[l] = cnt_ok ? r : NAN;
+        }
+        return !bad;
+    }
+    """
+    int dyadsync_gap_corr(const double* tz, const double* cz, const double* mt, Py_ssize_t ts,
+                          Py_ssize_t win, Py_ssize_t lag, double st, double sc, double sx, double sxx,
+                          const double* a, const double* b, const double* cfr, const double* cs1,
+                          const double* cs2, const Py_ssize_t* lt, Py_ssize_t it0, Py_ssize_t it1,
+                          const Py_ssize_t* lc, Py_ssize_t ic0, Py_ssize_t ic1, double k, double* w,
+                          double* out) noexcept nogil
+
+
+cdef struct Gaps:
+    # stand-in copies of both series, a mask of the therapist's samples (0.0 = missing, 1.0 = present), prefix
+    # counts of missing samples and their positions; all NULL when both series are complete
+    double* tz
+    double* cz
+    double* mt
+    Py_ssize_t* pt
+    Py_ssize_t* pc
+    Py_ssize_t* lt
+    Py_ssize_t* lc
+
+
+cdef bint _gaps_init(Gaps* g, const double* tp, const double* cp, Py_ssize_t n) noexcept nogil:
+    """Fill ``g`` if either series holds a non-finite value (each replaced by the last finite value before it,
+    or the first one after it, in the stand-in copies); False (all NULL) if none does or memory runs out."""
+    cdef Py_ssize_t i, k, mt = 0, mc = 0
+    cdef double last
+    cdef const double* x
+    cdef double* z
+    memset(g, 0, sizeof(Gaps))
+    for i in range(n):
+        if not isfinite(tp[i]):
+            mt += 1
+        if not isfinite(cp[i]):
+            mc += 1
+    if mt == 0 and mc == 0:
+        return False
+    g.tz = <double*>malloc(3 * n * sizeof(double))
+    g.pt = <Py_ssize_t*>malloc((2 * (n + 1) + mt + mc + 2) * sizeof(Py_ssize_t))
+    if g.tz == NULL or g.pt == NULL:
+        _gaps_free(g)
+        return False
+    g.cz = g.tz + n
+    g.mt = g.cz + n
+    g.pc = g.pt + n + 1
+    g.lt = g.pc + n + 1
+    g.lc = g.lt + mt + 1
+    for k in range(2):
+        x = tp if k == 0 else cp
+        z = g.tz if k == 0 else g.cz
+        last = 0.0
+        for i in range(n):  # the first finite value stands in for a missing start
+            if isfinite(x[i]):
+                last = x[i]
+                break
+        for i in range(n):
+            if isfinite(x[i]):
+                last = x[i]
+            z[i] = last
+    mt = 0
+    mc = 0
+    g.pt[0] = 0
+    g.pc[0] = 0
+    for i in range(n):
+        g.mt[i] = 1.0 if isfinite(tp[i]) else 0.0
+        if g.mt[i] == 0.0:
+            g.lt[mt] = i
+            mt += 1
+        if not isfinite(cp[i]):
+            g.lc[mc] = i
+            mc += 1
+        g.pt[i + 1] = mt
+        g.pc[i + 1] = mc
+    return True
+
+
+cdef void _gaps_free(Gaps* g) noexcept nogil:
+    free(g.tz)
+    free(g.pt)
+    memset(g, 0, sizeof(Gaps))
 
 
 cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize_t nw, Py_ssize_t win,
                       Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
-                      double leader_min_r, double* work,
+                      double leader_min_r, int need, double* work,
                       cnp.int64_t* starts, double* prof, double* vals) noexcept nogil:
-    """The batch WCC of ``wcc_batch`` (nw >= 1 windows) into caller-owned outputs and scratch ``work``."""
+    """The batch WCC of ``wcc_batch`` (nw >= 1 windows) into caller-owned outputs and scratch ``work``;
+    ``need``: which window values to compute (``NEED_*``)."""
     cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc, ns = n - win + 1
     cdef double* suf = work
     cdef double* sufx = suf + n_slots * nl
@@ -770,6 +944,8 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     cdef double* cm = cfr + ns
     cdef double* cmyy = cm + ns
     cdef double* ciy = cmyy + ns
+    cdef double* cs1 = ciy + ns
+    cdef double* cs2 = cs1 + ns
     cdef Py_ssize_t last_start = lag + (nw - 1) * inc
     cdef Py_ssize_t b, q, q0, p, pmax, slot, ts, k, i
     cdef double st, sc, u, u2, sx, sxx, px, pxx
@@ -777,7 +953,12 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
     cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
     cdef double* out
     cdef unsigned char* mark = <unsigned char*>scratch  # win bytes inside scratch's 2·win doubles
-    _client_window_stats(cp, n, win, kmax, scratch, cfr, cm, cmyy, ciy)
+    cdef Gaps g
+    cdef bint gaps = _gaps_init(&g, tp, cp, n), ok
+    # the raw sums run over the stand-in copies when samples are missing (frames still from the originals)
+    cdef const double* tq = g.tz if gaps else tp
+    cdef const double* cq = g.cz if gaps else cp
+    _client_window_stats(cq, n, win, kmax, scratch, cfr, cm, cmyy, ciy, cs1, cs2)
     b = lag
     while b <= last_start:
         st = _frame(&tp[b], win, scratch)
@@ -796,18 +977,18 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
         q = win - 1
         while q >= q0:
             i = b + q
-            u = tp[i] - st
+            u = tq[i] - st
             sx += u
             sxx += u * u
             if not mark[q] and q > q0:  # no suffix is stored at q: add pairs q and q − 1 together
-                u2 = tp[i - 1] - st
+                u2 = tq[i - 1] - st
                 sx += u2
                 sxx += u2 * u2
-                dyadsync_sxy_add2(acc, nl, u, &cp[i - lag], u2, &cp[i - 1 - lag], sc)
+                dyadsync_sxy_add2(acc, nl, u, &cq[i - lag], u2, &cq[i - 1 - lag], sc)
                 q -= 1
                 i -= 1
             else:
-                dyadsync_sxy_add(acc, nl, u, &cp[i - lag], sc)
+                dyadsync_sxy_add(acc, nl, u, &cq[i - lag], sc)
             if mark[q] and i <= last_start:
                 slot = (q - q0) // inc
                 memcpy(&suf[slot * nl], acc, nl * sizeof(double))
@@ -823,33 +1004,42 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
         while True:
             if p >= 0:
                 i = b + win + p
-                u = tp[i] - st
+                u = tq[i] - st
                 px += u
                 pxx += u * u
                 if p < pmax and not (mark[p + 1] and b + p + 1 <= last_start):
                     # no window ends at p: add pairs p and p + 1 together
-                    u2 = tp[i + 1] - st
+                    u2 = tq[i + 1] - st
                     px += u2
                     pxx += u2 * u2
-                    dyadsync_sxy_add2(pre, nl, u, &cp[i - lag], u2, &cp[i + 1 - lag], sc)
+                    dyadsync_sxy_add2(pre, nl, u, &cq[i - lag], u2, &cq[i + 1 - lag], sc)
                     p += 1
                 else:
-                    dyadsync_sxy_add(pre, nl, u, &cp[i - lag], sc)
+                    dyadsync_sxy_add(pre, nl, u, &cq[i - lag], sc)
             if mark[p + 1] and b + p + 1 <= last_start:
                 slot = (p + 1 - q0) // inc
                 ts = b + p + 1
                 k = (ts - lag) // inc
                 starts[k] = ts
                 out = &prof[k * nl]
-                if not dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
-                                            pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
-                                            &ciy[ts - lag], nl, <double>win, sc, kmax, out):
+                if gaps and (g.pt[ts + win] > g.pt[ts] or g.pc[ts + win + lag] > g.pc[ts - lag]):
+                    ok = dyadsync_gap_corr(g.tz, g.cz, g.mt, ts, win, lag, st, sc, sufx[2 * slot] + px,
+                                           sufx[2 * slot + 1] + pxx, &suf[slot * nl], pre, &cfr[ts - lag],
+                                           &cs1[ts - lag], &cs2[ts - lag], g.lt, g.pt[ts], g.pt[ts + win], g.lc,
+                                           g.pc[ts - lag], g.pc[ts + win + lag], kmax, agg, out)
+                else:
+                    ok = dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
+                                              pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
+                                              &ciy[ts - lag], nl, <double>win, sc, kmax, out)
+                if not ok:
                     _welford_window(tp, cp, ts, win, lag, st, sc, agg, zero, out)
-                _window_values(out, lag, half, rate_hz, peak_min_r, leader_min_r, &vals[k * N_VALUES])
+                _window_values(out, lag, half, rate_hz, peak_min_r, leader_min_r, need, &vals[k * N_VALUES])
             p += 1
             if p > pmax:
                 break
         b += win
+    if gaps:
+        _gaps_free(&g)
 
 
 def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
@@ -882,7 +1072,8 @@ def wcc_batch(const double[::1] t, const double[::1] c, Py_ssize_t win, Py_ssize
     cdef double[:, ::1] vals = vals_a
     cdef double[::1] work = np.zeros(_batch_work_size(n, win, inc, lag))
     with nogil:
-        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, &work[0],
+        _batch_core(&t[0], &c[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, NEED_ALL,
+                    &work[0],
                     &starts[0], &prof[0, 0],
                     &vals[0, 0])
     return starts_a, prof_a, vals_a
@@ -911,9 +1102,14 @@ def circular_null(const double[::1] t, const double[::1] ring, const cnp.int64_t
     if nw == 0:
         raise ValueError(f"series of {n} samples hold no complete window")
     cdef Py_ssize_t j, k, s, cnt, q, col
+    cdef int need = 0  # only the window values the statistics use: no peak picking unless one asks for peaks
     for q in range(nc):
         if not 0 <= columns[q] < N_VALUES:
             raise ValueError(f"column {columns[q]} out of range")
+        if 5 <= columns[q] <= 10:
+            need |= NEED_PEAKS
+        elif columns[q] >= 11:
+            need |= NEED_GLOBAL
     for j in range(m):
         if not 0 < shifts[j] < nr:
             raise ValueError(f"shift {shifts[j]} out of range for a ring of {nr} samples")
@@ -931,7 +1127,8 @@ def circular_null(const double[::1] t, const double[::1] ring, const cnp.int64_t
             a = s if s < n else n  # np.roll(ring, s)[:n] = ring[nr - s : nr - s + a] + ring[0 : n - a]
             memcpy(&cs[0], &ring[nr - s], a * sizeof(double))
             memcpy(&cs[a], &ring[0], (n - a) * sizeof(double))
-            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, &work[0],
+            _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, need,
+                        &work[0],
                         &starts[0], &prof[0, 0], &vals[0, 0])
             for q in range(nc):
                 col = columns[q]

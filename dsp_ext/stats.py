@@ -21,7 +21,9 @@ Signs are kept everywhere: nothing here takes an absolute value of a correlation
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,7 @@ __all__ = [
     "SessionSummary",
     "SurrogateResult",
     "ar1_inertia",
+    "default_threads",
     "lagged_coupling",
     "leadership_asymmetry",
     "ols",
@@ -201,18 +204,46 @@ def session_statistic(res: WccResult, statistic: str = "inphase_z") -> float:
     return _nan_mean_sd(x)[0]
 
 
+def default_threads() -> int:
+    """Threads for the surrogate loop: the CPUs this process may run on, at most 4 (``DYADSYNC_THREADS``
+    overrides; ``dyadsync study`` sets 1 in its worker processes)."""
+    env = os.environ.get("DYADSYNC_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            logger.warning("DYADSYNC_THREADS=%r is not an integer; using the CPU count", env)
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        ncpu = os.cpu_count() or 1
+    return max(1, min(4, ncpu))
+
+
 def _circular_null(
-    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistics: Sequence[str]
+    t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistics: Sequence[str],
+    threads: int | None = None,
 ) -> np.ndarray:
     """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len) and
-    each statistic, all from one kernel pass per shift: an array (len(shifts), len(statistics))."""
+    each statistic, all from one kernel pass per shift: an array (len(shifts), len(statistics)). The kernel
+    releases the GIL, so ``threads`` (default :func:`default_threads`) threads each take a contiguous share of
+    the shifts; every shift's numbers are the same whatever the split."""
     cols = np.array([WINDOW_VALUE_NAMES.index(st) for st in statistics], dtype=np.int64)
     fisher = np.array([st == "r0" for st in statistics], dtype=np.uint8)
     p = params
-    return _wcc.circular_null(
-        t, c, shifts, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
-        p.leader_min_r,
-    )
+
+    def run(part: np.ndarray) -> np.ndarray:
+        return _wcc.circular_null(
+            t, c, part, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
+            p.leader_min_r,
+        )
+
+    k = min(threads or default_threads(), max(1, len(shifts) // 16))
+    if k <= 1:
+        return run(shifts)
+    parts = np.array_split(shifts, k)
+    with ThreadPoolExecutor(max_workers=k, thread_name_prefix="surrogates") as pool:
+        return np.vstack(list(pool.map(run, parts)))
 
 
 @dataclass(frozen=True)
@@ -264,6 +295,7 @@ def surrogate_tests(
     seed: int | np.random.Generator | None = None,
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
+    threads: int | None = None,
 ) -> dict[str, SurrogateResult]:
     """Several session statistics tested against the SAME ``n`` surrogate dyads, each surrogate's WCC computed
     once: ``tests`` is a sequence of ``(statistic, alternative)``; returns ``{statistic: SurrogateResult}``.
@@ -292,6 +324,9 @@ def surrogate_tests(
     * ``"segment"``: the client cut into segments of ``segment_s`` (default: the window length) and shuffled.
     * ``"pseudo"``: the therapist paired with client series of other sessions (``partners``, drawn with
       replacement, cut or used from a random offset when longer).
+
+    ``threads``: threads of the compiled surrogate loop ("mirror" and "circular"; default
+    :func:`default_threads`); the numbers do not depend on it.
     """
     params = params or SyncParams()
     t = _as_series(therapist, "therapist")
@@ -338,7 +373,7 @@ def surrogate_tests(
         ring = np.concatenate([c, c[::-1]])
         n_rot = min(n + 1, len(ring))
         rot = np.unique(np.round(np.arange(n_rot) * (len(ring) / n_rot)).astype(np.int64))
-        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats)])
+        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats, threads)])
         return {
             stat: _rotation_result(values[:, q], rot, len(ring), min_shift, alt, method, stat)
             for q, (stat, alt) in enumerate(tests)
@@ -346,7 +381,7 @@ def surrogate_tests(
     if method == "circular":
         # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
         shifts = _draw_shifts(rng, n, len(c), min_shift)
-        null = _circular_null(t, c, shifts, params, stats)
+        null = _circular_null(t, c, shifts, params, stats, threads)
     else:
         null = np.empty((n, len(stats)))
     for k in range(n if method not in ("circular", "mirror") else 0):
@@ -368,6 +403,41 @@ def surrogate_tests(
     }
 
 
+def _far_moments(values: np.ndarray, fin: np.ndarray, rot: np.ndarray, ring: int,
+                 min_shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each rotation j, the mean and variance (ddof 1) of the finite ``values`` at rotations more than
+    ``min_shift`` samples from it around the ring. O(m·w) for m rotations with w neighbours each side: the sums
+    over every finite value, corrected by the few near rotations — two-pass (about the overall mean), so no
+    E[x²] − E[x]² cancellation; variances clamped at 0, NaN below 2 values."""
+    m = len(values)
+    v = np.where(fin, values, 0.0)
+    gaps = np.diff(np.append(rot, rot[0] + ring))
+    w = int(min_shift // max(int(gaps.min()), 1)) + 1
+    if 2 * w + 1 >= m:  # few rotations: every pair directly
+        d = np.abs(rot[:, None] - rot[None, :])
+        far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+        cnt = far.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu = (far * v[None, :]).sum(axis=1) / cnt
+            var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        return mu, var
+    n_all = int(fin.sum())
+    mbar = v.sum() / n_all
+    ss = float(np.sum(np.where(fin, values - mbar, 0.0) ** 2))
+    # near[j, o]: rotation (j + o − w) mod m lies within min_shift of rotation j (j itself included)
+    idx = (np.arange(m)[:, None] + np.arange(-w, w + 1)[None, :]) % m
+    d = np.abs(rot[idx] - rot[:, None])
+    near = (np.minimum(d, ring - d) <= min_shift) & fin[idx]
+    cnt = n_all - near.sum(axis=1)
+    vn = np.where(near, v[idx], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = (v.sum() - vn.sum(axis=1)) / cnt
+        dn = np.where(near, v[idx] - mu[:, None], 0.0)
+        far_ss = ss + n_all * (mbar - mu) ** 2 - np.sum(dn * dn, axis=1)
+        var = np.where(cnt > 1, np.maximum(far_ss, 0.0) / (cnt - 1), np.nan)
+    return mu, var
+
+
 def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: int, alternative: str,
                      method: str, statistic: str) -> SurrogateResult:
     """The studentized rotation test of ``surrogate_tests(method="mirror")``: ``values[j]`` is the statistic at
@@ -380,13 +450,8 @@ def _rotation_result(values: np.ndarray, rot: np.ndarray, ring: int, min_shift: 
         logger.warning("surrogate test without a finite observed value or null (observed=%s)", observed)
         return SurrogateResult(float("nan"), float("nan"), observed, float("nan"), float("nan"), m - 1, method,
                                statistic, null)
-    d = np.abs(rot[:, None] - rot[None, :])
-    far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
-    v = np.where(fin, values, 0.0)
-    cnt = far.sum(axis=1)
+    mu, var = _far_moments(values, fin, rot, ring, min_shift)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mu = (far * v[None, :]).sum(axis=1) / cnt
-        var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
         z = (values - mu) / np.sqrt(var)
     if alternative == "less":
         z = -z
@@ -437,6 +502,7 @@ def surrogate_test(
     alternative: str = "greater",
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
+    threads: int | None = None,
 ) -> SurrogateResult:
     """Test a dyad's session statistic against ``n`` surrogate dyads that keep each series' own dynamics
     (methods and their calibration: :func:`surrogate_tests`). ``seed`` makes the draw reproducible."""
@@ -444,7 +510,7 @@ def surrogate_test(
         raise DspError(f"unknown statistic {statistic!r}; choose one of {_STATISTICS}")
     return surrogate_tests(
         therapist, client, params, ((statistic, alternative),), n=n, method=method, seed=seed,
-        partners=partners, segment_s=segment_s,
+        partners=partners, segment_s=segment_s, threads=threads,
     )[statistic]
 
 

@@ -42,12 +42,18 @@ Standardised effects are β · SD(x) / SD(y). Outputs: ``sessions.csv``, ``windo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import html
 import logging
 import math
+import multiprocessing
+import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -77,10 +83,12 @@ __all__ = [
     "Verdict",
     "check_data",
     "check_design",
+    "default_jobs",
     "design_check",
     "fit_models",
     "record_from_arrays",
     "run_study",
+    "session_key",
     "session_record",
     "tables_from_records",
 ]
@@ -800,6 +808,7 @@ class StudyResult:
     files: list[Path]
     skipped: list[str]
     design: Estimability | None = None
+    n_cached: int = 0  # sessions whose record came from the output folder's cache
 
     @property
     def n_sessions(self) -> int:
@@ -835,31 +844,143 @@ class StudyResult:
         return lines
 
 
+#: Bump when a session record's contents or their computation change: older cache entries are then ignored.
+CACHE_VERSION = "1"
+
+
+def default_jobs() -> int:
+    """Worker processes for :func:`run_study`: ``DYADSYNC_JOBS`` if set, else the CPUs this process may use."""
+    env = os.environ.get("DYADSYNC_JOBS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            logger.warning("DYADSYNC_JOBS=%r is not an integer; using the CPU count", env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_key(data: SessionData, n_surrogates: int, seed: int) -> str:
+    """Cache key of one session's record: SHA-256 of its data (every stream, metric, marker and the metadata;
+    not where it was read from) and of the analysis parameters."""
+    h = hashlib.sha256()
+    h.update(pickle.dumps((CACHE_VERSION, n_surrogates, seed), protocol=4))
+    h.update(pickle.dumps(dataclasses.replace(data, origin=""), protocol=4))
+    return h.hexdigest()
+
+
+def _worker_init() -> None:
+    # the worker processes already use every core: one thread each for the surrogate loop
+    os.environ["DYADSYNC_THREADS"] = "1"
+
+
+def _analyse_one(kind: str, path: Path, session: str | None, n_surrogates: int, seed: int,
+                 cache_dir: Path) -> tuple[str | None, SessionRecord | None, str | None, bool]:
+    """One session for :func:`run_study` (runs in a worker process): (session id, record, why skipped,
+    whether the record came from the cache). A record is cached as ``<cache_dir>/<session>-<key>.pkl``."""
+    try:
+        data = _load(kind, path, session, with_raw=True)
+    except AnalysisError as exc:
+        return None, None, f"{session or path}: {exc}", False
+    key = session_key(data, n_surrogates, seed)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in data.session)
+    entry = cache_dir / f"{safe}-{key[:20]}.pkl"
+    if entry.exists():
+        try:
+            with entry.open("rb") as f:
+                cached_key, rec = pickle.load(f)
+            if cached_key == key:
+                return data.session, rec, None, True
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            logger.warning("study: cache entry %s unreadable (%s); analysing again", entry, exc)
+    try:
+        rec = session_record(analyse_session(data, None, n_surrogates=n_surrogates, seed=seed))
+    except AnalysisError as exc:
+        return data.session, None, f"{session or path}: {exc}", False
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            pickle.dump((key, rec), f, protocol=4)
+        tmp.replace(entry)  # atomic: a crash never leaves half an entry
+    except OSError as exc:
+        logger.warning("study: could not cache %s: %s", data.session, exc)
+    return data.session, rec, None, False
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    """The output folder and its cache folder, created and proven writable before the long work."""
+    cache_dir = out_dir / "cache"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = cache_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(f"cannot write to the output folder {out_dir}: {exc}") from exc
+    return cache_dir
+
+
 def run_study(sources: list[Path], out_dir: Path, *, channel: str = "eda", n_surrogates: int = 200, seed: int = 0,
-              progress: bool = False, announce: Callable[[str], None] | None = None) -> StudyResult:
+              progress: bool = False, announce: Callable[[str], None] | None = None,
+              jobs: int | None = None) -> StudyResult:
     """Check the design, analyse every session of the sources and write tables, models, figures and
-    ``study.html``. ``announce`` receives the design check's lines before the per-session work starts."""
+    ``study.html``. ``announce`` receives the design check's lines before the per-session work starts.
+
+    Preconditions are checked before the per-session work: the channel, the surrogate count, the output
+    folder (writable) and the design. Sessions are analysed in ``jobs`` worker processes (default
+    :func:`default_jobs`; 1 = in this process) with a progress bar; each session's record is cached in
+    ``out_dir/cache`` keyed by :func:`session_key` (its data and the parameters), so a re-run analyses only
+    new or changed sessions. Records do not depend on ``jobs`` or on the cache."""
     from tqdm import tqdm
 
+    if channel not in ("eda", "hr"):
+        raise StudyError(f"unknown channel {channel!r}; choose 'eda' or 'hr'")
+    if not isinstance(n_surrogates, int) or isinstance(n_surrogates, bool) or n_surrogates < 0:
+        raise StudyError(f"n_surrogates must be a non-negative integer, got {n_surrogates!r}")
     design, _ = design_check(sources)
     for line in design.lines():
         (announce or logger.info)(line)
+    cache_dir = _check_out_dir(out_dir)
     found = iter_sessions(sources)
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    results: list[tuple[str | None, SessionRecord | None, str | None, bool] | None] = [None] * len(found)
+    bar = tqdm(total=len(found), desc="study", unit="session", disable=not progress)
+    try:
+        if jobs == 1 or len(found) <= 1:
+            for k, (kind, path, session) in enumerate(found):
+                results[k] = _analyse_one(kind, path, session, n_surrogates, seed, cache_dir)
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+            with ProcessPoolExecutor(max_workers=min(jobs, len(found)), mp_context=ctx,
+                                     initializer=_worker_init) as pool:
+                futs = {pool.submit(_analyse_one, kind, path, session, n_surrogates, seed, cache_dir): k
+                        for k, (kind, path, session) in enumerate(found)}
+                for fut in as_completed(futs):
+                    results[futs[fut]] = fut.result()
+                    bar.update(1)
+    finally:
+        bar.close()
     records: list[SessionRecord] = []
     skipped: list[str] = []
     seen: set[str] = set()
-    for kind, path, session in tqdm(found, desc="study", unit="session", disable=not progress):
-        try:
-            data = _load(kind, path, session, with_raw=True)
-            if data.session in seen:
-                skipped.append(f"{data.session} ({path}): already read from another source")
-                continue
-            seen.add(data.session)
-            an = analyse_session(data, None, n_surrogates=n_surrogates, seed=seed)
-            records.append(session_record(an))
-        except AnalysisError as exc:
-            skipped.append(f"{session or path}: {exc}")
-            logger.warning("study: session %s skipped: %s", session or path, exc)
+    n_cached = 0
+    for (_, path, session), res in zip(found, results, strict=True):
+        sid, rec, why, cached = res  # type: ignore[misc]
+        if why is not None or rec is None:
+            skipped.append(why or f"{session or path}: no record")
+            logger.warning("study: session %s skipped: %s", session or path, why)
+            continue
+        if sid in seen:
+            skipped.append(f"{sid} ({path}): already read from another source")
+            continue
+        seen.add(sid)  # type: ignore[arg-type]
+        n_cached += cached
+        records.append(rec)
+    logger.info("study: %d sessions analysed, %d from the cache in %s", len(records) - n_cached, n_cached,
+                cache_dir)
     tables = tables_from_records(records)
     models = fit_models(tables, channel)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -867,7 +988,7 @@ def run_study(sources: list[Path], out_dir: Path, *, channel: str = "eda", n_sur
     html_path = out_dir / "study.html"
     html_path.write_text(render_study(tables, models, skipped), encoding="utf-8")
     files.append(html_path)
-    return StudyResult(tables, models, out_dir, html_path, files, skipped, design)
+    return StudyResult(tables, models, out_dir, html_path, files, skipped, design, n_cached)
 
 
 def write_tables(tables: StudyTables, models: StudyModels, out_dir: Path) -> list[Path]:

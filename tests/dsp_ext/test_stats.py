@@ -219,3 +219,65 @@ def test_mirror_test_p_value_range_and_power():
     u = _ar1(rng, 2400, 0.9)
     r0 = surrogate_test(t, u, p, n=199, statistic="r0")
     assert 1 / 200 <= r0.p_value <= 1
+
+
+def test_mirror_null_equals_the_straightforward_path(rng):
+    """The report's surrogate numbers (the statistics of lab.analysis.compute.SURROGATE_STATS) equal the
+    straightforward path: each rotation's statistic from a plain ``wcc`` of the rotated client (the compiled
+    loop computes only the window values the statistics use, over threads, gaps on the fast path), and the
+    p-value, effect size, null mean and SD from the rotation test written out pair by pair."""
+    from dsp_ext.stats import session_statistic
+
+    t, c = coupled_pair(rng, 700, 3, coupling=0.5, phi=0.9)
+    c = c + 3.0
+    c[rng.choice(len(c), 9, replace=False)] = np.nan
+    t[rng.choice(len(t), 4, replace=False)] = np.nan
+    tests = (("inphase_z", "greater"), ("therapist_led", "greater"), ("client_led", "greater"),
+             ("antiphase_z", "less"))
+    res = surrogate_tests(t, c, SHORT, tests, n=40, threads=2)
+    ring = np.concatenate([c, c[::-1]])
+    rot = np.unique(np.round(np.arange(41) * (len(ring) / 41)).astype(np.int64))[1:]
+    for stat, alt in tests:
+        plain = [session_statistic(wcc(t, np.roll(ring, s)[: len(t)], SHORT), stat) for s in rot]
+        np.testing.assert_allclose(res[stat].null, plain, rtol=0, atol=1e-12, err_msg=stat)
+        # the studentized rotation test written out: every rotation against the rotations > 2·lag away
+        values = np.array([session_statistic(wcc(t, c, SHORT), stat), *plain])
+        rr = np.concatenate([[0], rot])
+        d = np.abs(rr[:, None] - rr[None, :])
+        z = []
+        for j in range(len(values)):
+            far = [values[i] for i in range(len(values)) if min(d[j, i], len(ring) - d[j, i]) > 2 * SHORT.lag
+                   and np.isfinite(values[i])]
+            mu, sd = np.mean(far), np.std(far, ddof=1)
+            z.append((values[j] - mu) / sd * (1 if alt == "greater" else -1))
+            if j == 0:
+                mu0, sd0 = mu, sd
+        z = np.array(z)
+        ok = np.isfinite(z)
+        assert res[stat].p_value == pytest.approx(np.sum(z[ok] >= z[0]) / ok.sum(), abs=1e-12), stat
+        assert res[stat].effect_size == pytest.approx(z[0] if alt == "greater" else -z[0], abs=1e-9), stat
+        assert res[stat].null_mean == pytest.approx(mu0, abs=1e-12), stat
+        assert res[stat].null_sd == pytest.approx(sd0, abs=1e-12), stat
+
+
+def test_rotation_moments_equal_the_dense_computation():
+    """The banded mean/variance over far rotations equals every-pair masking (NaN values, uneven rings)."""
+    from dsp_ext.stats import _far_moments
+
+    rng = np.random.default_rng(5)
+    for m, ring, min_shift in ((1001, 24000, 80), (201, 3000, 40), (50, 600, 30), (7, 100, 20), (301, 301, 2)):
+        rot = np.unique(np.round(np.arange(m) * (ring / m)).astype(np.int64))
+        values = rng.standard_normal(len(rot)) * 0.2 + 3.0
+        values[rng.random(len(rot)) < 0.1] = np.nan
+        fin = np.isfinite(values)
+        d = np.abs(rot[:, None] - rot[None, :])
+        far = (np.minimum(d, ring - d) > min_shift) & fin[None, :]
+        v = np.where(fin, values, 0.0)
+        cnt = far.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mu = (far * v[None, :]).sum(axis=1) / cnt
+            var = (far * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / (cnt - 1)
+        got_mu, got_var = _far_moments(values, fin, rot, ring, min_shift)
+        ctx = f"m={m} ring={ring} min_shift={min_shift}"
+        np.testing.assert_allclose(got_mu, mu, rtol=1e-12, atol=0, equal_nan=True, err_msg=ctx)
+        np.testing.assert_allclose(got_var, var, rtol=1e-9, atol=0, equal_nan=True, err_msg=ctx)
