@@ -243,8 +243,10 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
     parts.append(_img(plots.to_data_uri(plots.signals_figure(d)), "EDA and heart rate of both people"))
     step("figure: signals")
     parts.append("<h2>Session indices</h2>")
-    parts.append(f"<p class='note'>p-values: one-sided against {an.n_surrogates} circular-shift surrogates of the "
-                 "client series (shift ≥ 2·lag); effect size = (observed − null mean) / null SD. Fisher z of r "
+    parts.append(f"<p class='note'>p-values: one-sided rank of the observed pair among {an.n_surrogates} rotations "
+                 "of the client series on its mirrored ring, each statistic standardized against the rotations more "
+                 "than 2·lag away (the calibrated test of docs/dsp.md); effect size = (observed − null mean) / null "
+                 "SD. Fisher z of r "
                  "clipped to ±0.999; τ &gt; 0 means the therapist leads.</p>")
     parts.append(_index_table(an))
     parts.append("<h2>Agreement with the live metrics</h2><table><tr><th class='l'>metric</th><th>live windows</th>"

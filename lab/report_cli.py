@@ -78,7 +78,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             print(f"  skipped: {s}")
         return 0
     result = run_study(sources, out_dir=Path(args.out), channel=args.channel, n_surrogates=args.surrogates,
-                       seed=args.seed, progress=not args.quiet, announce=print)
+                       seed=args.seed, progress=not args.quiet, announce=print, jobs=args.jobs)
     print(f"study of {result.n_sessions} sessions in {result.n_dyads} dyads: {result.html_path}")
     for f in result.files:
         print(f"  {f}")
@@ -116,5 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the surrogate draws (default 0)")
     s.add_argument("--check", action="store_true",
                    help="only say what the design can estimate (dyads, sessions per dyad); no analysis")
+    s.add_argument("--jobs", type=int, default=None,
+                   help="sessions analysed at once in worker processes (default: DYADSYNC_JOBS or all CPUs)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_study)

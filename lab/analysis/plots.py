@@ -158,7 +158,7 @@ def surrogate_figure(an: SessionAnalysis, signal: str) -> Figure:
         ax.axvline(s.observed, color="#c0392b", lw=2)
         ax.set_title(f"{stat}\np={s.p_value:.3g}, d={s.effect_size:.2f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{signal.upper()}: observed (red) against {an.n_surrogates} circular-shift surrogates", fontsize=10,
+    fig.suptitle(f"{signal.upper()}: observed (red) against {an.n_surrogates} mirror-ring rotation surrogates", fontsize=10,
                  y=1.12)
     return fig
 
