@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import math
 import shlex
+import signal as _signal
 import sys
 import time
 import uuid
@@ -271,6 +272,7 @@ def _live(args: argparse.Namespace, procs: RoomProcesses, console: RoomConsole, 
     print(f"\n  room console: {server.url}   user: operator   password: {password}")
     print(f"  the simulated room runs for {(end_ns - clock.now_ns()) / 6e10:.0f} simulated minutes at "
           f"{args.speed:g}x; start, mark and stop sessions on the page. Ctrl-C ends the demo.", flush=True)
+    _signal.signal(_signal.SIGTERM, _signal.default_int_handler)  # SIGTERM ends the live demo as Ctrl-C does
     try:
         while clock.now_ns() < end_ns:
             procs.sleep(0.2)

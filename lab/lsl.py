@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal as _signal
 import threading
 import time
 from collections import Counter
@@ -338,6 +339,7 @@ def cmd_lsl(args: argparse.Namespace) -> int:
     bridge = LslBridge(creds["host"], creds["port"], room, creds["username"], creds["password"],
                        tls_ca=creds["tls_ca"], raw=args.raw).start()
     console = inlet = None
+    _signal.signal(_signal.SIGTERM, _signal.default_int_handler)  # a service manager's stop is a Ctrl-C here
     try:
         if args.markers_from:
             prop, _, value = args.markers_from.partition("=")

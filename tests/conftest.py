@@ -3,6 +3,7 @@ MQTT client factories, temp data dirs. Every fixture tears down what it started.
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import paho.mqtt.client as mqtt
@@ -112,3 +113,10 @@ def hub_factory(tmp_path):
     yield make
     for p in procs:
         p.stop()
+
+
+def ctrl_c_works() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT, as an operator's Ctrl-C would: a pytest-xdist
+    worker ignores SIGINT, and an ignored signal stays ignored across exec (Python then installs no
+    KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,13 +16,16 @@ import httpx
 
 from broker import store
 
+from ..conftest import ctrl_c_works
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_live_demo_is_operated_from_the_console(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dyadsync", "demo", "--live", "--minutes", "10", "--quiet",
                              "--data-dir", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=ctrl_c_works)
     lines: list[str] = []
     found = threading.Event()
 

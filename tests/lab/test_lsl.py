@@ -18,7 +18,7 @@ from firmware_bridge.block import SampleBlock  # noqa: E402
 from lab.lsl import LslBridge, LslMarkerInlet, measure_offset_s  # noqa: E402
 
 from ..broker.helpers import ack, client, close, publish_all, wait  # noqa: E402
-from ..conftest import ROOM  # noqa: E402
+from ..conftest import ROOM, ctrl_c_works  # noqa: E402
 
 GRID_NS = 250_000_000
 
@@ -193,7 +193,7 @@ def test_lab_lsl_command_end_to_end(mosquitto, room_auth, tmp_path):
         [sys.executable, "-m", "dyadsync", "lab", "lsl", "--credentials",
          creds("recorder", *room_auth.service_user("recorder")), "--markers-from", "source_id=psychopy-cli",
          "--console-credentials", creds("console", *room_auth.service_user("console"))],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_works)
     console = RoomConsole(mosquitto.host, mosquitto.port, ROOM, *room_auth.service_user("console"))
     inlet = None
     try:
