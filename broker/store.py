@@ -846,3 +846,44 @@ def iter_session_status(con: sqlite3.Connection, session: str) -> Iterable[tuple
     """``(room, unit, time_ns, state)`` of every status message of the session, in time order."""
     yield from con.execute(
         "SELECT room, unit, time_ns, state FROM status WHERE session=? ORDER BY time_ns, unit", (session,))
+
+
+# ------------------------------------------------------------------------------ reads for the lab's analysis
+def check_is_hub_database(con: sqlite3.Connection) -> None:
+    """Raise :class:`sqlite3.DatabaseError` unless ``con`` holds a dyadsync hub schema."""
+    con.execute("SELECT session FROM sessions LIMIT 1").fetchall()
+    con.execute("SELECT seq FROM blocks LIMIT 1").fetchall()
+
+
+def session_ids(con: sqlite3.Connection, *, by_start: bool = True, limit: int | None = None) -> list[str]:
+    """Stored session ids, oldest first (``by_start``) or by id."""
+    order = "COALESCE(started_ns, created_ns), session" if by_start else "session"
+    sql = f"SELECT session FROM sessions ORDER BY {order}" + (" LIMIT ?" if limit is not None else "")
+    return [s for (s,) in con.execute(sql, () if limit is None else (int(limit),))]
+
+
+def session_block_keys(con: sqlite3.Connection, session: str) -> list[tuple[str, str, str]]:
+    """``(unit, kind, stream)`` of every stored stream of the session, ordered by kind, stream, unit."""
+    return [tuple(r) for r in con.execute(
+        "SELECT DISTINCT unit, kind, stream FROM blocks WHERE session=? ORDER BY kind, stream, unit", (session,))]
+
+
+def block_rows(con: sqlite3.Connection, session: str, unit: str, kind: str,
+               stream: str) -> list[tuple[int, int, float, int, int, bytes]]:
+    """``(seq, t0_ns, rate_hz, flags, n, float32 data)`` of one stored stream, in seq order."""
+    return con.execute(
+        "SELECT seq, t0_ns, rate_hz, flags, n, data FROM blocks WHERE session=? AND unit=? AND kind=? "
+        "AND stream=? ORDER BY seq", (session, unit, kind, stream)).fetchall()
+
+
+def session_status_payloads(con: sqlite3.Connection, session: str) -> list[tuple[int, str, str, dict | None]]:
+    """``(time_ns, unit, state, decoded payload or None)`` of the session's statuses, in time order."""
+    out = []
+    for t, u, s, p in con.execute(
+            "SELECT time_ns, unit, state, payload FROM status WHERE session=? ORDER BY time_ns", (session,)):
+        try:
+            obj = json.loads(p)
+        except ValueError:
+            obj = None
+        out.append((int(t), u, s, obj if isinstance(obj, dict) else None))
+    return out

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from broker import store
 from core.errors import DyadsyncError
 
 logger = logging.getLogger(__name__)
@@ -122,9 +123,8 @@ def _open_db(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise SourceError(f"hub database {path} does not exist")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        con.execute("SELECT session FROM sessions LIMIT 1").fetchall()
-        con.execute("SELECT seq FROM blocks LIMIT 1").fetchall()
+        con = store.connect(path, readonly=True)
+        store.check_is_hub_database(con)
     except sqlite3.DatabaseError as exc:
         raise SourceError(f"{path} is not a dyadsync hub database ({exc})") from exc
     return con
@@ -134,7 +134,7 @@ def db_sessions(path: Path | str) -> list[str]:
     """Session ids stored in a hub database, oldest first."""
     con = _open_db(Path(path))
     try:
-        return [s for (s,) in con.execute("SELECT session FROM sessions ORDER BY COALESCE(started_ns, created_ns), session")]
+        return store.session_ids(con)
     finally:
         con.close()
 
@@ -171,41 +171,33 @@ def load_from_db(path: Path | str, session: str, *, with_raw: bool = True) -> Se
     path = Path(path)
     con = _open_db(path)
     try:
-        row = con.execute(
-            "SELECT session, room, started_ns, stopped_ns, therapist_code, client_code FROM sessions WHERE session=?",
-            (session,)).fetchone()
-        if row is None:
-            known = [s for (s,) in con.execute("SELECT session FROM sessions ORDER BY session LIMIT 20")]
+        meta = store.get_session(con, session)
+        if meta is None:
+            known = store.session_ids(con, by_start=False, limit=20)
             raise SessionNotFound(f"session {session!r} is not in {path}; sessions there: {', '.join(known) or 'none'}")
-        _, room, started, stopped, tcode, ccode = row
+        room, started, stopped = meta["room"], meta["started_ns"], meta["stopped_ns"]
+        tcode, ccode = meta["therapist_code"], meta["client_code"]
         streams: dict[tuple[str, str], Series] = {}
         kinds = ("raw", "feat") if with_raw else ("feat",)
-        keys = con.execute(
-            "SELECT DISTINCT unit, kind, stream FROM blocks WHERE session=? ORDER BY kind, stream, unit", (session,)
-        ).fetchall()
+        keys = store.session_block_keys(con, session)
         for unit, kind, stream in keys:
             if kind not in kinds or (kind, stream) in streams:
                 continue  # one unit per stream (the first); a second unit's copy is ignored
-            rows = con.execute(
-                "SELECT seq, t0_ns, rate_hz, flags, n, data FROM blocks WHERE session=? AND unit=? AND kind=? "
-                "AND stream=? ORDER BY seq", (session, unit, kind, stream)).fetchall()
+            rows = store.block_rows(con, session, unit, kind, stream)
             streams[(kind, stream)] = _series_from_blocks(stream, kind, unit, rows)
         metrics: dict[str, list[MetricRow]] = {}
-        for name, seq, ws, we, vj in con.execute(
-            "SELECT name, seq, window_start_ns, window_end_ns, values_json FROM metrics WHERE session=? "
-            "ORDER BY name, seq", (session,)):
-            vals = {k: (math.nan if v is None else float(v)) for k, v in json.loads(vj).items()}
+        for _room, _unit, name, seq, ws, we, raw in sorted(store.iter_session_metrics(con, session),
+                                                           key=lambda r: (r[2], r[3])):
+            vals = {k: (math.nan if v is None else float(v)) for k, v in raw.items()}
             metrics.setdefault(name, []).append(MetricRow(int(seq), int(ws), int(we), vals))
-        markers = [{"id": i, "label": lab, "time_ns": t} for i, lab, t in con.execute(
-            "SELECT cmd_id, label, time_ns FROM commands WHERE session=? AND cmd='marker' ORDER BY time_ns",
-            (session,))]
-        status = [(int(t), u, s) for t, u, s in con.execute(
-            "SELECT time_ns, unit, state FROM status WHERE session=? ORDER BY time_ns", (session,))]
+        markers = store.session_markers(con, session)
+        rows_status = store.session_status_payloads(con, session)
+        status = [(t, u, s) for t, u, s, _ in rows_status]
         dropped = 0
-        for (payload,) in con.execute("SELECT payload FROM status WHERE session=? ORDER BY time_ns", (session,)):
+        for *_, payload in rows_status:
             try:
-                d = json.loads(payload).get("dropped", {}) or {}
-                dropped = max(dropped, int(sum(d.values())))
+                d = (payload or {}).get("dropped", {}) or {}
+                dropped = max(dropped, int(sum(v for k, v in d.items() if k not in store.NOT_LOSSES)))
             except (ValueError, AttributeError, TypeError):
                 continue
     finally:
