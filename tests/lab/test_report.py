@@ -30,7 +30,7 @@ from .conftest import REPO
 N_SURR = 60
 
 
-def _stored_features(con, session: str, signal: str) -> tuple[int, np.ndarray, np.ndarray]:
+def _stored_features(con, session: str, signal: str) -> tuple[int, np.ndarray, np.ndarray, int]:
     t_t, v_t, _ = store.read_stream(con, session, f"therapist/{signal}")
     t_c, v_c, _ = store.read_stream(con, session, f"client/{signal}")
     assert t_t[0] == t_c[0]
@@ -38,7 +38,9 @@ def _stored_features(con, session: str, signal: str) -> tuple[int, np.ndarray, n
     # (HR waits for the next beats) may end a few bins after the other, and those bins were never paired.
     n = min(len(v_t), len(v_c))
     assert max(len(v_t), len(v_c)) - n < 120  # the stop cuts the two streams where each had got to (< 30 s)
-    return int(t_t[0]), v_t[:n].astype(np.float64), v_c[:n].astype(np.float64)
+    # the windows that need the longer stream's last samples are not recomputed: the allowance in windows
+    slack = (max(len(v_t), len(v_c)) - n) // round(SyncParams().inc_s * 4) + 2
+    return int(t_t[0]), v_t[:n].astype(np.float64), v_c[:n].astype(np.float64), slack
 
 
 @pytest.mark.parametrize("signal", ["eda", "hr"])
@@ -46,13 +48,13 @@ def test_stored_features_reproduce_the_live_metrics(demo_db, signal):
     """Independent of the report code: wcc on the stored 4 Hz features equals what the unit published live."""
     db, session = demo_db
     con = store.connect(db, readonly=True)
-    t0, t, c = _stored_features(con, session, signal)
+    t0, t, c, slack = _stored_features(con, session, signal)
     res = wcc(t, c, SyncParams())
     live = list(store.read_metrics(con, session, f"sync_{signal}"))
     con.close()
-    # the recompute from the stored features and the live windows agree but for at most two at the very end,
-    # where the session's stop cut one person's last feature block shorter than the other's
-    assert len(live) > 100 and abs(len(res) - len(live)) <= 2, (len(live), len(res))
+    # the recompute from the stored features and the live windows agree but for the last few, where the session's
+    # stop cut one person's stream shorter than the other's (how much depends on how busy the unit was)
+    assert len(live) > 100 and abs(len(res) - len(live)) <= slack, (len(live), len(res), slack)
     n_checked = 0
     worst = 0.0
     for _seq, ws, _we, values in live:
@@ -68,7 +70,7 @@ def test_stored_features_reproduce_the_live_metrics(demo_db, signal):
             if not math.isnan(a):
                 worst = max(worst, abs(a - b))
     assert worst <= 1e-6, worst
-    assert n_checked >= len(live) - 2
+    assert n_checked >= len(live) - slack
 
 
 def test_report_numbers_equal_the_live_metrics(demo_db, tmp_path):
@@ -79,8 +81,9 @@ def test_report_numbers_equal_the_live_metrics(demo_db, tmp_path):
     for signal in ("eda", "hr"):
         ch = an.channels[signal]
         assert ch.live is not None and ch.live.comparable
-        assert ch.live.n_live > 100 and ch.live.n_compared >= ch.live.n_live - 2
-        assert abs(len(ch.res) - ch.live.n_live) <= 2
+        slack = _stored_features(con, session, signal)[3]
+        assert ch.live.n_live > 100 and ch.live.n_compared >= ch.live.n_live - slack
+        assert abs(len(ch.res) - ch.live.n_live) <= slack
         assert ch.live.max_abs_diff <= 1e-6
         live = [v for *_, v in store.read_metrics(con, session, f"sync_{signal}")]
         for key, label in (("inphase_z", "in-phase peak z, mean"), ("therapist_led", "therapist-led z, mean"),
