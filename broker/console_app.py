@@ -335,6 +335,14 @@ def create_app(live: LiveRoom, link: ConsoleLink, login: Login, *, db_path: Path
                 con.close()
         return out
 
+    async def send(command, *args):
+        """Run a RoomConsole command (start/stop/mark) for the room's units off the event loop; a command the
+        wire contract refuses is a 400 with its reason."""
+        try:
+            return await asyncio.to_thread(command, *args, live.units, timeout_s=ack_timeout_s)
+        except WireError as exc:
+            raise HTTPException(400, str(exc)) from None
+
     def result(r: CommandResult) -> JSONResponse:
         data = r.to_json()
         live.commands.append(data)
@@ -423,11 +431,7 @@ def create_app(live: LiveRoom, link: ConsoleLink, login: Login, *, db_path: Path
                                         "choose a new id")
             finally:
                 con.close()
-        try:
-            r = await asyncio.to_thread(console.start, session, str(obj.get("therapist", "")),
-                                        str(obj.get("client", "")), live.units, timeout_s=ack_timeout_s)
-        except WireError as exc:
-            raise HTTPException(400, str(exc)) from None
+        r = await send(console.start, session, str(obj.get("therapist", "")), str(obj.get("client", "")))
         if r.accepted:
             live.started.setdefault(session, r.time_ns)
         return result(r)
@@ -439,10 +443,7 @@ def create_app(live: LiveRoom, link: ConsoleLink, login: Login, *, db_path: Path
         session = str(obj.get("session") or live.running_session() or "")
         if not session:
             raise HTTPException(409, "no session is running")
-        try:
-            r = await asyncio.to_thread(console.stop, session, live.units, timeout_s=ack_timeout_s)
-        except WireError as exc:
-            raise HTTPException(400, str(exc)) from None
+        r = await send(console.stop, session)
         return result(r)
 
     @app.post("/api/marker", dependencies=[Depends(need_write)])
@@ -452,11 +453,7 @@ def create_app(live: LiveRoom, link: ConsoleLink, login: Login, *, db_path: Path
         session = str(obj.get("session") or live.running_session() or "")
         if not session:
             raise HTTPException(409, "no session is running: start one before adding markers")
-        try:
-            r = await asyncio.to_thread(console.mark, session, str(obj.get("label", "")), live.units,
-                                        timeout_s=ack_timeout_s)
-        except WireError as exc:
-            raise HTTPException(400, str(exc)) from None
+        r = await send(console.mark, session, str(obj.get("label", "")))
         if r.accepted:
             live.markers.setdefault(session, []).append({"id": r.cid, "label": " ".join(
                 str(obj.get("label", "")).split()), "time_ns": r.time_ns})
