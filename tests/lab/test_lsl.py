@@ -4,6 +4,7 @@ what LSL carries equals what the hub stored, stamps are the mapped dyadsync stam
 from __future__ import annotations
 
 import math
+import secrets
 import time
 
 import numpy as np
@@ -12,15 +13,25 @@ import pytest
 pylsl = pytest.importorskip("pylsl", reason="the 'lsl' extra (pylsl) is part of the test extra")
 
 from broker import store, wire  # noqa: E402
+from broker.auth import RoomAuth  # noqa: E402
 from broker.console import RoomConsole  # noqa: E402
 from broker.recorder import Recorder  # noqa: E402
 from firmware_bridge.block import SampleBlock  # noqa: E402
 from lab.lsl import LslBridge, LslMarkerInlet, measure_offset_s  # noqa: E402
 
 from ..broker.helpers import ack, client, close, publish_all, wait  # noqa: E402
-from ..conftest import ROOM, ctrl_c_works  # noqa: E402
+from ..conftest import UNITS, ctrl_c_works  # noqa: E402
 
 GRID_NS = 250_000_000
+# LSL discovery is machine-wide: a room name and marker source ids of this run only, so two test runs on one
+# machine (or a lab's real room) never resolve each other's streams.
+_RUN = secrets.token_hex(3)
+ROOM = f"room-lsl{_RUN}"
+
+
+@pytest.fixture
+def room_auth() -> RoomAuth:
+    return RoomAuth.generate(ROOM, UNITS, partners={"unit-a": "unit-b"})
 
 
 def _accepts_commands(unit_client, unit: str = "unit-a") -> None:
@@ -140,8 +151,8 @@ def test_lsl_streams_equal_the_hub_and_markers_go_both_ways(mosquitto, room_auth
         assert got == [["role play"]] and abs(ts[0] - (t_mark / 1e9 - bridge.offset_s)) < 1e-3
 
         # markers, LSL -> dyadsync: a lab marker stream (as PsychoPy would publish it) becomes a session marker
-        lab_out = pylsl.StreamOutlet(pylsl.StreamInfo("PsychoPy", "Markers", 1, 0, "string", "psychopy-test"))
-        lab_inlet = LslMarkerInlet(console, lambda: bridge.session, prop="source_id", value="psychopy-test",
+        lab_out = pylsl.StreamOutlet(pylsl.StreamInfo("PsychoPy", "Markers", 1, 0, "string", f"psychopy-test-{_RUN}"))
+        lab_inlet = LslMarkerInlet(console, lambda: bridge.session, prop="source_id", value=f"psychopy-test-{_RUN}",
                                    offset_s=bridge.offset_s).start()
         assert wait(lambda: lab_out.have_consumers())
         t_lsl = pylsl.local_clock()
@@ -188,10 +199,10 @@ def test_lab_lsl_command_end_to_end(mosquitto, room_auth, tmp_path):
                         f'username = "{user}"\npassword = "{password}"\n')
         return str(path)
 
-    lab_out = pylsl.StreamOutlet(pylsl.StreamInfo("PsychoPy", "Markers", 1, 0, "string", "psychopy-cli"))
+    lab_out = pylsl.StreamOutlet(pylsl.StreamInfo("PsychoPy", "Markers", 1, 0, "string", f"psychopy-cli-{_RUN}"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "dyadsync", "lab", "lsl", "--credentials",
-         creds("recorder", *room_auth.service_user("recorder")), "--markers-from", "source_id=psychopy-cli",
+         creds("recorder", *room_auth.service_user("recorder")), "--markers-from", f"source_id=psychopy-cli-{_RUN}",
          "--console-credentials", creds("console", *room_auth.service_user("console"))],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_works)
     console = RoomConsole(mosquitto.host, mosquitto.port, ROOM, *room_auth.service_user("console"))
