@@ -158,7 +158,8 @@ class DspPpgExtractor(_Anchored):
         for ep in self._hrv.push_features(f):
             e = (k0 + ep.start_index - origin) // self.epoch_bins
             self._ready.append((e, {"rmssd_ms": ep.rmssd_ms, "rsa_ln_ms2": ep.rsa_ln_ms2,
-                                    "hf_ln_ms2": ep.hf_ln_ms2, "n_beats": float(ep.n_beats)}))
+                                    "hf_ln_ms2": ep.hf_ln_ms2, "n_beats": float(ep.n_beats),
+                                    "n_invalid_beats": float(ep.n_invalid)}))
         return out
 
     def take_beats(self) -> list[Beat]:

@@ -100,7 +100,9 @@ def hf_power_ln_ms2(
 
 @dataclass(frozen=True)
 class HrvEpoch:
-    """One 30-s epoch of one person: grid start index, RMSSD (ms), RSA and HF-HRV (ln ms²), beats used."""
+    """One 30-s epoch of one person: grid start index, RMSSD (ms), RSA and HF-HRV (ln ms²), beats in the epoch
+    and how many of them end an invalid interval (a beat flagged by the beat-quality index or the IBI
+    correction, or an interval out of range: left out of RMSSD and the IBI series)."""
 
     epoch: int
     start_index: int
@@ -108,6 +110,7 @@ class HrvEpoch:
     rsa_ln_ms2: float
     hf_ln_ms2: float
     n_beats: int
+    n_invalid: int = 0
 
     @property
     def start_s(self) -> float:
@@ -202,17 +205,14 @@ class HrvStream:
         mine = t < end_s
         later = t >= end_s  # a NaN beat time belongs to no epoch
         n_mine = int(mine.sum())
-        rm = (
-            rmssd_ms(np.array(self._bi, dtype=np.float64)[mine], np.array(self._bv, dtype=bool)[mine])
-            if n_mine
-            else float("nan")
-        )
+        valid = np.array(self._bv, dtype=bool)[mine]
+        rm = rmssd_ms(np.array(self._bi, dtype=np.float64)[mine], valid) if n_mine else float("nan")
         if n_mine or not later.all():
             keep = later.tolist()
             self._bt = [v for v, k in zip(self._bt, keep, strict=True) if k]
             self._bi = [v for v, k in zip(self._bi, keep, strict=True) if k]
             self._bv = [v for v, k in zip(self._bv, keep, strict=True) if k]
-        return HrvEpoch(e, start_k * _STEP, rm, rsa, hf, n_mine)
+        return HrvEpoch(e, start_k * _STEP, rm, rsa, hf, n_mine, int(n_mine - valid.sum()))
 
 
 def rsa_front_reference(

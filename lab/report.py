@@ -214,7 +214,8 @@ def _artefact_table(an: SessionAnalysis) -> str:
     for role, a in an.artefacts.items():
         out.append(f"<tr><td class='l'>{_e(role)}</td>" + "".join(f"<td>{a.get(k, '–')}</td>" for k in keys)
                    + "</tr>")
-    out.append("</table><p class='note'>PPG: beats and the corrections of the Lipponen–Tarvainen IBI "
+    out.append("</table><p class='note'>PPG: beats, beats of low quality (the template-correlation index "
+               "of dsp_ext.sqi; left out of HR, RMSSD and RSA) and the corrections of the Lipponen–Tarvainen IBI "
                "classifier (dsp_ext.ppg); EDA: raw samples out of range, too steep, without contact or lost, and "
                "the 4 Hz bins they invalidate (dsp_ext.eda).</p>")
     return "\n".join(out)

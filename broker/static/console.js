@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const T_COLOR = "#c0392b", C_COLOR = "#2471a3";
 const FLAG = {SATURATED: 1, CONTACT_LOST: 2, INVALID: 64};
-const st = {room: "", units: [], statuses: {}, quality: {}, offsetMs: 0, session: null, source: null,
+const st = {room: "", units: [], statuses: {}, quality: {}, beats: {}, offsetMs: 0, session: null, source: null,
             seenMetrics: 0, lastFeatMs: 0, markerButtons: []};
 
 const plots = {
@@ -145,6 +145,8 @@ function renderQuality() {
       const [txt, code] = qualityText(key ? st.quality[key] : null);
       html += `<div data-signal="${sig}" data-quality="${code}">${label}: ${txt}</div>`;
     }
+    const [btxt, bcode] = beatText(st.beats[role]);
+    html += `<div data-beats="${bcode}">beats: ${btxt}</div>`;
     div.innerHTML = html; box.appendChild(div);
   }
 }
@@ -169,7 +171,34 @@ function tick() {
 }
 
 // ------------------------------------------------------------------------------------ live events
+// Beat quality per person from the unit's regulation epochs: beats in the latest epoch and how many of them
+// were left out (flagged by the beat-quality index or the interval correction; docs/dsp.md).
+function beatText(b) {
+  if (!b || b.n === null || b.n === undefined) return ['<span class="s-warn">no epoch yet</span>', "none"];
+  if (b.n === 0) return ['<span class="s-bad">no beats</span>', "nobeats"];
+  const share = b.bad / b.n, txt = `${b.bad} of ${b.n} flagged (last ${Math.round(b.epochS)} s)`;
+  if (share > 0.2) return [`<span class="s-bad">${txt}</span>`, "poor"];
+  if (share > 0.05) return [`<span class="s-warn">${txt}</span>`, "fair"];
+  return [`<span class="s-ok">${txt}</span>`, "good"];
+}
+
+function onRegulation(ev, live) {
+  for (const role of ["therapist", "client"]) {
+    const n = ev.values[role + "_n_beats"];
+    if (n === undefined) continue;
+    st.beats[role] = {n: n, bad: ev.values[role + "_n_invalid_beats"] ?? 0,
+                      epochS: (ev.window_end_ns - ev.window_start_ns) / 1e9};
+  }
+  if (live) renderQuality();
+}
+
+function leaderText(v) {
+  if (v.leader === null || v.leader === undefined || v.leader === 0) return "none";
+  return (v.leader > 0 ? "therapist" : "client") + " " + num(v.max_r, 2) + " (" + num(v.max_lag_s, 2) + ")";
+}
+
 function onMetric(ev, live) {
+  if (ev.name === "regulation") { onRegulation(ev, live); return; }
   if (!ev.name.startsWith("sync_")) return;
   const ch = ev.name.slice(5), v = ev.values, t = nsToMs(ev.window_end_ns);
   if (!syncSeries[ch]) return;
@@ -189,6 +218,7 @@ function onMetric(ev, live) {
     row.querySelector(".ip").textContent = v.inphase_r === null ? "none" : num(v.inphase_r, 2) + " (" + num(v.inphase_lag_s, 2) + ")";
     row.querySelector(".ap").textContent = v.antiphase_r === null ? "none" : num(v.antiphase_r, 2) + " (" + num(v.antiphase_lag_s, 2) + ")";
     row.querySelector(".r0").textContent = num(v.r0, 2);
+    row.querySelector(".ld").textContent = leaderText(v);
     row.dataset.windows = (Number(row.dataset.windows || 0) + 1);
   }
   if (live) redraw();

@@ -225,8 +225,9 @@ def _held(vals: np.ndarray) -> np.ndarray:
 def artefacts(data: SessionData) -> dict[str, dict[str, int]]:
     """Per person: artefacts the DSP finds in the raw signals.
 
-    PPG (:mod:`dsp_ext.ppg`, Lipponen & Tarvainen 2019 correction): beats, intervals outside 300–2000 ms,
-    and corrected beats by kind (ectopic, long, short, missed, extra). EDA (:mod:`dsp_ext.eda`): raw samples
+    PPG (:mod:`dsp_ext.ppg`, Lipponen & Tarvainen 2019 correction): beats, beats flagged by the beat-quality
+    index (:mod:`dsp_ext.sqi`, template correlation after Orphanidou et al. 2015), intervals outside
+    300–2000 ms, and corrected beats by kind (ectopic, long, short, missed, extra). EDA (:mod:`dsp_ext.eda`): raw samples
     judged invalid (out of range, too steep, contact lost per the block flags, lost) and invalid 4 Hz bins."""
     from core.vocab import BlockFlags
 
@@ -239,6 +240,8 @@ def artefacts(data: SessionData) -> dict[str, dict[str, int]]:
 
             f = ppg.ppg_features(_held(ppg_raw.values), ppg_raw.rate_hz)
             a["beats"] = int(len(f.beat_s))
+            # beats the beat-quality index (template correlation, dsp_ext.sqi) flagged: out of HR, RMSSD and RSA
+            a["beats_low_quality"] = int(np.sum(~np.asarray(f.sqi_ok, dtype=bool)))
             a["ibi_out_of_range"] = int(np.sum(~f.ibi_valid))
             for code, name in ppg.KIND_NAMES.items():
                 if code != ppg.NORMAL:

@@ -7,6 +7,7 @@ On failure a screenshot is saved next to the test's files (its path is in the fa
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def hub(tmp_path, mosquitto, room_auth, unit_toml):
     """Recorder, unit-a (synthetic sensors, real time, 8-s synchrony windows), pull API and console page."""
     db = tmp_path / "hub.sqlite"
     rec = Recorder(db, "room-a", mosquitto.host, mosquitto.port, *room_auth.service_user("recorder")).start()
-    cfg = load_config(unit_toml(sensors=SENSORS_BOTH, extra='[dsp]\nwin_s = 8\nlag_s = 3\nfeature_block_s = 0.5\n'))
+    cfg = load_config(unit_toml(sensors=SENSORS_BOTH, extra='[dsp]\nwin_s = 8\nlag_s = 3\nfeature_block_s = 0.5\n'
+                                                                       'regulation_epoch_s = 8\n'))
     unit = RunningUnit(Unit(cfg))
     write_login(tmp_path / "login.json", "operator", "correct horse battery")
     token = "t" * 32
@@ -141,6 +143,14 @@ def test_operator_runs_a_session_in_the_browser(hub, tmp_path):
                   and int(_attr(d, "#sync-eda", "data-windows") or 0) >= 2
                   and int(_attr(d, "#sync-plot", "data-windows") or 0) >= 4)  # two lines, two windows each
             assert _text(driver, "#sync-eda .ip") != "–"
+            # who leads, per window: a side with r and lag, or "none" (docs/dsp.md "Who leads")
+            assert re.fullmatch(r"none|(therapist|client) -?\d\.\d\d \(-?\d+\.\d\d\)", _text(driver, "#sync-eda .ld"))
+            # beat quality of each person from the unit's regulation epochs (8 s here)
+            for role in ("therapist", "client"):
+                until(lambda d, role=role: _attr(d, f'.qcard[data-role="{role}"] [data-beats]', "data-beats")
+                      in ("good", "fair", "poor"))
+                assert re.search(r"beats: \d+ of \d+ flagged \(last 8 s\)",
+                                 _text(driver, f'.qcard[data-role="{role}"] [data-beats]')), role
 
             # two markers: a configured button and free text (Enter)
             driver.find_element(By.CSS_SELECTOR, '.marker-btn[data-label="task start"]').click()

@@ -87,6 +87,8 @@ def test_session_streams_acks_and_status(tmp_path, unit_toml, console, recorder)
     reg = list(store.read_metrics(con, "s1", "regulation", unit="unit-a"))
     assert reg[0][0] == 0 and reg[1][0] == 1
     assert reg[1][3]["therapist_n_beats"] > 20
+    # the clean synthetic pulse: beats the quality index left out are counted and few
+    assert 0 <= reg[1][3]["therapist_n_invalid_beats"] <= 0.1 * reg[1][3]["therapist_n_beats"]
     for channel in ("eda", "hr"):
         sync = list(store.read_metrics(con, "s1", f"sync_{channel}", unit="unit-a"))
         assert len(sync) >= 10, channel

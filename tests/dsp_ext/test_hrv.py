@@ -176,3 +176,20 @@ def test_rsa_kernel_input_checks():
     s = HrvStream()
     with pytest.raises(DspError):
         s.push(np.array([1.0]), np.empty(0), np.empty(0, dtype=bool), np.array([0, 1]), np.ones(2))
+
+
+def test_epochs_count_the_beats_left_out():
+    """Each epoch says how many of its beats end an invalid interval (flagged by the beat-quality index or the
+    correction): those are out of RMSSD, and the count is what the console and the report show."""
+    n = 4 * 100
+    g = np.full(n, 800.0)
+    beat_s = np.arange(0.4, 99.0, 0.8)
+    ibi = 800 + 20 * np.sin(beat_s)
+    valid = np.ones(len(beat_s), dtype=bool)
+    bad = (beat_s > 31) & (beat_s < 36)  # five seconds of flagged beats in epoch 1
+    valid[bad] = False
+    h = HrvStream()
+    epochs = h.push(beat_s, ibi, valid, np.arange(n), g)
+    assert [e.epoch for e in epochs][:3] == [0, 1, 2]
+    assert epochs[1].n_invalid == int(bad.sum()) >= 5 and epochs[0].n_invalid == 0 == epochs[2].n_invalid
+    assert epochs[1].n_beats == int(((beat_s >= 30) & (beat_s < 60)).sum())

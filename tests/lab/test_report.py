@@ -128,10 +128,24 @@ def test_losses_and_markers_are_shown_and_lost_windows_not_compared(demo_copy, t
                      (session,)).fetchone()
     con.execute("UPDATE blocks SET data=?, flags=? WHERE session=? AND kind='raw' AND stream='client/eda' AND seq=60",
                 (np.full(n, 0.01, dtype="<f4").tobytes(), int(BlockFlags.CONTACT_LOST), session))
+    # and the client's PPG finger moved for 8 s: the pulse buried in large random swings (motion artefact)
+    rng = np.random.default_rng(7)
+    ppg = con.execute("SELECT seq, n, data FROM blocks WHERE session=? AND kind='raw' AND stream='client/ppg' "
+                      "AND seq BETWEEN 100 AND 107", (session,)).fetchall()
+    assert len(ppg) == 8
+    for seq, m, data in ppg:
+        x = np.frombuffer(data, dtype="<f4").astype(np.float64)
+        x = x + rng.standard_normal(m).cumsum() * 4 * x.std()
+        con.execute("UPDATE blocks SET data=? WHERE session=? AND kind='raw' AND stream='client/ppg' AND seq=?",
+                    (x.astype("<f4").tobytes(), session, seq))
     con.commit()
     con.close()
     out, an = write_report(session, db=db, out=tmp_path / "r.html", n_surrogates=0)
     assert an.data.raw("client/eda").flags.astype(bool).sum() == n
+    # beats in the motion artefact are flagged by the beat-quality index, the clean therapist's hardly any
+    print("beats_low_quality:", {r: a["beats_low_quality"] for r, a in an.artefacts.items()})
+    assert an.artefacts["client"]["beats_low_quality"] >= an.artefacts["therapist"]["beats_low_quality"] + 3
+    assert "beats low quality" in out.read_text()
     q = {(x["kind"], x["stream"]): x for x in an.data.quality["streams"]}
     assert q[("raw", "client/eda")]["contact_lost_samples"] == n
     assert q[("raw", "therapist/eda")]["contact_lost_samples"] == 0
