@@ -316,7 +316,7 @@ def _packages(host: Host, packages: dict[str, str]) -> None:
         return
     if host.live:
         if host.change(f"apt-get install {' '.join(missing)}"):
-            host.run(["apt-get", "install", "-y", "-q", *missing], "apt-get install")
+            host.run(["apt-get", "-o", "DPkg::Lock::Timeout=900", "install", "-y", "-q", *missing], "apt-get install")
     else:
         host.note(f"install on the target: apt-get install {' '.join(missing)}")
 

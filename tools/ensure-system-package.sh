@@ -9,8 +9,10 @@ fi
 if [ "$(id -u)" = 0 ]; then
   echo "installing Debian package '$pkg' (provides $bin)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "$pkg"
+  # wait for the package database if another apt (unattended upgrades after boot, another install) holds it
+  lock=(-o DPkg::Lock::Timeout=900)
+  apt-get "${lock[@]}" update -qq
+  apt-get "${lock[@]}" install -y -qq "$pkg"
 else
   echo "error: '$bin' not found. Install the Debian package '$pkg' (sudo apt-get install $pkg) and run again." >&2
   exit 1

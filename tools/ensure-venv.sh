@@ -8,7 +8,7 @@ if ! python3 -m venv "$venv" 2>/dev/null; then
   rm -rf "$venv"
   if [ "$(id -u)" = 0 ]; then
     echo "python3 -m venv failed; installing Debian's python3-venv" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev build-essential
+    apt-get -o DPkg::Lock::Timeout=900 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq python3-venv python3-dev build-essential
     python3 -m venv "$venv"
   else
     echo "error: python3 -m venv failed. Install Debian's python3-venv (sudo apt-get install python3-venv python3-dev build-essential) and run again." >&2
