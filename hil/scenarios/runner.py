@@ -41,13 +41,14 @@ from core.errors import ConfigError, DyadsyncError
 from device.clock import ScaledClock
 
 from ..room import RoomError, RoomProcesses, RoomTimeout, led_tree, read_led, sensors_toml, unit_toml
-from ..wiring import SPEC_FILE, HilSpec
+from ..wiring import SPEC_FILE, HilSpec, t0_file, waiting_file
 from .catalogue import Scenario, UnitPlan
 
 logger = logging.getLogger(__name__)
 
 ROOM = "hil-room"
 TAIL_S = 40.0  # simulator margin after the session
+START_WAIT_S = 180.0  # wall seconds for the unit processes to build their simulators (a busy machine is slow)
 PRE_S = 30.0  # simulator time before the session start (the simulated dyad does not depend on the speed)
 
 
@@ -163,13 +164,15 @@ class Runner:
         wall0 = time.monotonic()
         epoch_ns = time.time_ns()
         clock = ScaledClock(self.speed, epoch_ns)
-        spec = self._spec(epoch_ns + round((self.lead_s - PRE_S) * 1e9))
+        # the time line is fixed once every unit's simulator is built (hil.wiring: <spec>.waiting, <spec>.t0), so
+        # however long the processes take to start on a busy machine, the session keeps its simulated lead
+        spec = self._spec(None)
         unit_names = [u.name for u in s.units]
         partners = {u.name: u.partner for u in s.units if u.partner}
         self.auth = RoomAuth.generate(ROOM, unit_names, partners=partners)
         session = f"hil-{s.name}-{uuid.uuid4().hex[:6]}"
         db = self.workdir / "hub.sqlite"
-        rec = RunRecord(s, spec, self.speed, self.seed, self.workdir, db, session, spec.t0_ns, PRE_S)
+        rec = RunRecord(s, spec, self.speed, self.seed, self.workdir, db, session, 0, PRE_S)
         console: RoomConsole | None = None
         logger.info("scenario %s: work directory %s", s.name, self.workdir)
         try:
@@ -185,11 +188,20 @@ class Runner:
                 self.unit_configs[plan.name] = cfg
                 procs.start_unit(plan.name, cfg)
             procs.start_recorder(db, self.auth)
+            specs = [self.workdir / f"data-{u}" / SPEC_FILE for u in unit_names]
+            procs.wait_for(lambda: all(waiting_file(p).exists() for p in specs), START_WAIT_S,
+                           "the units' simulators to be built")
+            t0_ns = clock.now_ns() + round((self.lead_s - PRE_S) * 1e9)
+            for p in specs:
+                tmp = p.with_name(p.name + ".t0.tmp")
+                tmp.write_text(f"{t0_ns}\n")
+                tmp.replace(t0_file(p))
+            spec.t0_ns = rec.t0_ns = t0_ns
             self._led_thread = threading.Thread(target=self._poll_leds, args=(clock, rec), name="hil-leds",
                                                 daemon=True)
             self._led_thread.start()
             console = RoomConsole(broker.host, broker.port, ROOM, *self.auth.service_user("console"))
-            start_at = epoch_ns + round(self.lead_s * 1e9)
+            start_at = t0_ns + round(PRE_S * 1e9)
             ready_by = (start_at - clock.now_ns()) / 1e9 / self.speed
             try:
                 procs.wait_for(lambda: all(u in console.status and console.status[u].state == "idle"
