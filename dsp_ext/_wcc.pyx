@@ -1174,16 +1174,47 @@ cdef extern from *:
        +-d to the larger sign*r, then to +d), from the strict tests; *fragile is set when a test the scan reads,
        or the tie break it takes, differs between strict and loose — then values within delta/2 of these could
        give another column, and the caller recomputes the statistic the exact way. */
-    static Py_ssize_t dyadsync_peak_fast(const double *restrict r, Py_ssize_t lag, Py_ssize_t half,
-            double sign, double min_r, double delta, int *restrict fragile) {
+    DYADSYNC_CLONES static Py_ssize_t dyadsync_peak_fast(const double *restrict r, Py_ssize_t lag,
+            Py_ssize_t half, double sign, double min_r, double delta, long long *restrict cand,
+            int *restrict fragile) {
         Py_ssize_t nl = 2 * lag + 1, lo = half, hi = nl - half;
         int frag = 0, sp, sn, lp, ln;
-        Py_ssize_t found = -1;
+        Py_ssize_t found = -1, c = lo;
+        /* candidates first, four lags at a time: the loose test against the next neighbours only (a column
+           that fails it is no peak, strictly or loosely, and so never fragile) */
+        const dyadsync_v4d sg = {sign, sign, sign, sign}, dl = {delta, delta, delta, delta};
+        const dyadsync_v4d mr = {min_r - delta, min_r - delta, min_r - delta, min_r - delta};
+        for (; c + 4 <= hi; c += 4) {
+            dyadsync_v4d v, a, b;
+            __builtin_memcpy(&v, r + c, sizeof v);
+            __builtin_memcpy(&a, r + c - 1, sizeof a);
+            __builtin_memcpy(&b, r + c + 1, sizeof b);
+            v *= sg;
+            a *= sg;
+            b *= sg;
+            dyadsync_v4i m = (v > -dl) & (v >= mr) & (a <= v + dl) & (b <= v + dl);
+            __builtin_memcpy(cand + c, &m, sizeof m);
+        }
+        for (; c < hi; c++) {
+            double v = sign * r[c];
+            cand[c] = (v > -delta) && (v >= min_r - delta) && (sign * r[c - 1] <= v + delta)
+                      && (sign * r[c + 1] <= v + delta);
+        }
+        if (hi <= lo) return -1;
+        for (c = 0; c < lo; c++) cand[c] = 0;  /* within half of an end: never a peak */
+        for (c = hi; c < nl; c++) cand[c] = 0;
         for (Py_ssize_t d = 0; d <= lag; d++) {
             Py_ssize_t cp = lag + d, cn = lag - d;
+            if (!(cand[cp] | cand[cn])) continue;
             sp = sn = 0;
-            if (cp >= lo && cp < hi) { lp = dyadsync_peak_test(r, cp, half, sign, min_r, delta, &sp); frag |= lp != sp; }
-            if (d > 0 && cn >= lo && cn < hi) { ln = dyadsync_peak_test(r, cn, half, sign, min_r, delta, &sn); frag |= ln != sn; }
+            if (cand[cp]) {
+                lp = dyadsync_peak_test(r, cp, half, sign, min_r, delta, &sp);
+                frag |= lp != sp;
+            }
+            if (d > 0 && cand[cn]) {
+                ln = dyadsync_peak_test(r, cn, half, sign, min_r, delta, &sn);
+                frag |= ln != sn;
+            }
             if (sp && sn) {
                 double a = sign * r[cn], b = sign * r[cp];
                 frag |= !(a - b > delta || b - a > delta);
@@ -1198,7 +1229,7 @@ cdef extern from *:
     }
     """
     Py_ssize_t dyadsync_peak_fast(const double* r, Py_ssize_t lag, Py_ssize_t half, double sign, double min_r,
-                                  double delta, int* fragile) noexcept nogil
+                                  double delta, long long* cand, int* fragile) noexcept nogil
 
 
 # Two computations of a profile differ by far less than this (each is within ~1.5e-11 of the exact r, the
@@ -1215,7 +1246,7 @@ cdef enum:
 
 cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
                                          double peak_min_r, double leader_min_r, int want, int need,
-                                         int* fragile, double* out) noexcept nogil:
+                                         long long* cand, int* fragile, double* out) noexcept nogil:
     """The window values a rotation surrogate's statistics use (``want``), equal to ``_window_values``'s for
     the same profile; the values not asked for are not written. ``*fragile`` is set as by
     ``dyadsync_peak_fast`` for the peaks asked for."""
@@ -1233,7 +1264,7 @@ cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssi
         if not want & (ROT_IN if k == 0 else ROT_ANTI):
             continue
         sign = 1.0 if k == 0 else -1.0
-        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, fragile)
+        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, cand, fragile)
         if want & ROT_GLOBAL:
             continue  # _window_values wrote the peak (the same column unless *fragile)
         if c >= 0:
@@ -1273,7 +1304,8 @@ cdef void _rotation_core(const double* tp, const double* tq, const double* ringx
     cdef double* prof = zero + 6 * nl             # nl
     cdef double* vals = prof + nl                 # N_VALUES
     cdef double* scratch = vals + N_VALUES        # 2 win
-    cdef double* cnt = scratch + 2 * win          # m × nc
+    cdef long long* cand = <long long*>(scratch + 2 * win)  # nl
+    cdef double* cnt = scratch + 2 * win + nl     # m × nc
     cdef double* tsx = cnt + m * nc               # nw: Σu of each window in its block's frame
     cdef double* tsxx = tsx + nw                  # nw: Σu²
     cdef double* tst = tsxx + nw                  # blocks: the therapist frame of each block
@@ -1380,7 +1412,7 @@ cdef void _rotation_core(const double* tp, const double* tq, const double* ringx
                             _welford_window(tp, &ringx[o], ts, win, lag, st, sc, agg, zero, out)
                         fragile = 0
                         _rotation_window_values(out, lag, half, rate_hz, peak_min_r, leader_min_r, want, need,
-                                                &fragile, vals)
+                                                cand, &fragile, vals)
                         if fragile:
                             redo[h] = 1
                         for qq in range(nc):
@@ -1479,7 +1511,7 @@ def rotation_null(const double[::1] t, const double[::1] tq, const double[::1] r
     cdef Py_ssize_t wmax = tile_span + nl
     cdef double[::1] cst = np.empty(6 * ns)
     cdef double[::1] cscratch = np.empty(2 * win)
-    cdef Py_ssize_t n_work = (n_slots * wmax + 2 * wmax + 12 * nl + nl + N_VALUES + 2 * win + m * nc + 2 * nw
+    cdef Py_ssize_t n_work = (n_slots * wmax + 2 * wmax + 12 * nl + 2 * nl + N_VALUES + 2 * win + m * nc + 2 * nw
                               + (nw * inc) // win + 2 + (win + 2 * nl) // 8 + 2)
     cdef double[::1] work = np.zeros(n_work)
     cdef const double* mtp = &mt[0] if gaps else NULL
