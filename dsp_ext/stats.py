@@ -10,7 +10,7 @@
   mirrored circular shifts of the client series by at least 2·lag (default; calibrated in docs/dsp.md),
   plain circular shifts, segment shuffling of the client, or pseudo-dyads (the therapist with clients from
   other sessions) — with one-sided permutation p-values and effect sizes; several statistics share one
-  WCC pass per surrogate.
+  pass per surrogate, and shifted surrogates share their cross sums (``_wcc.rotation_null``).
 * :func:`ar1_inertia` and :func:`lagged_coupling`: intrapersonal inertia of RSA epochs and the interpersonal
   lagged coupling ``RSA_C(t) ~ RSA_C(t−1) + RSA_T(t−1)`` and its mirror (Goren et al. 2024), ordinary least
   squares with classical standard errors (plain numpy).
@@ -353,6 +353,7 @@ def surrogate_tests(
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
     threads: int | None = None,
+    _exact: bool = False,
 ) -> dict[str, SurrogateResult]:
     """Several session statistics tested against the SAME ``n`` surrogate dyads, each surrogate's WCC computed
     once: ``tests`` is a sequence of ``(statistic, alternative)``; returns ``{statistic: SurrogateResult}``.
@@ -384,6 +385,11 @@ def surrogate_tests(
 
     ``threads``: threads of the compiled surrogate loop ("mirror" and "circular"; default
     :func:`default_threads`); the numbers do not depend on it.
+
+    Cost ("mirror" and "circular"): rotations close together on the ring share their cross sums, and each
+    surrogate computes only the window values its statistics use (``_wcc.rotation_null``; docs/dsp.md
+    "Reports, surrogates and studies"); the statistics equal one exact WCC pass per surrogate to rounding
+    (1e-9; ``_exact=True`` runs that reference path, kept for tests and the benchmark).
     """
     params = params or SyncParams()
     t = _as_series(therapist, "therapist")
@@ -430,7 +436,8 @@ def surrogate_tests(
         ring = np.concatenate([c, c[::-1]])
         n_rot = min(n + 1, len(ring))
         rot = np.unique(np.round(np.arange(n_rot) * (len(ring) / n_rot)).astype(np.int64))
-        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats, threads)])
+        values = np.vstack([np.array(observed)[None, :],
+                            _circular_null(t, ring, rot[1:], params, stats, threads, _exact)])
         return {
             stat: _rotation_result(values[:, q], rot, len(ring), min_shift, alt, method, stat)
             for q, (stat, alt) in enumerate(tests)
@@ -438,7 +445,7 @@ def surrogate_tests(
     if method == "circular":
         # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
         shifts = _draw_shifts(rng, n, len(c), min_shift)
-        null = _circular_null(t, c, shifts, params, stats, threads)
+        null = _circular_null(t, c, shifts, params, stats, threads, _exact)
     else:
         null = np.empty((n, len(stats)))
     for k in range(n if method not in ("circular", "mirror") else 0):
