@@ -1173,13 +1173,21 @@ cdef extern from *:
     /* Boker's nearest peak of one profile: the column _find_peak returns (outward from tau = 0, ties between
        +-d to the larger sign*r, then to +d), from the strict tests; *fragile is set when a test the scan reads,
        or the tie break it takes, differs between strict and loose — then values within delta/2 of these could
-       give another column, and the caller recomputes the statistic the exact way. */
+       give another column, and the caller recomputes the statistic the exact way. Only columns within dmax of
+       tau = 0 are searched (r must be known within dmax + half): -2 if none of them is a peak and dmax < lag
+       (the answer lies further out), -1 if the profile has no peak. */
     DYADSYNC_CLONES static Py_ssize_t dyadsync_peak_fast(const double *restrict r, Py_ssize_t lag,
-            Py_ssize_t half, double sign, double min_r, double delta, long long *restrict cand,
-            int *restrict fragile) {
+            Py_ssize_t half, double sign, double min_r, double delta, Py_ssize_t dmax,
+            long long *restrict cand, int *restrict fragile) {
         Py_ssize_t nl = 2 * lag + 1, lo = half, hi = nl - half;
         int frag = 0, sp, sn, lp, ln;
-        Py_ssize_t found = -1, c = lo;
+        Py_ssize_t found = dmax < lag ? -2 : -1;
+        if (dmax > lag) dmax = lag;
+        if (hi <= lo) return -1;
+        /* only columns within dmax of tau = 0 are read (r need not be known beyond dmax + half) */
+        if (lo < lag - dmax) lo = lag - dmax;
+        if (hi > lag + dmax + 1) hi = lag + dmax + 1;
+        Py_ssize_t c = lo;
         /* candidates first, four lags at a time: the loose test against the next neighbours only (a column
            that fails it is no peak, strictly or loosely, and so never fragile) */
         const dyadsync_v4d sg = {sign, sign, sign, sign}, dl = {delta, delta, delta, delta};
@@ -1200,10 +1208,9 @@ cdef extern from *:
             cand[c] = (v > -delta) && (v >= min_r - delta) && (sign * r[c - 1] <= v + delta)
                       && (sign * r[c + 1] <= v + delta);
         }
-        if (hi <= lo) return -1;
-        for (c = 0; c < lo; c++) cand[c] = 0;  /* within half of an end: never a peak */
-        for (c = hi; c < nl; c++) cand[c] = 0;
-        for (Py_ssize_t d = 0; d <= lag; d++) {
+        for (c = lag - dmax; c < lo; c++) cand[c] = 0;  /* within half of an end: never a peak */
+        for (c = hi; c <= lag + dmax; c++) cand[c] = 0;
+        for (Py_ssize_t d = 0; d <= dmax; d++) {
             Py_ssize_t cp = lag + d, cn = lag - d;
             if (!(cand[cp] | cand[cn])) continue;
             sp = sn = 0;
@@ -1229,7 +1236,7 @@ cdef extern from *:
     }
     """
     Py_ssize_t dyadsync_peak_fast(const double* r, Py_ssize_t lag, Py_ssize_t half, double sign, double min_r,
-                                  double delta, long long* cand, int* fragile) noexcept nogil
+                                  double delta, Py_ssize_t dmax, long long* cand, int* fragile) noexcept nogil
 
 
 # Two computations of a profile differ by far less than this (each is within ~1.5e-11 of the exact r, the
@@ -1242,6 +1249,17 @@ cdef enum:
     ROT_IN = 4       # columns 5-7 (in-phase peak)
     ROT_ANTI = 8     # columns 8-10 (anti-phase peak)
     ROT_GLOBAL = 16  # columns 11-14 (the global maximum and the leader): the full _window_values
+    ROT_SIDE_MAX = 32  # columns 3-4 (the sides' maximum z)
+
+
+cdef inline double _side_mean(const double* r, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The mean of ``_side_values`` alone (the same arithmetic)."""
+    cdef Py_ssize_t cnt
+    cdef double rmax, rmin
+    cdef double acc = dyadsync_side_z(r, lo, hi, R_CLIP, &cnt, &rmax, &rmin)
+    if hi <= lo or 2 * cnt < hi - lo:
+        return NAN
+    return 0.5 * acc / cnt
 
 
 cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
@@ -1257,14 +1275,17 @@ cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssi
         _window_values(r, lag, half, rate_hz, peak_min_r, leader_min_r, need, out)
     else:
         out[0] = r[lag]
-        if want & ROT_SIDES:
+        if want & ROT_SIDE_MAX:
             _side_values(r, lag + 1, 2 * lag + 1, &out[1], &out[3], &hi_p, &lo_p)
             _side_values(r, 0, lag, &out[2], &out[4], &hi_n, &lo_n)
+        elif want & ROT_SIDES:  # the side means only (_side_values without the Fisher z of the maxima)
+            out[1] = _side_mean(r, lag + 1, 2 * lag + 1)
+            out[2] = _side_mean(r, 0, lag)
     for k in range(2):
         if not want & (ROT_IN if k == 0 else ROT_ANTI):
             continue
         sign = 1.0 if k == 0 else -1.0
-        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, cand, fragile)
+        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, lag, cand, fragile)
         if want & ROT_GLOBAL:
             continue  # _window_values wrote the peak (the same column unless *fragile)
         if c >= 0:
@@ -1275,6 +1296,49 @@ cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssi
             out[5 + 3 * k] = NAN
             out[6 + 3 * k] = NAN
             out[7 + 3 * k] = NAN
+
+
+cdef enum:
+    LAZY_K = 16  # lags within this of 0 are computed first when only peaks are asked for
+
+
+cdef inline void _add_values(const double* vals, const cnp.int64_t* columns, const unsigned char* fisher,
+                             Py_ssize_t nc, double* acc, double* cnt) noexcept nogil:
+    """Add one window's values of the statistics' columns (Fisher z if asked) to the running sums."""
+    cdef Py_ssize_t q
+    cdef double v
+    for q in range(nc):
+        v = vals[columns[q]]
+        if isfinite(v):
+            acc[q] += _fisher_z(v) if fisher[q] else v
+            cnt[q] += 1.0
+
+
+cdef inline bint _near_peaks(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
+                             int want, Py_ssize_t dmax, long long* cand, int* fragile,
+                             double* out) noexcept nogil:
+    """r0 and the asked peaks from the lags within dmax + half of 0 only (all that is known of ``r``): False
+    if a peak asked for is not within dmax (the caller computes the whole profile)."""
+    cdef Py_ssize_t c
+    cdef int k
+    cdef double sign
+    out[0] = r[lag]
+    for k in range(2):
+        if not want & (ROT_IN if k == 0 else ROT_ANTI):
+            continue
+        sign = 1.0 if k == 0 else -1.0
+        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, dmax, cand, fragile)
+        if c == -2:
+            return False
+        if c >= 0:
+            out[5 + 3 * k] = r[c]
+            out[6 + 3 * k] = _fisher_z(r[c])
+            out[7 + 3 * k] = (c - lag) / rate_hz
+        else:
+            out[5 + 3 * k] = NAN
+            out[6 + 3 * k] = NAN
+            out[7 + 3 * k] = NAN
+    return True
 
 
 cdef void _rotation_core(const double* tp, const double* tq, const double* ringx, const double* ringz,
@@ -1311,6 +1375,10 @@ cdef void _rotation_core(const double* tp, const double* tq, const double* ringx
     cdef double* tst = tsxx + nw                  # blocks: the therapist frame of each block
     cdef unsigned char* mark = <unsigned char*>(tst + (nw * inc) // win + 2)   # win bytes
     cdef int fragile
+    cdef bint gapwin
+    # peaks (and r0) only: r of the lags near 0 first, the rest only for windows without a peak there
+    cdef bint lazy = (not want & (ROT_SIDES | ROT_GLOBAL)) and (want & (ROT_IN | ROT_ANTI)) != 0 and \
+        lag > LAZY_K and LAZY_K > half
     cdef Py_ssize_t h0, h1, h, o, oa, ob, wd, dlo, b, q, q0, p, pmax, slot, ts, k, i, e, jb, col, qq
     cdef double st, sc, u, u2, v
     cdef bint ok
@@ -1397,7 +1465,33 @@ cdef void _rotation_core(const double* tp, const double* tq, const double* ringx
                         o = offs[h]
                         e = o - oa
                         out = prof
-                        if gaps and (pt[ts + win] > pt[ts] or pc[o + ts + win + lag] > pc[o + ts - lag]):
+                        gapwin = gaps and (pt[ts + win] > pt[ts] or pc[o + ts + win + lag] > pc[o + ts - lag])
+                        if lazy and not gapwin:
+                            # the lags within LAZY_K of 0 first: most windows have their peaks there
+                            ok = dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e + lag - LAZY_K],
+                                                      &pre[e + lag - LAZY_K], &cfr[o + ts - LAZY_K],
+                                                      &cm[o + ts - LAZY_K], &cmyy[o + ts - LAZY_K],
+                                                      &ciy[o + ts - LAZY_K], 2 * LAZY_K + 1, <double>win, sc,
+                                                      kmax, &out[lag - LAZY_K])
+                            if ok:
+                                fragile = 0
+                                if _near_peaks(out, lag, half, rate_hz, peak_min_r, want, LAZY_K - half, cand,
+                                               &fragile, vals):
+                                    if fragile:
+                                        redo[h] = 1
+                                    _add_values(vals, columns, fisher, nc, &null[h * nc], &cnt[h * nc])
+                                    continue
+                                # the outer lags too (the full precision check, as in one pass)
+                                ok = dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e], &pre[e],
+                                                          &cfr[o + ts - lag], &cm[o + ts - lag],
+                                                          &cmyy[o + ts - lag], &ciy[o + ts - lag], lag - LAZY_K,
+                                                          <double>win, sc, kmax, out)
+                                ok &= dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e + lag + LAZY_K + 1],
+                                                           &pre[e + lag + LAZY_K + 1], &cfr[o + ts + LAZY_K + 1],
+                                                           &cm[o + ts + LAZY_K + 1], &cmyy[o + ts + LAZY_K + 1],
+                                                           &ciy[o + ts + LAZY_K + 1], lag - LAZY_K, <double>win,
+                                                           sc, kmax, &out[lag + LAZY_K + 1])
+                        elif gapwin:
                             ok = dyadsync_gap_corr(tq, &ringz[o], mt, ts, win, lag, st, sc, tsx[k], tsxx[k],
                                                    &suf[slot * wd + e], &pre[e], &cfr[o + ts - lag],
                                                    &cs1[o + ts - lag], &cs2[o + ts - lag], lt, pt[ts],
@@ -1415,12 +1509,7 @@ cdef void _rotation_core(const double* tp, const double* tq, const double* ringx
                                                 cand, &fragile, vals)
                         if fragile:
                             redo[h] = 1
-                        for qq in range(nc):
-                            col = columns[qq]
-                            v = vals[col]
-                            if isfinite(v):
-                                null[h * nc + qq] += _fisher_z(v) if fisher[qq] else v
-                                cnt[h * nc + qq] += 1.0
+                        _add_values(vals, columns, fisher, nc, &null[h * nc], &cnt[h * nc])
                 p += 1
                 if p > pmax:
                     break
@@ -1499,7 +1588,7 @@ def rotation_null(const double[::1] t, const double[::1] tq, const double[::1] r
         elif columns[q] == 0:
             want |= ROT_R0
         else:
-            want |= ROT_SIDES
+            want |= ROT_SIDES | (ROT_SIDE_MAX if columns[q] >= 3 else 0)
     for j in range(m):
         if not 0 < offsets[j] < nr or (j > 0 and offsets[j] < offsets[j - 1]):
             raise ValueError(f"offsets must be ascending in [1, {nr}), got {offsets[j]} at {j}")
