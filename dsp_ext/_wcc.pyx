@@ -1540,7 +1540,9 @@ def rotation_null(const double[::1] t, const double[::1] tq, const double[::1] r
     ring, ``_client_window_stats``) are computed once. Each window's r then comes from those sums
     (``dyadsync_corr_cstats``; windows with missing samples by masked counts, ``dyadsync_gap_corr``; the
     Welford fallback where the precision check fails), so the NaN rules are those of ``wcc_batch``. Only the
-    window values the statistics use are computed; a peak statistic alone uses ``dyadsync_peak_fast``.
+    window values the statistics use are computed: peaks by ``dyadsync_peak_fast`` (a vectorised candidate
+    pass, then the outward scan), and when only peaks (and r0) are asked for, r of the lags within ``LAZY_K``
+    of 0 first — the rest of the profile only for windows without their peak there.
 
     ``tq``/``ringz``: stand-in copies (every non-finite value replaced by a finite one) of ``t``/``ringx``;
     ``mt`` = 1.0 where ``t`` is finite, 0.0 elsewhere; ``lt``/``lc``: positions of the non-finite samples of
