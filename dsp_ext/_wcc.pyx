@@ -1271,8 +1271,8 @@ cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssi
     cdef Py_ssize_t c
     cdef int k
     cdef double sign, hi_p, lo_p, hi_n, lo_n
-    if want & ROT_GLOBAL:
-        _window_values(r, lag, half, rate_hz, peak_min_r, leader_min_r, need, out)
+    if want & ROT_GLOBAL:  # the peaks below (the global maximum does not use them)
+        _window_values(r, lag, half, rate_hz, peak_min_r, leader_min_r, need & NEED_GLOBAL, out)
     else:
         out[0] = r[lag]
         if want & ROT_SIDE_MAX:
@@ -1286,8 +1286,6 @@ cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssi
             continue
         sign = 1.0 if k == 0 else -1.0
         c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, lag, cand, fragile)
-        if want & ROT_GLOBAL:
-            continue  # _window_values wrote the peak (the same column unless *fragile)
         if c >= 0:
             out[5 + 3 * k] = r[c]
             out[6 + 3 * k] = _fisher_z(r[c])
