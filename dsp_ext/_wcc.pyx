@@ -771,7 +771,7 @@ cdef extern from *:
     /* r(τ) of the window starting at pair ts when it touches missing (non-finite) samples, from the same raw
        sums as the complete windows with masked counts: the sums over the window with each missing value
        replaced by a stand-in (tz/cz), minus the pairs that hold a missing sample — the therapist's
-       lt[it0:it1] (every lag) and the client's lc[ic0:ic1] (one pair per lag). Per lag the count, Σu, Σu², Σv,
+       lt[it0:it1] (every lag) and the client's lc[ic0:ic1] minus coff (one pair per lag). Per lag the count, Σu, Σu², Σv,
        Σv² and Σuv (six rows of nl in w) then cover the valid pairs only. NaN for a lag with fewer than win/2
        (or 2) valid pairs. Returns 0 (the caller recomputes the window by Welford updates) if another lag
        fails the precision check — the raw sums before the removals, and in the client's own frame, within k
@@ -781,7 +781,7 @@ cdef extern from *:
             double sc, double sx, double sxx, const double *restrict a, const double *restrict b,
             const double *restrict cfr, const double *restrict cs1, const double *restrict cs2,
             const Py_ssize_t *restrict lt, Py_ssize_t it0, Py_ssize_t it1, const Py_ssize_t *restrict lc,
-            Py_ssize_t ic0, Py_ssize_t ic1, double k, double *restrict w, double *restrict out) {
+            Py_ssize_t ic0, Py_ssize_t ic1, Py_ssize_t coff, double k, double *restrict w, double *restrict out) {
         Py_ssize_t nl = 2 * lag + 1;
         double *restrict nn = w, *restrict su = w + nl, *restrict suu = w + 2 * nl, *restrict sv = w + 3 * nl,
                *restrict svv = w + 4 * nl, *restrict suv = w + 5 * nl;
@@ -810,7 +810,7 @@ cdef extern from *:
             }
         }
         for (Py_ssize_t q = ic0; q < ic1; q++) {
-            Py_ssize_t j = lc[q];
+            Py_ssize_t j = lc[q] - coff;  /* lc holds positions in cz's own coordinates plus coff */
             double v = cz[j] - sc;
             Py_ssize_t lo = j + lag - ts - win + 1, hi = j + lag - ts;  /* pair i = j + lag - l in the window */
             if (lo < 0) lo = 0;
@@ -850,8 +850,8 @@ cdef extern from *:
                           Py_ssize_t win, Py_ssize_t lag, double st, double sc, double sx, double sxx,
                           const double* a, const double* b, const double* cfr, const double* cs1,
                           const double* cs2, const Py_ssize_t* lt, Py_ssize_t it0, Py_ssize_t it1,
-                          const Py_ssize_t* lc, Py_ssize_t ic0, Py_ssize_t ic1, double k, double* w,
-                          double* out) noexcept nogil
+                          const Py_ssize_t* lc, Py_ssize_t ic0, Py_ssize_t ic1, Py_ssize_t coff, double k,
+                          double* w, double* out) noexcept nogil
 
 
 cdef struct Gaps:
@@ -1026,7 +1026,7 @@ cdef void _batch_core(const double* tp, const double* cp, Py_ssize_t n, Py_ssize
                     ok = dyadsync_gap_corr(g.tz, g.cz, g.mt, ts, win, lag, st, sc, sufx[2 * slot] + px,
                                            sufx[2 * slot + 1] + pxx, &suf[slot * nl], pre, &cfr[ts - lag],
                                            &cs1[ts - lag], &cs2[ts - lag], g.lt, g.pt[ts], g.pt[ts + win], g.lc,
-                                           g.pc[ts - lag], g.pc[ts + win + lag], kmax, agg, out)
+                                           g.pc[ts - lag], g.pc[ts + win + lag], 0, kmax, agg, out)
                 else:
                     ok = dyadsync_corr_cstats(sufx[2 * slot] + px, sufx[2 * slot + 1] + pxx, &suf[slot * nl],
                                               pre, &cfr[ts - lag], &cm[ts - lag], &cmyy[ts - lag],
@@ -1141,3 +1141,503 @@ def circular_null(const double[::1] t, const double[::1] ring, const cnp.int64_t
                         cnt += 1
                 null[j, q] = acc / cnt if cnt > 0 else NAN
     return null_a
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rotation surrogates: many shifts of one client ring against one therapist series, the cross sums shared.
+
+cdef extern from *:
+    """
+    /* One column's peak test of _is_peak (sign*r[c] > 0, >= min_r and >= each neighbour within half; a NaN
+       fails every comparison; r is never infinite), made strictly and loosely by a margin delta: returns the
+       loose outcome, *strict the strict one. A value within delta/2 of r gives an outcome between the two. */
+    static inline int dyadsync_peak_test(const double *restrict r, Py_ssize_t c, Py_ssize_t half, double sign,
+            double min_r, double delta, int *restrict strict) {
+        double pc = sign * r[c];
+        *strict = 0;
+        if (!(pc > -delta && pc >= min_r - delta)) return 0;
+        double hi = pc + delta, lo = pc - delta;
+        double a = sign * r[c - 1], b = sign * r[c + 1];
+        if (!(a <= hi && b <= hi)) return 0;  /* the next neighbours reject almost every non-peak */
+        int s = (pc > delta) & (pc >= min_r + delta) & (a < lo) & (b < lo);
+        for (Py_ssize_t d = 2; d <= half; d++) {
+            a = sign * r[c - d];
+            b = sign * r[c + d];
+            if (!(a <= hi && b <= hi)) return 0;
+            s &= (a < lo) & (b < lo);
+        }
+        *strict = s;
+        return 1;
+    }
+
+    /* Boker's nearest peak of one profile: the column _find_peak returns (outward from tau = 0, ties between
+       +-d to the larger sign*r, then to +d), from the strict tests; *fragile is set when a test the scan reads,
+       or the tie break it takes, differs between strict and loose — then values within delta/2 of these could
+       give another column, and the caller recomputes the statistic the exact way. Only columns within dmax of
+       tau = 0 are searched (r must be known within dmax + half): -2 if none of them is a peak and dmax < lag
+       (the answer lies further out), -1 if the profile has no peak. */
+    DYADSYNC_CLONES static Py_ssize_t dyadsync_peak_fast(const double *restrict r, Py_ssize_t lag,
+            Py_ssize_t half, double sign, double min_r, double delta, Py_ssize_t dmax,
+            long long *restrict cand, int *restrict fragile) {
+        Py_ssize_t nl = 2 * lag + 1, lo = half, hi = nl - half;
+        int frag = 0, sp, sn, lp, ln;
+        Py_ssize_t found = dmax < lag ? -2 : -1;
+        if (dmax > lag) dmax = lag;
+        if (hi <= lo) return -1;
+        /* only columns within dmax of tau = 0 are read (r need not be known beyond dmax + half) */
+        if (lo < lag - dmax) lo = lag - dmax;
+        if (hi > lag + dmax + 1) hi = lag + dmax + 1;
+        Py_ssize_t c = lo;
+        /* candidates first, four lags at a time: the loose test against the next neighbours only (a column
+           that fails it is no peak, strictly or loosely, and so never fragile) */
+        const dyadsync_v4d sg = {sign, sign, sign, sign}, dl = {delta, delta, delta, delta};
+        const dyadsync_v4d mr = {min_r - delta, min_r - delta, min_r - delta, min_r - delta};
+        for (; c + 4 <= hi; c += 4) {
+            dyadsync_v4d v, a, b;
+            __builtin_memcpy(&v, r + c, sizeof v);
+            __builtin_memcpy(&a, r + c - 1, sizeof a);
+            __builtin_memcpy(&b, r + c + 1, sizeof b);
+            v *= sg;
+            a *= sg;
+            b *= sg;
+            dyadsync_v4i m = (v > -dl) & (v >= mr) & (a <= v + dl) & (b <= v + dl);
+            __builtin_memcpy(cand + c, &m, sizeof m);
+        }
+        for (; c < hi; c++) {
+            double v = sign * r[c];
+            cand[c] = (v > -delta) && (v >= min_r - delta) && (sign * r[c - 1] <= v + delta)
+                      && (sign * r[c + 1] <= v + delta);
+        }
+        for (c = lag - dmax; c < lo; c++) cand[c] = 0;  /* within half of an end: never a peak */
+        for (c = hi; c <= lag + dmax; c++) cand[c] = 0;
+        for (Py_ssize_t d = 0; d <= dmax; d++) {
+            Py_ssize_t cp = lag + d, cn = lag - d;
+            if (!(cand[cp] | cand[cn])) continue;
+            sp = sn = 0;
+            if (cand[cp]) {
+                lp = dyadsync_peak_test(r, cp, half, sign, min_r, delta, &sp);
+                frag |= lp != sp;
+            }
+            if (d > 0 && cand[cn]) {
+                ln = dyadsync_peak_test(r, cn, half, sign, min_r, delta, &sn);
+                frag |= ln != sn;
+            }
+            if (sp && sn) {
+                double a = sign * r[cn], b = sign * r[cp];
+                frag |= !(a - b > delta || b - a > delta);
+                found = a > b ? cn : cp;
+                break;
+            }
+            if (sp) { found = cp; break; }
+            if (sn) { found = cn; break; }
+        }
+        *fragile |= frag;
+        return found;
+    }
+    """
+    Py_ssize_t dyadsync_peak_fast(const double* r, Py_ssize_t lag, Py_ssize_t half, double sign, double min_r,
+                                  double delta, Py_ssize_t dmax, long long* cand, int* fragile) noexcept nogil
+
+
+# Two computations of a profile differ by far less than this (each is within ~1.5e-11 of the exact r, the
+# precision check of ``dyadsync_corr_cstats``): a peak decision with a larger margin is the same in both.
+cdef double PEAK_DELTA = 1e-10
+
+cdef enum:
+    ROT_R0 = 1       # column 0
+    ROT_SIDES = 2    # columns 1-4 (leading sides)
+    ROT_IN = 4       # columns 5-7 (in-phase peak)
+    ROT_ANTI = 8     # columns 8-10 (anti-phase peak)
+    ROT_GLOBAL = 16  # columns 11-14 (the global maximum and the leader): the full _window_values
+    ROT_SIDE_MAX = 32  # columns 3-4 (the sides' maximum z)
+
+
+cdef inline double _side_mean(const double* r, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The mean of ``_side_values`` alone (the same arithmetic)."""
+    cdef Py_ssize_t cnt
+    cdef double rmax, rmin
+    cdef double acc = dyadsync_side_z(r, lo, hi, R_CLIP, &cnt, &rmax, &rmin)
+    if hi <= lo or 2 * cnt < hi - lo:
+        return NAN
+    return 0.5 * acc / cnt
+
+
+cdef inline void _rotation_window_values(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
+                                         double peak_min_r, double leader_min_r, int want, int need,
+                                         long long* cand, int* fragile, double* out) noexcept nogil:
+    """The window values a rotation surrogate's statistics use (``want``), equal to ``_window_values``'s for
+    the same profile; the values not asked for are not written. ``*fragile`` is set as by
+    ``dyadsync_peak_fast`` for the peaks asked for."""
+    cdef Py_ssize_t c
+    cdef int k
+    cdef double sign, hi_p, lo_p, hi_n, lo_n
+    if want & ROT_GLOBAL:  # the peaks below (the global maximum does not use them)
+        _window_values(r, lag, half, rate_hz, peak_min_r, leader_min_r, need & NEED_GLOBAL, out)
+    else:
+        out[0] = r[lag]
+        if want & ROT_SIDE_MAX:
+            _side_values(r, lag + 1, 2 * lag + 1, &out[1], &out[3], &hi_p, &lo_p)
+            _side_values(r, 0, lag, &out[2], &out[4], &hi_n, &lo_n)
+        elif want & ROT_SIDES:  # the side means only (_side_values without the Fisher z of the maxima)
+            out[1] = _side_mean(r, lag + 1, 2 * lag + 1)
+            out[2] = _side_mean(r, 0, lag)
+    for k in range(2):
+        if not want & (ROT_IN if k == 0 else ROT_ANTI):
+            continue
+        sign = 1.0 if k == 0 else -1.0
+        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, lag, cand, fragile)
+        if c >= 0:
+            out[5 + 3 * k] = r[c]
+            out[6 + 3 * k] = _fisher_z(r[c])
+            out[7 + 3 * k] = (c - lag) / rate_hz
+        else:
+            out[5 + 3 * k] = NAN
+            out[6 + 3 * k] = NAN
+            out[7 + 3 * k] = NAN
+
+
+cdef enum:
+    LAZY_K = 16  # lags within this of 0 are computed first when only peaks are asked for
+
+
+cdef inline void _add_values(const double* vals, const cnp.int64_t* columns, const unsigned char* fisher,
+                             Py_ssize_t nc, double* acc, double* cnt) noexcept nogil:
+    """Add one window's values of the statistics' columns (Fisher z if asked) to the running sums."""
+    cdef Py_ssize_t q
+    cdef double v
+    for q in range(nc):
+        v = vals[columns[q]]
+        if isfinite(v):
+            acc[q] += _fisher_z(v) if fisher[q] else v
+            cnt[q] += 1.0
+
+
+cdef inline bint _near_peaks(const double* r, Py_ssize_t lag, Py_ssize_t half, double rate_hz, double peak_min_r,
+                             int want, Py_ssize_t dmax, long long* cand, int* fragile,
+                             double* out) noexcept nogil:
+    """r0 and the asked peaks from the lags within dmax + half of 0 only (all that is known of ``r``): False
+    if a peak asked for is not within dmax (the caller computes the whole profile)."""
+    cdef Py_ssize_t c
+    cdef int k
+    cdef double sign
+    out[0] = r[lag]
+    for k in range(2):
+        if not want & (ROT_IN if k == 0 else ROT_ANTI):
+            continue
+        sign = 1.0 if k == 0 else -1.0
+        c = dyadsync_peak_fast(r, lag, half, sign, peak_min_r, PEAK_DELTA, dmax, cand, fragile)
+        if c == -2:
+            return False
+        if c >= 0:
+            out[5 + 3 * k] = r[c]
+            out[6 + 3 * k] = _fisher_z(r[c])
+            out[7 + 3 * k] = (c - lag) / rate_hz
+        else:
+            out[5 + 3 * k] = NAN
+            out[6 + 3 * k] = NAN
+            out[7 + 3 * k] = NAN
+    return True
+
+
+cdef void _rotation_core(const double* tp, const double* tq, const double* ringx, const double* ringz,
+                         Py_ssize_t n, Py_ssize_t nr, const cnp.int64_t* offs, Py_ssize_t m,
+                         Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag, Py_ssize_t half, double rate_hz,
+                         double peak_min_r, double leader_min_r, const cnp.int64_t* columns,
+                         const unsigned char* fisher, Py_ssize_t nc, int want, int need, bint gaps,
+                         const double* mt, const Py_ssize_t* lt, const Py_ssize_t* pt, const Py_ssize_t* lc,
+                         const Py_ssize_t* pc, Py_ssize_t tile_span, Py_ssize_t tile_max,
+                         const double* cfr, const double* cm, const double* cmyy, const double* ciy,
+                         const double* cs1, const double* cs2, double* work, double* null,
+                         unsigned char* redo) noexcept nogil:
+    """Session statistics of the WCC of ``tp`` with the client ``ringx[o : o + n]`` for each offset ``o`` in
+    ``offs`` (ascending), into ``null`` (m × nc, sums then means); ``redo[h]`` = 1 where a peak decision of
+    offset h was within the margin (the caller recomputes those offsets exactly). See ``rotation_null``."""
+    cdef Py_ssize_t nl = 2 * lag + 1, n_slots = (win + inc - 1) // inc
+    cdef Py_ssize_t nw = (n - win - 2 * lag) // inc + 1
+    cdef Py_ssize_t last_start = lag + (nw - 1) * inc
+    cdef Py_ssize_t wmax = tile_span + nl
+    cdef double kmax = 5e-12 / (win * 1.1102230246251565e-16)
+    # scratch layout
+    cdef double* suf = work                       # n_slots × wmax
+    cdef double* acc = suf + n_slots * wmax       # wmax
+    cdef double* pre = acc + wmax                 # wmax
+    cdef double* agg = pre + wmax                 # 6 nl
+    cdef double* zero = agg + 6 * nl              # 6 nl, stays zero
+    cdef double* prof = zero + 6 * nl             # nl
+    cdef double* vals = prof + nl                 # N_VALUES
+    cdef double* scratch = vals + N_VALUES        # 2 win
+    cdef long long* cand = <long long*>(scratch + 2 * win)  # nl
+    cdef double* cnt = scratch + 2 * win + nl     # m × nc
+    cdef double* tsx = cnt + m * nc               # nw: Σu of each window in its block's frame
+    cdef double* tsxx = tsx + nw                  # nw: Σu²
+    cdef double* tst = tsxx + nw                  # blocks: the therapist frame of each block
+    cdef unsigned char* mark = <unsigned char*>(tst + (nw * inc) // win + 2)   # win bytes
+    cdef int fragile
+    cdef bint gapwin
+    # peaks (and r0) only: r of the lags near 0 first, the rest only for windows without a peak there
+    cdef bint lazy = (not want & (ROT_SIDES | ROT_GLOBAL)) and (want & (ROT_IN | ROT_ANTI)) != 0 and \
+        lag > LAZY_K and LAZY_K > half
+    cdef Py_ssize_t h0, h1, h, o, oa, ob, wd, dlo, b, q, q0, p, pmax, slot, ts, k, i, e, jb, col, qq
+    cdef double st, sc, u, u2, v
+    cdef bint ok
+    cdef double* out
+    memset(null, 0, m * nc * sizeof(double))
+    memset(cnt, 0, m * nc * sizeof(double))
+    memset(redo, 0, m)
+    # the therapist side once: the frame of every block and Σu, Σu² of every window in its block's frame
+    b = lag
+    jb = 0
+    while b <= last_start:
+        st = _frame(&tp[b], win, scratch)
+        tst[jb] = st
+        q0 = (inc - (b - lag) % inc) % inc
+        ts = b + q0
+        while ts < b + win and ts <= last_start:
+            k = (ts - lag) // inc
+            tsx[k] = 0.0
+            tsxx[k] = 0.0
+            for i in range(ts, ts + win):
+                u = tq[i] - st
+                tsx[k] += u
+                tsxx[k] += u * u
+            ts += inc
+        b += win
+        jb += 1
+    h0 = 0
+    while h0 < m:
+        # a tile: consecutive offsets within tile_span of the first, at most tile_max of them
+        oa = offs[h0]
+        h1 = h0 + 1
+        while h1 < m and h1 - h0 < tile_max and offs[h1] - oa <= tile_span:
+            h1 += 1
+        ob = offs[h1 - 1]
+        wd = ob - oa + nl           # cross sums of ring offsets dlo .. dlo + wd − 1 relative to the pair
+        dlo = oa - lag
+        b = lag
+        jb = 0
+        while b <= last_start:
+            st = tst[jb]
+            sc = _frame(&ringx[b + (oa + ob) // 2], win, scratch)
+            q0 = (inc - (b - lag) % inc) % inc
+            memset(mark, 0, win)
+            q = q0
+            while q < win:
+                mark[q] = 1
+                q += inc
+            # suffix cross sums of block j at the window starts in it, backwards
+            memset(acc, 0, wd * sizeof(double))
+            q = win - 1
+            while q >= q0:
+                i = b + q
+                u = tq[i] - st
+                if not mark[q] and q > q0:
+                    u2 = tq[i - 1] - st
+                    dyadsync_sxy_add2(acc, wd, u, &ringz[i + dlo], u2, &ringz[i - 1 + dlo], sc)
+                    q -= 1
+                    i -= 1
+                else:
+                    dyadsync_sxy_add(acc, wd, u, &ringz[i + dlo], sc)
+                if mark[q] and i <= last_start:
+                    slot = (q - q0) // inc
+                    memcpy(&suf[slot * wd], acc, wd * sizeof(double))
+                q -= 1
+            # prefix of block j+1 and the windows, each for every offset of the tile
+            memset(pre, 0, wd * sizeof(double))
+            pmax = min(last_start - b, win - 1) - 1
+            p = -1
+            while True:
+                if p >= 0:
+                    i = b + win + p
+                    u = tq[i] - st
+                    if p < pmax and not (mark[p + 1] and b + p + 1 <= last_start):
+                        u2 = tq[i + 1] - st
+                        dyadsync_sxy_add2(pre, wd, u, &ringz[i + dlo], u2, &ringz[i + 1 + dlo], sc)
+                        p += 1
+                    else:
+                        dyadsync_sxy_add(pre, wd, u, &ringz[i + dlo], sc)
+                if mark[p + 1] and b + p + 1 <= last_start:
+                    slot = (p + 1 - q0) // inc
+                    ts = b + p + 1
+                    k = (ts - lag) // inc
+                    for h in range(h0, h1):
+                        o = offs[h]
+                        e = o - oa
+                        out = prof
+                        gapwin = gaps and (pt[ts + win] > pt[ts] or pc[o + ts + win + lag] > pc[o + ts - lag])
+                        if lazy and not gapwin:
+                            # the lags within LAZY_K of 0 first: most windows have their peaks there
+                            ok = dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e + lag - LAZY_K],
+                                                      &pre[e + lag - LAZY_K], &cfr[o + ts - LAZY_K],
+                                                      &cm[o + ts - LAZY_K], &cmyy[o + ts - LAZY_K],
+                                                      &ciy[o + ts - LAZY_K], 2 * LAZY_K + 1, <double>win, sc,
+                                                      kmax, &out[lag - LAZY_K])
+                            if ok:
+                                fragile = 0
+                                if _near_peaks(out, lag, half, rate_hz, peak_min_r, want, LAZY_K - half, cand,
+                                               &fragile, vals):
+                                    if fragile:
+                                        redo[h] = 1
+                                    _add_values(vals, columns, fisher, nc, &null[h * nc], &cnt[h * nc])
+                                    continue
+                                # the outer lags too (the full precision check, as in one pass)
+                                ok = dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e], &pre[e],
+                                                          &cfr[o + ts - lag], &cm[o + ts - lag],
+                                                          &cmyy[o + ts - lag], &ciy[o + ts - lag], lag - LAZY_K,
+                                                          <double>win, sc, kmax, out)
+                                ok &= dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e + lag + LAZY_K + 1],
+                                                           &pre[e + lag + LAZY_K + 1], &cfr[o + ts + LAZY_K + 1],
+                                                           &cm[o + ts + LAZY_K + 1], &cmyy[o + ts + LAZY_K + 1],
+                                                           &ciy[o + ts + LAZY_K + 1], lag - LAZY_K, <double>win,
+                                                           sc, kmax, &out[lag + LAZY_K + 1])
+                        elif gapwin:
+                            ok = dyadsync_gap_corr(tq, &ringz[o], mt, ts, win, lag, st, sc, tsx[k], tsxx[k],
+                                                   &suf[slot * wd + e], &pre[e], &cfr[o + ts - lag],
+                                                   &cs1[o + ts - lag], &cs2[o + ts - lag], lt, pt[ts],
+                                                   pt[ts + win], lc, pc[o + ts - lag], pc[o + ts + win + lag],
+                                                   o, kmax, agg, out)
+                        else:
+                            ok = dyadsync_corr_cstats(tsx[k], tsxx[k], &suf[slot * wd + e], &pre[e],
+                                                      &cfr[o + ts - lag], &cm[o + ts - lag],
+                                                      &cmyy[o + ts - lag], &ciy[o + ts - lag], nl,
+                                                      <double>win, sc, kmax, out)
+                        if not ok:
+                            _welford_window(tp, &ringx[o], ts, win, lag, st, sc, agg, zero, out)
+                        fragile = 0
+                        _rotation_window_values(out, lag, half, rate_hz, peak_min_r, leader_min_r, want, need,
+                                                cand, &fragile, vals)
+                        if fragile:
+                            redo[h] = 1
+                        _add_values(vals, columns, fisher, nc, &null[h * nc], &cnt[h * nc])
+                p += 1
+                if p > pmax:
+                    break
+            b += win
+            jb += 1
+        h0 = h1
+    for h in range(m * nc):
+        null[h] = null[h] / cnt[h] if cnt[h] > 0 else NAN
+
+
+def rotation_null(const double[::1] t, const double[::1] tq, const double[::1] ringx, const double[::1] ringz,
+                  Py_ssize_t nr, const cnp.int64_t[::1] offsets, Py_ssize_t win, Py_ssize_t inc, Py_ssize_t lag,
+                  Py_ssize_t half, double rate_hz, const cnp.int64_t[::1] columns,
+                  const unsigned char[::1] fisher, double peak_min_r, double leader_min_r,
+                  const double[::1] mt, const Py_ssize_t[::1] lt, const Py_ssize_t[::1] pt,
+                  const Py_ssize_t[::1] lc, const Py_ssize_t[::1] pc, Py_ssize_t tile_span=0,
+                  Py_ssize_t tile_max=32):
+    """Session statistics of rotation surrogates, equal to ``circular_null`` to rounding, with the cross sums
+    shared between rotations.
+
+    The client of offset ``o`` is ``ringx[o : o + n]`` (``ringx`` = the ring, length ``nr``, followed by its
+    first ``n`` samples: ``np.roll(ring, s)[:n]`` is offset ``o = nr − s``); ``offsets`` ascending, in
+    [1, nr). Pair i of lag τ joins ``t[i]`` with ``ringx[o + i + τ]``, so its product depends only on
+    ``o + τ``: offsets within ``tile_span`` (default 4·win) of each other form a tile whose cross sums Σuv are
+    accumulated once per ring offset ``o + τ`` (the same block scheme and frames as ``wcc_batch``: suffix of
+    block j + prefix of block j+1, one multiply-add per pair and ring offset) and read by every rotation of the
+    tile. The therapist side (frames, Σu, Σu² of every window) and every client window's statistics (over the
+    ring, ``_client_window_stats``) are computed once. Each window's r then comes from those sums
+    (``dyadsync_corr_cstats``; windows with missing samples by masked counts, ``dyadsync_gap_corr``; the
+    Welford fallback where the precision check fails), so the NaN rules are those of ``wcc_batch``. Only the
+    window values the statistics use are computed: peaks by ``dyadsync_peak_fast`` (a vectorised candidate
+    pass, then the outward scan), and when only peaks (and r0) are asked for, r of the lags within ``LAZY_K``
+    of 0 first — the rest of the profile only for windows without their peak there.
+
+    ``tq``/``ringz``: stand-in copies (every non-finite value replaced by a finite one) of ``t``/``ringx``;
+    ``mt`` = 1.0 where ``t`` is finite, 0.0 elsewhere; ``lt``/``lc``: positions of the non-finite samples of
+    ``t``/``ringx``; ``pt``/``pc``: their running counts (length n + 1 / len(ringx) + 1). All five empty when
+    both series are complete.
+
+    A peak statistic is a discrete choice: where two columns of a profile are equal in exact arithmetic (a
+    constant run, a gap) rounding decides which is the peak, so two correct computations can pick different
+    columns. Every peak decision whose margin is below ``PEAK_DELTA`` (1e-10, far above the two paths'
+    rounding) marks its rotation, and the marked rotations are recomputed by ``circular_null``'s own
+    arithmetic (``_batch_core`` of that rotation's client), so the statistics equal ``circular_null``'s to
+    rounding (1e-9, tested) on such data too. Returns ``(null, n_exact)``: the statistics, an array
+    (len(offsets), len(columns)), and how many rotations took the exact path; the GIL is released
+    throughout."""
+    if win < 2 or inc < 1 or lag < 0 or half < 1 or not rate_hz > 0:
+        raise ValueError(f"bad kernel parameters win={win} inc={inc} lag={lag} half={half} rate_hz={rate_hz}")
+    cdef Py_ssize_t n = t.shape[0], nl = 2 * lag + 1, span = win + 2 * lag, m = offsets.shape[0]
+    cdef Py_ssize_t nc = columns.shape[0], nx = ringx.shape[0], j, q
+    if tq.shape[0] != n or ringz.shape[0] != nx or nx != nr + n or nr < n:
+        raise ValueError(f"rotation_null: lengths t {n}, tq {tq.shape[0]}, ring {nr}, ringx {nx}, "
+                         f"ringz {ringz.shape[0]} do not fit")
+    if fisher.shape[0] != nc:
+        raise ValueError(f"columns ({nc}) and fisher ({fisher.shape[0]}) differ in length")
+    cdef bint gaps = pt.shape[0] > 0
+    if gaps and (mt.shape[0] != n or pt.shape[0] != n + 1 or pc.shape[0] != nx + 1
+                 or lt.shape[0] != pt[n] or lc.shape[0] != pc[nx]):
+        raise ValueError("rotation_null: inconsistent missing-sample arrays")
+    cdef Py_ssize_t nw = 0 if n < span else (n - span) // inc + 1
+    if nw == 0:
+        raise ValueError(f"series of {n} samples hold no complete window")
+    if tile_span <= 0:
+        tile_span = 4 * win
+    if tile_max < 1:
+        raise ValueError(f"tile_max must be >= 1, got {tile_max}")
+    cdef int need = 0, want = 0
+    for q in range(nc):
+        if not 0 <= columns[q] < N_VALUES:
+            raise ValueError(f"column {columns[q]} out of range")
+        if 5 <= columns[q] <= 10:
+            need |= NEED_PEAKS
+            want |= ROT_IN if columns[q] <= 7 else ROT_ANTI
+        elif columns[q] >= 11:
+            need |= NEED_GLOBAL
+            want |= ROT_GLOBAL
+        elif columns[q] == 0:
+            want |= ROT_R0
+        else:
+            want |= ROT_SIDES | (ROT_SIDE_MAX if columns[q] >= 3 else 0)
+    for j in range(m):
+        if not 0 < offsets[j] < nr or (j > 0 and offsets[j] < offsets[j - 1]):
+            raise ValueError(f"offsets must be ascending in [1, {nr}), got {offsets[j]} at {j}")
+    null_a = np.empty((m, nc))
+    cdef double[:, ::1] null = null_a
+    if m == 0:
+        return null_a
+    cdef Py_ssize_t ns = nx - win + 1, n_slots = (win + inc - 1) // inc
+    cdef Py_ssize_t wmax = tile_span + nl
+    cdef double[::1] cst = np.empty(6 * ns)
+    cdef double[::1] cscratch = np.empty(2 * win)
+    cdef Py_ssize_t n_work = (n_slots * wmax + 2 * wmax + 12 * nl + 2 * nl + N_VALUES + 2 * win + m * nc + 2 * nw
+                              + (nw * inc) // win + 2 + (win + 2 * nl) // 8 + 2)
+    cdef double[::1] work = np.zeros(n_work)
+    cdef const double* mtp = &mt[0] if gaps else NULL
+    cdef const Py_ssize_t* ltp = &lt[0] if gaps and lt.shape[0] > 0 else NULL
+    cdef const Py_ssize_t* ptp = &pt[0] if gaps else NULL
+    cdef const Py_ssize_t* lcp = &lc[0] if gaps and lc.shape[0] > 0 else NULL
+    cdef const Py_ssize_t* pcp = &pc[0] if gaps else NULL
+    cdef unsigned char[::1] redo = np.zeros(m, dtype=np.uint8)
+    # the exact path (``circular_null``'s arithmetic) for the offsets with a peak decision within the margin
+    cdef double[::1] bwork = np.zeros(_batch_work_size(n, win, inc, lag))
+    cdef cnp.int64_t[::1] bstarts = np.empty(nw, dtype=np.int64)
+    cdef double[:, ::1] bprof = np.empty((nw, nl))
+    cdef double[:, ::1] bvals = np.empty((nw, N_VALUES))
+    cdef Py_ssize_t h, k, col, n_redo = 0, cnt
+    cdef double acc, v
+    with nogil:
+        _client_window_stats(&ringz[0], nx, win, 5e-12 / (win * 1.1102230246251565e-16), &cscratch[0],
+                             &cst[0], &cst[ns], &cst[2 * ns], &cst[3 * ns], &cst[4 * ns], &cst[5 * ns])
+        _rotation_core(&t[0], &tq[0], &ringx[0], &ringz[0], n, nr, &offsets[0], m, win, inc, lag, half,
+                       rate_hz, peak_min_r, leader_min_r, &columns[0], &fisher[0], nc, want, need, gaps,
+                       mtp, ltp, ptp, lcp, pcp, tile_span, tile_max,
+                       &cst[0], &cst[ns], &cst[2 * ns], &cst[3 * ns], &cst[4 * ns], &cst[5 * ns],
+                       &work[0], &null[0, 0], &redo[0])
+        for h in range(m):
+            if not redo[h]:
+                continue
+            n_redo += 1
+            _batch_core(&t[0], &ringx[offsets[h]], n, nw, win, inc, lag, half, rate_hz, peak_min_r,
+                        leader_min_r, need, &bwork[0], &bstarts[0], &bprof[0, 0], &bvals[0, 0])
+            for q in range(nc):
+                col = columns[q]
+                acc = 0.0
+                cnt = 0
+                for k in range(nw):
+                    v = bvals[k, col]
+                    if isfinite(v):
+                        acc += _fisher_z(v) if fisher[q] else v
+                        cnt += 1
+                null[h, q] = acc / cnt if cnt > 0 else NAN
+    return null_a, n_redo

@@ -10,7 +10,7 @@
   mirrored circular shifts of the client series by at least 2·lag (default; calibrated in docs/dsp.md),
   plain circular shifts, segment shuffling of the client, or pseudo-dyads (the therapist with clients from
   other sessions) — with one-sided permutation p-values and effect sizes; several statistics share one
-  WCC pass per surrogate.
+  pass per surrogate, and shifted surrogates share their cross sums (``_wcc.rotation_null``).
 * :func:`ar1_inertia` and :func:`lagged_coupling`: intrapersonal inertia of RSA epochs and the interpersonal
   lagged coupling ``RSA_C(t) ~ RSA_C(t−1) + RSA_T(t−1)`` and its mirror (Goren et al. 2024), ordinary least
   squares with classical standard errors (plain numpy).
@@ -220,30 +220,87 @@ def default_threads() -> int:
     return max(1, min(4, ncpu))
 
 
+def _stand_in(x: np.ndarray) -> np.ndarray:
+    """A copy of ``x`` with every non-finite value replaced by the last finite value before it (the first finite
+    value for a missing start; 0.0 if none is finite): finite sums that the kernel corrects for the missing
+    pairs (``_wcc.rotation_null``)."""
+    ok = np.isfinite(x)
+    if not ok.any():
+        return np.zeros_like(x)
+    idx = np.where(ok, np.arange(len(x)), 0)
+    np.maximum.accumulate(idx, out=idx)
+    z = x[idx]
+    first = int(np.argmax(ok))
+    z[:first] = x[first]
+    return np.ascontiguousarray(z)
+
+
+def _missing(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the non-finite samples of ``x`` and their running count (length len(x) + 1)."""
+    bad = ~np.isfinite(x)
+    return np.flatnonzero(bad).astype(np.intp), np.concatenate([[0], np.cumsum(bad)]).astype(np.intp)
+
+
 def _circular_null(
     t: np.ndarray, c: np.ndarray, shifts: np.ndarray, params: SyncParams, statistics: Sequence[str],
-    threads: int | None = None,
+    threads: int | None = None, exact: bool = False,
 ) -> np.ndarray:
-    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)`` for each shift (1 <= s < len) and
-    each statistic, all from one kernel pass per shift: an array (len(shifts), len(statistics)). The kernel
-    releases the GIL, so ``threads`` (default :func:`default_threads`) threads each take a contiguous share of
-    the shifts; every shift's numbers are the same whatever the split."""
+    """:func:`session_statistic` of the WCC of ``t`` with ``np.roll(c, s)[:len(t)]`` for each shift
+    (1 <= s < len(c); ``c`` is the client or the mirrored ring, at least as long as ``t``) and each statistic:
+    an array (len(shifts), len(statistics)).
+
+    Default: ``_wcc.rotation_null``, which shares the cross sums between shifts that lie close together on the
+    ring (the shifts are sorted for it, the results put back in the caller's order) and computes only the
+    window values the statistics use; ``exact=True``: ``_wcc.circular_null``, one complete batch WCC pass per
+    shift (the reference the fast path is tested against; equal to rounding, 1e-9). Both release the GIL:
+    ``threads`` (default :func:`default_threads`) threads each take a contiguous share of the (sorted)
+    shifts; every shift's numbers are the same whatever the split."""
     cols = np.array([WINDOW_VALUE_NAMES.index(st) for st in statistics], dtype=np.int64)
     fisher = np.array([st == "r0" for st in statistics], dtype=np.uint8)
     p = params
-
-    def run(part: np.ndarray) -> np.ndarray:
-        return _wcc.circular_null(
-            t, c, part, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
-            p.leader_min_r,
-        )
-
     k = min(threads or default_threads(), max(1, len(shifts) // 16))
+    if exact:
+        def run(part: np.ndarray) -> np.ndarray:
+            return _wcc.circular_null(
+                t, c, part, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher, p.peak_min_r,
+                p.leader_min_r,
+            )
+        parts = np.array_split(shifts, k)
+    else:
+        n, nr = len(t), len(c)
+        ringx = np.concatenate([c, c[:n]])
+        offsets = (nr - np.asarray(shifts, dtype=np.int64)).astype(np.int64)
+        order = np.argsort(offsets, kind="stable")
+        offsets = np.ascontiguousarray(offsets[order])
+        empty_i, empty_d = np.empty(0, dtype=np.intp), np.empty(0)
+        if np.isfinite(t).all() and np.isfinite(ringx).all():
+            tq, ringz, mt, lt, pt, lc, pc = t, ringx, empty_d, empty_i, empty_i, empty_i, empty_i
+        else:
+            tq, ringz = _stand_in(t), _stand_in(ringx)
+            mt = np.isfinite(t).astype(np.float64)
+            lt, pt = _missing(t)
+            lc, pc = _missing(ringx)
+
+        def run(part: np.ndarray) -> np.ndarray:
+            null, n_exact = _wcc.rotation_null(
+                t, tq, ringx, ringz, nr, part, p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, cols, fisher,
+                p.peak_min_r, p.leader_min_r, mt, lt, pt, lc, pc,
+            )
+            if n_exact:
+                logger.debug("%d of %d rotations recomputed exactly (peak decisions within the margin)",
+                             n_exact, len(part))
+            return null
+        parts = np.array_split(offsets, k)
     if k <= 1:
-        return run(shifts)
-    parts = np.array_split(shifts, k)
-    with ThreadPoolExecutor(max_workers=k, thread_name_prefix="surrogates") as pool:
-        return np.vstack(list(pool.map(run, parts)))
+        out = run(parts[0])
+    else:
+        with ThreadPoolExecutor(max_workers=k, thread_name_prefix="surrogates") as pool:
+            out = np.vstack(list(pool.map(run, parts)))
+    if exact:
+        return out
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 @dataclass(frozen=True)
@@ -296,6 +353,7 @@ def surrogate_tests(
     partners: Sequence[object] | None = None,
     segment_s: float | None = None,
     threads: int | None = None,
+    _exact: bool = False,
 ) -> dict[str, SurrogateResult]:
     """Several session statistics tested against the SAME ``n`` surrogate dyads, each surrogate's WCC computed
     once: ``tests`` is a sequence of ``(statistic, alternative)``; returns ``{statistic: SurrogateResult}``.
@@ -327,6 +385,11 @@ def surrogate_tests(
 
     ``threads``: threads of the compiled surrogate loop ("mirror" and "circular"; default
     :func:`default_threads`); the numbers do not depend on it.
+
+    Cost ("mirror" and "circular"): rotations close together on the ring share their cross sums, and each
+    surrogate computes only the window values its statistics use (``_wcc.rotation_null``; docs/dsp.md
+    "Reports, surrogates and studies"); the statistics equal one exact WCC pass per surrogate to rounding
+    (1e-9; ``_exact=True`` runs that reference path, kept for tests and the benchmark).
     """
     params = params or SyncParams()
     t = _as_series(therapist, "therapist")
@@ -373,7 +436,8 @@ def surrogate_tests(
         ring = np.concatenate([c, c[::-1]])
         n_rot = min(n + 1, len(ring))
         rot = np.unique(np.round(np.arange(n_rot) * (len(ring) / n_rot)).astype(np.int64))
-        values = np.vstack([np.array(observed)[None, :], _circular_null(t, ring, rot[1:], params, stats, threads)])
+        values = np.vstack([np.array(observed)[None, :],
+                            _circular_null(t, ring, rot[1:], params, stats, threads, _exact)])
         return {
             stat: _rotation_result(values[:, q], rot, len(ring), min_shift, alt, method, stat)
             for q, (stat, alt) in enumerate(tests)
@@ -381,7 +445,7 @@ def surrogate_tests(
     if method == "circular":
         # shifts drawn in order, then every surrogate in the kernel without the GIL, one WCC pass per shift
         shifts = _draw_shifts(rng, n, len(c), min_shift)
-        null = _circular_null(t, c, shifts, params, stats, threads)
+        null = _circular_null(t, c, shifts, params, stats, threads, _exact)
     else:
         null = np.empty((n, len(stats)))
     for k in range(n if method not in ("circular", "mirror") else 0):

@@ -281,3 +281,108 @@ def test_rotation_moments_equal_the_dense_computation():
         ctx = f"m={m} ring={ring} min_shift={min_shift}"
         np.testing.assert_allclose(got_mu, mu, rtol=1e-12, atol=0, equal_nan=True, err_msg=ctx)
         np.testing.assert_allclose(got_var, var, rtol=1e-9, atol=0, equal_nan=True, err_msg=ctx)
+
+
+ALL_STATISTICS = ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z", "max_z")
+ROTATION_PARAMS = (
+    SyncParams(),
+    SHORT,
+    SyncParams(rate_hz=4.0, win_s=10.0, inc_s=0.75, lag_s=3.0),  # the step does not divide the window
+    SyncParams(rate_hz=4.0, win_s=6.0, inc_s=0.25, lag_s=0.0, peak_window=3),  # lag 0: no peaks
+    SyncParams(rate_hz=2.0, win_s=12.0, inc_s=2.0, lag_s=4.0, peak_window=7),
+)
+
+
+def _rotation_case(rng: np.random.Generator, n: int, kind_t: str, kind_c: str) -> tuple[np.ndarray, np.ndarray]:
+    from .conftest import adversarial
+
+    t, c = coupled_pair(rng, n, 2, coupling=0.5, phi=0.9)
+    at, ac = adversarial(rng, n, kind_t), adversarial(rng, n, kind_c)
+    # mix the coupled pair with the adversarial pattern: its NaN, inf, constant runs, steps and offsets stay
+    t = np.where(np.isfinite(at), t + at, at) if kind_t != "constant" else at.copy()
+    c = np.where(np.isfinite(ac), c + 0.5 * ac, ac) if kind_c != "constant" else ac.copy()
+    return t, c
+
+
+@pytest.mark.parametrize("kinds", [("noise", "noise"), ("nan_runs", "const_runs"), ("offset", "inf"),
+                                   ("steps", "nan_runs"), ("const_runs", "steps"), ("mostly_nan", "walk"),
+                                   ("walk", "constant"), ("inf", "offset")])
+def test_rotation_null_equals_one_exact_pass_per_surrogate(kinds):
+    """The shared-cross-sum surrogate path (``_wcc.rotation_null``) gives every statistic of every rotation as
+    one exact WCC pass of that rotation (``_wcc.circular_null``) does, to 1e-9 with the same NaN: random
+    series with gaps, inf, constant runs, steps (exact ties between lags), offsets of 1e9, several SyncParams,
+    mirrored and plain rings, one statistic and all of them, one and two threads."""
+    from dsp_ext.stats import _circular_null
+
+    rng = np.random.default_rng(sum(map(ord, "".join(kinds))))
+    for q, p in enumerate(ROTATION_PARAMS):
+        n = int(rng.integers(p.win + 2 * p.lag + 3 * p.inc, 900))
+        t, c = _rotation_case(rng, n, *kinds)
+        for ring in (np.concatenate([c, c[::-1]]), c):
+            shifts = rng.integers(1, len(ring), 60).astype(np.int64)
+            shifts[:3] = [1, len(ring) - 1, len(ring) // 2]
+            for stats in (("inphase_z",), ALL_STATISTICS, ("r0", "client_led"), ("antiphase_z",)):
+                exact = _circular_null(t, ring, shifts, p, stats, threads=1, exact=True)
+                for threads in (1, 2):
+                    fast = _circular_null(t, ring, shifts, p, stats, threads=threads)
+                    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-9, equal_nan=True,
+                                               err_msg=f"{kinds} params {q} ring {len(ring)} {stats} {threads}")
+
+
+def test_rotation_null_recomputes_rotations_with_tied_peaks_exactly():
+    """A client of period 2 makes every lag's r equal in exact arithmetic to the r two lags away, inside the
+    peak window: the peak is then decided by rounding, which differs between the shared sums and one pass per
+    rotation. Those rotations are found (peak decisions within 1e-10) and recomputed the exact way, and only
+    those: random series need none."""
+    from dsp_ext import _wcc
+    from dsp_ext._sync_types import WINDOW_VALUE_NAMES
+    from dsp_ext.stats import _circular_null
+
+    p = SHORT
+    cols = np.array([WINDOW_VALUE_NAMES.index("inphase_z")], dtype=np.int64)
+    fisher = np.zeros(1, dtype=np.uint8)
+    none_i, none_d = np.empty(0, dtype=np.intp), np.empty(0)
+
+    def run(t, c):
+        ring = np.concatenate([c, c[::-1]])
+        ringx = np.concatenate([ring, ring[: len(t)]])
+        offsets = np.arange(1, len(ring), 7, dtype=np.int64)
+        return _wcc.rotation_null(t, t, ringx, ringx, len(ring), offsets, p.win, p.inc, p.lag, p.peak_window // 2,
+                                  p.rate_hz, cols, fisher, p.peak_min_r, p.leader_min_r, none_d, none_i, none_i,
+                                  none_i, none_i)
+
+    rng = np.random.default_rng(3)
+    t, c = coupled_pair(rng, 800, 2, coupling=0.5, phi=0.9)
+    assert run(t, c)[1] == 0
+    c = np.tile(rng.standard_normal(2), 400)
+    ring = np.concatenate([c, c[::-1]])
+    shifts = np.arange(1, len(ring), 7, dtype=np.int64)
+    fast = _circular_null(t, ring, shifts, p, ("inphase_z", "antiphase_z"), threads=1)
+    exact = _circular_null(t, ring, shifts, p, ("inphase_z", "antiphase_z"), threads=1, exact=True)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-9, equal_nan=True)
+    _, n_exact = run(t, c)
+    assert n_exact > 0  # every rotation of this client has ties
+
+
+@pytest.mark.parametrize("method", ["mirror", "circular"])
+def test_surrogate_p_values_unchanged_by_the_shared_path(method, rng):
+    """``surrogate_tests`` gives the same p-values, effect sizes and nulls (1e-9) on the shared-sum path as on
+    one exact WCC pass per surrogate, for the same rotations or the same seeded shifts."""
+    tests = tuple((s, "less" if s == "antiphase_z" else "greater") for s in ALL_STATISTICS)
+    cases = [coupled_pair(rng, 1200, 4, coupling=0.5, phi=0.9), coupled_pair(rng, 700, 0, coupling=0.0, phi=0.8)]
+    t, c = coupled_pair(rng, 900, 2, coupling=0.3, phi=0.95)
+    t = t + 1e6
+    c[rng.choice(900, 30, replace=False)] = np.nan
+    c[200:260] = 1.5
+    cases.append((t, c))
+    for k, (t, c) in enumerate(cases):
+        for p in (SyncParams(), SHORT):
+            new = surrogate_tests(t, c, p, tests, n=99, method=method, seed=k)
+            old = surrogate_tests(t, c, p, tests, n=99, method=method, seed=k, _exact=True)
+            for stat, _ in tests:
+                ctx = f"case {k} {p} {stat}"
+                assert new[stat].p_value == old[stat].p_value, ctx
+                np.testing.assert_allclose(new[stat].null, old[stat].null, rtol=0, atol=1e-9, equal_nan=True,
+                                           err_msg=ctx)
+                np.testing.assert_allclose(new[stat].effect_size, old[stat].effect_size, rtol=0, atol=1e-9,
+                                           equal_nan=True, err_msg=ctx)
