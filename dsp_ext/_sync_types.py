@@ -63,7 +63,7 @@ class SyncParams:
     resolution of "who leads" — the leader of a window is read from the mean Fisher-z profile of the windows
     pooled over the trailing ``leader_span_s`` seconds of window starts: ``.leader_windows`` =
     ⌊``leader_span_s / inc_s``⌋ windows (at least 1), this one included; ``leader_span_s <= inc_s`` reads each
-    window alone). The sample counts are ``.win``, ``.inc`` and ``.lag``.
+    window alone. The sample counts are ``.win``, ``.inc`` and ``.lag``.
     """
 
     rate_hz: float = 4.0

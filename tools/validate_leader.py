@@ -32,7 +32,7 @@ Rules, one column each:
 * ``session``: the rule on the session's mean profile (hit = the session verdict is right; one call per dyad).
 
 Run: ``PYTHONPATH=. .venv/bin/python tools/validate_leader.py [--seeds 6] [--duration 600] [--spans 30,60,120]``
-(~2 min with 6 seeds).
+(~4 min with the default 6 seeds on a shared 2-core machine).
 """
 
 from __future__ import annotations
