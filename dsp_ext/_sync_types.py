@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,13 @@ WINDOW_VALUE_NAMES: tuple[str, ...] = (
     "leader",
 )
 
+#: Names of the per-window leadership values read from the pooled profile (the ONE "who leads" rule,
+#: docs/dsp.md "Who leads"): computed in Python from the kernels' profiles, published after the kernel values.
+POOLED_VALUE_NAMES: tuple[str, ...] = ("pooled_r", "pooled_lag_s", "pooled_leader")
+
+#: Every per-window value the unit publishes in a ``sync_<channel>`` metric, in order (kernel values first).
+METRIC_VALUE_NAMES: tuple[str, ...] = WINDOW_VALUE_NAMES + POOLED_VALUE_NAMES
+
 #: Fisher z is taken of r clipped to this magnitude (ARCHITECTURE §4).
 R_CLIP = 0.999
 
@@ -51,8 +59,11 @@ class SyncParams:
     ``peak_min_r``: minimum height |r| of a Boker peak (0 = Boker et al.'s rule, any local extremum of the
     right sign; a minimum height is the ``height`` criterion of peak detectors such as
     ``scipy.signal.find_peaks``); ``leader_min_r``: the window's global maximum r must reach this for the
-    window to name a leader (the ``leader`` value; docs/dsp.md "Who leads"). The sample counts are ``.win``,
-    ``.inc`` and ``.lag``.
+    window to name a leader (the ``leader`` value; docs/dsp.md "Who leads"); ``leader_span_s``: the temporal
+    resolution of "who leads" — the leader of a window is read from the mean Fisher-z profile of the windows
+    pooled over the trailing ``leader_span_s`` seconds of window starts: ``.leader_windows`` =
+    ⌊``leader_span_s / inc_s``⌋ windows (at least 1), this one included; ``leader_span_s <= inc_s`` reads each
+    window alone. The sample counts are ``.win``, ``.inc`` and ``.lag``.
     """
 
     rate_hz: float = 4.0
@@ -62,12 +73,14 @@ class SyncParams:
     peak_window: int = 5
     peak_min_r: float = 0.0
     leader_min_r: float = 0.3
+    leader_span_s: float = 120.0
     win: int = field(init=False, repr=False, compare=False)
     inc: int = field(init=False, repr=False, compare=False)
     lag: int = field(init=False, repr=False, compare=False)
+    leader_windows: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("rate_hz", "win_s", "inc_s", "lag_s"):
+        for name in ("rate_hz", "win_s", "inc_s", "lag_s", "leader_span_s"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not np.isfinite(v):
                 raise DspError(f"SyncParams: {name} must be a finite number, got {v!r}")
@@ -96,6 +109,9 @@ class SyncParams:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise DspError(f"SyncParams: {name} must be a number in [0, 1], got {v!r}")
+        if self.leader_span_s <= 0:
+            raise DspError(f"SyncParams: leader_span_s must be > 0, got {self.leader_span_s!r}")
+        object.__setattr__(self, "leader_windows", max(1, int(math.floor(self.leader_span_s / self.inc_s + 1e-9))))
         object.__setattr__(self, "win", win)
         object.__setattr__(self, "inc", inc)
         object.__setattr__(self, "lag", lag)
@@ -151,6 +167,31 @@ class WccResult:
     max_lag_s: np.ndarray
     leader: np.ndarray
 
+    @property
+    def pooled_r(self) -> np.ndarray:
+        """r of the global maximum of each window's pooled profile (see ``dsp_ext.synchrony.pooled_leader``)."""
+        return self._pooled()[0]
+
+    @property
+    def pooled_lag_s(self) -> np.ndarray:
+        """Lag (s) of the global maximum of each window's pooled profile."""
+        return self._pooled()[1]
+
+    @property
+    def pooled_leader(self) -> np.ndarray:
+        """Who leads at each window (+1 therapist, −1 client, 0 none): the ONE rule, docs/dsp.md "Who leads"."""
+        return self._pooled()[2]
+
+    def _pooled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # computed on first use (the surrogate tests never need it) and kept; the profiles must not change after
+        cached = self.__dict__.get("_pooled_cache")
+        if cached is None:
+            from .synchrony import LeaderPool  # the rule lives with the other synchrony definitions
+
+            cached = LeaderPool(self.params).push(self.r)
+            self.__dict__["_pooled_cache"] = cached
+        return cached
+
     def __len__(self) -> int:
         return int(self.window_start.shape[0])
 
@@ -160,11 +201,11 @@ class WccResult:
         return self.window_start / self.params.rate_hz
 
     def window_values(self, i: int) -> dict[str, float]:
-        """The scalars of window ``i`` as plain floats (keys: :data:`WINDOW_VALUE_NAMES`)."""
+        """The scalars of window ``i`` as plain floats (keys: :data:`METRIC_VALUE_NAMES`, what the unit publishes)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"window {i} out of range for {n} windows")
-        return {name: float(getattr(self, name)[i]) for name in WINDOW_VALUE_NAMES}
+        return {name: float(getattr(self, name)[i]) for name in METRIC_VALUE_NAMES}
 
     @classmethod
     def empty(cls, params: SyncParams, n_windows: int) -> WccResult:

@@ -10,7 +10,9 @@ Per window: ``r0``; the profile ``r`` over τ = −lag … +lag (one sample apar
 nearest in-phase peak (local maximum with r > 0) and anti-phase peak (local minimum with r < 0) that dominates
 a neighbourhood of ``peak_window`` lags and reaches ``peak_min_r`` in height, with r, z and lag in seconds; the
 profile's global maximum ``max_r`` (its ``max_z`` and ``max_lag_s``, the lag nearest τ = 0 on ties, +τ first);
-``leader`` (+1 therapist, −1 client, 0 none: :func:`leader`, the one rule for who leads). Pairs with a non-finite value are
+``leader`` (+1 therapist, −1 client, 0 none: :func:`leader` on this window alone). Who leads — dyadsync's one
+rule — is ``pooled_leader`` with ``pooled_r`` / ``pooled_lag_s``: :func:`leader` on the mean Fisher-z profile of
+the trailing ``SyncParams.leader_windows`` windows (:class:`LeaderPool`). Pairs with a non-finite value are
 dropped; a lag with more than half of its ``win`` pairs invalid, or a constant side, gives NaN (never 0).
 
 Window k starts at therapist sample ``lag + k * inc`` and is complete once both series reach sample
@@ -25,20 +27,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _wcc
-from ._sync_types import R_CLIP, WINDOW_VALUE_NAMES, SyncParams, WccResult
+from ._sync_types import (
+    METRIC_VALUE_NAMES,
+    POOLED_VALUE_NAMES,
+    R_CLIP,
+    WINDOW_VALUE_NAMES,
+    SyncParams,
+    WccResult,
+)
 from .errors import DspError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "METRIC_VALUE_NAMES",
+    "POOLED_VALUE_NAMES",
     "R_CLIP",
     "WINDOW_VALUE_NAMES",
+    "LeaderPool",
     "Leadership",
     "StreamingWcc",
     "SyncParams",
     "WccResult",
     "fisher_z",
     "leader",
+    "pooled_leader",
     "session_leadership",
     "wcc",
 ]
@@ -110,17 +123,95 @@ def leader(max_r: object, max_lag_s: object, min_r: float = SyncParams.leader_mi
     return np.where(np.isfinite(r), out, np.nan)
 
 
+def _profile_maximum(mz: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise global maximum of mean-z profiles ``mz`` (rows × lags, NaN = lag left out): its r (tanh of the
+    mean z) and its column, the column nearest τ = 0 on an exact tie (+τ first); NaN / −1 for an all-NaN row."""
+    mr = np.tanh(mz)
+    n_lags = mr.shape[1]
+    order = np.array(sorted(range(n_lags), key=lambda k: (abs(k - lag), -k)), dtype=np.int64)
+    ok = np.isfinite(mr)
+    any_ok = ok.any(axis=1)
+    with np.errstate(invalid="ignore"):
+        top = np.where(any_ok, np.max(np.where(ok, mr, -np.inf), axis=1), np.nan)
+        col = order[np.argmax(mr[:, order] == top[:, None], axis=1)]
+    return top, np.where(any_ok, col, -1)
+
+
+class LeaderPool:
+    """The ONE "who leads" rule over time (docs/dsp.md "Who leads"), causal and chunk-independent.
+
+    Each window's r(τ) profile is turned into Fisher z (r clipped to ±0.999); the window's *pooled profile* is
+    the mean z per lag over the trailing ``params.leader_windows`` windows, this one included (fewer at the
+    start of a session; a lag is left out where fewer than half of the pooled windows have a finite r). On it,
+    ``pooled_r`` = tanh of the largest mean z, ``pooled_lag_s`` its lag (nearest τ = 0 on a tie, +τ first) and
+    ``pooled_leader`` = :func:`leader` of those two: +1 therapist, −1 client, 0 none (below
+    ``params.leader_min_r`` or at τ = 0), NaN if no lag is left. Pooling Fisher z before taking the maximum
+    is the averaging of correlation profiles that the session-level call also uses; leadership therefore has a
+    stated temporal resolution of ``leader_span_s`` (validated in ``tools/validate_leader.py``).
+
+    :meth:`push` takes profiles in window order, in blocks of any size; each window's sums are accumulated
+    oldest window first, element by element, so the numbers do not depend on how the windows were split
+    (the unit's stream and the offline :func:`wcc` give bit-identical values). State: the last
+    ``leader_windows − 1`` profiles.
+    """
+
+    def __init__(self, params: SyncParams) -> None:
+        if not isinstance(params, SyncParams):
+            raise DspError(f"params must be a SyncParams, got {type(params).__name__}")
+        self.params = params
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every window (a new session)."""
+        self._z = np.full((self.params.leader_windows - 1, self.params.n_lags), np.nan)  # the last k − 1 windows' z
+        self._seen = 0  # windows pushed so far
+
+    def push(self, profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pooled_r, pooled_lag_s, pooled_leader)`` for each row of ``profiles`` (windows × lags, in order)."""
+        p = self.params
+        prof = np.asarray(profiles, dtype=np.float64)
+        if prof.ndim != 2 or prof.shape[1] != p.n_lags:
+            raise DspError(f"profiles: expected shape (windows, {p.n_lags}), got {prof.shape}")
+        m, k = prof.shape[0], p.leader_windows
+        zall = np.concatenate([self._z, fisher_z(prof)])  # before the first window: NaN rows, never counted
+        fin = np.isfinite(zall)
+        zz = np.where(fin, zall, 0.0)
+        oo = fin.astype(np.float64)
+        acc = np.zeros((m, p.n_lags))
+        cnt = np.zeros((m, p.n_lags))
+        for j in range(k):  # oldest first: the same additions, in the same order, however the rows were split
+            acc += zz[j : j + m]
+            cnt += oo[j : j + m]
+        present = np.minimum(self._seen + 1 + np.arange(m), k)[:, None]  # windows in each pool so far
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mz = np.where((cnt > 0) & (2 * cnt >= present), acc / cnt, np.nan)
+        top, col = _profile_maximum(mz, p.lag)
+        lag_s = np.where(col >= 0, (col - p.lag) / p.rate_hz, np.nan)
+        self._z = zall[len(zall) - (k - 1) :].copy()
+        self._seen += m
+        return top, lag_s, leader(top, lag_s, p.leader_min_r)
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of state held: the last ``leader_windows − 1`` z profiles."""
+        return int(self._z.nbytes)
+
+
+def pooled_leader(res: WccResult) -> dict[str, np.ndarray]:
+    """``pooled_r``, ``pooled_lag_s``, ``pooled_leader`` of every window of ``res`` (:class:`LeaderPool`)."""
+    return {name: getattr(res, name) for name in POOLED_VALUE_NAMES}
+
+
 @dataclass(frozen=True)
 class Leadership:
-    """Session-level leadership by the rule of :func:`leader`.
+    """Session-level leadership: the rule of :func:`leader` at the resolution of the whole session.
 
     ``verdict`` / ``lag_s`` / ``max_r``: the rule applied to the session's mean profile (the mean over windows
     of Fisher z at each lag, back-transformed to r; a lag with more than half of its windows NaN is left out):
     ``"therapist"`` (lag > 0), ``"client"`` (lag < 0) or ``"none"`` (maximum below ``leader_min_r`` or at
-    τ = 0). Averaging before the maximum uses every window of the session, so the session call is more reliable
-    than any one window's (tools/validate_leader.py). ``therapist_share`` / ``client_share`` / ``none_share``:
-    fractions of the windows with a finite ``leader`` value that name each side or none; ``n_windows``: their
-    number.
+    τ = 0) — :class:`LeaderPool` with every window of the session in the pool. ``therapist_share`` /
+    ``client_share`` / ``none_share``: fractions of the windows with a finite ``pooled_leader`` (the rule at
+    ``SyncParams.leader_span_s``) that name each side or none; ``n_windows``: their number.
     """
 
     verdict: str
@@ -137,7 +228,7 @@ class Leadership:
 
 def session_leadership(res: WccResult) -> Leadership:
     """:class:`Leadership` of a session's windows (the rule of :func:`leader`, ``res.params.leader_min_r``)."""
-    lv = np.asarray(res.leader, dtype=np.float64)
+    lv = np.asarray(res.pooled_leader, dtype=np.float64)
     fin = np.isfinite(lv)
     n = int(fin.sum())
     shares = [float(np.sum(sel) / n) if n else float("nan") for sel in (lv[fin] > 0, lv[fin] < 0, lv[fin] == 0)]
@@ -147,13 +238,11 @@ def session_leadership(res: WccResult) -> Leadership:
     with np.errstate(invalid="ignore", divide="ignore"):
         mz = np.where(ok, z, 0.0).sum(axis=0) / cnt
     mz = np.where(2 * cnt >= len(res), mz, np.nan) if len(res) else np.full(res.params.n_lags, np.nan)
-    mr = np.tanh(mz)
     verdict, lag_s, top = "none", float("nan"), float("nan")
-    if np.isfinite(mr).any():
-        lag = res.params.lag
-        top = float(np.nanmax(mr))
-        best = min((k for k in range(len(mr)) if mr[k] == top), key=lambda k: (abs(k - lag), -k))
-        lag_s = (best - lag) / res.params.rate_hz
+    if np.isfinite(mz).any():
+        tops, cols = _profile_maximum(mz[None, :], res.params.lag)
+        top = float(tops[0])
+        lag_s = (int(cols[0]) - res.params.lag) / res.params.rate_hz
         call = float(leader(top, lag_s, res.params.leader_min_r))
         verdict = "therapist" if call > 0 else ("client" if call < 0 else "none")
     return Leadership(verdict, lag_s, top, shares[0], shares[1], shares[2], n)
@@ -165,7 +254,7 @@ class StreamingWcc:
     ``push(therapist_chunk, client_chunk)`` accepts chunks of any lengths (the two sides may arrive
     unevenly, e.g. from a partner unit) and returns ``[(window_start, values), ...]`` for every window
     completed by them, in order; ``values`` has the keys of :data:`WINDOW_VALUE_NAMES`. The numbers equal
-    :func:`wcc` on the concatenated series. Work per new sample is O(lags); state is bounded
+    :func:`wcc` on the concatenated series, the pooled leadership values (:class:`LeaderPool`) included. Work per new sample is O(lags); state is bounded
     (:attr:`state_nbytes`) as long as both sides keep arriving — samples of one side are kept until the
     other side catches up, so a partner that is gone should be fed NaN rather than nothing. ``last_profiles``
     holds the r(τ) profiles of the windows returned by the last push. Window values may be NaN; a JSON
@@ -178,6 +267,7 @@ class StreamingWcc:
             raise DspError(f"params must be a SyncParams, got {type(self.params).__name__}")
         p = self.params
         self._eng = _wcc.WccEngine(p.win, p.inc, p.lag, p.peak_window // 2, p.rate_hz, p.peak_min_r, p.leader_min_r)
+        self._pool = LeaderPool(p)
         self.last_profiles = np.empty((0, p.n_lags))
 
     def push(self, therapist_chunk: object, client_chunk: object) -> list[tuple[int, dict[str, float]]]:
@@ -187,15 +277,17 @@ class StreamingWcc:
         self.last_profiles = prof
         if not len(starts):
             return []
-        # the kernel's rows hold exactly the WINDOW_VALUE_NAMES values, one row per start
+        # the kernel's rows hold exactly the WINDOW_VALUE_NAMES values, one row per start; then the pooled ones
+        pooled = np.column_stack(self._pool.push(prof)).tolist()
         return [
-            (s, dict(zip(WINDOW_VALUE_NAMES, row)))  # noqa: B905
-            for s, row in zip(starts.tolist(), vals.tolist())  # noqa: B905
+            (s, dict(zip(METRIC_VALUE_NAMES, row + pr)))  # noqa: B905
+            for s, row, pr in zip(starts.tolist(), vals.tolist(), pooled)  # noqa: B905
         ]
 
     def reset(self) -> None:
         """Forget every sample; the next push starts a new session at sample index 0."""
         self._eng.reset()
+        self._pool.reset()
         self.last_profiles = np.empty((0, self.params.n_lags))
 
     @property
@@ -205,6 +297,6 @@ class StreamingWcc:
 
     @property
     def state_nbytes(self) -> int:
-        """Bytes of state held (sample buffers at their capacity and per-lag co-moments): two blocks of samples
-        plus the lags, or the largest chunk pushed if that was longer."""
-        return int(self._eng.state_nbytes)
+        """Bytes of state held (sample buffers at their capacity and per-lag co-moments: two blocks of samples
+        plus the lags, or the largest chunk pushed if that was longer; the leader pool's last profiles)."""
+        return int(self._eng.state_nbytes) + self._pool.state_nbytes

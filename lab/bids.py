@@ -286,7 +286,7 @@ def _metric_files(sdir: Path, meta: dict) -> dict[str, tuple[bytes, bytes]]:
     """desc label -> (tsv, sidecar) of every metric name in ``metrics.csv``."""
     import csv
 
-    from dsp_ext.synchrony import WINDOW_VALUE_NAMES
+    from dsp_ext.synchrony import METRIC_VALUE_NAMES
 
     path = sdir / "metrics.csv"
     if not path.is_file():
@@ -302,7 +302,7 @@ def _metric_files(sdir: Path, meta: dict) -> dict[str, tuple[bytes, bytes]]:
     out = {}
     for name, rows in sorted(by_name.items()):
         sync = name.startswith("sync_")
-        cols = [k for k in keys if (sync and k in WINDOW_VALUE_NAMES) or any(r[k] != "" for r in rows)]
+        cols = [k for k in keys if (sync and k in METRIC_VALUE_NAMES) or any(r[k] != "" for r in rows)]
         rows.sort(key=lambda r: (r["unit"], int(r["seq"])))
         header = ["window_start_s", "window_end_s", "seq", "unit", *cols, "window_start_utc_ns", "window_end_utc_ns"]
         body = [[_seconds(int(r["window_start_ns"]) - t0), _seconds(int(r["window_end_ns"]) - t0), r["seq"],

@@ -198,9 +198,9 @@ class LslBridge:
 
         def make() -> Any:
             if m.name.startswith("sync_"):
-                from dsp_ext.synchrony import WINDOW_VALUE_NAMES
+                from dsp_ext.synchrony import METRIC_VALUE_NAMES
 
-                names = list(WINDOW_VALUE_NAMES) + [k for k in keys if k not in WINDOW_VALUE_NAMES]
+                names = list(METRIC_VALUE_NAMES) + [k for k in keys if k not in METRIC_VALUE_NAMES]
             else:
                 names = keys
             info = self.pylsl.StreamInfo(f"dyadsync-{self.room}-{m.name}",

@@ -192,9 +192,14 @@ function onRegulation(ev, live) {
   if (live) renderQuality();
 }
 
+// who leads: the unit's pooled values (dsp_ext.synchrony.LeaderPool, the one rule of docs/dsp.md "Who leads");
+// a unit from before them sends only the window's own maximum (leader, max_r, max_lag_s)
 function leaderText(v) {
-  if (v.leader === null || v.leader === undefined || v.leader === 0) return "none";
-  return (v.leader > 0 ? "therapist" : "client") + " " + num(v.max_r, 2) + " (" + num(v.max_lag_s, 2) + ")";
+  const pooled = v.pooled_leader !== undefined;
+  const lead = pooled ? v.pooled_leader : v.leader;
+  const r = pooled ? v.pooled_r : v.max_r, lag = pooled ? v.pooled_lag_s : v.max_lag_s;
+  if (lead === null || lead === undefined || lead === 0) return "none";
+  return (lead > 0 ? "therapist" : "client") + " " + num(r, 2) + " (" + num(lag, 2) + ")";
 }
 
 function onMetric(ev, live) {

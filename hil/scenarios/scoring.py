@@ -11,9 +11,10 @@
   estimated by maximising the correlation over shifts of ±60 ms; therapist and client offsets must agree
   within 10 ms in every chunk (across units too).
 * science: per coupled segment and channel, windows wholly inside the segment: the median lag of the
-  window's global maximum of r(τ) (``max_lag_s``) within ±0.25 s of the truth and the leader side by the
-  ONE rule ``dsp_ext.synchrony.leader`` (docs/dsp.md "Who leads"; ARCHITECTURE §4: tau > 0 = the therapist
-  leads) right in >= 95 % of the windows (anti-phase segments: Boker's trough lag and its sign; at tau = 0 the
+  window's global maximum of r(τ) (``max_lag_s``) within ±0.25 s of the truth and the leader side of each
+  window read alone (``dsp_ext.synchrony.leader``, the kernels' ``leader``; ARCHITECTURE §4: tau > 0 = the
+  therapist leads) right in >= 95 % of the windows — stricter than dyadsync's pooled rule (docs/dsp.md "Who
+  leads"), whose 120-s pool would reach across segment boundaries (anti-phase segments: Boker's trough lag and its sign; at tau = 0 the
   lag within ±0.25 s counts as right); per uncoupled segment a circular-shift surrogate test of the stored feature
   series must not be significant (p >= 0.05).
 * health: while a fault lasts the unit's status history (hub DB) and its LED (sysfs tree, polled) show it;
@@ -349,8 +350,8 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                 if ch not in rec.scenario.science_channels:
                     continue
                 tau = seg.expected_tau_s
-                # in-phase: the window's global maximum and the ONE leader rule (dsp_ext.synchrony.leader,
-                # docs/dsp.md "Who leads"); anti-phase: Boker's trough lag (no leader rule for a trough)
+                # in-phase: the window's global maximum and its sign (dsp_ext.synchrony.leader on the window
+                # alone; docs/dsp.md "Who leads"); anti-phase: Boker's trough lag (no leader rule for a trough)
                 anti = seg.mode == "anti_phase"
                 key = "antiphase_lag_s" if anti else "max_lag_s"
                 inside = [v for _, ws, we, v in rows

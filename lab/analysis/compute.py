@@ -34,7 +34,16 @@ from dsp_ext.stats import (
     single_session_index,
     surrogate_tests,
 )
-from dsp_ext.synchrony import WINDOW_VALUE_NAMES, Leadership, SyncParams, WccResult, session_leadership, wcc
+from dsp_ext.synchrony import (
+    METRIC_VALUE_NAMES,
+    POOLED_VALUE_NAMES,
+    WINDOW_VALUE_NAMES,
+    Leadership,
+    SyncParams,
+    WccResult,
+    session_leadership,
+    wcc,
+)
 
 from .source import IncompleteSession, SessionData, aligned_features, aligned_lost
 
@@ -127,7 +136,8 @@ class SessionAnalysis:
                 ld = ch.lead
                 add(sig, "leader lag (s; > 0 therapist leads)", ld.lag_s,
                     note=f"leader: {ld.verdict} (global maximum of the mean profile, r {ld.max_r:.2f}); windows "
-                         f"T {ld.therapist_share:.0%} / C {ld.client_share:.0%} / none {ld.none_share:.0%}")
+                         f"T {ld.therapist_share:.0%} / C {ld.client_share:.0%} / none {ld.none_share:.0%} "
+                         f"(each window's leader over the last {ch.res.params.leader_span_s:g} s of windows)")
             add(sig, "zero-lag z, mean", s.r0_z_mean)
             add(sig, "single session index (Marci 2007)", ch.ssi)
         for role, h in self.hrv.items():
@@ -181,7 +191,12 @@ def live_check(data: SessionData, signal: str, t0_ns: int, res: WccResult, same_
             touched += 1
             continue
         n += 1
-        for key in WINDOW_VALUE_NAMES:
+        # the pooled leadership values also depend on the leader_windows - 1 windows before this one
+        pool0 = max(s0 - (p.leader_windows - 1) * p.inc - p.lag, 0)
+        pooled_ok = lost is None or not lost[pool0 : s0 + p.win + p.lag].any()
+        for key in METRIC_VALUE_NAMES if pooled_ok else WINDOW_VALUE_NAMES:
+            if key in POOLED_VALUE_NAMES and key not in m.values:
+                continue  # a unit from before the pooled values (wire contract v1 is additive)
             a, b = m.values.get(key, math.nan), float(getattr(res, key)[i])
             if math.isnan(a) and math.isnan(b):
                 continue

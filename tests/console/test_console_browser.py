@@ -143,7 +143,7 @@ def test_operator_runs_a_session_in_the_browser(hub, tmp_path):
                   and int(_attr(d, "#sync-eda", "data-windows") or 0) >= 2
                   and int(_attr(d, "#sync-plot", "data-windows") or 0) >= 4)  # two lines, two windows each
             assert _text(driver, "#sync-eda .ip") != "–"
-            # who leads, per window: a side with r and lag, or "none" (docs/dsp.md "Who leads")
+            # who leads (the unit's pooled_leader): a side with r and lag, or "none" (docs/dsp.md "Who leads")
             assert re.fullmatch(r"none|(therapist|client) -?\d\.\d\d \(-?\d+\.\d\d\)", _text(driver, "#sync-eda .ld"))
             # beat quality of each person from the unit's regulation epochs (8 s here)
             for role in ("therapist", "client"):

@@ -11,7 +11,7 @@ from core.errors import DyadsyncError
 from dsp_ext import _wcc_np
 from dsp_ext.errors import DspError
 from dsp_ext.reference import corr_reference, wcc_reference, window_values_reference
-from dsp_ext.synchrony import WINDOW_VALUE_NAMES, StreamingWcc, SyncParams, WccResult, wcc
+from dsp_ext.synchrony import METRIC_VALUE_NAMES, WINDOW_VALUE_NAMES, StreamingWcc, SyncParams, WccResult, wcc
 
 from .conftest import KINDS, adversarial, coupled_pair
 
@@ -159,7 +159,7 @@ def test_profile_equals_lagged_corrcoef(rng):
             exp = np.corrcoef(t[s : s + p.win], c[s + tau : s + tau + p.win])[0, 1]
             assert res.r[k, tau + p.lag] == pytest.approx(exp, abs=1e-12), (k, tau)
     v = res.window_values(0)
-    assert list(v) == list(WINDOW_VALUE_NAMES)
+    assert list(v) == list(METRIC_VALUE_NAMES)  # the kernel values, then the pooled leadership values
     assert all(isinstance(x, float) for x in v.values())
     assert v["r0"] == res.r0[0]
     with pytest.raises(IndexError):
