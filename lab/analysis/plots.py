@@ -58,7 +58,7 @@ def png_bytes(fig: Figure) -> bytes:
     pad = round(PAD_IN * DPI)
     rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), constant_values=255)
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="png", dpi=(DPI, DPI))
+    Image.fromarray(rgb).save(buf, format="png", dpi=(DPI, DPI), compress_level=3)  # ~as small as 6, 1/3 less time
     return buf.getvalue()
 
 

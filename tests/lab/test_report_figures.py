@@ -73,3 +73,22 @@ def test_leadership_bars_and_histograms_keep_their_numbers(analysis):
     v = ch.res.inphase_z[np.isfinite(ch.res.inphase_z)]
     counts, _ = np.histogram(v, bins=np.linspace(-3, 3, 31))
     assert inph.get_path().vertices[:, 1].max() == counts.max()
+
+
+def test_figures_drawn_in_two_processes_equal_those_drawn_in_one(analysis, monkeypatch, caplog):
+    """The forked figure process gives the very PNGs this process draws; if it dies, this process draws its
+    share (a warning says so) and the page is the same."""
+    import os
+
+    from lab import report
+
+    one = report.render_figures(analysis, jobs=1)
+    assert len(one) == 11
+    forks = []
+    real = report.multiprocessing.get_context
+    monkeypatch.setattr(report.multiprocessing, "get_context", lambda m=None: forks.append(m) or real(m))
+    two = report.render_figures(analysis, jobs=2)
+    assert forks == ["fork"] and two == one
+    monkeypatch.setattr(report, "_child_draw", lambda conn, builders: os._exit(3))
+    assert report.render_figures(analysis, jobs=2) == one
+    assert "exit code 3" in caplog.text
