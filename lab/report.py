@@ -296,7 +296,8 @@ def render_figures(an: SessionAnalysis, jobs: int | None = None,
     by cost) while this process draws the rest; the child shares this process's memory (the analysis,
     matplotlib already imported), so nothing is pickled but the PNGs coming back. The fork is done only when
     this process runs no other thread (a fork copies no thread but can copy a lock one of them holds; see
-    :func:`_fork_safe`) and the platform has it; otherwise, or if the child fails, every figure is drawn here. Same PNGs either way."""
+    :func:`_fork_safe`) and the platform has it; otherwise, or if the child fails, every figure is drawn
+    here. Same PNGs either way."""
     step = progress or (lambda label: None)
     todo = _figure_jobs(an)
     jobs = default_figure_jobs() if jobs is None else jobs
@@ -320,27 +321,28 @@ def render_figures(an: SessionAnalysis, jobs: int | None = None,
                             name="report-figures", daemon=True)
         child.start()
         child_conn.close()
+    status, got = "ok", []
     try:
         for i in mine:
             key, _, build = todo[i]
             out[key] = _draw([build])[0]
             step(f"figure: {key}")
     finally:
-        if child is not None:
+        if child is not None:  # always collected, also when a figure here failed
             try:
                 status, got = conn.recv()
             except EOFError:
                 status, got = "error", f"the figure process ended with exit code {child.exitcode}"
             conn.close()
             child.join()
-            if status == "ok":
-                out.update({todo[i][0]: png for i, png in zip(theirs, got, strict=True)})
-            else:
-                logger.warning("figures drawn in this process after the figure process failed: %s", got)
-            for i in theirs:
-                if todo[i][0] not in out:
-                    out[todo[i][0]] = _draw([todo[i][2]])[0]
-                step(f"figure: {todo[i][0]}")
+    if status == "ok":
+        out.update({todo[i][0]: png for i, png in zip(theirs, got, strict=True)})
+    else:
+        logger.warning("figures drawn in this process after the figure process failed: %s", got)
+    for i in theirs:
+        if todo[i][0] not in out:
+            out[todo[i][0]] = _draw([todo[i][2]])[0]
+        step(f"figure: {todo[i][0]}")
     return out
 
 
