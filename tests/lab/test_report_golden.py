@@ -42,6 +42,35 @@ def test_report_page_equals_the_recorded_one(tmp_path):
                              f"want {w[first][:400] if first < len(w) else '<end>'!r}")
 
 
+def _rows(starts, sizes, rate=4.0, flags=None, t0=1_700_000_000_000_000_000):
+    import numpy as np
+
+    rng = np.random.default_rng(len(starts))
+    ns = 1e9 / rate
+    return [(k, t0 + round(s * ns), rate, (flags or {}).get(k, 0), n,
+             rng.standard_normal(n).astype("<f4").tobytes()) for k, (s, n) in enumerate(zip(starts, sizes, strict=True))]
+
+
+def test_blocks_placed_at_once_equal_blocks_placed_one_by_one():
+    """The array placement of equal-sized blocks (lab.analysis.source) gives the loop's arrays: gaps stay NaN
+    and lost, flags land on their block's samples; blocks of other sizes or overlapping take the loop."""
+    import numpy as np
+
+    from lab.analysis.source import _place_each, _place_uniform
+
+    cases = {"contiguous": _rows([0, 4, 8, 12], [4] * 4),
+             "gaps and flags": _rows([0, 4, 16, 20, 40], [4] * 5, flags={1: 2, 3: 8}),
+             "one block": _rows([0], [4])}
+    for name, rows in cases.items():
+        t0, ns = rows[0][1], 1e9 / rows[0][2]
+        got, want = _place_uniform(rows, t0, ns), _place_each(rows, t0, ns)
+        assert got is not None, name
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name
+    for name, rows in {"sizes differ": _rows([0, 4, 8], [4, 4, 2]), "overlap": _rows([0, 2, 8], [4] * 3)}.items():
+        assert _place_uniform(rows, rows[0][1], 1e9 / rows[0][2]) is None, name
+
+
 if __name__ == "__main__":
     import tempfile
 
