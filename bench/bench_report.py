@@ -4,8 +4,8 @@
 Rows:
 * ``dyadsync report`` (the CLI, a subprocess, default 1000 surrogates) of a simulated 50-minute and
   5-minute session stored in a real hub SQLite the way the recorder does (hil.study_sim.write_hub_db, as `dyadsync hil study` does),
-  and the same with ``--surrogates 0`` (the rest of the report), and with ``DYADSYNC_JOBS=1`` (every figure
-  drawn in the one process); wall and CPU time (user + system of the process and its children);
+  and the same with ``--surrogates 0`` (the rest of the report), and with ``DYADSYNC_JOBS=2`` (a forked child
+  draws about half the figures); wall and CPU time (user + system of the process and its children);
 * where a report's time goes: the same report in a fresh interpreter (``lab.report.write_report(timings=)``):
   interpreter start, imports of the CLI's report path, loading, analysis, surrogates, the matplotlib import
   (its own time, and how long the figures waited for it), figures, page put together and written (a tree
@@ -211,7 +211,7 @@ def main() -> None:
             (rec,) = write_hub_db(db, seed=minutes, effect=1.0, n_dyads=1, n_sessions=1, duration_s=minutes * 60.0)
             session = rec["session"]
             for sur, env, label in ((None, {}, "default (1000)"), (0, {}, "0"),
-                                    (None, {"DYADSYNC_JOBS": "1"}, "default (1000), figures in 1 process")):
+                                    (None, {"DYADSYNC_JOBS": "2"}, "default (1000), figures in 2 processes")):
                 w, cpu = report_time(db, session, d / f"r{minutes}-{sur}.html", sur, args.report_repeat, **env)
                 row(f"dyadsync report, {minutes} min, surrogates {label}", f"{w:.2f} s", f"CPU {cpu:.2f} s")
             w, note = report_phases(db, session, d / f"p{minutes}.html", 1000)

@@ -245,19 +245,16 @@ def _figure_jobs(an: SessionAnalysis) -> list[tuple[str, float, Callable[[], obj
 
 
 def default_figure_jobs() -> int:
-    """Processes that draw a report's figures: 2 where this process may use two or more CPUs
-    (``DYADSYNC_JOBS`` overrides: 1 draws them all in this process)."""
+    """Processes that draw a report's figures: ``DYADSYNC_JOBS`` (1 or 2), else 1. Two (a forked child draws
+    about half) paid off in some runs of bench/bench_report.py on the shared 2-core machine and not in others
+    (load 2-12), so it is not the default."""
     env = os.environ.get("DYADSYNC_JOBS", "").strip()
     if env:
         try:
             return max(1, min(2, int(env)))
         except ValueError:
-            logger.warning("DYADSYNC_JOBS=%r is not an integer; using the CPU count", env)
-    try:
-        ncpu = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        ncpu = os.cpu_count() or 1
-    return 2 if ncpu >= 2 else 1
+            logger.warning("DYADSYNC_JOBS=%r is not an integer; drawing the figures in this process", env)
+    return 1
 
 
 def _draw(builders: list[Callable[[], object]]) -> list[bytes]:
@@ -292,7 +289,7 @@ def render_figures(an: SessionAnalysis, jobs: int | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, bytes]:
     """The PNG of every figure of the page, by key (:func:`_figure_jobs`).
 
-    With ``jobs`` = 2 (default :func:`default_figure_jobs`) a forked child draws about half of them (balanced
+    With ``jobs`` = 2 (default :func:`default_figure_jobs`, 1) a forked child draws about half of them (balanced
     by cost) while this process draws the rest; the child shares this process's memory (the analysis,
     matplotlib already imported), so nothing is pickled but the PNGs coming back. The fork is done only when
     this process runs no other thread (a fork copies no thread but can copy a lock one of them holds; see
