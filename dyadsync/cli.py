@@ -4,6 +4,10 @@ Each subcommand lives in the package that owns it, in a module with ``register(s
 at the top of the layers, only assembles them. A command whose role is not installed (a unit installed
 with ``pip install 'dyadsync[unit]'`` has no hub or lab packages) is still listed, and running it says
 which extra to install; a command module that fails to import for any other reason is an error.
+
+``dyadsync COMMAND ...`` loads only that command's module (the others import the unit daemon, the hub, the
+simulators: about half a second that ``dyadsync report`` would wait for); ``dyadsync`` without a command, or
+with one it does not know, loads them all to list them.
 """
 
 from __future__ import annotations
@@ -95,7 +99,15 @@ def _missing(names: tuple[str, ...], extra: str, exc: ModuleNotFoundError, sub: 
         p.set_defaults(func=fail)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option: the top-level options take no value),
+    if it is one of :data:`COMMANDS`."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if any(first in names for names, _, _ in COMMANDS) else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the one command ``only`` (the only module then loaded)."""
     parser = argparse.ArgumentParser(
         prog="dyadsync",
         description="Live physiological synchrony between therapist and client, measured in the therapy room.",
@@ -104,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for names, loader, extra in COMMANDS:
+        if only is not None and only not in names:
+            continue
         mod = _load(loader)
         if isinstance(mod, ModuleNotFoundError):
             _missing(names, extra, mod, sub)
@@ -113,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_of(argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,6 +19,10 @@ import datetime as dt
 import html
 import logging
 import math
+import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -221,11 +225,135 @@ def _artefact_table(an: SessionAnalysis) -> str:
     return "\n".join(out)
 
 
-def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = None) -> str:
-    """The HTML page of an analysed session (``progress`` is called once per figure)."""
+def _figure_jobs(an: SessionAnalysis) -> list[tuple[str, float, Callable[[], object]]]:
+    """Every figure of the page in page order: (key, relative cost, builder). The key is also the progress
+    label; the cost (measured CPU time of the 50-min bench session, surrogates the dearest) only balances the
+    split between two processes."""
     from .analysis import plots
 
+    jobs: list[tuple[str, float, Callable[[], object]]] = [("signals", 1.2, lambda: plots.signals_figure(an.data))]
+    for sig, ch in an.channels.items():
+        jobs += [(f"{sig} lag × time map", 1.2, lambda s=sig: plots.sync_map_figure(an, s)),
+                 (f"{sig} leadership", 0.8, lambda s=sig: plots.leadership_figure(an, s)),
+                 (f"{sig} peaks", 1.0, lambda s=sig: plots.peaks_figure(an, s))]
+        if ch.surrogates:
+            jobs.append((f"{sig} surrogates", 1.5, lambda s=sig: plots.surrogate_figure(an, s)))
+    if an.hrv:
+        jobs.append(("regulation", 0.8, lambda: plots.hrv_figure(an)))
+    jobs.append(("quality", 0.5, lambda: plots.quality_figure(an.data)))
+    return jobs
+
+
+def default_figure_jobs() -> int:
+    """Processes that draw a report's figures: ``DYADSYNC_JOBS`` (1 or 2), else 1. Two (a forked child draws
+    about half) paid off in some runs of bench/bench_report.py on the shared 2-core machine and not in others
+    (load 2-12), so it is not the default."""
+    env = os.environ.get("DYADSYNC_JOBS", "").strip()
+    if env:
+        try:
+            return max(1, min(2, int(env)))
+        except ValueError:
+            logger.warning("DYADSYNC_JOBS=%r is not an integer; drawing the figures in this process", env)
+    return 1
+
+
+def _draw(builders: list[Callable[[], object]]) -> list[bytes]:
+    from .analysis import plots
+
+    return [plots.png_bytes(b()) for b in builders]
+
+
+def _child_draw(conn, builders: list[Callable[[], object]]) -> None:  # runs in the forked child
+    try:
+        conn.send(("ok", _draw(builders)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which draws them itself
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _fork_safe() -> bool:
+    """Whether this process may fork: the platform has fork and no thread runs but the main one and tqdm's
+    progress-bar monitor (which only sleeps and refreshes bars; the child draws no bar)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        from tqdm._monitor import TMonitor
+    except ImportError:  # pragma: no cover - tqdm is a lab dependency
+        TMonitor = ()  # noqa: N806
+    main = threading.main_thread()
+    return all(t is main or isinstance(t, TMonitor) for t in threading.enumerate())
+
+
+def render_figures(an: SessionAnalysis, jobs: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, bytes]:
+    """The PNG of every figure of the page, by key (:func:`_figure_jobs`).
+
+    With ``jobs`` = 2 (default :func:`default_figure_jobs`, 1) a forked child draws about half of them (balanced
+    by cost) while this process draws the rest; the child shares this process's memory (the analysis,
+    matplotlib already imported), so nothing is pickled but the PNGs coming back. The fork is done only when
+    this process runs no other thread (a fork copies no thread but can copy a lock one of them holds; see
+    :func:`_fork_safe`) and the platform has it; otherwise, or if the child fails, every figure is drawn
+    here. Same PNGs either way."""
     step = progress or (lambda label: None)
+    todo = _figure_jobs(an)
+    jobs = default_figure_jobs() if jobs is None else jobs
+    fork = jobs >= 2 and len(todo) >= 2 and _fork_safe()
+    mine, theirs = list(range(len(todo))), []
+    if fork:
+        load = [0.0, 0.0]
+        mine = []
+        for i in sorted(range(len(todo)), key=lambda i: -todo[i][1]):  # longest first to the lighter side
+            side = 0 if load[0] <= load[1] else 1
+            (mine if side == 0 else theirs).append(i)
+            load[side] += todo[i][1]
+        mine.sort()
+        theirs.sort()
+    out: dict[str, bytes] = {}
+    child = conn = None
+    if theirs:
+        ctx = multiprocessing.get_context("fork")
+        conn, child_conn = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child_draw, args=(child_conn, [todo[i][2] for i in theirs]),
+                            name="report-figures", daemon=True)
+        child.start()
+        child_conn.close()
+    status, got = "ok", []
+    try:
+        for i in mine:
+            key, _, build = todo[i]
+            out[key] = _draw([build])[0]
+            step(f"figure: {key}")
+    finally:
+        if child is not None:  # always collected, also when a figure here failed
+            try:
+                status, got = conn.recv()
+            except EOFError:
+                status, got = "error", f"the figure process ended with exit code {child.exitcode}"
+            conn.close()
+            child.join()
+    if status == "ok":
+        out.update({todo[i][0]: png for i, png in zip(theirs, got, strict=True)})
+    else:
+        logger.warning("figures drawn in this process after the figure process failed: %s", got)
+    for i in theirs:
+        if todo[i][0] not in out:
+            out[todo[i][0]] = _draw([todo[i][2]])[0]
+        step(f"figure: {todo[i][0]}")
+    return out
+
+
+def _uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = None, *,
+                  jobs: int | None = None, figures: dict[str, bytes] | None = None) -> str:
+    """The HTML page of an analysed session (``progress`` is called once per figure; ``jobs``: processes that
+    draw the figures, :func:`render_figures`, unless they are given as ``figures``)."""
+    figs = figures if figures is not None else render_figures(an, jobs, progress)
     d = an.data
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>dyadsync report {_e(d.session)}"
              f"</title><style>{CSS}</style></head><body>",
@@ -241,8 +369,7 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
         parts.append("<div class='warn'><b>Notes</b><ul>" + "".join(f"<li>{_e(n)}</li>" for n in an.notes)
                      + "</ul></div>")
     parts.append("<h2>Signals</h2>")
-    parts.append(_img(plots.to_data_uri(plots.signals_figure(d)), "EDA and heart rate of both people"))
-    step("figure: signals")
+    parts.append(_img(_uri(figs["signals"]), "EDA and heart rate of both people"))
     parts.append("<h2>Session indices</h2>")
     parts.append(f"<p class='note'>p-values: one-sided rank of the observed pair among {an.n_surrogates} rotations "
                  "of the client series on its mirrored ring, each statistic standardized against the rotations more "
@@ -267,21 +394,17 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
         p = ch.res.params
         parts.append(f"<h2>{sig.upper()} synchrony</h2><p class='note'>window {p.win_s:g} s, step {p.inc_s:g} s, "
                      f"lags ±{p.lag_s:g} s, peak window {p.peak_window} lags; {len(ch.res)} windows.</p>")
-        for name, fig in (("lag × time map", plots.sync_map_figure), ("leadership", plots.leadership_figure),
-                          ("peaks", plots.peaks_figure)):
-            parts.append(_img(plots.to_data_uri(fig(an, sig)), f"{sig} {name}"))
-            step(f"figure: {sig} {name}")
+        for name in ("lag × time map", "leadership", "peaks"):
+            parts.append(_img(_uri(figs[f"{sig} {name}"]), f"{sig} {name}"))
         if ch.surrogates:
-            parts.append(_img(plots.to_data_uri(plots.surrogate_figure(an, sig)), f"{sig} surrogates"))
-            step(f"figure: {sig} surrogates")
+            parts.append(_img(_uri(figs[f"{sig} surrogates"]), f"{sig} surrogates"))
     parts.append("<h2>Regulation: RSA and RMSSD</h2>")
     if an.hrv:
         parts.append("<p class='note'>" + "; ".join(f"{_e(r)}: {_e(h.source)}" for r, h in an.hrv.items()) + "</p>")
-        parts.append(_img(plots.to_data_uri(plots.hrv_figure(an)), "RSA and RMSSD per epoch"))
+        parts.append(_img(_uri(figs["regulation"]), "RSA and RMSSD per epoch"))
     else:
         parts.append("<p>RSA not available: " + _e("; ".join(n for n in an.notes if "RSA" in n) or "no heart data")
                      + "</p>")
-    step("figure: regulation")
     parts.append("<h2>Markers</h2>")
     if d.markers:
         t0 = d.started_ns or 0
@@ -291,10 +414,9 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
     else:
         parts.append("<p>No markers were set in this session.</p>")
     parts.append("<h2>Data quality</h2>")
-    parts.append(_img(plots.to_data_uri(plots.quality_figure(d)), "data quality timeline"))
+    parts.append(_img(_uri(figs["quality"]), "data quality timeline"))
     parts.append(_quality_table(d))
     parts.append(_artefact_table(an))
-    step("figure: quality")
     if d.status:
         states = ", ".join(sorted({s for _, _, s in d.status}))
         parts.append(f"<p>Unit states seen: {_e(states)}.</p>")
@@ -304,6 +426,13 @@ def render_report(an: SessionAnalysis, progress: Callable[[str], None] | None = 
 
 
 N_FIGURE_STEPS = 1 + 4 * 2 + 2
+
+
+def _import_plots(timings: dict[str, float]) -> None:
+    a = time.perf_counter()
+    from .analysis import plots  # noqa: F401  (matplotlib: about half a second of imports)
+
+    timings["import_thread"] = time.perf_counter() - a
 
 
 def write_report(
@@ -317,15 +446,34 @@ def write_report(
     n_surrogates: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    jobs: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[Path, SessionAnalysis]:
     """Load, analyse and render one session; returns the HTML path and the analysis.
 
     ``params=None`` and ``recompute=False``: the unit's parameters on the stored features (the numbers
-    then equal the live metrics). Raises :class:`SessionNotFound`, :class:`IncompleteSession` or
-    :class:`SourceError` (all :class:`AnalysisError`, a ``DyadsyncError``)."""
+    then equal the live metrics). ``jobs``: processes that draw the figures (:func:`render_figures`).
+    Raises :class:`SessionNotFound`, :class:`IncompleteSession` or :class:`SourceError` (all
+    :class:`AnalysisError`, a ``DyadsyncError``).
+
+    matplotlib is imported by a thread while the session loads and is analysed (the surrogate kernel runs
+    without the GIL), and joined before the figures. ``timings``, if given, receives the wall time of each
+    phase in seconds (``load``, ``analysis``, ``surrogates``, ``import_thread`` (the thread's own time),
+    ``import_wait`` (how long the figures waited for it), ``figures``, ``html`` (the page put together and
+    written); for bench/bench_report.py)."""
     from tqdm import tqdm
 
     from .analysis.compute import n_steps
+
+    tm: dict[str, float] = timings if timings is not None else {}
+    importer = threading.Thread(target=_import_plots, args=(tm,), name="report-import-matplotlib", daemon=True)
+    importer.start()
+    clock = [time.perf_counter()]
+
+    def lap(key: str) -> None:
+        now = time.perf_counter()
+        tm[key] = tm.get(key, 0.0) + now - clock[0]
+        clock[0] = now
 
     bar = tqdm(total=2 + n_steps(n_surrogates) + N_FIGURE_STEPS, desc="report", unit="step", disable=not progress)
     try:
@@ -337,18 +485,28 @@ def write_report(
                 params = SyncParams()
         bar.set_description("report: features")
         bar.update(1)
+        lap("load")
 
         def step(label: str) -> None:
             bar.set_description(f"report: {label}")
             bar.update(1)
+            if not label.startswith("figure"):
+                lap("surrogates" if label.endswith("surrogates") else "analysis")
 
         an = analyse_session(data, params, n_surrogates=n_surrogates, seed=seed, progress=step)
-        page = render_report(an, progress=step)
+        importer.join()
+        lap("import_wait")
+        figs = render_figures(an, jobs, step)
+        lap("figures")
+        page = render_report(an, figures=figs)
     finally:
+        importer.join()
         bar.close()
     path = Path(out) if out else Path(f"report-{data.session}.html")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
+    lap("html")
     logger.info("report of %s written to %s", data.session, path)
+    logger.debug("report phases (s): %s", ", ".join(f"{k} {v:.3f}" for k, v in tm.items()))
     return path, an
 

@@ -139,11 +139,9 @@ def db_sessions(path: Path | str) -> list[str]:
         con.close()
 
 
-def _series_from_blocks(stream: str, kind: str, unit: str, rows: list[tuple]) -> Series:
-    """rows: (seq, t0_ns, rate_hz, flags, n, data) ordered by seq."""
-    rate = float(rows[0][2])
-    t0 = int(rows[0][1])
-    ns_per = 1e9 / rate
+def _place_each(rows: list[tuple], t0: int, ns_per: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values, flags and lost mask on the stream's sample axis, block by block (a later block overwrites an
+    earlier one where they overlap)."""
     end_idx = 0
     placed = []
     for _seq, bt0, _r, flags, _n, data in rows:
@@ -158,6 +156,47 @@ def _series_from_blocks(stream: str, kind: str, unit: str, rows: list[tuple]) ->
         values[idx : idx + len(v)] = v
         fl[idx : idx + len(v)] = flags
         lost[idx : idx + len(v)] = False
+    return values, fl, lost
+
+
+def _place_uniform(rows: list[tuple], t0: int, ns_per: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_place_each` in a few array operations when every block holds the same number of samples and no
+    block overlaps the next (what the recorder stores: 3000 blocks of a 50-min feature stream took ~0.1 s
+    one by one); None otherwise. Same arrays."""
+    sizes = {len(r[5]) for r in rows}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    if size == 0 or size % 4:
+        return None
+    n = size // 4
+    idx = np.round((np.array([r[1] for r in rows], dtype=np.int64) - t0) / ns_per).astype(np.int64)
+    if len(idx) > 1 and not np.all(np.diff(idx) >= n):
+        return None
+    if idx[0] < 0:
+        return None
+    v = np.frombuffer(b"".join(r[5] for r in rows), dtype="<f4").astype(np.float64).reshape(len(rows), n)
+    end_idx = int(idx.max()) + n
+    pos = (idx[:, None] + np.arange(n)).ravel()
+    values = np.full(end_idx, np.nan)
+    values[pos] = v.ravel()
+    fl = np.zeros(end_idx, dtype=np.int64)
+    fl[pos] = np.repeat(np.array([r[3] for r in rows], dtype=np.int64), n)
+    lost = np.ones(end_idx, dtype=bool)
+    lost[pos] = False
+    return values, fl, lost
+
+
+def _series_from_blocks(stream: str, kind: str, unit: str, rows: list[tuple]) -> Series:
+    """rows: (seq, t0_ns, rate_hz, flags, n, data) ordered by seq."""
+    rate = float(rows[0][2])
+    t0 = int(rows[0][1])
+    ns_per = 1e9 / rate
+    placed = _place_uniform(rows, t0, ns_per)
+    if placed is not None:
+        values, fl, lost = placed
+    else:
+        values, fl, lost = _place_each(rows, t0, ns_per)
     seqs = [r[0] for r in rows]
     s = Series(stream, kind, t0, rate, values, fl, lost, unit)
     s.missing_blocks = seqs[-1] - seqs[0] + 1 - len(seqs)

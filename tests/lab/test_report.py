@@ -238,3 +238,26 @@ def test_cli_report_and_its_errors(demo_db, demo_copy, tmp_path):
         write_report(session, db=copy, out=tmp_path / "y.html", n_surrogates=0)
     inc = _cli("report", session, "--db", str(copy), "--quiet", "--surrogates", "0")
     assert inc.returncode == 2 and "no eda feature stream for client" in inc.stderr
+
+
+def test_raw_ppg_is_analysed_once_per_person_with_the_same_numbers(demo_db, monkeypatch):
+    """The HRV epochs and the artefact count share each person's beats (one ppg_features call per person, not
+    two), and their numbers equal those of the functions called on their own."""
+    from dsp_ext import ppg
+    from lab.analysis import compute
+    from lab.analysis.source import load_session
+
+    db, session = demo_db
+    data = load_session(session, db=db, with_raw=True)
+    alone_arte = compute.artefacts(data)
+    alone_hrv = {role: compute._hrv_from_raw(data, role) for role in ("therapist", "client")}
+    calls = []
+    real = ppg.ppg_features
+    monkeypatch.setattr(ppg, "ppg_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    an = compute.analyse_session(data, n_surrogates=0)
+    assert len(calls) == 2
+    assert an.artefacts == alone_arte and alone_arte["client"]["beats"] > 100
+    for role, h in alone_hrv.items():
+        assert np.array_equal(an.hrv[role].rsa_ln_ms2, h.rsa_ln_ms2, equal_nan=True)
+        assert np.array_equal(an.hrv[role].rmssd_ms, h.rmssd_ms, equal_nan=True)
+        assert np.array_equal(an.hrv[role].epoch_t_ns, h.epoch_t_ns)
