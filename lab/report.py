@@ -245,16 +245,23 @@ def _figure_jobs(an: SessionAnalysis) -> list[tuple[str, float, Callable[[], obj
 
 
 def default_figure_jobs() -> int:
-    """Processes that draw a report's figures: ``DYADSYNC_JOBS`` (1 or 2), else 1. Two (a forked child draws
-    about half) paid off in some runs of bench/bench_report.py on the shared 2-core machine and not in others
-    (load 2-12), so it is not the default."""
+    """Processes that draw a report's figures: ``DYADSYNC_JOBS`` (1 or 2); else 2 when this process may run on
+    two CPUs and one is free (load average below the CPU count), 1 otherwise. The PNGs are the same either way
+    (a test compares). bench/bench_report.py: two paid off on an idle 2-core machine (a 5-min report 2.6 -> 1.7
+    s) and not when every core was busy, hence the load check."""
     env = os.environ.get("DYADSYNC_JOBS", "").strip()
     if env:
         try:
             return max(1, min(2, int(env)))
         except ValueError:
             logger.warning("DYADSYNC_JOBS=%r is not an integer; drawing the figures in this process", env)
-    return 1
+            return 1
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on Linux
+        return 1
+    return 2 if ncpu >= 2 and load < ncpu - 0.5 else 1
 
 
 def _draw(builders: list[Callable[[], object]]) -> list[bytes]:
