@@ -316,46 +316,70 @@ def fmt_rate(p: np.ndarray, alpha: float, ci: bool = True) -> str:
     return f"{100 * k / n:.1f} [{100 * lo:.1f}–{100 * hi:.1f}]" if ci else f"{100 * k / n:.1f}"
 
 
+def _band_chance(n: int) -> tuple[float, float]:
+    """For an exact test on ``n`` pairs: P(rate outside 3–7 % at α = 0.05), P(rate > 2 % at α = 0.01)."""
+    from scipy.stats import binom
+
+    k5 = np.arange(n + 1)
+    out5 = float(binom.pmf(k5[(k5 < 0.03 * n) | (k5 > 0.07 * n)], n, 0.05).sum())
+    return out5, float(binom.sf(math.floor(0.02 * n), n, 0.01))
+
+
 def table(args: argparse.Namespace) -> int:
+    from scipy.stats import poisson
+
     cells = load_cells(Path(args.out))
     stats = [s for s, _ in TESTS]
     lengths = [float(x) for x in args.lengths.split(",")]
-    print("False-positive rates, % (Wilson 95 % interval): α = 0.05 ; α = 0.01\n")
-    print("| null model | min | pairs | " + " | ".join(stats) + " | classic circular (pairs): inphase_z ; max_z |")
-    print("|---|---|---|" + "---|" * len(stats) + "---|")
-    outside5, outside1, total, n_cells = [], [], 0, 0
+    print("False-positive rates, % with p ≤ 0.05 / p ≤ 0.01; default statistic with Wilson 95 % intervals\n")
+    print(f"| null model | min | pairs | {stats[0]} (default), α 0.05 | α 0.01 | "
+          + " | ".join(stats[1:]) + " | classic circular (pairs): inphase_z · max_z |")
+    print("|---|---|---|---|---|" + "---|" * len(stats))
+    outside5: list = []
+    outside1: list = []
+    exp5 = exp1 = 0.0
+    n_cells = total = 0
+    pooled: dict[str, list] = {s: [] for s in stats}
     for model in args.models.split(","):
         for m in lengths:
             c = cells.get(("null", model, m, "mirror"))
             if c is None or not c["p"]:
-                miss = f" (no pair: {c['missing']} draws without data)" if c else " (not run)"
-                print(f"| {LABELS.get(model, model)} | {m:g} | 0{miss} |" + " – |" * (len(stats) + 1))
+                why = f"no pair can be formed ({c['missing']} draws)" if c else "not run"
+                print(f"| {LABELS.get(model, model)} | {m:g} | 0 | {why} |" + " |" * len(stats))
                 continue
             p = np.array(c["p"], dtype=float)
             n_cells += 1
-            row = []
             for q, s in enumerate(stats):
                 ok = np.isfinite(p[:, q])
-                r5 = np.mean(p[ok, q] <= 0.05)
-                r1 = np.mean(p[ok, q] <= 0.01)
+                r5, r1 = np.mean(p[ok, q] <= 0.05), np.mean(p[ok, q] <= 0.01)
+                pooled[s].append(p[ok, q])
                 total += 1
+                c5, c1 = _band_chance(int(ok.sum()))
+                exp5 += c5
+                exp1 += c1
                 if not 0.03 <= r5 <= 0.07:
-                    outside5.append((model, m, s, round(100 * r5, 1)))
+                    outside5.append(f"{model}/{m:g}/{s} {100 * r5:.1f}")
                 if r1 > 0.02:
-                    outside1.append((model, m, s, round(100 * r1, 1)))
-                cell = f"{fmt_rate(p[:, q], 0.05)} ; {fmt_rate(p[:, q], 0.01)}"
-                row.append(f"**{cell}**" if q == 0 else cell)
+                    outside1.append(f"{model}/{m:g}/{s} {100 * r1:.1f}")
+            rest = [f"{fmt_rate(p[:, q], 0.05, False)} / {fmt_rate(p[:, q], 0.01, False)}" for q in range(1, len(stats))]
             cc = cells.get(("null", model, m, "circular"))
             if cc and cc["p"]:
                 pc = np.array(cc["p"], dtype=float)
-                ctl = (f"({len(pc)}) {fmt_rate(pc[:, 0], 0.05, False)} ; {fmt_rate(pc[:, 0], 0.01, False)} · "
-                       f"{fmt_rate(pc[:, 3], 0.05, False)} ; {fmt_rate(pc[:, 3], 0.01, False)}")
+                ctl = (f"({len(pc)}) {fmt_rate(pc[:, 0], 0.05, False)} / {fmt_rate(pc[:, 0], 0.01, False)} · "
+                       f"{fmt_rate(pc[:, 3], 0.05, False)} / {fmt_rate(pc[:, 3], 0.01, False)}")
             else:
                 ctl = "–"
-            print(f"| {LABELS.get(model, model)} | {m:g} | {len(p)} | " + " | ".join(row) + f" | {ctl} |")
-    print(f"\n{n_cells} cells, {total} statistic-cells; outside 3–7 % at α = 0.05: {len(outside5)} {outside5}")
-    print(f"above 2 % at α = 0.01: {len(outside1)} {outside1}")
-    print("\nPower (AR(1) φ 0.9, the client follows 3 s later with coupling g), % with p ≤ 0.05 ; p ≤ 0.01\n")
+            print(f"| {LABELS.get(model, model)} | {m:g} | {len(p)} | {fmt_rate(p[:, 0], 0.05)} | "
+                  f"{fmt_rate(p[:, 0], 0.01)} | " + " | ".join(rest) + f" | {ctl} |")
+    print(f"\n{n_cells} cells × {len(stats)} statistics = {total} statistic-cells.")
+    print(f"outside 3–7 % at α = 0.05: {len(outside5)} (an exact test: {exp5:.2f} expected, "
+          f"P(≥ {len(outside5)}) = {poisson.sf(len(outside5) - 1, exp5):.3g}): {outside5}")
+    print(f"above 2 % at α = 0.01: {len(outside1)} (an exact test: {exp1:.2f} expected, "
+          f"P(≥ {len(outside1)}) = {poisson.sf(len(outside1) - 1, exp1):.3g}): {outside1}")
+    print("pooled over cells (pairs weighted):",
+          ", ".join(f"{s} {100 * np.mean(np.concatenate(v) <= 0.05):.2f} / {100 * np.mean(np.concatenate(v) <= 0.01):.2f}"
+                    for s, v in pooled.items() if v))
+    print("\nPower (AR(1) φ 0.9, the client follows 3 s later with coupling g), % with p ≤ 0.05 / p ≤ 0.01\n")
     print("| coupling | min | pairs | " + " | ".join(stats) + " |")
     print("|---|---|---|" + "---|" * len(stats))
     for gain in (0.2, 0.4):
@@ -364,9 +388,9 @@ def table(args: argparse.Namespace) -> int:
             if c is None or not c["p"]:
                 continue
             p = np.array(c["p"], dtype=float)
-            row = [f"{fmt_rate(p[:, q], 0.05, False)} ; {fmt_rate(p[:, q], 0.01, False)}" for q in range(len(stats))]
+            row = [f"{fmt_rate(p[:, q], 0.05, False)} / {fmt_rate(p[:, q], 0.01, False)}" for q in range(len(stats))]
             print(f"| {gain} | {m:g} | {len(p)} | " + " | ".join(row) + " |")
-    print("\nCPU seconds per pair (mirror, null cells):")
+    print("\nCPU seconds per pair (default test, null cells, one thread):")
     for m in lengths:
         v = [c["cpu_s"] / len(c["p"]) for (kd, _, mm, me), c in cells.items()
              if kd == "null" and mm == m and me == "mirror" and c["p"]]
