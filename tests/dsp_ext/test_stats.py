@@ -208,6 +208,32 @@ def test_calibration_on_a_small_seed_set_with_a_failing_control():
     assert rej["circular"] >= 5, rej  # the control: the classic scheme rejects far too often here
 
 
+
+def test_calibration_on_strongly_autocorrelated_short_sessions_with_a_failing_control():
+    """The hardest null cell of docs/dsp.md "Calibration" (independent AR(1) pairs with φ = 0.99, 2 min at
+    4 Hz, default SyncParams) with the default statistic (mean in-phase peak z): the default test's rejections
+    at α = 0.05 and 0.01 stay within what an exact test gives on 160 pairs; the classic circular shift (the
+    control, ~13 % / ~11 % in bench/calibrate_surrogates.py) lands far outside the same bounds, so the check can
+    fail. Bounds: an exact test exceeds 13 of 160 at α = 0.05 (mean 8) with probability 0.025, 5 of 160 at
+    α = 0.01 (mean 1.6) with probability 0.02."""
+    p = SyncParams()
+    n_pairs = 160
+    pv: dict[str, list[float]] = {"mirror": [], "circular": []}
+    for s in range(n_pairs):
+        rng = np.random.default_rng(700 + s)
+        t, c = _ar1(rng, 480, 0.99), _ar1(rng, 480, 0.99)
+        for method, out in pv.items():
+            out.append(surrogate_test(t, c, p, n=99, method=method, seed=s).p_value)
+
+    def within_exact_bounds(x: list[float]) -> bool:
+        a = np.array(x)
+        return bool(np.sum(a <= 0.05) <= 13 and np.sum(a <= 0.01) <= 5)
+
+    counts = {m: (int(np.sum(np.array(x) <= 0.05)), int(np.sum(np.array(x) <= 0.01))) for m, x in pv.items()}
+    assert within_exact_bounds(pv["mirror"]), counts
+    assert not within_exact_bounds(pv["circular"]), counts  # the control fails the same check
+
+
 def test_mirror_test_p_value_range_and_power():
     p = SyncParams()
     rng = np.random.default_rng(77)
