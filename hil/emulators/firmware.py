@@ -75,6 +75,7 @@ class EmulatedChannel:
     pending_first: int = 0
     generated: int = 0
     sent: int = 0
+    dropped_full: int = 0  # samples in frames dropped whole because the output buffer was full
 
     def info(self) -> ChannelInfo:
         return ChannelInfo(
@@ -96,6 +97,11 @@ class FirmwareEmulator:
     start_device_us: device counter at simulated time 0 (set close to 2**32 to exercise the wrap).
     major/minor: protocol version this firmware claims (a wrong major must be refused by the host).
     tick_s: real seconds between emulator steps.
+    tx_buffer_bytes: the device's output buffer. What the port does not take at once waits there and goes out
+        as the host reads; a frame that does not fit is dropped whole, never cut (docs/firmware-protocol.md:
+        the host then sees an index gap, not a CRC error). Default: 64 KiB times ``speed``, so that it spans
+        the same real time as a real device's at 1x (a process starved for a second at 20x is twenty
+        simulated seconds of data).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class FirmwareEmulator:
         tick_s: float = 0.005,
         seed: int = 0,
         link_name: str = "ttyDYAD0",
+        tx_buffer_bytes: int | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
@@ -135,6 +142,8 @@ class FirmwareEmulator:
         self.bit_error_rate = bit_error_rate
         self.drop_byte_rate = drop_byte_rate
         self.tick_s = tick_s
+        self.tx_buffer_bytes = int(tx_buffer_bytes if tx_buffer_bytes is not None else 65536 * max(1.0, speed))
+        self._txbuf = bytearray()
         self._rng = np.random.default_rng(seed)
         self.boot_id = int(self._rng.integers(1, 2**32 - 1))
         self._lock = threading.RLock()
@@ -154,7 +163,8 @@ class FirmwareEmulator:
         self.events: list[tuple[float, str, object]] = []
         self.received: list[tuple[float, object]] = []  # (sim time, message) from the host
         self.bytes_written = 0
-        self.bytes_dropped_full = 0
+        self.bytes_dropped_full = 0  # in whole frames that did not fit the output buffer
+        self.frames_dropped_full = 0
         self.bytes_corrupted = 0
 
     # ----------------------------------------------------------------------------------- time
@@ -255,11 +265,13 @@ class FirmwareEmulator:
                 except OSError:
                     pass
         self._master = self._slave = None
+        self._txbuf.clear()  # what the device had not sent dies with the cable (the host counts it lost)
         self.streaming = False
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
+        """Queue one whole frame for the port; False (frame dropped whole, counted) when the buffer is full."""
         if self._master is None:
-            return
+            return False
         buf = bytearray(data)
         if self.drop_byte_rate > 0:
             keep = self._rng.random(len(buf)) >= self.drop_byte_rate
@@ -271,22 +283,36 @@ class FirmwareEmulator:
             for bit in flips:
                 buf[bit // 8] ^= 1 << (bit % 8)
             self.bytes_corrupted += len(flips)
-        try:
-            n = os.write(self._master, bytes(buf))
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                n = 0
-            else:
-                raise
-        self.bytes_written += n
-        self.bytes_dropped_full += len(buf) - n
+        self._flush()
+        if len(self._txbuf) + len(buf) > self.tx_buffer_bytes:
+            self.frames_dropped_full += 1
+            self.bytes_dropped_full += len(buf)
+            return False
+        self._txbuf += buf
+        self._flush()
+        return True
 
-    def _send(self, msg: object, device_us: int | None = None) -> None:
+    def _flush(self) -> None:
+        """Hand the port what it takes now; the rest stays queued (the device waits for the host, as USB does)."""
+        while self._txbuf and self._master is not None:
+            try:
+                n = os.write(self._master, self._txbuf)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    n = 0
+                else:
+                    raise
+            if n <= 0:
+                return
+            del self._txbuf[:n]
+            self.bytes_written += n
+
+    def _send(self, msg: object, device_us: int | None = None) -> bool:
         self._frame_seq = (self._frame_seq + 1) & 0xFFFF
         dev = self.device_us() if device_us is None else device_us
-        self._write(encode_frame(msg, frame_seq=self._frame_seq, device_time_us=dev, major=self.major, minor=self.minor))
+        return self._write(encode_frame(msg, frame_seq=self._frame_seq, device_time_us=dev, major=self.major, minor=self.minor))
 
     def _hello(self) -> Hello:
         return Hello(
@@ -329,6 +355,7 @@ class FirmwareEmulator:
         if self._mute_until is not None and not muted:
             self._mute_until = None
         if self.plugged and not muted:
+            self._flush()
             self._read_host(now)
         self._sample(now, muted)
 
@@ -395,8 +422,10 @@ class FirmwareEmulator:
                 if len(ch.pending) >= ch.frame_samples:
                     if self.streaming and self.plugged and not muted:
                         first_dev = int(self.start_device_us + ch.pending_first * period_us) % UINT32
-                        self._send(Samples(ch.channel, ch.pending_first, tuple(ch.pending)), device_us=first_dev)
-                        ch.sent += len(ch.pending)
+                        if self._send(Samples(ch.channel, ch.pending_first, tuple(ch.pending)), device_us=first_dev):
+                            ch.sent += len(ch.pending)
+                        elif self.plugged:
+                            ch.dropped_full += len(ch.pending)
                     ch.pending = []
 
     def send_status(self, entries: tuple[tuple[int, int, int], ...]) -> None:
