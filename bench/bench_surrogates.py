@@ -29,21 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_report import ar1  # noqa: E402  (one AR(1) generator for the benches)
 from dsp_ext.stats import surrogate_tests  # noqa: E402
 from dsp_ext.synchrony import SyncParams  # noqa: E402
 from lab.analysis.compute import SURROGATE_STATS  # noqa: E402
 
 ALL_STATS = tuple((s, "less" if s == "antiphase_z" else "greater")
                   for s in ("inphase_z", "r0", "therapist_led", "client_led", "antiphase_z", "max_z"))
-
-
-def ar1(rng: np.random.Generator, n: int, phi: float = 0.95) -> np.ndarray:
-    e = rng.standard_normal(n)
-    x = np.empty(n)
-    x[0] = e[0]
-    for i in range(1, n):
-        x[i] = phi * x[i - 1] + e[i]
-    return x
 
 
 def timed(f, repeat: int) -> tuple[float, float, object]:
