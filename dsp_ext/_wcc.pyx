@@ -168,6 +168,24 @@ cdef inline double _fisher_z(double r) noexcept nogil:
     return 0.5 * log((1.0 + r) / (1.0 - r))
 
 
+cdef inline void _session_means(const double* vals, Py_ssize_t nw, const cnp.int64_t* columns,
+                                const unsigned char* fisher, Py_ssize_t nc, double* out) noexcept nogil:
+    """Each asked column's session statistic from ``vals`` (nw x N_VALUES, C order): the mean over the windows
+    with a finite value, as Fisher z where ``fisher`` says so; NaN when no window has one."""
+    cdef Py_ssize_t q, k, col, cnt
+    cdef double acc, v
+    for q in range(nc):
+        col = columns[q]
+        acc = 0.0
+        cnt = 0
+        for k in range(nw):
+            v = vals[k * N_VALUES + col]
+            if isfinite(v):
+                acc += _fisher_z(v) if fisher[q] else v
+                cnt += 1
+        out[q] = acc / cnt if cnt > 0 else NAN
+
+
 cdef inline bint _is_peak(const double* r, Py_ssize_t c, Py_ssize_t nl, Py_ssize_t half,
                           double sign, double min_r) noexcept nogil:
     cdef Py_ssize_t d
@@ -1130,16 +1148,7 @@ def circular_null(const double[::1] t, const double[::1] ring, const cnp.int64_t
             _batch_core(&t[0], &cs[0], n, nw, win, inc, lag, half, rate_hz, peak_min_r, leader_min_r, need,
                         &work[0],
                         &starts[0], &prof[0, 0], &vals[0, 0])
-            for q in range(nc):
-                col = columns[q]
-                acc = 0.0
-                cnt = 0
-                for k in range(nw):
-                    v = vals[k, col]
-                    if isfinite(v):
-                        acc += _fisher_z(v) if fisher[q] else v
-                        cnt += 1
-                null[j, q] = acc / cnt if cnt > 0 else NAN
+            _session_means(&vals[0, 0], nw, &columns[0], &fisher[0], nc, &null[j, 0])
     return null_a
 
 
@@ -1630,14 +1639,5 @@ def rotation_null(const double[::1] t, const double[::1] tq, const double[::1] r
             n_redo += 1
             _batch_core(&t[0], &ringx[offsets[h]], n, nw, win, inc, lag, half, rate_hz, peak_min_r,
                         leader_min_r, need, &bwork[0], &bstarts[0], &bprof[0, 0], &bvals[0, 0])
-            for q in range(nc):
-                col = columns[q]
-                acc = 0.0
-                cnt = 0
-                for k in range(nw):
-                    v = bvals[k, col]
-                    if isfinite(v):
-                        acc += _fisher_z(v) if fisher[q] else v
-                        cnt += 1
-                null[h, q] = acc / cnt if cnt > 0 else NAN
+            _session_means(&bvals[0, 0], nw, &columns[0], &fisher[0], nc, &null[h, 0])
     return null_a, n_redo
