@@ -10,7 +10,9 @@
 * time: the offset of each participant's stored PPG against the simulated signal, per 20-s chunk,
   estimated by maximising the correlation over shifts of ±60 ms; therapist and client offsets must agree
   within 10 ms in every chunk (across units too).
-* science: per coupled segment and channel, windows wholly inside the segment: the median lag of the
+* science: per coupled segment and channel, windows wholly inside the segment whose data (the window and
+  its lags) the hub holds complete for both people — a window that reaches into a power cut or another
+  outage is left out (how many is said; completeness scores the loss itself): the median lag of the
   window's global maximum of r(τ) (``max_lag_s``) within ±0.25 s of the truth and the leader side of each
   window read alone (``dsp_ext.synchrony.leader``, the kernels' ``leader``; ARCHITECTURE §4: tau > 0 = the
   therapist leads) right in >= 95 % of the windows — stricter than dyadsync's pooled rule (docs/dsp.md "Who
@@ -177,7 +179,9 @@ def _completeness(con, rec: RunRecord, rep: Report) -> None:
                 if np.any(t0s != base + seqs * FEATURE_BLOCK_NS):
                     dup += int(np.sum(t0s != base + seqs * FEATURE_BLOCK_NS))
                 have = set(seqs.tolist())
-                last = max(int(seqs[-1]), int(L) - TAIL_BLOCKS[ch])
+                # the blocks that end before the stop, but the last TAIL_BLOCKS (counted from where this stream's
+                # block grid lies: its first block may start seconds into the session on a loaded machine)
+                last = max(int(seqs[-1]), int((rec.stop_ns - base) // FEATURE_BLOCK_NS) - 1 - TAIL_BLOCKS[ch])
                 for j in range(0, last + 1):
                     if j in have:
                         continue
@@ -330,6 +334,21 @@ def _segments(rec: RunRecord):
     return [Segment(**s) for s in rec.spec.sim["schedule"]]
 
 
+def _complete_grid(con, rec: RunRecord, ch: str) -> np.ndarray:
+    """Sorted grid times (ns) at which the hub holds a finite 4 Hz ``ch`` feature of both people."""
+    held = []
+    for role in ("therapist", "client"):
+        t, v, _ = store.read_stream(con, rec.session, f"{role}/{ch}", "feat")
+        held.append(np.unique(t[np.isfinite(v)] // GRID_NS))
+    return np.intersect1d(held[0], held[1])
+
+
+def _complete(grid: np.ndarray, lo_ns: int, hi_ns: int) -> bool:
+    """True when every grid point in [lo_ns, hi_ns) is in ``grid`` (grid indices, from _complete_grid)."""
+    a, b = -(-lo_ns // GRID_NS), -(-hi_ns // GRID_NS)
+    return int(np.searchsorted(grid, b) - np.searchsorted(grid, a)) == b - a
+
+
 def _science(con, rec: RunRecord, rep: Report, sim) -> None:
     from dsp_ext.stats import surrogate_test
     from dsp_ext.synchrony import SyncParams, leader
@@ -340,6 +359,7 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
     for ch in ("eda", "hr"):
         rows = list(store.read_metrics(con, rec.session, f"sync_{ch}", unit=unit))
         ref_rows = _truth_windows(sim, ch, rec, SyncParams(win_s=win, lag_s=lag))
+        grid = _complete_grid(con, rec, ch)
         for seg in _segments(rec):
             a_ns = t0 + int((seg.start_s + TRANSITION_S) * 1e9)
             b_ns = t0 + int(seg.end_s * 1e9)
@@ -354,13 +374,19 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                 # alone; docs/dsp.md "Who leads"); anti-phase: Boker's trough lag (no leader rule for a trough)
                 anti = seg.mode == "anti_phase"
                 key = "antiphase_lag_s" if anti else "max_lag_s"
-                inside = [v for _, ws, we, v in rows
-                          if ws - lag * 1e9 >= a_ns and we + lag * 1e9 <= b_ns and np.isfinite(v.get("r0", math.nan))]
+                spans = [(ws - int(lag * 1e9), we + int(lag * 1e9), v) for _, ws, we, v in rows]
+                spans = [(lo, hi, v) for lo, hi, v in spans if lo >= a_ns and hi <= b_ns]
+                inside = [v for lo, hi, v in spans if _complete(grid, lo, hi) and np.isfinite(v.get("r0", math.nan))]
+                left_out = len(spans) - len(inside)
                 lags = np.array([v.get(key, math.nan) for v in inside], dtype=float)
                 sides = (np.sign(lags) if anti else
                          leader(np.array([v.get("max_r", math.nan) for v in inside], dtype=float), lags))
                 if lags.size == 0:
-                    rep.add("science", label, "no windows", f"lag {tau:+.2f}±0.25 s", False)
+                    if left_out:  # every window reached into lost data: nothing to judge (completeness did)
+                        rep.add("science", label, "no complete windows", f"lag {tau:+.2f}±0.25 s", False,
+                                f"all {left_out} windows touch data lost in an outage", scored=False)
+                    else:
+                        rep.add("science", label, "no windows", f"lag {tau:+.2f}±0.25 s", False)
                     continue
                 med = float(np.nanmedian(lags)) if np.isfinite(lags).any() else math.nan
                 if tau == 0:
@@ -376,8 +402,9 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
                 ref_txt = (f"truth features: lag {np.nanmedian(ref):+.2f} s, leader "
                            f"{100 * np.mean(ref_side == np.sign(tau) if tau else np.abs(ref) <= LAG_TOL_S):.1f}%"
                            if ref.size else "no truth windows")
+                gone = f" ({left_out} touching lost data left out)" if left_out else ""
                 rep.add("science", label, f"lag {med:+.2f} s, leader {100 * frac:.1f}%",
-                        f"{tau:+.2f}±0.25 s, >=95%", ok, f"{lags.size} windows; {ref_txt}")
+                        f"{tau:+.2f}±0.25 s, >=95%", ok, f"{lags.size} windows{gone}; {ref_txt}")
             elif not seg.coupled:
                 scored = ch in rec.scenario.science_channels
                 series = {}

@@ -144,6 +144,35 @@ def test_score_misses_a_lost_feature_block_and_metric(basic_run, tmp_path):
     assert not rep.passed
 
 
+def test_score_misses_feature_blocks_lost_at_the_end(basic_run, tmp_path):
+    """A stream may end early by TAIL_BLOCKS blocks (counted on its own block grid), not more."""
+    con = sqlite3.connect(basic_run.db_path)
+    (last,) = con.execute("SELECT MAX(seq) FROM blocks WHERE kind='feat' AND stream='client/eda'").fetchone()
+    con.close()
+    rep = _tampered(basic_run, tmp_path, [f"DELETE FROM blocks WHERE kind='feat' AND stream='client/eda' AND seq > {last - 4}"])
+    feat = next(s for s in rep.scores if s.name == "unit-a feature blocks")
+    assert not feat.passed and "client/eda" in feat.detail, feat
+
+
+def test_science_leaves_out_windows_that_touch_lost_data(basic_run, tmp_path):
+    """Features lost for 3 s inside the therapist-led segment: the windows reaching into the hole are left out
+    of the science score (and counted), the loss itself is a completeness miss."""
+    rep0 = score(basic_run)
+    sci0 = next(s for s in rep0.scores if s.category == "science" and "therapist_led" in s.name)
+    con = sqlite3.connect(basic_run.db_path)
+    (s0,) = con.execute("SELECT MIN(seq) FROM blocks WHERE kind='feat' AND stream='therapist/eda'").fetchone()
+    con.close()
+    hole = (s0 + 174, s0 + 176)  # ~174-177 s of the session, near the end of the therapist-led segment (90-180 s)
+    rep = _tampered(basic_run, tmp_path, [f"DELETE FROM blocks WHERE kind='feat' AND stream='therapist/eda' AND "
+                                          f"seq BETWEEN {hole[0]} AND {hole[1]}"])
+    sci = next(s for s in rep.scores if s.category == "science" and "therapist_led" in s.name)
+    assert "touching lost data left out" in sci.detail, sci
+    n0, n = int(sci0.detail.split(" windows")[0]), int(sci.detail.split(" windows")[0])
+    # the windows whose span (window ± lag, 50 s) meets the hole are gone, the earlier ones are still scored
+    assert 15 <= n <= n0 - 5 and sci.passed, (sci0.detail, sci.detail)
+    assert not next(s for s in rep.scores if s.name == "unit-a feature blocks").passed
+
+
 def test_score_misses_a_lost_raw_block(basic_run, tmp_path):
     rep = _tampered(basic_run, tmp_path, ["DELETE FROM blocks WHERE kind='raw' AND stream='therapist/ppg' AND seq=30"])
     assert {s.name for s in rep.failed()} >= {"unit-a raw samples"}
