@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tty
@@ -55,8 +58,57 @@ def check_exact_accounting(emu, link, deliveries):
     return stats
 
 
-def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
+_STARVER = """
+import os, random, signal, sys, time
+pid, stall_s, seed = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+n = 0
+while True:
+    time.sleep(rng.uniform(1.0, 2.5))
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(stall_s)
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        break
+    n += 1
+    print(n, flush=True)
+"""
+
+
+@pytest.fixture
+def starve():
+    """Freeze this whole test process (SIGSTOP from a helper process) for ``stall_s`` every 1-2.5 s: the link,
+    the reader thread and the in-process emulated device all stop, as on a host that does not schedule the
+    unit's process. Returns a function giving the number of stalls so far."""
+    procs: list[subprocess.Popen] = []
+
+    def start(stall_s: float, seed: int = 1):
+        p = subprocess.Popen([sys.executable, "-c", _STARVER, str(os.getpid()), str(stall_s), str(seed)],
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+
+        def stop() -> int:
+            p.terminate()
+            out, _ = p.communicate(timeout=10)
+            os.kill(os.getpid(), signal.SIGCONT)  # (harmless: this process runs)
+            return len(out.split())
+
+        return stop
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("stall_s", [0.0, 1.0], ids=["idle", "starved"])
+def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory, starve, stall_s):
+    """Two unplugs in ten simulated minutes: exactly one reconnect per unplug and exact accounting — also when
+    the whole process is frozen for 1 s (20 simulated s) every 1-2.5 s, as on a starved host."""
     speed = 20.0
+    stop_starving = starve(stall_s) if stall_s else None
     emu = emulator_factory(speed=speed, drift_ppm=-90.0, start_device_us=2**32 - 200_000_000)  # wraps at ~200 s
     link = link_factory(emu)
     unplugs = [(180.0, 4.0), (420.0, 9.0)]
@@ -76,6 +128,8 @@ def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory):
     deadline = time.monotonic() + 60
     while not read_to_the_end() and time.monotonic() < deadline:
         time.sleep(0.05)
+    stalls = stop_starving() if stop_starving else 0
+    assert stalls >= 8 or not stall_s, stalls
     link.stop()
     read_to_the_end()
     deliveries = dict(deliveries)
