@@ -28,6 +28,12 @@ Rules, one column each:
 * ``pool<S>``: **dyadsync's rule** (:class:`dsp_ext.synchrony.LeaderPool`, ``pooled_leader``): the maximum of
   the mean Fisher-z profile of the windows that started in the trailing S seconds (``leader_span_s`` = S);
   the default span is marked with ``*``;
+* ``xspec<S>``: a generalized cross-correlation (Knapp & Carter 1976) pooled like ``pool<S>``: each 30-s
+  window is demeaned and Hann-tapered, the windows' cross- and auto-spectra are summed over the trailing S
+  seconds, and the leader is the sign of the lag of the maximum of the summed cross-covariance over
+  ±lag_s, normalized by the summed energies and the tapers' overlap at each lag (a pooled, tapered
+  correlation); a leader is named when it reaches ``leader_min_r``. It weights windows by their variance instead of averaging their Fisher z.
+  Offline here; not the rule (see docs/dsp.md);
 * ``sides``: sign of therapist_led - client_led (rMEA's side means; no lag);
 * ``session``: the rule on the session's mean profile (hit = the session verdict is right; one call per dyad).
 
@@ -95,9 +101,48 @@ def prominent(res, min_gap: float) -> np.ndarray:
         return np.where(np.isfinite(call) & (res.max_r - other >= min_gap), call, 0.0)
 
 
+def pooled_xspec(t: np.ndarray, c: np.ndarray, p: SyncParams) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled tapered correlation at its maximum, its lag in s) per window of ``wcc(t, c, p)``: the ``xspec``
+    rule above. Windows start where the WCC's do (lag .. n - win - lag, step inc); NaN samples count as 0."""
+    w, inc, lag = int(round(p.win_s * p.rate_hz)), int(round(p.inc_s * p.rate_hz)), int(round(p.lag_s * p.rate_hz))
+    k_pool = max(1, int(p.leader_span_s // p.inc_s))
+    nfft = 1 << int(np.ceil(np.log2(w + lag + 1)))  # zero padding: no circular wrap within ±lag
+    starts = np.arange(lag, len(t) - w - lag + 1, inc)
+    idx = starts[:, None] + np.arange(w)[None, :]
+    taper = np.hanning(w)
+
+    def spectra(x: np.ndarray) -> np.ndarray:
+        seg = np.nan_to_num(x[idx])
+        return np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * taper, nfft, axis=1)
+
+    a, b = spectra(t), spectra(c)
+
+    def running(z: np.ndarray) -> np.ndarray:  # sums over the trailing k_pool windows
+        cs = np.concatenate([np.zeros((1,) + z.shape[1:], z.dtype), np.cumsum(z, axis=0)])
+        lo = np.maximum(np.arange(len(z)) + 1 - k_pool, 0)
+        return cs[1:] - cs[lo]
+
+    def energy(z: np.ndarray) -> np.ndarray:  # Σ x² of each window from its one-sided spectrum (Parseval)
+        e = np.abs(z) ** 2
+        return (2.0 * e.sum(axis=1) - e[:, 0] - e[:, -1]) / nfft
+
+    sxy = running(np.conj(a) * b)
+    exx, eyy = running(energy(a)), running(energy(b))
+    cc = np.fft.irfft(sxy, nfft, axis=1)  # Σ over the pool of Σ_t x(t) y(t + τ)
+    prof = np.concatenate([cc[:, -lag:], cc[:, : lag + 1]], axis=1)  # τ = -lag .. lag, τ > 0: client later
+    # the tapers of a pair overlap less at larger |τ|: divide by that overlap, Σ w(t)w(t+τ) / Σ w², so a pure
+    # delay reads r = 1 at its lag instead of being pulled toward τ = 0
+    overlap = np.array([np.dot(taper[: w - abs(k)], taper[abs(k):]) for k in range(-lag, lag + 1)]) / np.dot(taper, taper)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prof = prof / np.sqrt(exx * eyy)[:, None] / overlap[None, :]
+    j = np.argmax(prof, axis=1)
+    return prof[np.arange(len(j)), j], (j - lag) / p.rate_hz
+
+
 def rule_names(spans: list[float], default_span: float) -> list[str]:
     pooled = [f"pool{s:g}" + ("*" if s == default_span else "") for s in spans]
-    return ["boker", "boker.5", "max", "prom.1", "pw", f"pw+pool{default_span:g}", *pooled, "sides", "session"]
+    return ["boker", "boker.5", "max", "prom.1", "pw", f"pw+pool{default_span:g}", *pooled,
+            f"xspec{default_span:g}", "sides", "session"]
 
 
 def evaluate(lag_s: float, gain: float, seeds: int, duration_s: float, channel: str, params: SyncParams,
@@ -123,6 +168,7 @@ def evaluate(lag_s: float, gain: float, seeds: int, duration_s: float, channel: 
             res_w = wcc(prewhiten(t), prewhiten(c), pw_params)
             _, w_lag, w_call = LeaderPool(pw_params).push(res_w.r)
             lead = session_leadership(res)
+            x_r, x_lag = pooled_xspec(t, c, params)
             calls = {
                 "boker": (np.sign(res.inphase_lag_s), res.inphase_lag_s),
                 "boker.5": (np.sign(res_h.inphase_lag_s), res_h.inphase_lag_s),
@@ -130,6 +176,7 @@ def evaluate(lag_s: float, gain: float, seeds: int, duration_s: float, channel: 
                 "prom.1": (prominent(res, PROMINENCE), res.max_lag_s),
                 "pw": (leader(res_w.max_r, res_w.max_lag_s, 0.0), res_w.max_lag_s),
                 f"pw+pool{params.leader_span_s:g}": (w_call, w_lag),
+                f"xspec{params.leader_span_s:g}": (np.where(x_r >= params.leader_min_r, np.sign(x_lag), 0.0), x_lag),
                 "sides": (np.sign(res.therapist_led - res.client_led), None),
                 "session": (np.array([{"therapist": 1.0, "client": -1.0}.get(lead.verdict, 0.0)]),
                             np.array([lead.lag_s])),
