@@ -174,18 +174,7 @@ def run_demo(args: argparse.Namespace) -> int:
         tmp.replace(t0_file(spec_path))
         logger.info("demo: session planned at %d ns (simulated)", plan_ns)
 
-        feat_end: dict[str, int] = {}  # feature stream -> UTC ns its newest block reaches (simulated clock)
-
-        def on_message(topic: str, payload: bytes) -> None:
-            try:
-                if wire.parse_topic(topic).kind == "feat":
-                    b, _ = wire.decode_block(payload)
-                    feat_end[b.stream] = max(feat_end.get(b.stream, 0), b.t0_ns + round(len(b.values) * 1e9 / b.rate_hz))
-            except wire.WireError:
-                pass  # the console counts it
-
-        console = RoomConsole(broker.host, broker.port, ROOM, *auth.service_user("console"), metrics=True,
-                              on_message=on_message)
+        console = RoomConsole(broker.host, broker.port, ROOM, *auth.service_user("console"))
         ready_s = (plan_ns - clock.now_ns()) / 1e9 / args.speed + LATE_REAL_S
         try:
             procs.wait_for(lambda: console.status.get(UNIT) is not None and console.status[UNIT].state == "idle",
@@ -221,10 +210,6 @@ def run_demo(args: argparse.Namespace) -> int:
                 st = console.status.get(UNIT)
                 bar.set_postfix_str(f"unit {st.state if st else '?'}, LED {read_led(led_dir) or '?'}", refresh=False)
                 bar.refresh()
-        # A simulated sensor whose process was not scheduled for a moment delivers its samples late, and at
-        # 300x a tenth of a second is thirty simulated seconds: stop only when the unit's features reach the
-        # planned end (HR up to its beat look-ahead), so the session is the same on a busy machine
-        _wait_features(procs, feat_end, stop_ns, args.speed)
         cid = console.send("stop", session, time_ns=clock.now_ns(), cid=f"stop-{session}")
         _wait_ack(procs, console, cid)
         rc = procs.terminate(f"unit-{UNIT}", 60.0)  # SIGTERM: the unit flushes its outbox, publishes offline
@@ -319,24 +304,6 @@ def _live(args: argparse.Namespace, procs: RoomProcesses, console: RoomConsole, 
 def _sleep_until(procs: RoomProcesses, clock: ScaledClock, ns: int, speed: float) -> None:
     while (left := (ns - clock.now_ns()) / 1e9 / speed) > 0:
         procs.sleep(min(left, 0.2))
-
-
-#: how far before the planned stop each feature may end when the stop is sent (HR: the beat look-ahead)
-FEATURE_TAIL_S = {"eda": 1.0, "hr": 12.0}
-FEATURE_WAIT_REAL_S = 30.0
-
-
-def _wait_features(procs, feat_end: dict[str, int], stop_ns: int, speed: float) -> None:
-    """Wait (at most FEATURE_WAIT_REAL_S of wall time) until every feature stream of both people reaches the
-    planned stop, less its tail; a unit that never gets there is stopped anyway and says so in its counts."""
-    want = {f"{role}/{sig}": stop_ns - round(tail * 1e9) for role in ("therapist", "client")
-            for sig, tail in FEATURE_TAIL_S.items()}
-    try:
-        procs.wait_for(lambda: all(feat_end.get(k, 0) >= t for k, t in want.items()), FEATURE_WAIT_REAL_S,
-                       "the unit's features to reach the planned stop")
-    except RoomTimeout:
-        late = {k: round((t - feat_end.get(k, 0)) / 1e9, 1) for k, t in want.items() if feat_end.get(k, 0) < t}
-        logger.warning("demo: stopping with features short of the planned stop by %s simulated s", late)
 
 
 def _wait_ack(procs: RoomProcesses, console: RoomConsole, cid: str) -> None:
