@@ -37,6 +37,11 @@ Rules, one column each:
 * ``sides``: sign of therapist_led - client_led (rMEA's side means; no lag);
 * ``session``: the rule on the session's mean profile (hit = the session verdict is right; one call per dyad).
 
+``--bound`` prints instead what the simulator's data allow on the rule's span (150 s of data) and on 300 s:
+the measured therapist-client coherence, the Cramér-Rao bound on the lag of any unbiased estimate (Knapp &
+Carter 1976) and the hit rate of an oracle maximum-likelihood cross-correlation that knows the coherence in
+advance (docs/dsp.md, "Why the HR goal is out of reach").
+
 Run: ``PYTHONPATH=. .venv/bin/python tools/validate_leader.py [--seeds 6] [--duration 600] [--spans 30,60,120]``
 (~4 min with the default 6 seeds on a shared 2-core machine).
 """
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from math import erf
 
 import numpy as np
 
@@ -139,6 +145,114 @@ def pooled_xspec(t: np.ndarray, c: np.ndarray, p: SyncParams) -> tuple[np.ndarra
     return prof[np.arange(len(j)), j], (j - lag) / p.rate_hz
 
 
+def _welch(x: np.ndarray, y: np.ndarray, nseg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Cross- and auto-spectra of ``x``/``y`` summed over Hann segments of ``nseg`` samples (50 % overlap, each
+    segment's least-squares line removed; Welch 1967), and the number of segments."""
+    starts = np.arange(0, len(x) - nseg + 1, nseg // 2)
+    idx = starts[:, None] + np.arange(nseg)[None, :]
+    ramp = np.arange(nseg) - (nseg - 1) / 2.0
+    taper = np.hanning(nseg)
+
+    def spec(v: np.ndarray) -> np.ndarray:
+        seg = np.nan_to_num(v[idx])
+        seg = seg - seg.mean(axis=1, keepdims=True)
+        seg = seg - np.outer(seg @ ramp / (ramp @ ramp), ramp)
+        return np.fft.rfft(seg * taper, axis=1)
+
+    a, b = spec(x), spec(y)
+    return (np.conj(a) * b).sum(0), (np.abs(a) ** 2).sum(0), (np.abs(b) ** 2).sum(0), len(starts)
+
+
+def coherence_bound(channel: str, gain: float, dyads: int, duration_s: float = 3600.0,
+                    nseg: int = 1024, rate_hz: float = 4.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """(frequencies, magnitude-squared coherence, its null level) of the simulator's ``channel`` at coupling
+    ``gain`` (therapist-led, 3-s lag), from ``dyads`` long dyads. Bins whose estimate does not exceed the 99.9 %
+    quantile of an uncoupled pair's estimate (a Beta(1, K - 1) variable for K averaged segments) are set to 0,
+    the others corrected for the estimate's bias 1/K: the coherence a delay estimator can use."""
+    sxy = sxx = syy = 0.0
+    k = 0
+    for d in range(dyads):
+        cfg = SimConfig(seed=90_000 + d, duration_s=duration_s,
+                        schedule=(Segment(0.0, duration_s, "therapist_led", 3.0, gain),))
+        truth = DyadSimulator(cfg).truth
+        a, b, c, n = _welch(truth.feature(f"therapist/{channel}"), truth.feature(f"client/{channel}"), nseg)
+        sxy, sxx, syy, k = sxy + a, sxx + b, syy + c, k + n
+    k_eff = k / 2.0  # 50 % overlapping Hann segments carry about half as many independent averages
+    c2 = np.abs(sxy) ** 2 / (sxx * syy)
+    null = 1.0 - 0.001 ** (1.0 / (k_eff - 1.0))
+    c2 = np.where(c2 > null, (k_eff * c2 - 1.0) / (k_eff - 1.0), 0.0)
+    return np.fft.rfftfreq(nseg, 1.0 / rate_hz), np.clip(c2, 0.0, 0.99), null
+
+
+def delay_sd_bound(f: np.ndarray, c2: np.ndarray, t_s: float) -> float:
+    """Cramér-Rao bound on the SD (s) of any unbiased estimate of a time delay from ``t_s`` seconds of two
+    jointly Gaussian series with magnitude-squared coherence ``c2(f)`` (Knapp & Carter 1976, eq. 24):
+    var >= [2 T ∫ (2πf)² γ²/(1 - γ²) df]⁻¹. Asymptotic (large time-bandwidth): real estimators on short spans do
+    worse, so a goal this bound misses is out of reach of every unbiased rule."""
+    df = f[1] - f[0]
+    info = 2.0 * t_s * np.sum((2 * np.pi * f) ** 2 * c2 / (1.0 - c2)) * df
+    return float(1.0 / np.sqrt(info)) if info > 0 else float("inf")
+
+
+def oracle_gcc(t: np.ndarray, c: np.ndarray, f_c2: tuple[np.ndarray, np.ndarray], span_s: float,
+               p: SyncParams) -> np.ndarray:
+    """Lag (s) of the maximum-likelihood generalized cross-correlation (Knapp & Carter 1976; Hannan-Thomson
+    weights γ²/(1 - γ²) on the phase of the cross-spectrum) of every ``span_s``-second stretch (1-s steps), with
+    the coherence known in advance (``f_c2`` from :func:`coherence_bound`): an oracle no live rule has, the
+    best a delay estimate on that span can be expected to do."""
+    n, lag = int(span_s * p.rate_hz), int(round(p.lag_s * p.rate_hz))
+    nfft = 1 << int(np.ceil(np.log2(n + lag + 1)))
+    taper = np.hanning(n)
+    starts = np.arange(0, len(t) - n + 1, int(round(p.inc_s * p.rate_hz)))
+    idx = starts[:, None] + np.arange(n)[None, :]
+
+    def spec(v: np.ndarray) -> np.ndarray:
+        seg = np.nan_to_num(v[idx])
+        return np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * taper, nfft, axis=1)
+
+    sxy = np.conj(spec(t)) * spec(c)
+    f, c2 = f_c2
+    g = np.interp(np.fft.rfftfreq(nfft, 1.0 / p.rate_hz), f, c2)
+    cc = np.fft.irfft(sxy / np.maximum(np.abs(sxy), 1e-300) * (g / (1.0 - g)), nfft, axis=1)
+    overlap = np.array([np.dot(taper[: n - abs(k)], taper[abs(k):]) for k in range(-lag, lag + 1)])
+    prof = np.concatenate([cc[:, -lag:], cc[:, : lag + 1]], axis=1) / overlap
+    return (np.argmax(prof, axis=1) - lag) / p.rate_hz
+
+
+def bound_table(channels: list[str], gains: list[float], seeds: int, duration_s: float, params: SyncParams,
+                dyads: int) -> None:
+    """Print, per channel and coupling, what the simulator's coherence allows on the rule's span (the pooled
+    windows' data: ``leader_span_s`` + ``win_s``) and on 5 minutes: the Cramér-Rao SD of the lag, the median
+    |lag error| it implies (0.674 SD for a Gaussian estimate), the share of right leaders it implies at a
+    1-s lag, and the oracle ML cross-correlation's hit rate and median lag error at lags 1 and 8 s."""
+    t_rule = params.leader_span_s + params.win_s
+    print(f"\n== bound: what the simulator's coherence allows ({dyads} dyads x 3600 s for the coherence; "
+          f"{2 * seeds} dyads x {duration_s:g} s per oracle cell) ==")
+    print("chan gain  coh(0.01-0.15Hz)  span_s  CR_sd_s  CR_med_err_s  CR_hit@1s  oracle hit@1s / err  oracle hit@8s / err")
+    for channel in channels:
+        for gain in gains:
+            f, c2, _ = coherence_bound(channel, gain, dyads)
+            band = (f >= 0.01) & (f <= 0.15)
+            for span in (t_rule, 300.0):
+                sd = delay_sd_bound(f, c2, span)
+                hit_cr = 0.5 * (1.0 + erf(1.0 / sd / np.sqrt(2.0)))
+                cells = []
+                for lag_s in (1.0, 8.0):
+                    hits, errs = [], []
+                    for seed in range(seeds):
+                        for mode, sign in (("therapist_led", 1.0), ("client_led", -1.0)):
+                            cfg = SimConfig(seed=1000 * seed + int(10 * lag_s) + int(100 * gain),
+                                            duration_s=duration_s, schedule=(Segment(0.0, duration_s, mode, lag_s, gain),))
+                            truth = DyadSimulator(cfg).truth
+                            est = oracle_gcc(truth.feature(f"therapist/{channel}"), truth.feature(f"client/{channel}"),
+                                             (f, c2), span, params)
+                            hits.append(np.sign(est) == sign)
+                            errs.append(np.abs(np.abs(est) - lag_s))
+                    cells.append(f"{np.mean(np.concatenate(hits)):6.3f} / {np.median(np.concatenate(errs)):4.2f}")
+                print(f"{channel:>4} {gain:4.1f}  {c2[band].mean():16.3f}  {span:6.0f}  {sd:7.2f}  {0.674 * sd:12.2f}"
+                      f"  {hit_cr:9.3f}  {cells[0]:>19}  {cells[1]:>19}", flush=True)
+
+
 def rule_names(spans: list[float], default_span: float) -> list[str]:
     pooled = [f"pool{s:g}" + ("*" if s == default_span else "") for s in spans]
     return ["boker", "boker.5", "max", "prom.1", "pw", f"pw+pool{default_span:g}", *pooled,
@@ -215,8 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spans", default="30,60,90,120,180", help="pool spans (s) to compare with the default")
     ap.add_argument("--lags", default=",".join(map(str, LAGS_S)))
     ap.add_argument("--gains", default=",".join(map(str, GAINS)))
+    ap.add_argument("--bound", action="store_true",
+                    help="print what the simulator's coherence allows (Cramér-Rao bound, oracle ML) instead")
+    ap.add_argument("--bound-dyads", type=int, default=8, help="3600-s dyads for the coherence (default 8)")
     args = ap.parse_args(argv)
     params = SyncParams()
+    if args.bound:
+        bound_table(args.channels.split(","), [g for g in map(float, args.gains.split(",")) if g > 0],
+                    args.seeds, args.duration, params, args.bound_dyads)
+        return 0
     spans = sorted({float(s) for s in args.spans.split(",")} | {params.leader_span_s})
     names = rule_names(spans, params.leader_span_s)
     print(f"SyncParams: {params}; windows per cell: {2 * args.seeds} dyads x "
