@@ -334,12 +334,18 @@ def _segments(rec: RunRecord):
     return [Segment(**s) for s in rec.spec.sim["schedule"]]
 
 
-def _complete_grid(con, rec: RunRecord, ch: str) -> np.ndarray:
-    """Sorted grid times (ns) at which the hub holds a finite 4 Hz ``ch`` feature of both people."""
-    held = []
+def _features(con, rec: RunRecord, ch: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each person's stored 4 Hz ``ch`` feature (times in UTC ns, values), read once per channel."""
+    out = {}
     for role in ("therapist", "client"):
         t, v, _ = store.read_stream(con, rec.session, f"{role}/{ch}", "feat")
-        held.append(np.unique(t[np.isfinite(v)] // GRID_NS))
+        out[role] = (t, v)
+    return out
+
+
+def _complete_grid(feats: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Sorted grid indices (UTC ns // GRID_NS) at which the hub holds a finite feature of both people."""
+    held = [np.unique(t[np.isfinite(v)] // GRID_NS) for t, v in feats.values()]
     return np.intersect1d(held[0], held[1])
 
 
@@ -359,7 +365,8 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
     for ch in ("eda", "hr"):
         rows = list(store.read_metrics(con, rec.session, f"sync_{ch}", unit=unit))
         ref_rows = _truth_windows(sim, ch, rec, SyncParams(win_s=win, lag_s=lag))
-        grid = _complete_grid(con, rec, ch)
+        feats = _features(con, rec, ch)
+        grid = _complete_grid(feats)
         for seg in _segments(rec):
             a_ns = t0 + int((seg.start_s + TRANSITION_S) * 1e9)
             b_ns = t0 + int(seg.end_s * 1e9)
@@ -408,8 +415,7 @@ def _science(con, rec: RunRecord, rep: Report, sim) -> None:
             elif not seg.coupled:
                 scored = ch in rec.scenario.science_channels
                 series = {}
-                for role in ("therapist", "client"):
-                    t, v, _ = store.read_stream(con, rec.session, f"{role}/{ch}", "feat")
+                for role, (t, v) in feats.items():
                     k = (t - a_ns) // GRID_NS
                     n = int((b_ns - a_ns) // GRID_NS)
                     x = np.full(n, np.nan)

@@ -190,17 +190,22 @@ def test_ten_simulated_minutes_with_two_unplugs(emulator_factory, link_factory, 
 
 
 class _StallingPort:
-    """A real port whose next read, once armed, is late by ``stall_s`` and then finds nothing, as when the
-    whole process (the reader thread and the in-process emulated device alike) was not scheduled: the
-    emulator is held for the stall too, then catches up by itself."""
+    """A real port whose next read, once armed, is late by ``stall_s`` and then finds nothing.
 
-    def __init__(self, port, emu, armed: threading.Event, stall_s: float) -> None:
-        self._port, self._emu, self._armed, self._stall_s = port, emu, armed, stall_s
+    With ``hold`` (the in-process emulator) the device is held for the stall too and catches up by itself
+    afterwards, as when the whole process was not scheduled; without it the device goes on sampling while the
+    port stays unread, so its bytes pile up in the device's output buffer."""
+
+    def __init__(self, port, armed: threading.Event, stall_s: float, hold=None) -> None:
+        self._port, self._armed, self._stall_s, self._hold = port, armed, stall_s, hold
         self.stalls = 0
 
     def read(self, n: int = 1) -> bytes:
         if self._armed.is_set():
-            with self._emu._lock:  # the device does not run either (its steps take this lock)
+            if self._hold is not None:
+                with self._hold._lock:  # the device does not run either (its steps take this lock)
+                    time.sleep(self._stall_s)
+            else:
                 time.sleep(self._stall_s)
             self._armed.clear()
             self.stalls += 1
@@ -219,7 +224,7 @@ def test_a_starved_process_is_not_taken_for_a_silent_device(emulator_factory, li
     ports: list[_StallingPort] = []
 
     def factory(url, **kw):
-        ports.append(_StallingPort(serial.serial_for_url(url, **kw), emu, armed, stall_s=1.5))
+        ports.append(_StallingPort(serial.serial_for_url(url, **kw), armed, stall_s=1.5, hold=emu))
         return ports[-1]
 
     link = link_factory(emu, serial_factory=factory)
@@ -237,24 +242,6 @@ def test_a_starved_process_is_not_taken_for_a_silent_device(emulator_factory, li
     assert stats["silences"] == 0 and stats["connects"] == 1, stats  # (one disconnect: the stop)
 
 
-class _PausedReader:
-    """A real port whose next read, once armed, comes ``stall_s`` late and finds nothing, while the device goes
-    on sampling: what a host does that leaves the port unread (its bytes pile up in the device's buffer)."""
-
-    def __init__(self, port, armed: threading.Event, stall_s: float) -> None:
-        self._port, self._armed, self._stall_s = port, armed, stall_s
-
-    def read(self, n: int = 1) -> bytes:
-        if self._armed.is_set():
-            time.sleep(self._stall_s)
-            self._armed.clear()
-            return b""
-        return self._port.read(n)
-
-    def __getattr__(self, name):
-        return getattr(self._port, name)
-
-
 def test_a_full_device_buffer_drops_whole_frames_and_the_host_counts_them(emulator_factory, link_factory):
     """docs/firmware-protocol.md: a device whose output buffer is full drops whole frames, never half frames,
     so the host sees index gaps it counts exactly, not CRC errors."""
@@ -262,7 +249,7 @@ def test_a_full_device_buffer_drops_whole_frames_and_the_host_counts_them(emulat
     armed = threading.Event()
 
     def factory(url, **kw):
-        return _PausedReader(serial.serial_for_url(url, **kw), armed, stall_s=1.5)  # 30 simulated s unread
+        return _StallingPort(serial.serial_for_url(url, **kw), armed, stall_s=1.5)  # 30 simulated s unread
 
     link = link_factory(emu, serial_factory=factory)
     wait_sim(emu, 10.0)
