@@ -40,6 +40,7 @@ from device.clock import ScaledClock
 from device.outbox import Outbox
 
 from .room import RoomError, RoomProcesses, RoomTimeout, led_tree, read_led, sensors_toml, unit_toml
+from .scenarios.scoring import FEATURE_BLOCK_NS, TAIL_BLOCKS
 from .wiring import SPEC_FILE, HilSpec, t0_file, waiting_file
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ DATA_KINDS = ("raw", "feat", "metric")
 # the unit keeps that tail this many real seconds (the config's maximum), so a demo may last at most ~this long.
 SIM_MARKER_TOLERANCE_S = 366 * 86400.0  # markers on the demo's simulated clock: not judged by the hub
 KEEP_ACKED_S = 3600.0
+FEATURE_WAIT_REAL_S = 30.0  # real seconds the demo waits for a late unit's features before its stop
 MAX_REAL_S = 3000.0
 WIRING_MAX_SPEED = {"sim": 10_000.0, "i2c": 3.0, "serial": 5.0}  # beyond: the emulated hardware falls behind
 
@@ -210,6 +212,16 @@ def run_demo(args: argparse.Namespace) -> int:
                 st = console.status.get(UNIT)
                 bar.set_postfix_str(f"unit {st.state if st else '?'}, LED {read_led(led_dir) or '?'}", refresh=False)
                 bar.refresh()
+        waited = time.monotonic()
+        reached = _features_reach(procs, db_path, session, stop_ns, FEATURE_WAIT_REAL_S)
+        waited = time.monotonic() - waited
+        if not reached:
+            print(f"  the unit's features had not reached the planned end after {FEATURE_WAIT_REAL_S:g} s: "
+                  "stopping anyway (the session's last seconds lack features); use a lower --speed")
+        elif waited > 1.0:
+            print(f"  the unit ran behind the simulated clock (this machine does not keep up with --speed "
+                  f"{args.speed:g}): the demo waited {waited:.1f} s for its features to reach the planned end, so the "
+                  f"session runs about {waited * args.speed:.0f} simulated s longer than planned")
         cid = console.send("stop", session, time_ns=clock.now_ns(), cid=f"stop-{session}")
         _wait_ack(procs, console, cid)
         rc = procs.terminate(f"unit-{UNIT}", 60.0)  # SIGTERM: the unit flushes its outbox, publishes offline
@@ -299,6 +311,34 @@ def _live(args: argparse.Namespace, procs: RoomProcesses, console: RoomConsole, 
         print(f"  dyadsync report {session} --db {shlex.quote(str(db_path))} "
               f"--out {shlex.quote(str(data_dir / f'report-{session}.html'))}")
     return 0
+
+
+def _features_reach(procs: RoomProcesses, db_path: Path, session: str, end_ns: int, timeout_s: float) -> bool:
+    """Wait (at most ``timeout_s`` real seconds) until the hub holds every feature stream of ``session`` up to
+    ``end_ns``, less what the unit computes late by design (``TAIL_BLOCKS``: HR waits for later beats). The unit
+    ends its session when the stop arrives, so a unit that fell behind (a loaded machine at a high ``--speed``)
+    would otherwise lose the session's last seconds. Reads the hub's database (the recorder's WAL), a few times
+    a second: no subscription that would load the broker. False on timeout."""
+    last = [0.0]
+
+    def reached() -> bool:
+        if time.monotonic() - last[0] < 0.25:
+            return False
+        last[0] = time.monotonic()
+        con = store.connect(db_path, readonly=True)
+        try:
+            ends = {s.stream: s.t_end_ns for s in store.session_streams(con, session) if s.kind == "feat"}
+        finally:
+            con.close()
+        need = {f"{role}/{ch}": end_ns - (n + 1) * FEATURE_BLOCK_NS for role in ("therapist", "client")
+                for ch, n in TAIL_BLOCKS.items()}
+        return all(ends.get(k, -1) >= v for k, v in need.items())
+
+    try:
+        procs.wait_for(reached, timeout_s, "the unit's features to reach the planned end")
+    except RoomTimeout:
+        return False
+    return True
 
 
 def _sleep_until(procs: RoomProcesses, clock: ScaledClock, ns: int, speed: float) -> None:

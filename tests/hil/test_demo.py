@@ -185,3 +185,37 @@ def test_demo_stops_at_once_when_the_unit_cannot_start(tmp_path):
     assert "no HIL spec" in out.stderr and "no-such-spec.json" in out.stderr
     assert str(tmp_path / "d" / f"unit-{UNIT}.log") in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_demo_stops_only_when_the_hub_holds_the_units_features_to_the_end(tmp_path):
+    """A unit that fell behind (loaded machine, high --speed) ends its session when the stop arrives: the demo
+    first waits until the hub's database holds every feature stream up to the planned end, less the seconds
+    computed late by design (HR waits for later beats)."""
+    from broker.wire import SampleBlock
+    from hil.demo import _features_reach
+    from hil.room import RoomProcesses
+    from hil.scenarios.scoring import TAIL_BLOCKS
+
+    db = tmp_path / "hub.sqlite"
+    con = store.connect(db)
+    end_ns = 100 * 10**9
+
+    def feed(stream: str, last_s: int) -> None:
+        for seq in range(last_s):
+            b = SampleBlock(stream, seq, seq * 10**9, 4.0, np.zeros(4, dtype=np.float32))
+            store.insert_block(con, "unit1", "feat", b, "s1", 0, "demo-room")
+        con.commit()
+
+    for role in ("therapist", "client"):
+        feed(f"{role}/eda", 100)
+    feed("therapist/hr", 100)
+    feed("client/hr", 100 - TAIL_BLOCKS["hr"] - 3)  # the client's HR is 3 s short of what the wait needs
+    procs = RoomProcesses(tmp_path, "demo-room")
+    assert _features_reach(procs, db, "s1", end_ns, 0.6) is False
+    for seq in range(100 - TAIL_BLOCKS["hr"] - 3, 100 - TAIL_BLOCKS["hr"]):
+        b = SampleBlock("client/hr", seq, seq * 10**9, 4.0, np.zeros(4, dtype=np.float32))
+        store.insert_block(con, "unit1", "feat", b, "s1", 0, "demo-room")
+    con.commit()
+    assert _features_reach(procs, db, "s1", end_ns, 0.6) is True
+    assert _features_reach(procs, db, "s2", end_ns, 0.6) is False  # a session without features: no end reached
+    con.close()
