@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml setup.py $(PYX)
 	@bash tools/ensure-venv.sh $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps systole==0.3.1 heartpy==1.2.7 pyphysio==4.10.0
+	$(PY) -m pip install --quiet --no-deps systole==0.3.1 heartpy==1.2.7 pyphysio==4.10.0 biopeaks==1.4.1
 	touch $@ $(VENV)/.installed
 
 mosquitto:

@@ -16,11 +16,13 @@ Null models (4 Hz, default SyncParams: window 30 s, step 1 s, lags ±10 s):
 * ``real``: pseudo-dyads of real recordings from the PyPI packages of /work/shared/DATA.md — systole: EDA,
   ECG-derived heart rate and respiration of one 25.6-min recording, PPG-derived heart rate of a 5.5-min one,
   heart rate from its 245 RR intervals (3.6 min); heartpy: PPG-derived heart rate of an 11.4-min and a
-  2.1-min recording. A pair is two different signals from different recordings, or from the same recording
-  over non-overlapping time ranges (simultaneous signals of one person are physiologically coupled, so they
-  are no null). The longest pseudo-dyad these allow is 12.8 min (two halves of the 25.6-min recording):
-  20 and 50 min cannot be formed. The pool is small, so its pairs share stretches of data and are not
-  independent: the binomial interval understates the real cell's uncertainty.
+  2.1-min recording; biopeaks 1.4.1 (its test data, installed with ``--no-deps`` like the others): ECG-derived
+  heart rate and respiration of one 85-min BITalino recording (``OSmontage0J.txt``). A pair is two different
+  signals from different recordings, or from the same recording over non-overlapping time ranges
+  (simultaneous signals of one person are physiologically coupled, so they are no null). 20-min pairs come
+  from the 25.6-min and the 85-min recordings; 50 min cannot be formed (one recording is that long, and two
+  non-overlapping 50-min stretches of it do not fit). The pool is small, so its pairs share stretches of
+  data and are not independent: the binomial interval understates the real cell's uncertainty.
 
 Power: AR(1) φ = 0.9 pairs where the client follows the therapist 3 s later, ``c = g·T(t − 3 s) + √(1−g²)·own``,
 for g = 0.2 and 0.4.
@@ -146,6 +148,21 @@ def real_sources() -> dict[str, tuple[str, np.ndarray]]:
         rr = np.loadtxt(d / "rr.txt", delimiter=",", skiprows=1)[:, 1] / 1000.0
         beats = np.concatenate([[0.0], np.cumsum(rr)])
         out["systole/rr-hr"] = ("systole-rr", _hr_from_peaks(beats, beats[-1]))
+    bp = importlib.util.find_spec("biopeaks")  # a namespace package: no __init__, no origin
+    if bp is not None and bp.submodule_search_locations:
+        import pandas as pd
+
+        f = Path(list(bp.submodule_search_locations)[0]) / "tests" / "testdata" / "OSmontage0J.txt"
+        if f.exists():  # OpenSignals text, BITalino at 1000 Hz: A2 respiration (column 5), A3 ECG (column 6)
+            df = pd.read_csv(f, sep="\t", comment="#", header=None, usecols=[5, 6], dtype=np.float64)
+            resp, ecg = df[5].to_numpy(), df[6].to_numpy()
+            dur = len(ecg) / 1000.0
+            n4 = int(dur * RATE)
+            out["biopeaks/resp"] = ("biopeaks-0J", resp[: n4 * 250].reshape(n4, 250).mean(axis=1))
+            b, a = sps.butter(2, [5.0, 30.0], btype="band", fs=1000.0)
+            ef = sps.filtfilt(b, a, ecg)
+            pk, _ = sps.find_peaks(ef, distance=330, height=np.percentile(ef, 98) * 0.4)
+            out["biopeaks/hr"] = ("biopeaks-0J", _hr_from_peaks(pk / 1000.0, dur))
     hd = _package_dir("heartpy")
     if hd is not None:
         with open(hd / "data" / "data3.csv") as f:
