@@ -186,7 +186,7 @@ def coherence_bound(channel: str, gain: float, dyads: int, duration_s: float = 3
 
 def delay_sd_bound(f: np.ndarray, c2: np.ndarray, t_s: float) -> float:
     """Cramér-Rao bound on the SD (s) of any unbiased estimate of a time delay from ``t_s`` seconds of two
-    jointly Gaussian series with magnitude-squared coherence ``c2(f)`` (Knapp & Carter 1976, eq. 24):
+    jointly Gaussian series with magnitude-squared coherence ``c2(f)`` (Knapp & Carter 1976):
     var >= [2 T ∫ (2πf)² γ²/(1 - γ²) df]⁻¹. Asymptotic (large time-bandwidth): real estimators on short spans do
     worse, so a goal this bound misses is out of reach of every unbiased rule."""
     df = f[1] - f[0]
