@@ -122,11 +122,26 @@ def _ppg_hr(t: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _hr_from_peaks(grid[pk], t[-1])
 
 
+def _block_mean_4hz(x: np.ndarray) -> np.ndarray:
+    """A 1000 Hz signal as 4 Hz means of 250-sample blocks (the incomplete last block dropped)."""
+    n4 = len(x) // 250
+    return x[: n4 * 250].reshape(n4, 250).mean(axis=1)
+
+
+def _ecg_hr(ecg: np.ndarray) -> np.ndarray:
+    """Heart rate on the 4 Hz grid from a 1000 Hz ECG: zero-phase 5-30 Hz band-pass, R peaks, IBIs."""
+    from scipy import signal as sps
+
+    b, a = sps.butter(2, [5.0, 30.0], btype="band", fs=1000.0)
+    ef = sps.filtfilt(b, a, ecg)
+    pk, _ = sps.find_peaks(ef, distance=330, height=np.percentile(ef, 98) * 0.4)
+    return _hr_from_peaks(pk / 1000.0, len(ecg) / 1000.0)
+
+
 def real_sources() -> dict[str, tuple[str, np.ndarray]]:
     """name -> (recording, 4 Hz series). Empty if the packages are not installed."""
     from datetime import datetime
 
-    from scipy import signal as sps
 
     out: dict[str, tuple[str, np.ndarray]] = {}
     sd = _package_dir("systole")
@@ -135,14 +150,9 @@ def real_sources() -> dict[str, tuple[str, np.ndarray]]:
         eda = np.load(d / "Task1_EDA.npy").astype(float).ravel()
         resp = np.load(d / "Task1_Respiration.npy").astype(float).ravel()
         ecg = np.load(d / "Task1_ECG.npy").astype(float).ravel()
-        dur = len(eda) / 1000.0
-        n4 = int(dur * RATE)
-        out["systole/eda"] = ("systole-task1", eda[: n4 * 250].reshape(n4, 250).mean(axis=1))
-        out["systole/resp"] = ("systole-task1", resp[: n4 * 250].reshape(n4, 250).mean(axis=1))
-        b, a = sps.butter(2, [5.0, 30.0], btype="band", fs=1000.0)
-        ef = sps.filtfilt(b, a, ecg)
-        pk, _ = sps.find_peaks(ef, distance=330, height=np.percentile(ef, 98) * 0.4)
-        out["systole/hr"] = ("systole-task1", _hr_from_peaks(pk / 1000.0, dur))
+        out["systole/eda"] = ("systole-task1", _block_mean_4hz(eda))
+        out["systole/resp"] = ("systole-task1", _block_mean_4hz(resp))
+        out["systole/hr"] = ("systole-task1", _ecg_hr(ecg))
         ppg = np.load(d / "ppg.npy").astype(float).ravel()
         out["systole/ppg-hr"] = ("systole-ppg", _ppg_hr(np.arange(len(ppg)) / 75.0, ppg))
         rr = np.loadtxt(d / "rr.txt", delimiter=",", skiprows=1)[:, 1] / 1000.0
@@ -155,14 +165,8 @@ def real_sources() -> dict[str, tuple[str, np.ndarray]]:
         f = Path(list(bp.submodule_search_locations)[0]) / "tests" / "testdata" / "OSmontage0J.txt"
         if f.exists():  # OpenSignals text, BITalino at 1000 Hz: A2 respiration (column 5), A3 ECG (column 6)
             df = pd.read_csv(f, sep="\t", comment="#", header=None, usecols=[5, 6], dtype=np.float64)
-            resp, ecg = df[5].to_numpy(), df[6].to_numpy()
-            dur = len(ecg) / 1000.0
-            n4 = int(dur * RATE)
-            out["biopeaks/resp"] = ("biopeaks-0J", resp[: n4 * 250].reshape(n4, 250).mean(axis=1))
-            b, a = sps.butter(2, [5.0, 30.0], btype="band", fs=1000.0)
-            ef = sps.filtfilt(b, a, ecg)
-            pk, _ = sps.find_peaks(ef, distance=330, height=np.percentile(ef, 98) * 0.4)
-            out["biopeaks/hr"] = ("biopeaks-0J", _hr_from_peaks(pk / 1000.0, dur))
+            out["biopeaks/resp"] = ("biopeaks-0J", _block_mean_4hz(df[5].to_numpy()))
+            out["biopeaks/hr"] = ("biopeaks-0J", _ecg_hr(df[6].to_numpy()))
     hd = _package_dir("heartpy")
     if hd is not None:
         with open(hd / "data" / "data3.csv") as f:

@@ -319,6 +319,8 @@ def _features_reach(procs: RoomProcesses, db_path: Path, session: str, end_ns: i
     ends its session when the stop arrives, so a unit that fell behind (a loaded machine at a high ``--speed``)
     would otherwise lose the session's last seconds. Reads the hub's database (the recorder's WAL), a few times
     a second: no subscription that would load the broker. False on timeout."""
+    need = {f"{role}/{ch}": end_ns - (n + 1) * FEATURE_BLOCK_NS for role in ("therapist", "client")
+            for ch, n in TAIL_BLOCKS.items()}
     last = [0.0]
 
     def reached() -> bool:
@@ -330,8 +332,6 @@ def _features_reach(procs: RoomProcesses, db_path: Path, session: str, end_ns: i
             ends = {s.stream: s.t_end_ns for s in store.session_streams(con, session) if s.kind == "feat"}
         finally:
             con.close()
-        need = {f"{role}/{ch}": end_ns - (n + 1) * FEATURE_BLOCK_NS for role in ("therapist", "client")
-                for ch, n in TAIL_BLOCKS.items()}
         return all(ends.get(k, -1) >= v for k, v in need.items())
 
     try:

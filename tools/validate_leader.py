@@ -107,6 +107,31 @@ def prominent(res, min_gap: float) -> np.ndarray:
         return np.where(np.isfinite(call) & (res.max_r - other >= min_gap), call, 0.0)
 
 
+def simulate(seed: int, k: int, mode: str, lag_s: float, gain: float, duration_s: float,
+             channel: str) -> tuple[np.ndarray, np.ndarray]:
+    """The therapist's and client's true 4 Hz ``channel`` features of validation dyad ``seed`` (direction ``k``):
+    one lead direction (``mode``) for the whole session."""
+    cfg = SimConfig(seed=1000 * seed + int(10 * lag_s) + int(100 * gain) + 500 * k * (gain == 0),
+                    duration_s=duration_s, schedule=(Segment(0.0, duration_s, mode, lag_s, gain),))
+    truth = DyadSimulator(cfg).truth
+    return truth.feature(f"therapist/{channel}"), truth.feature(f"client/{channel}")
+
+
+def _tapered_spectra(x: np.ndarray, idx: np.ndarray, taper: np.ndarray, nfft: int) -> np.ndarray:
+    """One-sided spectra of the demeaned, tapered segments ``x[idx]`` (NaN samples count as 0), zero-padded."""
+    seg = np.nan_to_num(x[idx])
+    return np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * taper, nfft, axis=1)
+
+
+def _lag_profile(spec: np.ndarray, nfft: int, lag: int, taper: np.ndarray) -> np.ndarray:
+    """Cross-covariance at τ = -lag .. lag (τ > 0: client later) from cross-spectra ``spec`` (rows), divided by
+    the tapers' overlap at each lag, Σ w(t)w(t+τ) / Σ w², so a pure delay is not pulled toward τ = 0."""
+    cc = np.fft.irfft(spec, nfft, axis=1)
+    n = len(taper)
+    overlap = np.array([np.dot(taper[: n - abs(k)], taper[abs(k):]) for k in range(-lag, lag + 1)]) / np.dot(taper, taper)
+    return np.concatenate([cc[:, -lag:], cc[:, : lag + 1]], axis=1) / overlap[None, :]
+
+
 def pooled_xspec(t: np.ndarray, c: np.ndarray, p: SyncParams) -> tuple[np.ndarray, np.ndarray]:
     """(pooled tapered correlation at its maximum, its lag in s) per window of ``wcc(t, c, p)``: the ``xspec``
     rule above. Windows start where the WCC's do (lag .. n - win - lag, step inc); NaN samples count as 0."""
@@ -116,12 +141,7 @@ def pooled_xspec(t: np.ndarray, c: np.ndarray, p: SyncParams) -> tuple[np.ndarra
     starts = np.arange(lag, len(t) - w - lag + 1, inc)
     idx = starts[:, None] + np.arange(w)[None, :]
     taper = np.hanning(w)
-
-    def spectra(x: np.ndarray) -> np.ndarray:
-        seg = np.nan_to_num(x[idx])
-        return np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * taper, nfft, axis=1)
-
-    a, b = spectra(t), spectra(c)
+    a, b = _tapered_spectra(t, idx, taper, nfft), _tapered_spectra(c, idx, taper, nfft)
 
     def running(z: np.ndarray) -> np.ndarray:  # sums over the trailing k_pool windows
         cs = np.concatenate([np.zeros((1,) + z.shape[1:], z.dtype), np.cumsum(z, axis=0)])
@@ -132,15 +152,10 @@ def pooled_xspec(t: np.ndarray, c: np.ndarray, p: SyncParams) -> tuple[np.ndarra
         e = np.abs(z) ** 2
         return (2.0 * e.sum(axis=1) - e[:, 0] - e[:, -1]) / nfft
 
-    sxy = running(np.conj(a) * b)
     exx, eyy = running(energy(a)), running(energy(b))
-    cc = np.fft.irfft(sxy, nfft, axis=1)  # Σ over the pool of Σ_t x(t) y(t + τ)
-    prof = np.concatenate([cc[:, -lag:], cc[:, : lag + 1]], axis=1)  # τ = -lag .. lag, τ > 0: client later
-    # the tapers of a pair overlap less at larger |τ|: divide by that overlap, Σ w(t)w(t+τ) / Σ w², so a pure
-    # delay reads r = 1 at its lag instead of being pulled toward τ = 0
-    overlap = np.array([np.dot(taper[: w - abs(k)], taper[abs(k):]) for k in range(-lag, lag + 1)]) / np.dot(taper, taper)
+    # Σ over the pool of Σ_t x(t) y(t + τ), normalized by the pooled energies
     with np.errstate(invalid="ignore", divide="ignore"):
-        prof = prof / np.sqrt(exx * eyy)[:, None] / overlap[None, :]
+        prof = _lag_profile(running(np.conj(a) * b), nfft, lag, taper) / np.sqrt(exx * eyy)[:, None]
     j = np.argmax(prof, axis=1)
     return prof[np.arange(len(j)), j], (j - lag) / p.rate_hz
 
@@ -205,17 +220,10 @@ def oracle_gcc(t: np.ndarray, c: np.ndarray, f_c2: tuple[np.ndarray, np.ndarray]
     taper = np.hanning(n)
     starts = np.arange(0, len(t) - n + 1, int(round(p.inc_s * p.rate_hz)))
     idx = starts[:, None] + np.arange(n)[None, :]
-
-    def spec(v: np.ndarray) -> np.ndarray:
-        seg = np.nan_to_num(v[idx])
-        return np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * taper, nfft, axis=1)
-
-    sxy = np.conj(spec(t)) * spec(c)
+    sxy = np.conj(_tapered_spectra(t, idx, taper, nfft)) * _tapered_spectra(c, idx, taper, nfft)
     f, c2 = f_c2
     g = np.interp(np.fft.rfftfreq(nfft, 1.0 / p.rate_hz), f, c2)
-    cc = np.fft.irfft(sxy / np.maximum(np.abs(sxy), 1e-300) * (g / (1.0 - g)), nfft, axis=1)
-    overlap = np.array([np.dot(taper[: n - abs(k)], taper[abs(k):]) for k in range(-lag, lag + 1)])
-    prof = np.concatenate([cc[:, -lag:], cc[:, : lag + 1]], axis=1) / overlap
+    prof = _lag_profile(sxy / np.maximum(np.abs(sxy), 1e-300) * (g / (1.0 - g)), nfft, lag, taper)
     return (np.argmax(prof, axis=1) - lag) / p.rate_hz
 
 
@@ -233,21 +241,20 @@ def bound_table(channels: list[str], gains: list[float], seeds: int, duration_s:
         for gain in gains:
             f, c2, _ = coherence_bound(channel, gain, dyads)
             band = (f >= 0.01) & (f <= 0.15)
+            dyads_by_lag = {lag_s: [(simulate(seed, k, mode, lag_s, gain, duration_s, channel), sign)
+                                    for seed in range(seeds)
+                                    for k, (mode, sign) in enumerate((("therapist_led", 1.0), ("client_led", -1.0)))]
+                            for lag_s in (1.0, 8.0)}  # simulated once, read on both spans
             for span in (t_rule, 300.0):
                 sd = delay_sd_bound(f, c2, span)
                 hit_cr = 0.5 * (1.0 + erf(1.0 / sd / np.sqrt(2.0)))
                 cells = []
-                for lag_s in (1.0, 8.0):
+                for lag_s, dyads_ in dyads_by_lag.items():
                     hits, errs = [], []
-                    for seed in range(seeds):
-                        for mode, sign in (("therapist_led", 1.0), ("client_led", -1.0)):
-                            cfg = SimConfig(seed=1000 * seed + int(10 * lag_s) + int(100 * gain),
-                                            duration_s=duration_s, schedule=(Segment(0.0, duration_s, mode, lag_s, gain),))
-                            truth = DyadSimulator(cfg).truth
-                            est = oracle_gcc(truth.feature(f"therapist/{channel}"), truth.feature(f"client/{channel}"),
-                                             (f, c2), span, params)
-                            hits.append(np.sign(est) == sign)
-                            errs.append(np.abs(np.abs(est) - lag_s))
+                    for (t, c), sign in dyads_:
+                        est = oracle_gcc(t, c, (f, c2), span, params)
+                        hits.append(np.sign(est) == sign)
+                        errs.append(np.abs(np.abs(est) - lag_s))
                     cells.append(f"{np.mean(np.concatenate(hits)):6.3f} / {np.median(np.concatenate(errs)):4.2f}")
                 print(f"{channel:>4} {gain:4.1f}  {c2[band].mean():16.3f}  {span:6.0f}  {sd:7.2f}  {0.674 * sd:12.2f}"
                       f"  {hit_cr:9.3f}  {cells[0]:>19}  {cells[1]:>19}", flush=True)
@@ -272,11 +279,7 @@ def evaluate(lag_s: float, gain: float, seeds: int, duration_s: float, channel: 
     directions = (("therapist_led", 1.0), ("client_led", -1.0)) if gain > 0 else (("uncoupled", 0.0),) * 2
     for seed in range(seeds):
         for k, (mode, sign) in enumerate(directions):
-            cfg = SimConfig(seed=1000 * seed + int(10 * lag_s) + int(100 * gain) + 500 * k * (gain == 0),
-                            duration_s=duration_s,
-                            schedule=(Segment(0.0, duration_s, mode, lag_s, gain),))
-            truth = DyadSimulator(cfg).truth
-            t, c = truth.feature(f"therapist/{channel}"), truth.feature(f"client/{channel}")
+            t, c = simulate(seed, k, mode, lag_s, gain, duration_s, channel)
             res = wcc(t, c, params)
             res_h = wcc(t, c, high)
             res_w = wcc(prewhiten(t), prewhiten(c), pw_params)

@@ -200,8 +200,8 @@ def test_the_demo_stops_only_when_the_hub_holds_the_units_features_to_the_end(tm
     con = store.connect(db)
     end_ns = 100 * 10**9
 
-    def feed(stream: str, last_s: int) -> None:
-        for seq in range(last_s):
+    def feed(stream: str, last_s: int, first_s: int = 0) -> None:  # 1-s feature blocks [first_s, last_s)
+        for seq in range(first_s, last_s):
             b = SampleBlock(stream, seq, seq * 10**9, 4.0, np.zeros(4, dtype=np.float32))
             store.insert_block(con, "unit1", "feat", b, "s1", 0, "demo-room")
         con.commit()
@@ -212,10 +212,7 @@ def test_the_demo_stops_only_when_the_hub_holds_the_units_features_to_the_end(tm
     feed("client/hr", 100 - TAIL_BLOCKS["hr"] - 3)  # the client's HR is 3 s short of what the wait needs
     procs = RoomProcesses(tmp_path, "demo-room")
     assert _features_reach(procs, db, "s1", end_ns, 0.6) is False
-    for seq in range(100 - TAIL_BLOCKS["hr"] - 3, 100 - TAIL_BLOCKS["hr"]):
-        b = SampleBlock("client/hr", seq, seq * 10**9, 4.0, np.zeros(4, dtype=np.float32))
-        store.insert_block(con, "unit1", "feat", b, "s1", 0, "demo-room")
-    con.commit()
+    feed("client/hr", 100 - TAIL_BLOCKS["hr"], first_s=100 - TAIL_BLOCKS["hr"] - 3)
     assert _features_reach(procs, db, "s1", end_ns, 0.6) is True
     assert _features_reach(procs, db, "s2", end_ns, 0.6) is False  # a session without features: no end reached
     con.close()
